@@ -1,0 +1,25 @@
+//! Plumbing shared by the three services and the `hbmesh` binary: bearer tokens,
+//! config value parsing, telemetry, shutdown, the metrics/health endpoint and the
+//! embedded ingest -> stream hand-off. Nothing domain-specific lives here.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod duration;
+pub mod handoff;
+pub mod health;
+pub mod metrics_http;
+pub mod raw;
+pub mod schema;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+/// Exit code for a configuration error (EX_USAGE), so orchestrators can tell it
+/// from a crash.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// True when `addr` is a loopback address; services refuse to listen elsewhere
+/// without an auth secret.
+pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}

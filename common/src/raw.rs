@@ -1,0 +1,54 @@
+//! Layout of the raw heartbeat mirror shared by its writer (svc-stream) and its
+//! readers (svc-query's traffic report): ScyllaDB partitions `(hour_ms, bucket)`
+//! so an hour of traffic is read by naming every partition key in full.
+
+/// Buckets per hour partition: spreads one hour's writes over 16 partitions.
+pub const BUCKETS: i32 = 16;
+
+/// One hour in milliseconds.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Start of the hour holding `event_time_ms`.
+pub fn hour_ms(event_time_ms: i64) -> i64 {
+    event_time_ms.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+/// Stable bucket of an event (FNV-1a of the id), identical on every node and release.
+pub fn bucket(event_id: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in event_id.as_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % BUCKETS as u32) as i32
+}
+
+/// Hour partitions covering `[from_ms, to_ms)`.
+pub fn hours_between(from_ms: i64, to_ms: i64) -> Vec<i64> {
+    let mut hours = Vec::new();
+    let mut hour = hour_ms(from_ms);
+    while hour < to_ms {
+        hours.push(hour);
+        hour += HOUR_MS;
+    }
+    hours
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_stable_and_in_range() {
+        assert_eq!(bucket("a"), bucket("a"));
+        assert_eq!(bucket(""), (0x811c_9dc5_u32 % 16) as i32);
+        assert!((0..1000).all(|i| (0..BUCKETS).contains(&bucket(&format!("e{i}")))));
+    }
+
+    #[test]
+    fn hours_cover_the_half_open_range() {
+        assert_eq!(hours_between(0, HOUR_MS), vec![0]);
+        assert_eq!(hours_between(1, HOUR_MS + 1), vec![0, HOUR_MS]);
+        assert!(hours_between(5, 5).is_empty());
+    }
+}
