@@ -18,10 +18,23 @@ pub enum HandoffError {
     Store(String),
 }
 
-/// Heartbeats handed to the stream stage, with the channel that acknowledges them.
+/// Rejected input with its reason, kept for operators (SPEC 4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub received_ms: i64,
+    pub event_id: String,
+    pub device_id: String,
+    pub reason: String,
+    /// The heartbeat as received (protobuf), when it could be decoded.
+    pub payload: Vec<u8>,
+}
+
+/// Heartbeats (and dead letters) handed to the stream stage, with the channel
+/// that acknowledges them.
 #[derive(Debug)]
 pub struct HandoffBatch {
     pub heartbeats: Vec<Heartbeat>,
+    pub dead_letters: Vec<DeadLetter>,
     done: oneshot::Sender<Result<(), HandoffError>>,
 }
 
@@ -50,10 +63,18 @@ pub fn channel(capacity: usize) -> (HandoffTx, HandoffRx) {
 
 impl HandoffTx {
     /// Hands `heartbeats` over and resolves once they are committed.
-    pub async fn send(&self, heartbeats: Vec<Heartbeat>) -> Result<(), HandoffError> {
+    pub async fn send(
+        &self,
+        heartbeats: Vec<Heartbeat>,
+        dead_letters: Vec<DeadLetter>,
+    ) -> Result<(), HandoffError> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(HandoffBatch { heartbeats, done })
+            .send(HandoffBatch {
+                heartbeats,
+                dead_letters,
+                done,
+            })
             .await
             .map_err(|_| HandoffError::Closed)?;
         wait.await.map_err(|_| HandoffError::Closed)?
@@ -67,7 +88,7 @@ mod tests {
     #[tokio::test]
     async fn the_sender_resolves_only_when_the_batch_completes() {
         let (tx, mut rx) = channel(4);
-        let sender = tokio::spawn(async move { tx.send(vec![Heartbeat::default()]).await });
+        let sender = tokio::spawn(async move { tx.send(vec![Heartbeat::default()], vec![]).await });
         let batch = rx.recv().await.unwrap();
         assert_eq!(batch.heartbeats.len(), 1);
         assert!(!sender.is_finished());
@@ -78,7 +99,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_batch_is_an_error_not_an_ack() {
         let (tx, mut rx) = channel(4);
-        let sender = tokio::spawn(async move { tx.send(vec![]).await });
+        let sender = tokio::spawn(async move { tx.send(vec![], vec![]).await });
         drop(rx.recv().await.unwrap());
         assert_eq!(sender.await.unwrap(), Err(HandoffError::Closed));
     }

@@ -1,1 +1,58 @@
-fn main() {}
+//! `hbmesh`: the operator binary. `up` runs the whole mesh in one process;
+//! `simulate` is the load generator; `sessionize` the offline sessionizer;
+//! `token` mints bearer tokens; `catalog import` loads the content catalog.
+
+mod catalog;
+mod sessionize;
+mod simulate;
+mod token;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hbmesh", version, about = "The heartbeat mesh: exact viewing sessions from playback heartbeats")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run ingest, stream and query in one process (embedded default unless cluster settings are given).
+    Up(up::UpArgs),
+    /// Stream realistic heartbeats from a fleet of simulated players.
+    Simulate(simulate::SimulateArgs),
+    /// Sessionize a heartbeat JSON Lines file offline (exact, whatever the line order).
+    Sessionize(sessionize::SessionizeArgs),
+    /// Mint a bearer token signed with HB_AUTH_SECRET.
+    Token(token::TokenArgs),
+    /// Manage the content catalog.
+    Catalog(catalog::CatalogArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if err.use_stderr() => {
+            let _ = err.print();
+            std::process::exit(hb_common::EXIT_CONFIG);
+        }
+        Err(err) => {
+            let _ = err.print();
+            return;
+        }
+    };
+    let result = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::Sessionize(args) => sessionize::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Catalog(args) => catalog::run(args).await,
+    };
+    if let Err(err) = result {
+        eprintln!("hbmesh: {err:#}");
+        std::process::exit(1);
+    }
+}

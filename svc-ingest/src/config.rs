@@ -1,0 +1,101 @@
+//! svc-ingest settings: every one an env variable with a default and a flag.
+
+use hb_common::duration::parse_duration;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of svc-ingest.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IngestConfig {
+    /// gRPC listen address; port 0 picks a free port (the bound address is logged).
+    #[arg(long = "ingest-addr", env = "HB_INGEST_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+
+    /// Metrics and health (`/metrics`, `/healthz`, `/readyz`) listen address.
+    #[arg(long = "ingest-metrics-addr", env = "HB_INGEST_METRICS_ADDR", default_value = "127.0.0.1:9101")]
+    pub metrics_addr: SocketAddr,
+
+    /// Secret signing bearer tokens; without it ingest runs open, loopback only.
+    #[arg(long, env = "HB_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// PEM certificate chain; with `HB_TLS_KEY` turns on TLS.
+    #[arg(long, env = "HB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `HB_TLS_CERT`.
+    #[arg(long, env = "HB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Kafka bootstrap servers; unset means the embedded hand-off.
+    #[arg(long, env = "HB_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Topic accepted heartbeats are published to (key = user_id).
+    #[arg(long, env = "HB_KAFKA_TOPIC", default_value = "heartbeats")]
+    pub kafka_topic: String,
+
+    /// Topic rejected input is dead-lettered to, with its reason.
+    #[arg(long, env = "HB_DLQ_TOPIC", default_value = "heartbeats-dlq")]
+    pub dlq_topic: String,
+
+    /// How long Kafka may take to acknowledge a heartbeat before the call fails
+    /// with UNAVAILABLE.
+    #[arg(long, env = "HB_KAFKA_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kafka_timeout: Duration,
+
+    /// Sustained heartbeats per second allowed per device; 0 turns the limit off.
+    #[arg(long, env = "HB_DEVICE_RATE", default_value_t = 10)]
+    pub device_rate: u32,
+
+    /// Burst allowed per device above the sustained rate.
+    #[arg(long, env = "HB_DEVICE_BURST", default_value_t = 50)]
+    pub device_burst: u32,
+
+    /// Oldest `event_time` accepted, relative to server time.
+    #[arg(long, env = "HB_MAX_EVENT_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub max_event_age: Duration,
+
+    /// Concurrent calls served; beyond it calls are shed with UNAVAILABLE.
+    #[arg(long, env = "HB_INGEST_CONCURRENCY", default_value_t = 10_000)]
+    pub concurrency: usize,
+
+    /// Heartbeats per publish batch within one call.
+    #[arg(long, env = "HB_INGEST_BATCH", default_value_t = 512)]
+    pub batch_size: usize,
+
+    /// Publish batches in flight per call before reading more (bounded window).
+    #[arg(long, env = "HB_INGEST_WINDOW", default_value_t = 8)]
+    pub window: usize,
+}
+
+impl IngestConfig {
+    /// Checks what clap cannot: TLS halves, and no open listener off loopback.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("HB_TLS_CERT and HB_TLS_KEY must be set together".into());
+        }
+        if self.auth_secret.as_deref().unwrap_or("").is_empty()
+            && !hb_common::is_loopback(&self.addr)
+        {
+            return Err(format!(
+                "refusing to listen on non-loopback {} without HB_AUTH_SECRET",
+                self.addr
+            ));
+        }
+        if self.batch_size == 0 || self.window == 0 || self.concurrency == 0 {
+            return Err("HB_INGEST_BATCH, HB_INGEST_WINDOW and HB_INGEST_CONCURRENCY must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Defaults as if no env or flag were set (tests and embedding).
+    pub fn defaults() -> IngestConfig {
+        use clap::{FromArgMatches, Args, Command};
+        let matches = IngestConfig::augment_args(Command::new("defaults"))
+            .try_get_matches_from(["defaults"])
+            .expect("defaults parse");
+        IngestConfig::from_arg_matches(&matches).expect("defaults parse")
+    }
+}

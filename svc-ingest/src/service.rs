@@ -1,0 +1,381 @@
+//! The `IngestService` gRPC handlers. Both calls share one pipeline: read
+//! what the device has sent (up to a batch), validate and deduplicate it,
+//! publish the accepted part, and acknowledge in order once durable, with at
+//! most `window` batches in flight per call.
+
+use crate::limiter::DeviceLimiter;
+use crate::metrics::{IngestMetrics, ReasonLabel};
+use crate::publisher::{DeadLetter, PublishError, Publisher};
+use crate::validate::{validate, Limits};
+use futures::stream::{FuturesOrdered, StreamExt};
+use hb_common::auth::{Principal, Role};
+use hb_common::time::now_ms;
+use hb_proto::v1::ingest_service_server::IngestService;
+use hb_proto::v1::{Heartbeat, PushAck, PushSummary, Rejection};
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Rejections carried by one summary.
+pub const MAX_REPORTED_REJECTIONS: usize = 100;
+
+/// Everything the handlers share.
+pub struct IngestHandler {
+    pub publisher: Arc<dyn Publisher>,
+    pub limiter: Option<DeviceLimiter>,
+    pub metrics: IngestMetrics,
+    pub max_age_ms: i64,
+    pub batch_size: usize,
+    pub window: usize,
+    /// Cancelled on SIGTERM; calls still open after `drain_grace` are cut.
+    pub shutdown: CancellationToken,
+    pub drain_grace: Duration,
+}
+
+/// What one finished batch contributes to the call.
+struct BatchOutcome {
+    last_index: u64,
+    accepted: u64,
+    duplicates: u64,
+    rejections: Vec<Rejection>,
+    received_at: Instant,
+}
+
+/// Running totals of one call.
+#[derive(Default)]
+struct Totals {
+    accepted: u64,
+    duplicates: u64,
+    rejected: u64,
+    rejections: Vec<Rejection>,
+    acked_index: i64,
+}
+
+/// A batch read from the device, split into what to publish and what not.
+struct Prepared {
+    accepted: Vec<Heartbeat>,
+    dead_letters: Vec<DeadLetter>,
+    outcome: BatchOutcome,
+}
+
+/// How a call ends besides "the device closed its stream".
+enum Stop {
+    Malformed(Status),
+    RateLimited(Duration),
+    ShuttingDown,
+}
+
+fn role_of(principal: Option<&Principal>) -> Option<Role> {
+    principal.map(|p| p.role.clone())
+}
+
+impl IngestHandler {
+    /// Validates and deduplicates `items` (indices from `first_index`).
+    fn prepare(
+        &self,
+        items: Vec<Heartbeat>,
+        first_index: u64,
+        role: Option<&Role>,
+        seen: &mut HashSet<String>,
+        received_at: Instant,
+    ) -> Prepared {
+        let limits = Limits {
+            now_ms: now_ms(),
+            max_age_ms: self.max_age_ms,
+        };
+        let mut accepted = Vec::with_capacity(items.len());
+        let mut dead_letters = Vec::new();
+        let mut rejections = Vec::new();
+        let mut duplicates = 0;
+        let count = items.len() as u64;
+        for (offset, hb) in items.into_iter().enumerate() {
+            let index = first_index + offset as u64;
+            let encoded_len = hb.encoded_len();
+            match validate(&hb, encoded_len, &limits, role) {
+                Ok(()) => {
+                    if seen.insert(hb.event_id.clone()) {
+                        accepted.push(hb);
+                    } else {
+                        duplicates += 1;
+                    }
+                }
+                Err(reason) => {
+                    self.metrics
+                        .rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: reason.code(),
+                        })
+                        .inc();
+                    let reason = reason.to_string();
+                    dead_letters.push(DeadLetter {
+                        received_ms: limits.now_ms,
+                        event_id: hb.event_id.clone(),
+                        device_id: hb.device_id.clone(),
+                        reason: reason.clone(),
+                        payload: hb.encode_to_vec(),
+                    });
+                    rejections.push(Rejection {
+                        event_id: hb.event_id,
+                        index,
+                        reason,
+                    });
+                }
+            }
+        }
+        Prepared {
+            outcome: BatchOutcome {
+                last_index: first_index + count - 1,
+                accepted: accepted.len() as u64,
+                duplicates,
+                rejections,
+                received_at,
+            },
+            accepted,
+            dead_letters,
+        }
+    }
+
+    /// Takes rate-limit tokens for every device in `batch`.
+    fn check_rate(&self, batch: &[Heartbeat]) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let mut per_device: HashMap<&str, u32> = HashMap::new();
+        for hb in batch {
+            *per_device.entry(hb.device_id.as_str()).or_default() += 1;
+        }
+        let now = Instant::now();
+        for (device, count) in per_device {
+            limiter.take(device, count, now)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one call: reads `input` until it ends, fails or is stopped,
+    /// reporting each durable batch through `on_ack`. Returns the totals, or
+    /// the status the call must end with.
+    async fn pipeline<F>(
+        self: &Arc<Self>,
+        principal: Option<Principal>,
+        input: Streaming<Heartbeat>,
+        mut on_ack: F,
+    ) -> Result<Totals, Status>
+    where
+        F: FnMut(&Totals, &BatchOutcome) -> bool,
+    {
+        let role = role_of(principal.as_ref());
+        let mut chunks = input.ready_chunks(self.batch_size);
+        let mut in_flight = FuturesOrdered::new();
+        let mut totals = Totals {
+            acked_index: -1,
+            ..Totals::default()
+        };
+        let mut seen = HashSet::new();
+        let mut next_index = 0u64;
+        let mut stop: Option<Stop> = None;
+        let mut input_done = false;
+        let drain = {
+            let shutdown = self.shutdown.clone();
+            let grace = self.drain_grace;
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        tokio::pin!(drain);
+
+        loop {
+            if (input_done || stop.is_some()) && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    let (outcome, result): (BatchOutcome, Result<(), PublishError>) = done;
+                    if let Err(err) = result {
+                        self.metrics.publish_failures.inc();
+                        tracing::warn!(error = %err, "publish failed, failing the call");
+                        return Err(Status::unavailable(format!(
+                            "{err}; heartbeats after index {} were not acknowledged, resend them",
+                            totals.acked_index
+                        )));
+                    }
+                    let latency = outcome.received_at.elapsed().as_secs_f64();
+                    for _ in 0..outcome.accepted {
+                        self.metrics.ack_latency.observe(latency);
+                    }
+                    self.metrics.accepted.inc_by(outcome.accepted);
+                    self.metrics.duplicates.inc_by(outcome.duplicates);
+                    totals.accepted += outcome.accepted;
+                    totals.duplicates += outcome.duplicates;
+                    totals.rejected += outcome.rejections.len() as u64;
+                    totals.acked_index = outcome.last_index as i64;
+                    for rejection in &outcome.rejections {
+                        if totals.rejections.len() < MAX_REPORTED_REJECTIONS {
+                            totals.rejections.push(rejection.clone());
+                        }
+                    }
+                    if !on_ack(&totals, &outcome) {
+                        // The device went away; nothing more to tell it.
+                        stop = Some(Stop::ShuttingDown);
+                    }
+                }
+                () = &mut drain, if stop.is_none() && !input_done => {
+                    stop = Some(Stop::ShuttingDown);
+                }
+                chunk = chunks.next(), if stop.is_none() && !input_done && in_flight.len() < self.window => {
+                    let Some(chunk) = chunk else {
+                        input_done = true;
+                        continue;
+                    };
+                    let received_at = Instant::now();
+                    let mut items = Vec::with_capacity(chunk.len());
+                    for item in chunk {
+                        match item {
+                            Ok(hb) => items.push(hb),
+                            Err(status) => {
+                                stop = Some(Stop::Malformed(malformed(status)));
+                                break;
+                            }
+                        }
+                    }
+                    if items.is_empty() {
+                        continue;
+                    }
+                    if let Err(retry_after) = self.check_rate(&items) {
+                        self.metrics.rate_limited.inc();
+                        stop = Some(Stop::RateLimited(retry_after));
+                        continue;
+                    }
+                    let prepared = self.prepare(items, next_index, role.as_ref(), &mut seen, received_at);
+                    next_index = prepared.outcome.last_index + 1;
+                    let handler = Arc::clone(self);
+                    in_flight.push_back(async move {
+                        let Prepared { accepted, dead_letters, outcome } = prepared;
+                        let publish = async {
+                            if accepted.is_empty() { Ok(()) } else { handler.publisher.publish(accepted).await }
+                        };
+                        let dead_letter = async {
+                            if dead_letters.is_empty() { return; }
+                            if let Err(err) = handler.publisher.dead_letter(dead_letters).await {
+                                tracing::warn!(error = %err, "dead-letter write failed");
+                            }
+                        };
+                        let (result, ()) = futures::join!(publish, dead_letter);
+                        (outcome, result)
+                    });
+                }
+            }
+        }
+
+        match stop {
+            None => Ok(totals),
+            Some(Stop::Malformed(status)) => Err(status),
+            Some(Stop::RateLimited(retry_after)) => {
+                let mut status = Status::resource_exhausted(format!(
+                    "device rate limit exceeded; retry after {} ms (heartbeats up to index {} were acknowledged)",
+                    retry_after.as_millis(),
+                    totals.acked_index
+                ));
+                if let Ok(value) = retry_after.as_millis().to_string().parse() {
+                    status.metadata_mut().insert("retry-after-ms", value);
+                }
+                Err(status)
+            }
+            Some(Stop::ShuttingDown) => Err(Status::unavailable(format!(
+                "server shutting down; heartbeats up to index {} were acknowledged, resend the rest",
+                totals.acked_index
+            ))),
+        }
+    }
+}
+
+/// A stream that cannot be decoded ends the call with INVALID_ARGUMENT.
+fn malformed(status: Status) -> Status {
+    Status::invalid_argument(format!("malformed heartbeat stream: {}", status.message()))
+}
+
+/// The tonic service: a cheap handle on the shared handler.
+#[derive(Clone)]
+pub struct Ingest {
+    pub handler: Arc<IngestHandler>,
+}
+
+/// Keeps `hb_ingest_streams_active` right however a call ends.
+struct ActiveStream(IngestMetrics);
+
+impl ActiveStream {
+    fn open(metrics: &IngestMetrics) -> ActiveStream {
+        metrics.streams_active.inc();
+        ActiveStream(metrics.clone())
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.streams_active.dec();
+    }
+}
+
+type AckStream = Pin<Box<dyn futures::Stream<Item = Result<PushAck, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl IngestService for Ingest {
+    async fn push(
+        &self,
+        request: Request<Streaming<Heartbeat>>,
+    ) -> Result<Response<PushSummary>, Status> {
+        let _active = ActiveStream::open(&self.handler.metrics);
+        let principal = request.extensions().get::<Principal>().cloned();
+        let totals = self
+            .handler
+            .pipeline(principal, request.into_inner(), |_, _| true)
+            .await?;
+        Ok(Response::new(PushSummary {
+            accepted: totals.accepted,
+            duplicates: totals.duplicates,
+            rejected: totals.rejected,
+            rejections: totals.rejections,
+        }))
+    }
+
+    type StreamStream = AckStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<Heartbeat>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let principal = request.extensions().get::<Principal>().cloned();
+        let input = request.into_inner();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handler = Arc::clone(&self.handler);
+        tokio::spawn(async move {
+            let _active = ActiveStream::open(&handler.metrics);
+            let acks = tx.clone();
+            let result = handler
+                .pipeline(principal, input, move |totals, outcome| {
+                    let ack = PushAck {
+                        acked_index: totals.acked_index,
+                        rejections: outcome.rejections.clone(),
+                        accepted: totals.accepted,
+                        duplicates: totals.duplicates,
+                        rejected: totals.rejected,
+                    };
+                    // Unbounded but small: one cumulative ack per durable
+                    // batch, and the call itself is bounded by the rate limit.
+                    acks.send(Ok(ack)).is_ok()
+                })
+                .await;
+            if let Err(status) = result {
+                let _ = tx.send(Err(status));
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
