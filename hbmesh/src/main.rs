@@ -3,6 +3,7 @@
 //! `token` mints bearer tokens; `catalog import` loads the content catalog.
 
 mod catalog;
+mod demo;
 mod sessionize;
 mod simulate;
 mod token;

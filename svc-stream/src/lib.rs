@@ -1,1 +1,158 @@
+//! svc-stream: consumes accepted heartbeats, sessionizes them exactly (SPEC 5)
+//! and writes session changes, offsets and the raw mirror.
+#![forbid(unsafe_code)]
 
+pub mod config;
+pub mod embedded;
+pub mod kafka;
+pub mod metrics;
+pub mod pipeline;
+pub mod sessionizer;
+pub mod sink;
+
+use anyhow::Context;
+use config::StreamConfig;
+use hb_common::handoff::HandoffRx;
+use hb_common::health::Health;
+use metrics::StreamMetrics;
+use pipeline::Pipeline;
+use prometheus_client::registry::Registry;
+use sink::scylla::{ScyllaConfig, ScyllaMirror};
+use sink::sql::{PgStore, SqliteStore};
+use sink::{RawMirror, SessionStore};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Where heartbeats come from.
+pub enum Source {
+    /// The Kafka topic from the config (svc-stream's own binary).
+    Kafka,
+    /// The in-process hand-off of `hbmesh up`.
+    Embedded(HandoffRx),
+}
+
+/// The sessions store and raw mirror chosen by configuration.
+pub struct Sinks {
+    pub store: Arc<dyn SessionStore>,
+    pub mirror: Arc<dyn RawMirror>,
+    pub mirror_in_store: bool,
+    pub tier: &'static str,
+}
+
+/// Opens (and migrates) the sessions store and the raw mirror: YugabyteDB
+/// when `HB_YUGABYTE_URL` is set, else the SQLite file; ScyllaDB when
+/// `HB_SCYLLA_NODES` is set, else the sessions store itself.
+pub async fn open_sinks(config: &StreamConfig) -> anyhow::Result<Sinks> {
+    let ttl_ms = config.raw_ttl.as_millis() as i64;
+    let (store, store_mirror, tier): (Arc<dyn SessionStore>, Arc<dyn RawMirror>, _) =
+        match &config.yugabyte_url {
+            Some(url) => {
+                let pool = hb_common::schema::open_postgres(url, 8)
+                    .await
+                    .context("connecting to YugabyteDB (HB_YUGABYTE_URL)")?;
+                let store = Arc::new(PgStore::new(pool, ttl_ms));
+                (store.clone(), store, "yugabyte")
+            }
+            None => {
+                let pool = hb_common::schema::open_sqlite(&config.data_dir, 4)
+                    .await
+                    .with_context(|| format!("opening the embedded store in {}", config.data_dir.display()))?;
+                let store = Arc::new(SqliteStore::new(pool, ttl_ms));
+                (store.clone(), store, "embedded")
+            }
+        };
+    match &config.scylla_nodes {
+        Some(nodes) => {
+            let scylla = ScyllaConfig {
+                nodes: nodes.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
+                replication_factor: config.scylla_replication,
+                ttl_secs: config.raw_ttl.as_secs().min(u64::from(u32::MAX)) as u32,
+                ..ScyllaConfig::default()
+            };
+            let mirror = ScyllaMirror::connect(&scylla)
+                .await
+                .map_err(|e| anyhow::anyhow!("connecting to ScyllaDB (HB_SCYLLA_NODES): {e}"))?;
+            Ok(Sinks {
+                store,
+                mirror: Arc::new(mirror),
+                mirror_in_store: false,
+                tier,
+            })
+        }
+        None => Ok(Sinks {
+            store,
+            mirror: store_mirror,
+            mirror_in_store: true,
+            tier,
+        }),
+    }
+}
+
+/// Runs the stream stage until `shutdown` (Kafka) or until the hand-off closes
+/// (embedded), serving metrics on `metrics_listener`.
+pub async fn run(
+    config: StreamConfig,
+    source: Source,
+    metrics_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = StreamMetrics::register(&mut registry);
+    let health = Health::default();
+    let store_health = health.register("store");
+    let sinks = open_sinks(&config).await?;
+    store_health.healthy();
+    tracing::info!(
+        metrics_addr = %metrics_listener.local_addr()?,
+        tier = sinks.tier,
+        raw_mirror = if sinks.mirror_in_store { "store" } else { "scylla" },
+        "svc-stream starting"
+    );
+    let ops_shutdown = CancellationToken::new();
+    let ops = tokio::spawn(hb_common::metrics_http::serve(
+        metrics_listener,
+        Arc::new(registry),
+        health,
+        ops_shutdown.clone(),
+    ));
+    let session_config = config.session_config();
+    let result = match source {
+        Source::Embedded(rx) => {
+            let pipeline = Pipeline::new(
+                session_config,
+                embedded::EMBEDDED_TOPIC,
+                sinks.store,
+                sinks.mirror,
+                sinks.mirror_in_store,
+                metrics,
+            );
+            embedded::run(pipeline, rx, config.flush_interval.max(std::time::Duration::from_millis(50)), config.flush_max).await
+        }
+        Source::Kafka => {
+            let brokers = config
+                .kafka_brokers
+                .clone()
+                .context("svc-stream needs HB_KAFKA_BROKERS; `hbmesh up` runs the embedded tier without Kafka")?;
+            let pipeline = Pipeline::new(
+                session_config,
+                &config.kafka_topic,
+                sinks.store,
+                sinks.mirror,
+                sinks.mirror_in_store,
+                metrics,
+            );
+            let source = kafka::KafkaSource {
+                brokers,
+                topic: config.kafka_topic.clone(),
+                group: config.kafka_group.clone(),
+                session_timeout: config.kafka_session_timeout,
+                extra: Vec::new(),
+            };
+            kafka::run(source, pipeline, config.flush_interval, config.flush_max, shutdown.clone()).await
+        }
+    };
+    ops_shutdown.cancel();
+    let _ = ops.await;
+    result
+}

@@ -1,0 +1,135 @@
+//! `hbmesh up`: ingest, stream and query in one process. On the embedded
+//! default (no cluster settings) ingest hands batches to the stream stage in
+//! process and a device's ack waits for the SQLite commit holding its
+//! heartbeats; with `HB_KAFKA_BROKERS` / `HB_YUGABYTE_URL` / `HB_SCYLLA_NODES`
+//! the same services use the cluster adapters.
+
+use anyhow::Context;
+use hb_common::handoff;
+use std::time::Duration;
+use svc_ingest::config::IngestConfig;
+use svc_ingest::{IngestListeners, PublishTarget};
+use svc_query::config::QueryConfig;
+use svc_query::QueryListeners;
+use svc_stream::config::StreamConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Batches waiting for the embedded stream stage before ingest waits too.
+const HANDOFF_CAPACITY: usize = 1024;
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Seed a small catalog, run a simulated fleet against the mesh, print live
+    /// figures and the reports, then keep serving.
+    #[arg(long)]
+    pub demo: bool,
+
+    /// Length of the demo's simulated traffic.
+    #[arg(long, default_value = "20s", value_parser = hb_common::duration::parse_duration)]
+    pub demo_duration: Duration,
+}
+
+/// Reads a service config from the environment (and its defaults); every
+/// setting of the services is an `HB_*` variable.
+pub fn config_from_env<T: clap::Args + clap::FromArgMatches>() -> anyhow::Result<T> {
+    let command = T::augment_args(clap::Command::new("hbmesh-up"));
+    let matches = command
+        .try_get_matches_from(["hbmesh-up"])
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(T::from_arg_matches(&matches)?)
+}
+
+/// Addresses the running mesh serves on.
+#[derive(Clone, Debug)]
+pub struct MeshAddrs {
+    pub ingest: std::net::SocketAddr,
+    pub query_http: std::net::SocketAddr,
+    pub query_grpc: std::net::SocketAddr,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    hb_common::telemetry::init();
+    let ingest_config: IngestConfig = config_from_env()?;
+    let stream_config: StreamConfig = config_from_env()?;
+    let query_config: QueryConfig = config_from_env()?;
+    if let Err(err) = ingest_config.validate() {
+        eprintln!("hbmesh up: {err}");
+        std::process::exit(hb_common::EXIT_CONFIG);
+    }
+    let shutdown = hb_common::shutdown::on_signal();
+    let (addrs, mesh) = start(ingest_config, stream_config, query_config, shutdown.clone()).await?;
+    println!(
+        "heartbeat mesh up: ingest gRPC {}, query HTTP http://{}, query gRPC {}",
+        addrs.ingest, addrs.query_http, addrs.query_grpc
+    );
+    if args.demo {
+        let demo = crate::demo::run(&addrs, args.demo_duration);
+        tokio::select! {
+            result = demo => {
+                if let Err(err) = result {
+                    eprintln!("demo failed: {err:#}");
+                }
+                println!("demo finished; the mesh keeps serving (Ctrl-C to stop)");
+            }
+            () = shutdown.cancelled() => {}
+        }
+    }
+    mesh.await
+}
+
+/// Starts the three services; the returned future resolves once all stopped
+/// after `shutdown`. Used by `up` and by the end-to-end tests.
+pub async fn start(
+    ingest_config: IngestConfig,
+    stream_config: StreamConfig,
+    query_config: QueryConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(MeshAddrs, impl std::future::Future<Output = anyhow::Result<()>>)> {
+    let cluster = stream_config.kafka_brokers.is_some() || ingest_config.kafka_brokers.is_some();
+    // Migrate once before the services open their own pools.
+    svc_stream::open_sinks(&stream_config)
+        .await
+        .context("opening the sessions store")?;
+
+    let ingest_listeners = IngestListeners::bind(&ingest_config).await?;
+    let stream_metrics = tokio::net::TcpListener::bind(stream_config.metrics_addr)
+        .await
+        .with_context(|| format!("binding stream metrics on {}", stream_config.metrics_addr))?;
+    let query_listeners = QueryListeners::bind(&query_config).await?;
+    let addrs = MeshAddrs {
+        ingest: ingest_listeners.grpc.local_addr()?,
+        query_http: query_listeners.http.local_addr()?,
+        query_grpc: query_listeners.grpc.local_addr()?,
+    };
+
+    let (target, source) = if cluster {
+        (PublishTarget::Kafka, svc_stream::Source::Kafka)
+    } else {
+        let (tx, rx) = handoff::channel(HANDOFF_CAPACITY);
+        (PublishTarget::Embedded(tx), svc_stream::Source::Embedded(rx))
+    };
+    // The embedded stream stage stops when ingest has drained and dropped its
+    // hand-off; in the cluster tier it stops on the signal like the others.
+    let stream_shutdown = shutdown.clone();
+    let stream = tokio::spawn(svc_stream::run(stream_config, source, stream_metrics, stream_shutdown));
+    let ingest = tokio::spawn(svc_ingest::run(ingest_config, target, ingest_listeners, shutdown.clone()));
+    let query = tokio::spawn(svc_query::run(query_config, query_listeners, shutdown.clone()));
+
+    let done = async move {
+        let (ingest, stream, query) = tokio::join!(ingest, stream, query);
+        let mut failures = Vec::new();
+        for (name, result) in [("ingest", ingest), ("stream", stream), ("query", query)] {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => failures.push(format!("{name}: {err:#}")),
+                Err(err) => failures.push(format!("{name}: {err}")),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(failures.join("; ")))
+        }
+    };
+    Ok((addrs, done))
+}

@@ -1,0 +1,97 @@
+//! svc-stream settings: every one an env variable with a default and a flag.
+
+use hb_common::duration::parse_duration;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of svc-stream (also used by the stream stage of `hbmesh up`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct StreamConfig {
+    /// Metrics and health (`/metrics`, `/healthz`, `/readyz`) listen address.
+    #[arg(long = "stream-metrics-addr", env = "HB_STREAM_METRICS_ADDR", default_value = "127.0.0.1:9102")]
+    pub metrics_addr: SocketAddr,
+
+    /// Kafka bootstrap servers; unset means the embedded hand-off (`hbmesh up` only).
+    #[arg(long, env = "HB_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Topic of accepted heartbeats.
+    #[arg(long, env = "HB_KAFKA_TOPIC", default_value = "heartbeats")]
+    pub kafka_topic: String,
+
+    /// Consumer group of the stream service.
+    #[arg(long, env = "HB_KAFKA_GROUP", default_value = "hb-stream")]
+    pub kafka_group: String,
+
+    /// Consumer session timeout: how long a dead consumer keeps its partitions.
+    #[arg(long, env = "HB_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub kafka_session_timeout: Duration,
+
+    /// PostgreSQL URL of YugabyteDB's YSQL; unset means the embedded SQLite file.
+    #[arg(long, env = "HB_YUGABYTE_URL", hide_env_values = true)]
+    pub yugabyte_url: Option<String>,
+
+    /// ScyllaDB contact points (`host:port,...`); unset keeps the raw mirror in the sessions store.
+    #[arg(long, env = "HB_SCYLLA_NODES")]
+    pub scylla_nodes: Option<String>,
+
+    /// ScyllaDB keyspace replication factor (created on start if missing).
+    #[arg(long, env = "HB_SCYLLA_REPLICATION", default_value_t = 3)]
+    pub scylla_replication: u32,
+
+    /// Directory of the embedded store.
+    #[arg(long, env = "HB_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Gap G: heartbeats this far apart start a new session.
+    #[arg(long, env = "HB_SESSION_GAP", default_value = "10m", value_parser = parse_duration)]
+    pub session_gap: Duration,
+
+    /// How far behind a partition's newest event time a heartbeat may arrive and still be merged.
+    #[arg(long, env = "HB_ALLOWED_LATENESS", default_value = "2m", value_parser = parse_duration)]
+    pub allowed_lateness: Duration,
+
+    /// Processing time after which an idle key's sessions become final (default: the gap).
+    #[arg(long, env = "HB_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// Time to live of raw heartbeats.
+    #[arg(long, env = "HB_RAW_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub raw_ttl: Duration,
+
+    /// How often session changes, raw rows and offsets are committed.
+    #[arg(long, env = "HB_FLUSH_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    /// Heartbeats pending that force a flush before the interval.
+    #[arg(long, env = "HB_FLUSH_MAX", default_value_t = 20_000)]
+    pub flush_max: usize,
+
+    /// Only run the schema migrations, then exit (the Helm migration Job).
+    #[arg(long, env = "HB_MIGRATE_ONLY", default_value_t = false)]
+    pub migrate_only: bool,
+}
+
+impl StreamConfig {
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(self.session_gap)
+    }
+
+    pub fn session_config(&self) -> crate::sessionizer::SessionConfig {
+        crate::sessionizer::SessionConfig {
+            gap_ms: self.session_gap.as_millis() as i64,
+            lateness_ms: self.allowed_lateness.as_millis() as i64,
+            idle_timeout_ms: self.idle_timeout().as_millis() as i64,
+        }
+    }
+
+    /// Defaults as if no flag were set (env still applies).
+    pub fn defaults() -> StreamConfig {
+        use clap::{Args, Command, FromArgMatches};
+        let matches = StreamConfig::augment_args(Command::new("defaults"))
+            .try_get_matches_from(["defaults"])
+            .expect("defaults parse");
+        StreamConfig::from_arg_matches(&matches).expect("defaults parse")
+    }
+}

@@ -1,0 +1,354 @@
+//! The source-agnostic core of the stream stage: heartbeats in (tagged with
+//! partition and offset), sessionized per partition, and flushed as one unit
+//! — raw mirror first, then one store transaction with the session changes
+//! and the offsets they cover. Both the Kafka consumer and the embedded
+//! hand-off drive it, so the exactly-once logic exists once.
+
+use crate::metrics::StreamMetrics;
+use crate::sessionizer::{Change, Event, Outcome, SessionConfig, Sessionizer};
+use crate::sink::{DeadLetter, Flush, OffsetRow, RawHeartbeat, RawMirror, SessionStore, SinkError};
+use hb_common::time::{now_ms, timestamp_to_ms};
+use hb_proto::v1::Heartbeat;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Attempts of a flush write before giving up: writes are idempotent (upserts,
+/// first-copy-wins raw rows, absolute offsets), so retrying is always safe.
+const WRITE_ATTEMPTS: u32 = 5;
+
+async fn retry<'a, F, Fut>(mut write: F) -> Result<(), SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), SinkError>> + 'a,
+{
+    let mut backoff = std::time::Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(SinkError::Unavailable(reason)) if attempt < WRITE_ATTEMPTS => {
+                tracing::warn!(attempt, %reason, "flush write failed, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// One partition's in-memory state.
+struct PartitionState {
+    sessionizer: Sessionizer,
+    /// Offset of the next message to process (None in the embedded tier
+    /// before the first one).
+    next_offset: Option<i64>,
+    /// Has something to commit (events or finalizations).
+    dirty: bool,
+}
+
+/// What one flush did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    pub raw: usize,
+    pub changes: usize,
+    pub finalized: usize,
+}
+
+/// The stream stage's state across partitions.
+pub struct Pipeline {
+    config: SessionConfig,
+    topic: String,
+    store: Arc<dyn SessionStore>,
+    /// Where raw rows are replayed from on restore.
+    mirror: Arc<dyn RawMirror>,
+    /// True when the mirror is the store itself: raw rows then go into the
+    /// store transaction instead of a separate write.
+    mirror_in_store: bool,
+    metrics: StreamMetrics,
+    partitions: BTreeMap<i32, PartitionState>,
+    pending_raw: Vec<RawHeartbeat>,
+    pending_dead: Vec<DeadLetter>,
+}
+
+fn raw_row(hb: &Heartbeat, late: bool) -> RawHeartbeat {
+    RawHeartbeat {
+        event_id: hb.event_id.clone(),
+        user_id: hb.user_id.clone(),
+        video_id: hb.video_id.clone(),
+        device_id: hb.device_id.clone(),
+        event_time_ms: hb.event_time.as_ref().map(timestamp_to_ms).unwrap_or_default(),
+        position_ms: i64::try_from(hb.position_ms).unwrap_or(i64::MAX),
+        state: hb.state,
+        ad_id: hb.ad_id.clone(),
+        platform: hb.platform.clone(),
+        app_version: hb.app_version.clone(),
+        country: hb.country.clone(),
+        bitrate_kbps: i64::from(hb.bitrate_kbps),
+        late,
+    }
+}
+
+fn event_of(raw: &RawHeartbeat) -> Option<Event> {
+    Some(Event {
+        event_id: raw.event_id.clone(),
+        user_id: raw.user_id.clone(),
+        video_id: raw.video_id.clone(),
+        device_id: raw.device_id.clone(),
+        time_ms: raw.event_time_ms,
+        position_ms: raw.position_ms,
+        state: crate::sessionizer::PlaybackState::try_from(raw.state).ok()?,
+        ad_id: raw.ad_id.clone(),
+    })
+}
+
+impl Pipeline {
+    pub fn new(
+        config: SessionConfig,
+        topic: &str,
+        store: Arc<dyn SessionStore>,
+        mirror: Arc<dyn RawMirror>,
+        mirror_in_store: bool,
+        metrics: StreamMetrics,
+    ) -> Pipeline {
+        Pipeline {
+            config,
+            topic: topic.to_string(),
+            store,
+            mirror,
+            mirror_in_store,
+            metrics,
+            partitions: BTreeMap::new(),
+            pending_raw: Vec::new(),
+            pending_dead: Vec::new(),
+        }
+    }
+
+    /// Takes ownership of `partition`: restores its open sessions from the
+    /// store and the raw mirror. Returns the offset to resume from.
+    pub async fn assign(&mut self, partition: i32) -> Result<Option<i64>, SinkError> {
+        let snapshot = self.store.load_partition(&self.topic, partition).await?;
+        let mut events = Vec::new();
+        for open in &snapshot.open {
+            let rows = self
+                .mirror
+                .replay(&open.user_id, &open.video_id, open.start_ms, open.end_ms)
+                .await?;
+            events.extend(rows.iter().filter(|r| !r.late).filter_map(event_of));
+        }
+        let mut sessionizer = Sessionizer::new(self.config);
+        sessionizer.restore(events, snapshot.watermark_ms, now_ms());
+        tracing::info!(
+            partition,
+            next_offset = ?snapshot.next_offset,
+            open_sessions = snapshot.open.len(),
+            "partition assigned and restored"
+        );
+        self.partitions.insert(
+            partition,
+            PartitionState {
+                sessionizer,
+                next_offset: snapshot.next_offset,
+                dirty: false,
+            },
+        );
+        self.update_gauges();
+        Ok(snapshot.next_offset)
+    }
+
+    /// Forgets `partition` (after its last flush); another owner resumes it.
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+        self.update_gauges();
+    }
+
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.contains_key(&partition)
+    }
+
+    /// Offset the partition resumes from, if known.
+    pub fn next_offset(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition).and_then(|p| p.next_offset)
+    }
+
+    /// Next offsets of every owned partition that has one.
+    pub fn offsets(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(p, s)| s.next_offset.map(|o| (*p, o)))
+            .collect()
+    }
+
+    /// Records the consumer lag of `partition`.
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        self.metrics
+            .consumer_lag
+            .get_or_create(&crate::metrics::PartitionLabel { partition })
+            .set(lag);
+    }
+
+    /// Feeds one heartbeat read at `offset` of `partition`.
+    pub fn ingest(&mut self, partition: i32, offset: Option<i64>, hb: &Heartbeat, now_ms: i64) {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if let Some(offset) = offset {
+            state.next_offset = Some(offset + 1);
+        }
+        state.dirty = true;
+        let event = match Event::from_proto(hb) {
+            Ok(event) => event,
+            Err(reason) => {
+                // Ingest validated it; reaching here means a foreign producer.
+                self.metrics.undecodable.inc();
+                self.pending_dead.push(DeadLetter {
+                    received_ms: now_ms,
+                    event_id: hb.event_id.clone(),
+                    device_id: hb.device_id.clone(),
+                    reason: format!("not a valid heartbeat: {reason}"),
+                    payload: prost::Message::encode_to_vec(hb),
+                });
+                return;
+            }
+        };
+        match state.sessionizer.push(event, now_ms) {
+            Outcome::Merged => {
+                self.metrics.heartbeats.inc();
+                self.pending_raw.push(raw_row(hb, false));
+            }
+            Outcome::Duplicate => {
+                self.metrics.duplicates.inc();
+            }
+            Outcome::Late => {
+                self.metrics.heartbeats.inc();
+                self.metrics.late.inc();
+                self.pending_raw.push(raw_row(hb, true));
+            }
+        }
+    }
+
+    /// Marks an undecodable message at `offset` as consumed.
+    pub fn skip(&mut self, partition: i32, offset: i64, dead_letter: DeadLetter) {
+        if let Some(state) = self.partitions.get_mut(&partition) {
+            state.next_offset = Some(offset + 1);
+            state.dirty = true;
+        }
+        self.metrics.undecodable.inc();
+        self.pending_dead.push(dead_letter);
+    }
+
+    /// Queues dead letters to commit with the next flush (embedded tier).
+    pub fn dead_letters(&mut self, letters: Vec<DeadLetter>) {
+        self.pending_dead.extend(letters);
+    }
+
+    /// Heartbeats waiting for the next flush.
+    pub fn pending(&self) -> usize {
+        self.pending_raw.len() + self.pending_dead.len()
+    }
+
+    /// Finalizes by watermark and idle time.
+    pub fn tick(&mut self, now_ms: i64) {
+        for state in self.partitions.values_mut() {
+            state.sessionizer.advance(now_ms);
+        }
+    }
+
+    /// Commits everything pending: raw rows to the external mirror first (so
+    /// offsets never run ahead of it), then one store transaction with raw rows
+    /// (when the store holds them), dead letters, session changes and offsets.
+    /// On error nothing is committed and the in-memory state is ahead of the
+    /// store: the caller must [`Pipeline::reload`] before going on.
+    pub async fn flush(&mut self) -> Result<FlushStats, SinkError> {
+        let started = Instant::now();
+        let mut changes = Vec::new();
+        let mut offsets = Vec::new();
+        for (partition, state) in self.partitions.iter_mut() {
+            let drained = state.sessionizer.drain_changes();
+            if drained.is_empty() && !state.dirty {
+                continue;
+            }
+            changes.extend(drained.into_iter().map(|c| (*partition, c)));
+            if let Some(next_offset) = state.next_offset {
+                offsets.push(OffsetRow {
+                    topic: self.topic.clone(),
+                    partition: *partition,
+                    next_offset,
+                    watermark_ms: state.sessionizer.watermark_ms(),
+                });
+            } else if state.dirty {
+                // Embedded tier: no offsets, but the watermark must survive.
+                offsets.push(OffsetRow {
+                    topic: self.topic.clone(),
+                    partition: *partition,
+                    next_offset: 0,
+                    watermark_ms: state.sessionizer.watermark_ms(),
+                });
+            }
+            state.dirty = false;
+        }
+        let raw = std::mem::take(&mut self.pending_raw);
+        let dead_letters = std::mem::take(&mut self.pending_dead);
+        if changes.is_empty() && raw.is_empty() && dead_letters.is_empty() && offsets.is_empty() {
+            return Ok(FlushStats::default());
+        }
+        let stats = FlushStats {
+            raw: raw.len(),
+            changes: changes.len(),
+            finalized: changes.iter().filter(|(_, c)| matches!(c, Change::Final(_))).count(),
+        };
+        if !self.mirror_in_store {
+            let mirror = Arc::clone(&self.mirror);
+            retry(|| mirror.write(&raw)).await?;
+        }
+        let flush = Flush {
+            raw: if self.mirror_in_store { raw } else { Vec::new() },
+            dead_letters,
+            changes,
+            offsets,
+            now_ms: now_ms(),
+        };
+        let store_started = Instant::now();
+        let store = Arc::clone(&self.store);
+        retry(|| store.commit(&flush)).await?;
+        self.metrics
+            .store_write_latency
+            .observe(store_started.elapsed().as_secs_f64());
+        self.metrics.flush_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics.flush_batch_size.observe(stats.raw as f64);
+        self.metrics.finalized.inc_by(stats.finalized as u64);
+        self.update_gauges();
+        Ok(stats)
+    }
+
+    /// After a failed flush: throws away in-memory state and pending work and
+    /// restores every owned partition from the store.
+    pub async fn reload(&mut self) -> Result<(), SinkError> {
+        self.pending_raw.clear();
+        self.pending_dead.clear();
+        let owned: Vec<i32> = self.partitions.keys().copied().collect();
+        self.partitions.clear();
+        for partition in owned {
+            self.assign(partition).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes expired raw rows kept in the store.
+    pub async fn expire_raw(&self) -> Result<u64, SinkError> {
+        if !self.mirror_in_store {
+            return Ok(0);
+        }
+        self.store.expire_raw(now_ms()).await
+    }
+
+    fn update_gauges(&self) {
+        let open: usize = self
+            .partitions
+            .values()
+            .map(|p| p.sessionizer.open_sessions())
+            .sum();
+        self.metrics.open_sessions.set(open as i64);
+    }
+}

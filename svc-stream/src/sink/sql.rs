@@ -1,0 +1,313 @@
+//! The sessions store over sqlx: PostgreSQL/YugabyteDB in the cluster tier,
+//! one SQLite file in the embedded tier. Both run the same SQL text (integer
+//! epoch milliseconds, TEXT ids, `ON CONFLICT` upserts); one flush is one
+//! transaction holding raw rows, dead letters, session changes and offsets.
+//! The store also serves as the raw mirror when no ScyllaDB is configured.
+
+use super::{DeadLetter, Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore, SinkError};
+use crate::sessionizer::{Change, Session};
+use async_trait::async_trait;
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+
+/// Rows per multi-row INSERT: well under both engines' bind-parameter limits.
+const CHUNK: usize = 1_000;
+
+fn map_err(err: sqlx::Error) -> SinkError {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => SinkError::Unavailable(err.to_string()),
+        sqlx::Error::Database(db) => {
+            // Serialization failures, deadlocks and busy files are transient.
+            let transient = db
+                .code()
+                .is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "261"));
+            if transient {
+                SinkError::Unavailable(db.to_string())
+            } else {
+                SinkError::Fatal(db.to_string())
+            }
+        }
+        other => SinkError::Fatal(other.to_string()),
+    }
+}
+
+fn ads_json(session: &Session) -> String {
+    serde_json::to_string(&session.ads).unwrap_or_else(|_| "[]".into())
+}
+
+/// Implements the store for one sqlx database; the SQL is shared text.
+macro_rules! sql_store {
+    ($name:ident, $db:ty, $pool:ty) => {
+        /// The sessions store on this engine.
+        #[derive(Clone)]
+        pub struct $name {
+            pool: $pool,
+            raw_ttl_ms: i64,
+        }
+
+        impl $name {
+            pub fn new(pool: $pool, raw_ttl_ms: i64) -> Self {
+                Self { pool, raw_ttl_ms }
+            }
+
+            pub fn pool(&self) -> &$pool {
+                &self.pool
+            }
+        }
+
+        #[async_trait]
+        impl SessionStore for $name {
+            async fn commit(&self, flush: &Flush) -> Result<(), SinkError> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+
+                for chunk in flush.raw.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO raw_heartbeats (event_id, user_id, video_id, device_id, event_time_ms, \
+                         position_ms, state, ad_id, platform, app_version, country, bitrate_kbps, late, expires_ms) ",
+                    );
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(&r.event_id)
+                            .push_bind(&r.user_id)
+                            .push_bind(&r.video_id)
+                            .push_bind(&r.device_id)
+                            .push_bind(r.event_time_ms)
+                            .push_bind(r.position_ms)
+                            .push_bind(r.state)
+                            .push_bind(&r.ad_id)
+                            .push_bind(&r.platform)
+                            .push_bind(&r.app_version)
+                            .push_bind(&r.country)
+                            .push_bind(r.bitrate_kbps)
+                            .push_bind(r.late)
+                            .push_bind(r.event_time_ms.saturating_add(self.raw_ttl_ms));
+                    });
+                    // First copy wins: a later copy of the same event changes nothing.
+                    q.push(" ON CONFLICT (event_id) DO NOTHING");
+                    q.build().execute(&mut *tx).await.map_err(map_err)?;
+                }
+
+                for chunk in flush.dead_letters.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO dead_letters (received_ms, event_id, device_id, reason, payload) ",
+                    );
+                    q.push_values(chunk, |mut b, d: &DeadLetter| {
+                        b.push_bind(d.received_ms)
+                            .push_bind(&d.event_id)
+                            .push_bind(&d.device_id)
+                            .push_bind(&d.reason)
+                            .push_bind(&d.payload);
+                    });
+                    q.build().execute(&mut *tx).await.map_err(map_err)?;
+                }
+
+                // Superseded sessions go first, with their impressions.
+                for (_, change) in &flush.changes {
+                    if let Change::Delete(key) = change {
+                        for table in ["sessions", "session_ads"] {
+                            sqlx::query(&format!(
+                                "DELETE FROM {table} WHERE user_id = $1 AND video_id = $2 AND start_ms = $3"
+                            ))
+                            .bind(&key.user_id)
+                            .bind(&key.video_id)
+                            .bind(key.start_ms)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                        }
+                    }
+                }
+
+                let upserts: Vec<(i32, &Session, bool)> = flush
+                    .changes
+                    .iter()
+                    .filter_map(|(partition, change)| match change {
+                        Change::Upsert(s) => Some((*partition, s, false)),
+                        Change::Final(s) => Some((*partition, s, true)),
+                        Change::Delete(_) => None,
+                    })
+                    .collect();
+                for chunk in upserts.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO sessions (user_id, video_id, start_ms, end_ms, heartbeats, watch_ms, \
+                         coverage_ms, last_position_ms, devices, ads, is_final, stream_partition, updated_ms) ",
+                    );
+                    q.push_values(chunk, |mut b, (partition, s, is_final)| {
+                        b.push_bind(&s.user_id)
+                            .push_bind(&s.video_id)
+                            .push_bind(s.start_ms)
+                            .push_bind(s.end_ms)
+                            .push_bind(s.heartbeats as i64)
+                            .push_bind(s.watch_ms)
+                            .push_bind(s.coverage_ms)
+                            .push_bind(s.last_position_ms)
+                            .push_bind(s.devices as i64)
+                            .push_bind(ads_json(s))
+                            .push_bind(*is_final)
+                            .push_bind(*partition)
+                            .push_bind(flush.now_ms);
+                    });
+                    q.push(
+                        " ON CONFLICT (user_id, video_id, start_ms) DO UPDATE SET \
+                         end_ms = excluded.end_ms, heartbeats = excluded.heartbeats, \
+                         watch_ms = excluded.watch_ms, coverage_ms = excluded.coverage_ms, \
+                         last_position_ms = excluded.last_position_ms, devices = excluded.devices, \
+                         ads = excluded.ads, is_final = excluded.is_final, \
+                         stream_partition = excluded.stream_partition, updated_ms = excluded.updated_ms",
+                    );
+                    q.build().execute(&mut *tx).await.map_err(map_err)?;
+                }
+
+                let impressions: Vec<(&Session, &String)> = upserts
+                    .iter()
+                    .flat_map(|(_, s, _)| s.ads.iter().map(move |ad| (*s, ad)))
+                    .collect();
+                for chunk in impressions.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO session_ads (user_id, video_id, start_ms, ad_id) ",
+                    );
+                    q.push_values(chunk, |mut b, (s, ad)| {
+                        b.push_bind(&s.user_id)
+                            .push_bind(&s.video_id)
+                            .push_bind(s.start_ms)
+                            .push_bind(*ad);
+                    });
+                    q.push(" ON CONFLICT (user_id, video_id, start_ms, ad_id) DO NOTHING");
+                    q.build().execute(&mut *tx).await.map_err(map_err)?;
+                }
+
+                for offset in &flush.offsets {
+                    sqlx::query(
+                        "INSERT INTO stream_offsets (topic, partition, next_offset, watermark_ms) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (topic, partition) DO UPDATE SET \
+                         next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms",
+                    )
+                    .bind(&offset.topic)
+                    .bind(offset.partition)
+                    .bind(offset.next_offset)
+                    .bind(offset.watermark_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn load_partition(
+                &self,
+                topic: &str,
+                partition: i32,
+            ) -> Result<PartitionSnapshot, SinkError> {
+                let offset = sqlx::query(
+                    "SELECT next_offset, watermark_ms FROM stream_offsets WHERE topic = $1 AND partition = $2",
+                )
+                .bind(topic)
+                .bind(partition)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+                let (next_offset, watermark_ms) = match offset {
+                    Some(row) => (
+                        Some(row.try_get::<i64, _>(0).map_err(map_err)?),
+                        row.try_get::<Option<i64>, _>(1).map_err(map_err)?,
+                    ),
+                    None => (None, None),
+                };
+                let rows = sqlx::query(
+                    "SELECT user_id, video_id, start_ms, end_ms FROM sessions \
+                     WHERE stream_partition = $1 AND is_final = $2",
+                )
+                .bind(partition)
+                .bind(false)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                let open = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(OpenSession {
+                            user_id: row.try_get(0)?,
+                            video_id: row.try_get(1)?,
+                            start_ms: row.try_get(2)?,
+                            end_ms: row.try_get(3)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(map_err)?;
+                Ok(PartitionSnapshot {
+                    next_offset,
+                    watermark_ms,
+                    open,
+                })
+            }
+
+            async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
+                let done = sqlx::query("DELETE FROM raw_heartbeats WHERE expires_ms < $1")
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(done.rows_affected())
+            }
+        }
+
+        #[async_trait]
+        impl RawMirror for $name {
+            async fn write(&self, rows: &[RawHeartbeat]) -> Result<(), SinkError> {
+                let flush = Flush {
+                    raw: rows.to_vec(),
+                    ..Flush::default()
+                };
+                self.commit(&flush).await
+            }
+
+            async fn replay(
+                &self,
+                user_id: &str,
+                video_id: &str,
+                from_ms: i64,
+                to_ms: i64,
+            ) -> Result<Vec<RawHeartbeat>, SinkError> {
+                let rows = sqlx::query(
+                    "SELECT event_id, user_id, video_id, device_id, event_time_ms, position_ms, state, \
+                     ad_id, platform, app_version, country, bitrate_kbps, late FROM raw_heartbeats \
+                     WHERE user_id = $1 AND video_id = $2 AND event_time_ms >= $3 AND event_time_ms <= $4 \
+                     ORDER BY event_time_ms, event_id",
+                )
+                .bind(user_id)
+                .bind(video_id)
+                .bind(from_ms)
+                .bind(to_ms)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(RawHeartbeat {
+                            event_id: row.try_get(0)?,
+                            user_id: row.try_get(1)?,
+                            video_id: row.try_get(2)?,
+                            device_id: row.try_get(3)?,
+                            event_time_ms: row.try_get(4)?,
+                            position_ms: row.try_get(5)?,
+                            state: row.try_get(6)?,
+                            ad_id: row.try_get(7)?,
+                            platform: row.try_get(8)?,
+                            app_version: row.try_get(9)?,
+                            country: row.try_get(10)?,
+                            bitrate_kbps: row.try_get(11)?,
+                            late: row.try_get(12)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(map_err)
+            }
+        }
+    };
+}
+
+sql_store!(PgStore, sqlx::Postgres, PgPool);
+sql_store!(SqliteStore, sqlx::Sqlite, SqlitePool);
