@@ -12,7 +12,9 @@ pub mod raw;
 pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
 pub mod time;
+pub mod workload;
 
 /// Exit code for a configuration error (EX_USAGE), so orchestrators can tell it
 /// from a crash.

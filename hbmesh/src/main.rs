@@ -2,14 +2,8 @@
 //! `simulate` is the load generator; `sessionize` the offline sessionizer;
 //! `token` mints bearer tokens; `catalog import` loads the content catalog.
 
-mod catalog;
-mod demo;
-mod sessionize;
-mod simulate;
-mod token;
-mod up;
-
 use clap::{Parser, Subcommand};
+use hbmesh::{catalog, sessionize, simulate, token, up};
 
 #[derive(Parser)]
 #[command(name = "hbmesh", version, about = "The heartbeat mesh: exact viewing sessions from playback heartbeats")]

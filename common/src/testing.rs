@@ -1,0 +1,73 @@
+//! Test support: a fresh PostgreSQL database per test, dropped afterwards.
+//! The server comes from `HB_TEST_POSTGRES` (default the local trust-auth
+//! `postgres://postgres@127.0.0.1:5432/postgres`).
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// A database created for one test; dropped (with its connections) on drop.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("HB_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+impl TestDb {
+    /// Creates `hb_test_<random>` and migrates it.
+    pub async fn create() -> anyhow::Result<(TestDb, PgPool)> {
+        let admin_url = admin_url();
+        let name = format!(
+            "hb_test_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+                % 1_000_000_000_000
+        );
+        let mut admin = PgConnection::connect(&admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base.to_string())
+            .unwrap_or(admin_url.clone());
+        let url = format!("{base}/{name}");
+        let pool = crate::schema::open_postgres(&url, 8).await?;
+        Ok((
+            TestDb {
+                name,
+                url,
+                admin_url,
+            },
+            pool,
+        ))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}

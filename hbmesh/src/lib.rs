@@ -1,0 +1,10 @@
+//! The `hbmesh` operator binary as a library, so end-to-end tests start the
+//! very same all-in-one mesh (`up::start`) that `hbmesh up` runs.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod demo;
+pub mod sessionize;
+pub mod simulate;
+pub mod token;
+pub mod up;
