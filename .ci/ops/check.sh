@@ -133,12 +133,13 @@ check_metrics_exist() {
   echo "built in $((SECONDS - t0))s"
   local hbmesh="$REPO/target/debug/hbmesh"
   local data; data="$(mktemp -d /tmp/hbmesh-ops-data.XXXXXX)"
-  local ingest m_ingest m_stream m_query
-  ingest="$(free_port)"; m_ingest="$(free_port)"; m_stream="$(free_port)"; m_query="$(free_port)"
+  local ingest query_http m_ingest m_stream m_query
+  ingest="$(free_port)"; query_http="$(free_port)"
+  m_ingest="$(free_port)"; m_stream="$(free_port)"; m_query="$(free_port)"
   (
     unset HB_AUTH_SECRET HB_KAFKA_BROKERS HB_YUGABYTE_URL HB_SCYLLA_NODES HB_TRINO_URL
     export HB_DATA_DIR="$data" HB_LOG=info \
-      HB_INGEST_ADDR="127.0.0.1:$ingest" HB_QUERY_HTTP_ADDR=127.0.0.1:0 HB_QUERY_GRPC_ADDR=127.0.0.1:0 \
+      HB_INGEST_ADDR="127.0.0.1:$ingest" HB_QUERY_HTTP_ADDR="127.0.0.1:$query_http" HB_QUERY_GRPC_ADDR=127.0.0.1:0 \
       HB_INGEST_METRICS_ADDR="127.0.0.1:$m_ingest" HB_STREAM_METRICS_ADDR="127.0.0.1:$m_stream" \
       HB_QUERY_METRICS_ADDR="127.0.0.1:$m_query"
     exec "$hbmesh" up
@@ -159,6 +160,16 @@ check_metrics_exist() {
       tail -5 "$OUT/simulate.log"
     fi
     sleep 2  # let the stream side drain the in-process queue
+    # prometheus-client leaves a labelled family out of /metrics until it has
+    # a label set, so ask every report once (embedded tier: open on loopback).
+    local from to
+    from="$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)"; to="$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)"
+    for path in "v1/reports/royalties?from=$from&to=$to" "v1/reports/impressions?from=$from&to=$to" \
+                "v1/reports/concurrency?from=$from&to=$to&step_s=60" "v1/reports/traffic?from=$from&to=$to" \
+                "v1/users/ops-check/progress" "v1/users/ops-check/sessions?from=$from&to=$to"; do
+      printf 'GET /%s -> %s\n' "${path%%\?*}" \
+        "$(curl -s -o /dev/null -w '%{http_code}' --max-time 30 "http://127.0.0.1:$query_http/$path")"
+    done
     local files=()
     for svc in ingest:$m_ingest stream:$m_stream query:$m_query; do
       local f="$OUT/metrics-${svc%%:*}.txt"

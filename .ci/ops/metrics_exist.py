@@ -8,9 +8,11 @@ exempt, and so is a short, printed list of metrics that come from outside
 the mesh (Prometheus' own `up`, kube-state-metrics' restart counter).
 
 The available names come from the exposition text: sample lines and the
-`# TYPE` lines, because prometheus-client prints only `# HELP`/`# TYPE` for a
-labelled family with no label set observed yet. A family `x` of type counter
-provides `x_total`; a histogram provides `x_bucket`, `x_sum`, `x_count`.
+`# TYPE` lines (a family may be announced before it has samples). A family
+`x` of type counter provides `x_total`; a histogram provides `x_bucket`,
+`x_sum`, `x_count`. Note that prometheus-client 0.25 leaves a labelled family
+with no label set out of the output entirely, so the scraped services must
+have seen some traffic (check.sh sends heartbeats and asks every report).
 
 usage:
   metrics_exist.py --rules R.yaml... --dashboards D.json... \
