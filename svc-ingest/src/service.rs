@@ -141,20 +141,49 @@ impl IngestHandler {
         }
     }
 
-    /// Takes rate-limit tokens for every device in `batch`.
-    fn check_rate(&self, batch: &[Heartbeat]) -> Result<(), Duration> {
+    /// Admits the longest prefix of `batch` that stays within every
+    /// device's rate. Returns its length and, when it is shorter than the
+    /// batch, how long the device should wait before resending the rest.
+    fn admit(&self, batch: &[Heartbeat]) -> (usize, Option<Duration>) {
         let Some(limiter) = &self.limiter else {
-            return Ok(());
+            return (batch.len(), None);
         };
-        let mut per_device: HashMap<&str, u32> = HashMap::new();
+        let mut wanted: HashMap<&str, u32> = HashMap::new();
         for hb in batch {
-            *per_device.entry(hb.device_id.as_str()).or_default() += 1;
+            *wanted.entry(hb.device_id.as_str()).or_default() += 1;
+        }
+        if wanted.len() == 1 {
+            // The common case: a device sending for itself.
+            let (device, count) = wanted.into_iter().next().expect("one device");
+            let (granted, wait) = limiter.take_up_to(device, count, Instant::now());
+            return (granted as usize, wait);
         }
         let now = Instant::now();
-        for (device, count) in per_device {
-            limiter.take(device, count, now)?;
+        // (granted, used, advice) per device.
+        let mut budget: HashMap<&str, (u32, u32, Option<Duration>)> = wanted
+            .into_iter()
+            .map(|(device, count)| {
+                let (granted, wait) = limiter.take_up_to(device, count, now);
+                (device, (granted, 0, wait))
+            })
+            .collect();
+        let mut admitted = batch.len();
+        let mut advice = None;
+        for (index, hb) in batch.iter().enumerate() {
+            let entry = budget
+                .get_mut(hb.device_id.as_str())
+                .expect("counted above");
+            if entry.1 == entry.0 {
+                admitted = index;
+                advice = entry.2;
+                break;
+            }
+            entry.1 += 1;
         }
-        Ok(())
+        for (device, (granted, used, _)) in budget {
+            limiter.give_back(device, granted - used);
+        }
+        (admitted, advice)
     }
 
     /// Runs one call: reads `input` until it ends, fails or is stopped,
@@ -248,9 +277,15 @@ impl IngestHandler {
                     if items.is_empty() {
                         continue;
                     }
-                    if let Err(retry_after) = self.check_rate(&items) {
+                    let (admitted, retry_after) = self.admit(&items);
+                    if let Some(retry_after) = retry_after {
+                        // The admitted prefix is still published and acked
+                        // before the call ends with retry advice.
                         self.metrics.rate_limited.inc();
-                        stop = Some(Stop::RateLimited(retry_after));
+                        items.truncate(admitted);
+                        stop.get_or_insert(Stop::RateLimited(retry_after));
+                    }
+                    if items.is_empty() {
                         continue;
                     }
                     let prepared = self.prepare(items, next_index, role.as_ref(), &mut seen, received_at);
