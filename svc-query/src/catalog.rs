@@ -1,0 +1,217 @@
+//! The content catalog (videos with their license holder and royalty rate,
+//! ads with their campaign and advertiser): validation shared by
+//! `PUT /v1/catalog/{videos,ads}` and `hbmesh catalog import` (CSV).
+
+use crate::config::QueryConfig;
+use crate::report::MAX_ID_BYTES;
+use crate::store::Store;
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Longest title accepted.
+pub const MAX_TITLE_BYTES: usize = 1_024;
+/// Most rows in one `PUT`; bigger catalogs go through the CSV import.
+pub const MAX_ROWS_PER_PUT: usize = 10_000;
+
+/// A catalog row: `video_id,title,license_holder_id,rate_micros_per_hour`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Video {
+    pub video_id: String,
+    pub title: String,
+    pub license_holder_id: String,
+    /// Royalty per hour watched, in millionths of the currency unit.
+    pub rate_micros_per_hour: i64,
+}
+
+/// A catalog row: `ad_id,campaign_id,advertiser_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ad {
+    pub ad_id: String,
+    pub campaign_id: String,
+    pub advertiser_id: String,
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(format!("{field} is longer than {MAX_ID_BYTES} bytes"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("{field} contains control characters"));
+    }
+    Ok(())
+}
+
+impl Video {
+    pub fn validate(&self) -> Result<(), String> {
+        check_id("video_id", &self.video_id)?;
+        check_id("license_holder_id", &self.license_holder_id)?;
+        if self.title.len() > MAX_TITLE_BYTES {
+            return Err(format!("title is longer than {MAX_TITLE_BYTES} bytes"));
+        }
+        if self.title.chars().any(char::is_control) {
+            return Err("title contains control characters".into());
+        }
+        if self.rate_micros_per_hour < 0 {
+            return Err("rate_micros_per_hour is negative".into());
+        }
+        Ok(())
+    }
+}
+
+impl Ad {
+    pub fn validate(&self) -> Result<(), String> {
+        check_id("ad_id", &self.ad_id)?;
+        check_id("campaign_id", &self.campaign_id)?;
+        check_id("advertiser_id", &self.advertiser_id)
+    }
+}
+
+/// Parses and validates a JSON array body of a catalog `PUT`.
+pub fn parse_json<T>(
+    body: &[u8],
+    validate: impl Fn(&T) -> Result<(), String>,
+) -> Result<Vec<T>, String>
+where
+    T: for<'de> Deserialize<'de>,
+{
+    let rows: Vec<T> = serde_json::from_slice(body)
+        .map_err(|e| format!("body is not a JSON array of rows: {e}"))?;
+    if rows.len() > MAX_ROWS_PER_PUT {
+        return Err(format!(
+            "{} rows in one request; at most {MAX_ROWS_PER_PUT} (use `hbmesh catalog import` for more)",
+            rows.len()
+        ));
+    }
+    for (index, row) in rows.iter().enumerate() {
+        validate(row).map_err(|e| format!("row {index}: {e}"))?;
+    }
+    Ok(rows)
+}
+
+/// Reads a CSV file with a header row into validated rows.
+pub fn read_csv<T>(
+    path: &Path,
+    validate: impl Fn(&T) -> Result<(), String>,
+) -> anyhow::Result<Vec<T>>
+where
+    T: for<'de> Deserialize<'de>,
+{
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (index, record) in reader.deserialize::<T>().enumerate() {
+        // Line numbers as an editor shows them: the header is line 1.
+        let line = index + 2;
+        let row = record.with_context(|| format!("{}:{line}: unreadable row", path.display()))?;
+        validate(&row).map_err(|e| anyhow::anyhow!("{}:{line}: {e}", path.display()))?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// `hbmesh catalog import --videos F --ads F`: loads both CSV files (header
+/// `video_id,title,license_holder_id,rate_micros_per_hour` and
+/// `ad_id,campaign_id,advertiser_id`) into the sessions store the
+/// configuration names. Every row is validated before anything is written;
+/// each file is upserted in one transaction. Returns (videos, ads) written.
+pub async fn import_csv(
+    config: &QueryConfig,
+    videos: Option<&Path>,
+    ads: Option<&Path>,
+) -> anyhow::Result<(usize, usize)> {
+    let videos = match videos {
+        Some(path) => read_csv(path, Video::validate)?,
+        None => Vec::new(),
+    };
+    let ads = match ads {
+        Some(path) => read_csv(path, Ad::validate)?,
+        None => Vec::new(),
+    };
+    let store = Store::open(config).await?;
+    let written_videos = store
+        .upsert_videos(&videos)
+        .await
+        .context("writing videos")?;
+    let written_ads = store.upsert_ads(&ads).await.context("writing ads")?;
+    store.close().await;
+    tracing::info!(
+        videos = written_videos,
+        ads = written_ads,
+        store = store.kind(),
+        "catalog imported"
+    );
+    Ok((written_videos, written_ads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(rate: i64) -> Video {
+        Video {
+            video_id: "v1".into(),
+            title: "Title".into(),
+            license_holder_id: "L1".into(),
+            rate_micros_per_hour: rate,
+        }
+    }
+
+    #[test]
+    fn rows_are_validated() {
+        assert!(video(0).validate().is_ok());
+        assert!(video(-1).validate().is_err());
+        let mut v = video(1);
+        v.license_holder_id = String::new();
+        assert!(v.validate().unwrap_err().contains("license_holder_id"));
+        let ad = Ad {
+            ad_id: "a".into(),
+            campaign_id: "c\u{7}".into(),
+            advertiser_id: "x".into(),
+        };
+        assert!(ad.validate().is_err());
+    }
+
+    #[test]
+    fn json_bodies_report_the_bad_row() {
+        let body = br#"[{"video_id":"v","title":"t","license_holder_id":"L","rate_micros_per_hour":5},
+                        {"video_id":"","title":"t","license_holder_id":"L","rate_micros_per_hour":5}]"#;
+        let err = parse_json::<Video>(body, Video::validate).unwrap_err();
+        assert!(err.starts_with("row 1:"), "{err}");
+        assert!(parse_json::<Video>(b"{}", Video::validate).is_err());
+        assert!(parse_json::<Ad>(br#"[{"ad_id":"a","campaign_id":"c"}]"#, Ad::validate).is_err());
+        assert!(parse_json::<Ad>(
+            br#"[{"ad_id":"a","campaign_id":"c","advertiser_id":"x","extra":1}]"#,
+            Ad::validate
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn csv_files_read_with_their_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("videos.csv");
+        std::fs::write(
+            &path,
+            "video_id,title,license_holder_id,rate_micros_per_hour\nv1,\"A, title\",L1,1500000\n",
+        )
+        .unwrap();
+        let rows = read_csv(&path, Video::validate).unwrap();
+        assert_eq!(rows[0].title, "A, title");
+        assert_eq!(rows[0].rate_micros_per_hour, 1_500_000);
+        std::fs::write(
+            &path,
+            "video_id,title,license_holder_id,rate_micros_per_hour\nv1,t,L1,-1\n",
+        )
+        .unwrap();
+        let err = read_csv(&path, Video::validate).unwrap_err().to_string();
+        assert!(err.contains(":2:"), "{err}");
+    }
+}

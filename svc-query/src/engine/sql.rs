@@ -1,0 +1,297 @@
+//! The report SQL, one text per report shared by every engine (SPEC 2:
+//! portable subset, integer epoch milliseconds, TEXT ids, no vendor
+//! functions). Only table names differ per engine, plus the raw-mirror source
+//! of the traffic report, which in ScyllaDB must name its full partition key.
+//!
+//! Values are never spliced from request text: statements carry `$n`
+//! placeholders and typed [`Param`]s. sqlx binds them (PostgreSQL and SQLite
+//! both read `$n`); for Trino, whose client protocol has no bind step,
+//! [`Statement::render`] writes them as literals from the typed values
+//! (integers printed, strings quoted with `'` doubled). The only text that is
+//! generated is the hour/bucket partition list, and it is printed from
+//! validated integers.
+//!
+//! No ORDER BY: engines sort rows in Rust so that byte order is the same
+//! whatever the database's collation.
+
+use hb_common::raw::{hours_between, BUCKETS, HOUR_MS};
+use std::fmt::Write as _;
+
+/// A typed statement parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    Int(i64),
+    Text(String),
+}
+
+/// SQL with `$n` placeholders and the values they stand for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Param>,
+}
+
+impl Statement {
+    /// The SQL with every `$n` replaced by the literal of `params[n-1]`,
+    /// for engines without bound parameters (Trino).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(self.sql.len() + 64);
+        let mut chars = self.sql.char_indices().peekable();
+        while let Some((_, c)) = chars.next() {
+            if c != '$' {
+                out.push(c);
+                continue;
+            }
+            let mut index = 0usize;
+            let mut digits = 0;
+            while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+                index = index * 10 + d.to_digit(10).unwrap_or(0) as usize;
+                digits += 1;
+                chars.next();
+            }
+            match (digits, self.params.get(index.wrapping_sub(1))) {
+                (0, _) => out.push('$'),
+                (_, Some(Param::Int(value))) => {
+                    let _ = write!(out, "{value}");
+                }
+                (_, Some(Param::Text(value))) => {
+                    out.push('\'');
+                    out.push_str(&value.replace('\'', "''"));
+                    out.push('\'');
+                }
+                // A placeholder without a value is a bug in this module; keep it
+                // visible so the engine reports a syntax error rather than
+                // silently running something else.
+                (_, None) => {
+                    let _ = write!(out, "${index}");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Where the raw heartbeats live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RawSource {
+    /// `raw_heartbeats` in the sessions store (embedded tier, or no ScyllaDB).
+    Store(String),
+    /// ScyllaDB `by_hour`, partitioned by `(hour_ms, bucket)`.
+    Scylla(String),
+}
+
+/// Table names as one engine sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    sessions: String,
+    session_ads: String,
+    videos: String,
+    ads: String,
+    raw: RawSource,
+}
+
+impl Tables {
+    /// The sessions store itself (SQLite or PostgreSQL/YugabyteDB).
+    pub fn store() -> Tables {
+        Tables {
+            sessions: "sessions".into(),
+            session_ads: "session_ads".into(),
+            videos: "videos".into(),
+            ads: "ads".into(),
+            raw: RawSource::Store("raw_heartbeats".into()),
+        }
+    }
+
+    /// Trino: the store through the YugabyteDB catalog, the raw mirror
+    /// through the ScyllaDB catalog. Names are validated by the config
+    /// (lowercase identifiers) and quoted here.
+    pub fn trino(
+        yugabyte_catalog: &str,
+        yugabyte_schema: &str,
+        scylla_catalog: &str,
+        scylla_schema: &str,
+    ) -> Tables {
+        let yb = |table: &str| format!("\"{yugabyte_catalog}\".\"{yugabyte_schema}\".\"{table}\"");
+        Tables {
+            sessions: yb("sessions"),
+            session_ads: yb("session_ads"),
+            videos: yb("videos"),
+            ads: yb("ads"),
+            raw: RawSource::Scylla(format!(
+                "\"{scylla_catalog}\".\"{scylla_schema}\".\"by_hour\""
+            )),
+        }
+    }
+
+    /// Royalties: sessions started in `[from, to)` per (license holder, video).
+    /// Columns: license_holder_id, video_id, sessions, viewers, watch_ms,
+    /// rate_micros_per_hour (the amount is computed from the last two).
+    pub fn royalties(&self, from_ms: i64, to_ms: i64, license_holder: Option<&str>) -> Statement {
+        let mut params = vec![Param::Int(from_ms), Param::Int(to_ms)];
+        let scope = scoped(&mut params, "v.license_holder_id", license_holder);
+        Statement {
+            sql: format!(
+                "SELECT v.license_holder_id, s.video_id, COUNT(*) AS sessions, \
+                 COUNT(DISTINCT s.user_id) AS viewers, CAST(SUM(s.watch_ms) AS BIGINT) AS watch_ms, \
+                 v.rate_micros_per_hour\n\
+                 FROM {sessions} s JOIN {videos} v ON v.video_id = s.video_id\n\
+                 WHERE s.start_ms >= $1 AND s.start_ms < $2{scope}\n\
+                 GROUP BY v.license_holder_id, s.video_id, v.rate_micros_per_hour",
+                sessions = self.sessions,
+                videos = self.videos,
+            ),
+            params,
+        }
+    }
+
+    /// Impressions: (session, ad) pairs of sessions started in `[from, to)`
+    /// per (advertiser, campaign, ad).
+    pub fn impressions(&self, from_ms: i64, to_ms: i64, advertiser: Option<&str>) -> Statement {
+        let mut params = vec![Param::Int(from_ms), Param::Int(to_ms)];
+        let scope = scoped(&mut params, "a.advertiser_id", advertiser);
+        Statement {
+            sql: format!(
+                "SELECT a.advertiser_id, a.campaign_id, x.ad_id, COUNT(*) AS impressions, \
+                 COUNT(DISTINCT x.user_id) AS viewers\n\
+                 FROM {session_ads} x JOIN {ads} a ON a.ad_id = x.ad_id\n\
+                 WHERE x.start_ms >= $1 AND x.start_ms < $2{scope}\n\
+                 GROUP BY a.advertiser_id, a.campaign_id, x.ad_id",
+                session_ads = self.session_ads,
+                ads = self.ads,
+            ),
+            params,
+        }
+    }
+
+    /// Concurrency input: every session overlapping `[from, upper)`, as
+    /// (user_id, start_ms, end_ms); buckets are counted in Rust.
+    pub fn concurrency(&self, from_ms: i64, upper_ms: i64) -> Statement {
+        Statement {
+            sql: format!(
+                "SELECT s.user_id, s.start_ms, s.end_ms\n\
+                 FROM {sessions} s\n\
+                 WHERE s.start_ms < $2 AND s.end_ms >= $1",
+                sessions = self.sessions,
+            ),
+            params: vec![Param::Int(from_ms), Param::Int(upper_ms)],
+        }
+    }
+
+    /// Traffic: raw heartbeats with event time in `[from, to)` per hour and
+    /// license holder. The raw side is pre-aggregated to distinct
+    /// (hour, video, device) rows with their heartbeat count, the catalog side
+    /// to (video, license holder); after the join, devices are counted
+    /// distinct per (hour, license holder) — a device watching two titles of
+    /// one holder counts once, which summing per-video counts would not.
+    pub fn traffic(&self, from_ms: i64, to_ms: i64, license_holder: Option<&str>) -> Statement {
+        let mut params = vec![Param::Int(from_ms), Param::Int(to_ms)];
+        let raw = match &self.raw {
+            RawSource::Store(table) => format!(
+                "SELECT event_time_ms - (event_time_ms % {HOUR_MS}) AS hour_ms, video_id, device_id, \
+                 COUNT(*) AS heartbeats\n\
+                 FROM {table}\n\
+                 WHERE event_time_ms >= $1 AND event_time_ms < $2\n\
+                 GROUP BY event_time_ms - (event_time_ms % {HOUR_MS}), video_id, device_id"
+            ),
+            RawSource::Scylla(table) => {
+                // Every partition of the period, named in full: the Cassandra
+                // connector otherwise scans the whole table.
+                let hours = join(hours_between(from_ms, to_ms));
+                let buckets = join(0..i64::from(BUCKETS));
+                format!(
+                    "SELECT hour_ms, video_id, device_id, COUNT(*) AS heartbeats\n\
+                     FROM {table}\n\
+                     WHERE hour_ms IN ({hours}) AND bucket IN ({buckets}) \
+                     AND event_time_ms >= $1 AND event_time_ms < $2\n\
+                     GROUP BY hour_ms, video_id, device_id"
+                )
+            }
+        };
+        let scope = match license_holder {
+            Some(id) => {
+                params.push(Param::Text(id.to_string()));
+                format!(" WHERE license_holder_id = ${}", params.len())
+            }
+            None => String::new(),
+        };
+        Statement {
+            sql: format!(
+                "WITH raw_hours AS (\n{raw}\n), titles AS (\n\
+                 SELECT video_id, license_holder_id FROM {videos}{scope}\n)\n\
+                 SELECT r.hour_ms AS hour_start_ms, t.license_holder_id, \
+                 CAST(SUM(r.heartbeats) AS BIGINT) AS heartbeats, COUNT(DISTINCT r.device_id) AS devices\n\
+                 FROM raw_hours r JOIN titles t ON t.video_id = r.video_id\n\
+                 GROUP BY r.hour_ms, t.license_holder_id",
+                videos = self.videos,
+            ),
+            params,
+        }
+    }
+}
+
+/// Appends ` AND <column> = $n` with its parameter when scoped.
+fn scoped(params: &mut Vec<Param>, column: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) => {
+            params.push(Param::Text(id.to_string()));
+            format!(" AND {column} = ${}", params.len())
+        }
+        None => String::new(),
+    }
+}
+
+fn join(values: impl IntoIterator<Item = i64>) -> String {
+    values
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Progress: per video the user's latest session (by start).
+pub const PROGRESS_SQL: &str = "SELECT s.video_id, s.last_position_ms, s.end_ms, s.start_ms\n\
+     FROM sessions s\n\
+     WHERE s.user_id = $1 AND s.start_ms = (\
+     SELECT MAX(l.start_ms) FROM sessions l WHERE l.user_id = s.user_id AND l.video_id = s.video_id)";
+
+/// A user's sessions started in `[from, to)`.
+pub const SESSIONS_SQL: &str =
+    "SELECT user_id, video_id, start_ms, end_ms, heartbeats, watch_ms, coverage_ms, \
+     last_position_ms, devices, ads, is_final\n\
+     FROM sessions\n\
+     WHERE user_id = $1 AND start_ms >= $2 AND start_ms < $3";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_render_from_typed_values() {
+        let statement = Statement {
+            sql: "a = $1 AND b = $2 AND c = $10 AND d = $".into(),
+            params: vec![Param::Int(-5), Param::Text("o'brien".into())],
+        };
+        assert_eq!(
+            statement.render(),
+            "a = -5 AND b = 'o''brien' AND c = $10 AND d = $"
+        );
+    }
+
+    #[test]
+    fn scoping_is_a_parameter_not_text() {
+        let evil = "x' OR '1'='1";
+        let statement = Tables::store().royalties(0, 1, Some(evil));
+        assert!(!statement.sql.contains(evil));
+        assert_eq!(statement.params[2], Param::Text(evil.into()));
+        assert!(statement.render().contains("'x'' OR ''1''=''1'"));
+    }
+
+    #[test]
+    fn scylla_scans_name_every_partition() {
+        let tables = Tables::trino("yb", "public", "sc", "heartbeats");
+        let sql = tables.traffic(HOUR_MS + 1, 3 * HOUR_MS, None).render();
+        assert!(sql.contains("hour_ms IN (3600000, 7200000)"), "{sql}");
+        assert!(sql.contains("bucket IN (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)"));
+        assert!(sql.contains("FROM \"sc\".\"heartbeats\".\"by_hour\""));
+    }
+}

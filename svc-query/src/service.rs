@@ -1,0 +1,162 @@
+//! What both front doors (HTTP and gRPC) call: authenticate, authorize,
+//! validate, run on the engine or the store, record metrics. The order is
+//! fixed: a caller without a valid token learns nothing about parameters.
+
+use crate::access::{authorize, Endpoint, Scope};
+use crate::catalog::{Ad, Video};
+use crate::engine::ReportEngine;
+use crate::error::{ApiError, EngineError};
+use crate::metrics::Metrics;
+use crate::report::{
+    ConcurrencyRow, ConcurrencySpec, ImpressionRow, ProgressRow, RoyaltyRow, SessionRow,
+    TrafficRow, Window,
+};
+use crate::store::Store;
+use hb_common::auth::Authenticator;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The query service core, cheap to clone.
+#[derive(Clone)]
+pub struct QueryService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<dyn ReportEngine>,
+    store: Store,
+    auth: Authenticator,
+    metrics: Metrics,
+    timeout: Duration,
+}
+
+impl QueryService {
+    pub fn new(
+        engine: Arc<dyn ReportEngine>,
+        store: Store,
+        auth: Authenticator,
+        metrics: Metrics,
+        timeout: Duration,
+    ) -> QueryService {
+        QueryService {
+            inner: Arc::new(Inner {
+                engine,
+                store,
+                auth,
+                metrics,
+                timeout,
+            }),
+        }
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        self.inner.engine.name()
+    }
+
+    /// Runs `work` for `endpoint` on behalf of the bearer of `authorization`,
+    /// with the scope it is allowed, and records the outcome.
+    pub async fn call<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        authorization: Option<&str>,
+        work: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnOnce(Scope) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let started = Instant::now();
+        let outcome = async {
+            let principal = self.inner.auth.authenticate(authorization)?;
+            let scope = authorize(principal.as_ref(), endpoint)?;
+            work(scope).await
+        }
+        .await;
+        let status = match &outcome {
+            Ok(_) => "ok",
+            Err(error) => error.code(),
+        };
+        self.inner
+            .metrics
+            .observe(endpoint.label(), status, started.elapsed());
+        outcome
+    }
+
+    /// Point look-ups and catalog writes: the store with the query deadline.
+    async fn on_store<T>(
+        &self,
+        work: impl Future<Output = Result<T, EngineError>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.inner.timeout, work).await {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(_) => Err(EngineError::Deadline(self.inner.timeout).into()),
+        }
+    }
+
+    pub async fn royalties(
+        &self,
+        window: Window,
+        scope: &Scope,
+    ) -> Result<Vec<RoyaltyRow>, ApiError> {
+        Ok(self
+            .inner
+            .engine
+            .royalties(window, scope.license_holder())
+            .await?)
+    }
+
+    pub async fn impressions(
+        &self,
+        window: Window,
+        scope: &Scope,
+    ) -> Result<Vec<ImpressionRow>, ApiError> {
+        Ok(self
+            .inner
+            .engine
+            .impressions(window, scope.advertiser())
+            .await?)
+    }
+
+    pub async fn concurrency(
+        &self,
+        spec: ConcurrencySpec,
+    ) -> Result<Vec<ConcurrencyRow>, ApiError> {
+        Ok(self.inner.engine.concurrency(spec).await?)
+    }
+
+    pub async fn traffic(
+        &self,
+        window: Window,
+        scope: &Scope,
+    ) -> Result<Vec<TrafficRow>, ApiError> {
+        let window = window.for_traffic()?;
+        Ok(self
+            .inner
+            .engine
+            .traffic(window, scope.license_holder())
+            .await?)
+    }
+
+    pub async fn progress(&self, user_id: &str) -> Result<Vec<ProgressRow>, ApiError> {
+        self.on_store(self.inner.store.progress(user_id)).await
+    }
+
+    pub async fn sessions(
+        &self,
+        user_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SessionRow>, ApiError> {
+        self.on_store(self.inner.store.sessions(user_id, from_ms, to_ms))
+            .await
+    }
+
+    pub async fn upsert_videos(&self, videos: &[Video]) -> Result<usize, ApiError> {
+        self.on_store(self.inner.store.upsert_videos(videos)).await
+    }
+
+    pub async fn upsert_ads(&self, ads: &[Ad]) -> Result<usize, ApiError> {
+        self.on_store(self.inner.store.upsert_ads(ads)).await
+    }
+}

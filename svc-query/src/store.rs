@@ -1,0 +1,319 @@
+//! The sessions store as svc-query sees it: the embedded SQLite file or
+//! PostgreSQL/YugabyteDB. Point look-ups (progress, a user's sessions) and
+//! catalog writes always come here directly, never through Trino.
+
+use crate::catalog::{Ad, Video};
+use crate::config::QueryConfig;
+use crate::engine::sql::{Param, Statement, PROGRESS_SQL, SESSIONS_SQL};
+use crate::error::EngineError;
+use crate::report::{ProgressRow, SessionRow};
+use anyhow::Context as _;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, PgPool, SqlitePool};
+
+/// Rows per multi-row catalog upsert statement (4 parameters each, well
+/// under SQLite's and PostgreSQL's parameter limits).
+const UPSERT_CHUNK: usize = 500;
+
+/// A connection pool to the sessions store.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Store {
+    /// Opens the store the configuration names (YugabyteDB URL, else the
+    /// SQLite file in the data directory) and runs the shared migrations.
+    pub async fn open(config: &QueryConfig) -> anyhow::Result<Store> {
+        match &config.yugabyte_url {
+            Some(url) => {
+                let pool = hb_common::schema::open_postgres(url, config.store_connections)
+                    .await
+                    .context("connecting to the YugabyteDB/PostgreSQL sessions store")?;
+                Ok(Store::Postgres(pool))
+            }
+            None => {
+                let pool =
+                    hb_common::schema::open_sqlite(&config.data_dir, config.store_connections)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "opening the embedded store in {}",
+                                config.data_dir.display()
+                            )
+                        })?;
+                Ok(Store::Sqlite(pool))
+            }
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Runs `statement` with its parameters bound and decodes every row.
+    pub async fn fetch_all<T>(&self, statement: &Statement) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        match self {
+            Store::Sqlite(pool) => {
+                let mut query = sqlx::query_as::<_, T>(&statement.sql);
+                for param in &statement.params {
+                    query = match param {
+                        Param::Int(value) => query.bind(*value),
+                        Param::Text(value) => query.bind(value.clone()),
+                    };
+                }
+                query.fetch_all(pool).await
+            }
+            Store::Postgres(pool) => {
+                let mut query = sqlx::query_as::<_, T>(&statement.sql);
+                for param in &statement.params {
+                    query = match param {
+                        Param::Int(value) => query.bind(*value),
+                        Param::Text(value) => query.bind(value.clone()),
+                    };
+                }
+                query.fetch_all(pool).await
+            }
+        }
+    }
+
+    /// A trivial round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+            Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+        }
+    }
+
+    /// Per video, the user's latest session (by start): resume position and end.
+    pub async fn progress(&self, user_id: &str) -> Result<Vec<ProgressRow>, EngineError> {
+        let statement = Statement {
+            sql: PROGRESS_SQL.to_string(),
+            params: vec![Param::Text(user_id.to_string())],
+        };
+        let mut rows: Vec<ProgressRow> = self.fetch_all(&statement).await?;
+        rows.sort_by(|a, b| a.video_id.cmp(&b.video_id));
+        Ok(rows)
+    }
+
+    /// The user's sessions started in `[from_ms, to_ms)`, by start then video.
+    pub async fn sessions(
+        &self,
+        user_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SessionRow>, EngineError> {
+        let statement = Statement {
+            sql: SESSIONS_SQL.to_string(),
+            params: vec![
+                Param::Text(user_id.to_string()),
+                Param::Int(from_ms),
+                Param::Int(to_ms),
+            ],
+        };
+        let stored: Vec<StoredSession> = self.fetch_all(&statement).await?;
+        let mut rows = stored
+            .into_iter()
+            .map(StoredSession::into_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by(|a, b| (a.start_ms, &a.video_id).cmp(&(b.start_ms, &b.video_id)));
+        Ok(rows)
+    }
+
+    /// Inserts or replaces videos by `video_id`, all in one transaction.
+    pub async fn upsert_videos(&self, videos: &[Video]) -> Result<usize, EngineError> {
+        let videos = last_wins(videos, |v| &v.video_id);
+        let sql = |rows: usize| {
+            upsert_sql(
+                "videos",
+                &[
+                    "video_id",
+                    "title",
+                    "license_holder_id",
+                    "rate_micros_per_hour",
+                ],
+                rows,
+            )
+        };
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for chunk in videos.chunks(UPSERT_CHUNK) {
+                    let text = sql(chunk.len());
+                    let mut query = sqlx::query(&text);
+                    for video in chunk {
+                        query = query
+                            .bind(&video.video_id)
+                            .bind(&video.title)
+                            .bind(&video.license_holder_id)
+                            .bind(video.rate_micros_per_hour);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }};
+        }
+        match self {
+            Store::Sqlite(pool) => run!(pool),
+            Store::Postgres(pool) => run!(pool),
+        }
+        Ok(videos.len())
+    }
+
+    /// Inserts or replaces ads by `ad_id`, all in one transaction.
+    pub async fn upsert_ads(&self, ads: &[Ad]) -> Result<usize, EngineError> {
+        let ads = last_wins(ads, |a| &a.ad_id);
+        let sql = |rows: usize| upsert_sql("ads", &["ad_id", "campaign_id", "advertiser_id"], rows);
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for chunk in ads.chunks(UPSERT_CHUNK) {
+                    let text = sql(chunk.len());
+                    let mut query = sqlx::query(&text);
+                    for ad in chunk {
+                        query = query
+                            .bind(&ad.ad_id)
+                            .bind(&ad.campaign_id)
+                            .bind(&ad.advertiser_id);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }};
+        }
+        match self {
+            Store::Sqlite(pool) => run!(pool),
+            Store::Postgres(pool) => run!(pool),
+        }
+        Ok(ads.len())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(pool) => pool.close().await,
+            Store::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Keeps the last row per key, in first-seen order: one multi-row
+/// `ON CONFLICT DO UPDATE` may not touch the same row twice (PostgreSQL).
+fn last_wins<T, K: Fn(&T) -> &String>(rows: &[T], key: K) -> Vec<&T> {
+    let mut position = std::collections::HashMap::new();
+    let mut out: Vec<&T> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match position.get(key(row)) {
+            Some(&i) => out[i] = row,
+            None => {
+                position.insert(key(row).clone(), out.len());
+                out.push(row);
+            }
+        }
+    }
+    out
+}
+
+/// `INSERT ... VALUES (...), (...) ON CONFLICT (<first column>) DO UPDATE SET ...`,
+/// accepted alike by SQLite (3.24+), PostgreSQL and YugabyteDB.
+fn upsert_sql(table: &str, columns: &[&str], rows: usize) -> String {
+    let mut n = 0;
+    let values: Vec<String> = (0..rows)
+        .map(|_| {
+            let placeholders: Vec<String> = columns
+                .iter()
+                .map(|_| {
+                    n += 1;
+                    format!("${n}")
+                })
+                .collect();
+            format!("({})", placeholders.join(", "))
+        })
+        .collect();
+    let updates: Vec<String> = columns[1..]
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+        columns.join(", "),
+        values.join(", "),
+        columns[0],
+        updates.join(", ")
+    )
+}
+
+/// A `sessions` row as stored (ads as JSON text).
+#[derive(sqlx::FromRow)]
+struct StoredSession {
+    user_id: String,
+    video_id: String,
+    start_ms: i64,
+    end_ms: i64,
+    heartbeats: i64,
+    watch_ms: i64,
+    coverage_ms: i64,
+    last_position_ms: i64,
+    devices: i64,
+    ads: String,
+    is_final: bool,
+}
+
+impl StoredSession {
+    fn into_row(self) -> Result<SessionRow, EngineError> {
+        let ads: Vec<String> = serde_json::from_str(&self.ads).map_err(|e| {
+            EngineError::Internal(format!(
+                "session ({}, {}, {}) has an unreadable ads list: {e}",
+                self.user_id, self.video_id, self.start_ms
+            ))
+        })?;
+        Ok(SessionRow {
+            user_id: self.user_id,
+            video_id: self.video_id,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            heartbeats: self.heartbeats,
+            watch_ms: self.watch_ms,
+            coverage_ms: self.coverage_ms,
+            last_position_ms: self.last_position_ms,
+            ads,
+            devices: self.devices,
+            is_final: self.is_final,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upserts_are_portable_multi_row_statements() {
+        assert_eq!(
+            upsert_sql("ads", &["ad_id", "campaign_id", "advertiser_id"], 2),
+            "INSERT INTO ads (ad_id, campaign_id, advertiser_id) VALUES ($1, $2, $3), ($4, $5, $6) \
+             ON CONFLICT (ad_id) DO UPDATE SET campaign_id = excluded.campaign_id, \
+             advertiser_id = excluded.advertiser_id"
+        );
+    }
+
+    #[test]
+    fn the_last_copy_of_a_key_wins() {
+        let rows = vec![
+            ("a".to_string(), 1),
+            ("b".to_string(), 2),
+            ("a".to_string(), 3),
+        ];
+        let kept = last_wins(&rows, |r| &r.0);
+        assert_eq!(kept, vec![&rows[2], &rows[1]]);
+    }
+}

@@ -1,0 +1,251 @@
+//! Every report and look-up over a seeded store, SQLite and PostgreSQL,
+//! equals the straightforward computation of SPEC 7 in `common::Seed`,
+//! including the period edges and empty results.
+
+mod common;
+
+use common::{Backend, Seed, TestStore, MINUTE, T0};
+use hb_common::raw::HOUR_MS;
+use std::time::Duration;
+use svc_query::engine::direct::DirectEngine;
+use svc_query::engine::ReportEngine;
+use svc_query::report::{ConcurrencySpec, Window};
+
+const DAY: i64 = 24 * HOUR_MS;
+
+/// Periods worth checking: the seeded day, an hour, a period with nothing
+/// in it, and periods whose edges sit exactly on seeded rows.
+fn windows() -> Vec<(i64, i64)> {
+    vec![
+        (T0, T0 + DAY),
+        (T0 - 3 * HOUR_MS, T0 + 2 * DAY),
+        (T0 + 5 * HOUR_MS, T0 + 6 * HOUR_MS),
+        (T0 + DAY - 1, T0 + DAY),
+        (T0 - 1, T0),
+        (T0 + 10 * DAY, T0 + 11 * DAY),
+    ]
+}
+
+async fn check_reports(backend: Backend) {
+    let test = TestStore::new(backend).await;
+    let seed = Seed::generate(7);
+    seed.load(&test.store).await;
+    let engine = DirectEngine::new(test.store.clone(), Duration::from_secs(30));
+
+    let mut non_empty = 0;
+    for (from, to) in windows() {
+        let window = Window::new(from, to).unwrap();
+        let royalties = engine.royalties(window, None).await.unwrap();
+        assert_eq!(
+            royalties,
+            seed.royalties(from, to, None),
+            "royalties {from}..{to}"
+        );
+        non_empty += usize::from(!royalties.is_empty());
+        for holder in ["L0", "L1", "L3", "nobody"] {
+            assert_eq!(
+                engine.royalties(window, Some(holder)).await.unwrap(),
+                seed.royalties(from, to, Some(holder)),
+                "royalties {holder} {from}..{to}"
+            );
+        }
+        assert_eq!(
+            engine.impressions(window, None).await.unwrap(),
+            seed.impressions(from, to, None),
+            "impressions {from}..{to}"
+        );
+        for advertiser in ["A0", "A1", "nobody"] {
+            assert_eq!(
+                engine.impressions(window, Some(advertiser)).await.unwrap(),
+                seed.impressions(from, to, Some(advertiser)),
+                "impressions {advertiser} {from}..{to}"
+            );
+        }
+        assert_eq!(
+            engine.traffic(window, None).await.unwrap(),
+            seed.traffic(from, to, None),
+            "traffic {from}..{to}"
+        );
+        assert_eq!(
+            engine.traffic(window, Some("L2")).await.unwrap(),
+            seed.traffic(from, to, Some("L2")),
+            "traffic L2 {from}..{to}"
+        );
+    }
+    assert!(non_empty >= 3, "the seed must exercise non-empty results");
+
+    // The edge sessions: start == from counts, start == to does not.
+    let day = Window::new(T0, T0 + DAY).unwrap();
+    let v1 = engine.royalties(day, Some("L1")).await.unwrap();
+    let edge_users = seed
+        .sessions
+        .iter()
+        .filter(|s| s.user_id.starts_with("edge") && s.start_ms >= T0 && s.start_ms < T0 + DAY)
+        .count();
+    assert_eq!(edge_users, 2);
+    assert!(v1.iter().any(|r| r.video_id == "v1"));
+    // Empty periods answer no rows, not an error.
+    let empty = Window::new(T0 + 10 * DAY, T0 + 11 * DAY).unwrap();
+    assert!(engine.royalties(empty, None).await.unwrap().is_empty());
+    assert!(engine.traffic(empty, None).await.unwrap().is_empty());
+
+    for (from, to, step) in [
+        (T0, T0 + DAY, 3_600),
+        (T0 + HOUR_MS, T0 + 3 * HOUR_MS, 60),
+        (T0 - 1, T0 + 25 * MINUTE + 7, 600),
+        (T0 + 5 * DAY, T0 + 5 * DAY + HOUR_MS, 300),
+    ] {
+        let spec = ConcurrencySpec::new(Window::new(from, to).unwrap(), step).unwrap();
+        let rows = engine.concurrency(spec).await.unwrap();
+        assert_eq!(
+            rows,
+            seed.concurrency(from, to, step),
+            "concurrency {from}..{to}/{step}"
+        );
+    }
+    // Zero buckets are rows too.
+    let quiet = ConcurrencySpec::new(
+        Window::new(T0 + 5 * DAY, T0 + 5 * DAY + HOUR_MS).unwrap(),
+        300,
+    )
+    .unwrap();
+    let rows = engine.concurrency(quiet).await.unwrap();
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r.viewers == 0));
+
+    for user in seed
+        .busiest_users(5)
+        .iter()
+        .map(String::as_str)
+        .chain(["edge0", "nobody"])
+    {
+        assert_eq!(
+            test.store.progress(user).await.unwrap(),
+            seed.progress(user),
+            "progress {user}"
+        );
+        assert_eq!(
+            test.store.sessions(user, i64::MIN, i64::MAX).await.unwrap(),
+            seed.user_sessions(user, i64::MIN, i64::MAX),
+            "sessions {user}"
+        );
+        assert_eq!(
+            test.store
+                .sessions(user, T0, T0 + 6 * HOUR_MS)
+                .await
+                .unwrap(),
+            seed.user_sessions(user, T0, T0 + 6 * HOUR_MS),
+            "sessions {user} in a period"
+        );
+    }
+    assert!(test.store.progress("nobody").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reports_over_sqlite_match_the_definition() {
+    check_reports(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn reports_over_postgres_match_the_definition() {
+    check_reports(Backend::Postgres).await;
+}
+
+async fn check_catalog_upserts(backend: Backend) {
+    let test = TestStore::new(backend).await;
+    let seed = Seed::generate(11);
+    seed.load(&test.store).await;
+    let engine = DirectEngine::new(test.store.clone(), Duration::from_secs(30));
+    let day = Window::new(T0, T0 + DAY).unwrap();
+    // Move v1 to another holder at another rate; the reports follow.
+    let mut moved = seed.clone();
+    let video = moved
+        .videos
+        .iter_mut()
+        .find(|v| v.video_id == "v1")
+        .unwrap();
+    video.license_holder_id = "L9".into();
+    video.rate_micros_per_hour = 7;
+    // The same key twice in one batch: the last copy wins.
+    let mut batch = vec![video.clone(), video.clone()];
+    batch[0].rate_micros_per_hour = 1;
+    assert_eq!(test.store.upsert_videos(&batch).await.unwrap(), 1);
+    assert_eq!(
+        engine.royalties(day, None).await.unwrap(),
+        moved.royalties(T0, T0 + DAY, None)
+    );
+    assert_eq!(
+        engine.royalties(day, Some("L9")).await.unwrap(),
+        moved.royalties(T0, T0 + DAY, Some("L9"))
+    );
+    assert!(!engine.royalties(day, Some("L9")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn catalog_upserts_replace_rows_sqlite() {
+    check_catalog_upserts(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn catalog_upserts_replace_rows_postgres() {
+    check_catalog_upserts(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn csv_import_writes_the_configured_store() {
+    let test = TestStore::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let videos = dir.path().join("videos.csv");
+    let ads = dir.path().join("ads.csv");
+    std::fs::write(
+        &videos,
+        "video_id,title,license_holder_id,rate_micros_per_hour\nv1,One,L1,3600000\nv2,\"Two, too\",L2,1\n",
+    )
+    .unwrap();
+    std::fs::write(&ads, "ad_id,campaign_id,advertiser_id\na1,c1,A1\n").unwrap();
+    let counts = svc_query::catalog::import_csv(&test.config, Some(&videos), Some(&ads))
+        .await
+        .unwrap();
+    assert_eq!(counts, (2, 1));
+    let seed = Seed {
+        sessions: vec![common::SeedSession {
+            user_id: "u".into(),
+            video_id: "v1".into(),
+            start_ms: T0,
+            end_ms: T0 + MINUTE,
+            heartbeats: 13,
+            watch_ms: 60_000,
+            coverage_ms: 60_000,
+            last_position_ms: 60_000,
+            devices: 1,
+            ads: vec!["a1".into()],
+            is_final: true,
+        }],
+        ..Seed::default()
+    };
+    seed.load(&test.store).await;
+    let engine = DirectEngine::new(test.store.clone(), Duration::from_secs(30));
+    let window = Window::new(T0, T0 + 1).unwrap();
+    let royalties = engine.royalties(window, None).await.unwrap();
+    assert_eq!(royalties.len(), 1);
+    assert_eq!(royalties[0].amount_micros, 60_000, "60 s at 3.6 units/h");
+    assert_eq!(
+        engine.impressions(window, None).await.unwrap()[0].advertiser_id,
+        "A1"
+    );
+
+    // A bad row anywhere writes nothing.
+    std::fs::write(&ads, "ad_id,campaign_id,advertiser_id\na2,c1,A1\na3,,A1\n").unwrap();
+    let error = svc_query::catalog::import_csv(&test.config, None, Some(&ads))
+        .await
+        .unwrap_err();
+    assert!(format!("{error:#}").contains(":3:"), "{error:#}");
+    let svc_query::store::Store::Sqlite(pool) = &test.store else {
+        unreachable!()
+    };
+    let ads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ads")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(ads, 1, "a2 was not written");
+}
