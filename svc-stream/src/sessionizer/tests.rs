@@ -1,0 +1,691 @@
+//! One hand-checked case per rule of SPEC 5, plus the change stream the store
+//! sees. Times are milliseconds; `G` and `L` are the default gap and lateness.
+
+use super::*;
+
+const G: i64 = 600_000;
+const L: i64 = 120_000;
+const IDLE: i64 = 600_000;
+
+/// A heartbeat of user "u" watching "v" on device "phone", no ad.
+fn hb(event_id: &str, time_ms: i64, position_ms: i64, state: PlaybackState) -> Event {
+    Event {
+        event_id: event_id.to_owned(),
+        user_id: "u".to_owned(),
+        video_id: "v".to_owned(),
+        device_id: "phone".to_owned(),
+        time_ms,
+        position_ms,
+        state,
+        ad_id: String::new(),
+    }
+}
+
+fn playing(event_id: &str, time_ms: i64, position_ms: i64) -> Event {
+    hb(event_id, time_ms, position_ms, PlaybackState::Playing)
+}
+
+trait EventExt {
+    fn on(self, device_id: &str) -> Event;
+    fn with_ad(self, ad_id: &str) -> Event;
+    fn for_user(self, user_id: &str) -> Event;
+}
+
+impl EventExt for Event {
+    fn on(mut self, device_id: &str) -> Event {
+        self.device_id = device_id.to_owned();
+        self
+    }
+    fn with_ad(mut self, ad_id: &str) -> Event {
+        self.ad_id = ad_id.to_owned();
+        self
+    }
+    fn for_user(mut self, user_id: &str) -> Event {
+        self.user_id = user_id.to_owned();
+        self
+    }
+}
+
+fn key(user_id: &str, start_ms: i64) -> SessionKey {
+    SessionKey {
+        user_id: user_id.to_owned(),
+        video_id: "v".to_owned(),
+        start_ms,
+    }
+}
+
+/// Pushes everything in the given arrival order (all merged), then finishes.
+fn sessions_of(events: Vec<Event>) -> Vec<Session> {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    for event in events {
+        assert_eq!(sessionizer.push(event, 0), Outcome::Merged);
+    }
+    sessionizer.finish();
+    let mut sessions: Vec<Session> = sessionizer
+        .drain_changes()
+        .into_iter()
+        .filter_map(|change| match change {
+            Change::Final(session) => Some(session),
+            _ => None,
+        })
+        .collect();
+    sessions.sort_by_key(Session::key);
+    sessions
+}
+
+fn only_session(events: Vec<Event>) -> Session {
+    let mut sessions = sessions_of(events);
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    sessions.remove(0)
+}
+
+fn upsert_keys(changes: &[Change]) -> Vec<SessionKey> {
+    changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::Upsert(session) => Some(session.key()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Applies changes the way the store does.
+fn apply(store: &mut BTreeMap<SessionKey, (Session, bool)>, changes: Vec<Change>) {
+    for change in changes {
+        match change {
+            Change::Upsert(session) => {
+                store.insert(session.key(), (session, false));
+            }
+            Change::Final(session) => {
+                store.insert(session.key(), (session, true));
+            }
+            Change::Delete(key) => {
+                store.remove(&key);
+            }
+        }
+    }
+}
+
+use std::collections::BTreeMap;
+
+#[test]
+fn a_gap_of_exactly_g_starts_a_new_session() {
+    let sessions = sessions_of(vec![playing("a", 0, 0), playing("b", G, 5_000)]);
+    assert_eq!(sessions.len(), 2);
+    assert_eq!((sessions[0].start_ms, sessions[0].end_ms), (0, 0));
+    assert_eq!((sessions[1].start_ms, sessions[1].end_ms), (G, G));
+    assert_eq!(sessions[1].last_position_ms, 5_000);
+}
+
+#[test]
+fn a_gap_of_g_minus_one_joins_the_session() {
+    let session = only_session(vec![playing("a", 0, 0), playing("b", G - 1, 5_000)]);
+    assert_eq!(
+        (session.start_ms, session.end_ms, session.heartbeats),
+        (0, G - 1, 2)
+    );
+    assert_eq!(session.watch_ms, 5_000);
+}
+
+#[test]
+fn a_forward_seek_beyond_twice_the_elapsed_time_counts_nothing() {
+    let session = only_session(vec![
+        playing("a", 0, 0),
+        playing("b", 5_000, 5_000),
+        playing("c", 10_000, 300_000),
+        playing("d", 15_000, 305_000),
+    ]);
+    assert_eq!(session.watch_ms, 10_000);
+    assert_eq!(session.coverage_ms, 10_000);
+    assert_eq!(session.last_position_ms, 305_000);
+}
+
+#[test]
+fn a_backward_seek_counts_nothing_and_rewatching_counts_watch_but_not_coverage() {
+    let session = only_session(vec![
+        playing("a", 0, 0),
+        playing("b", 5_000, 5_000),
+        playing("c", 10_000, 0),
+        playing("d", 15_000, 5_000),
+    ]);
+    assert_eq!(session.watch_ms, 10_000);
+    assert_eq!(session.coverage_ms, 5_000);
+}
+
+#[test]
+fn a_step_at_exactly_twice_speed_is_watched() {
+    let session = only_session(vec![playing("a", 0, 0), playing("b", 10_000, 20_000)]);
+    assert_eq!((session.watch_ms, session.coverage_ms), (20_000, 20_000));
+}
+
+#[test]
+fn a_step_one_millisecond_beyond_twice_speed_is_not_watched() {
+    let session = only_session(vec![playing("a", 0, 0), playing("b", 10_000, 20_001)]);
+    assert_eq!((session.watch_ms, session.coverage_ms), (0, 0));
+}
+
+#[test]
+fn a_step_without_progress_is_not_watched() {
+    let session = only_session(vec![playing("a", 0, 7_000), playing("b", 5_000, 7_000)]);
+    assert_eq!((session.watch_ms, session.coverage_ms), (0, 0));
+    assert_eq!(session.last_position_ms, 7_000);
+}
+
+#[test]
+fn ad_steps_count_nothing_and_each_ad_is_collected_once() {
+    let session = only_session(vec![
+        playing("a", 0, 0).with_ad("ad-1"),
+        playing("b", 5_000, 0).with_ad("ad-1"),
+        playing("c", 10_000, 0),
+        playing("d", 15_000, 5_000),
+        playing("e", 20_000, 10_000).with_ad("ad-0"),
+        playing("f", 25_000, 15_000).with_ad("ad-1"),
+        playing("g", 30_000, 20_000),
+    ]);
+    // Only c -> d is watched: every other step has an ad at one end.
+    assert_eq!((session.watch_ms, session.coverage_ms), (5_000, 5_000));
+    assert_eq!(session.ads, vec!["ad-0".to_owned(), "ad-1".to_owned()]);
+}
+
+#[test]
+fn a_step_from_a_paused_heartbeat_counts_nothing() {
+    let session = only_session(vec![
+        hb("a", 0, 0, PlaybackState::Paused),
+        playing("b", 5_000, 5_000),
+        playing("c", 10_000, 10_000),
+    ]);
+    assert_eq!(session.watch_ms, 5_000);
+    assert_eq!(session.coverage_ms, 5_000);
+}
+
+#[test]
+fn a_step_from_a_buffering_heartbeat_counts_nothing() {
+    let session = only_session(vec![
+        playing("a", 0, 0),
+        hb("b", 5_000, 5_000, PlaybackState::Buffering),
+        playing("c", 10_000, 8_000),
+        hb("d", 15_000, 13_000, PlaybackState::Ended),
+    ]);
+    assert_eq!(session.watch_ms, 10_000);
+    assert_eq!(session.coverage_ms, 10_000);
+}
+
+#[test]
+fn a_device_switch_within_the_gap_stays_one_session_with_two_devices() {
+    let session = only_session(vec![
+        playing("a", 0, 0).on("phone"),
+        playing("b", 5_000, 5_000).on("phone"),
+        playing("c", 65_000, 5_000).on("tv"),
+        playing("d", 70_000, 10_000).on("tv"),
+    ]);
+    assert_eq!(session.devices, 2);
+    assert_eq!(session.heartbeats, 4);
+    assert_eq!(session.watch_ms, 10_000);
+}
+
+#[test]
+fn a_duplicate_event_id_is_ignored() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    assert_eq!(sessionizer.push(playing("a", 0, 0), 0), Outcome::Merged);
+    assert_eq!(
+        sessionizer.push(playing("b", 5_000, 5_000), 0),
+        Outcome::Merged
+    );
+    assert_eq!(sessionizer.push(playing("a", 0, 0), 0), Outcome::Duplicate);
+    // Same id, different content: the first copy still counts.
+    assert_eq!(
+        sessionizer.push(playing("b", 6_000, 9_000), 0),
+        Outcome::Duplicate
+    );
+    sessionizer.finish();
+    let changes = sessionizer.drain_changes();
+    let Change::Final(session) = &changes[0] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(
+        (session.heartbeats, session.end_ms, session.watch_ms),
+        (2, 5_000, 5_000)
+    );
+}
+
+#[test]
+fn a_late_heartbeat_inside_a_session_merges_exactly() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.push(playing("c", 10_000, 25_000), 0);
+    let before = upserted(sessionizer.drain_changes());
+    // a -> c: 25 s of position in 10 s is a seek.
+    assert_eq!(before.watch_ms, 0);
+    assert_eq!(
+        sessionizer.push(playing("b", 5_000, 5_000), 0),
+        Outcome::Merged
+    );
+    let after = upserted(sessionizer.drain_changes());
+    // a -> b is watched, b -> c (20 s in 5 s) is not.
+    assert_eq!(
+        (after.heartbeats, after.watch_ms, after.coverage_ms),
+        (3, 5_000, 5_000)
+    );
+    assert_eq!(
+        after,
+        only_session(vec![
+            playing("a", 0, 0),
+            playing("b", 5_000, 5_000),
+            playing("c", 10_000, 25_000)
+        ])
+    );
+}
+
+fn upserted(changes: Vec<Change>) -> Session {
+    match <[Change; 1]>::try_from(changes) {
+        Ok([Change::Upsert(session)]) => session,
+        other => panic!("expected one upsert, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_late_heartbeat_that_bridges_two_sessions_merges_them_and_deletes_the_later_key() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.push(playing("c", 610_000, 510_000), 0);
+    assert_eq!(
+        upsert_keys(&sessionizer.drain_changes()),
+        vec![key("u", 0), key("u", 610_000)]
+    );
+    assert_eq!(sessionizer.open_sessions(), 2);
+    // 500 s after a and 110 s before c: within the gap of both.
+    assert_eq!(
+        sessionizer.push(playing("b", 500_000, 400_000), 0),
+        Outcome::Merged
+    );
+    let changes = sessionizer.drain_changes();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0], Change::Delete(key("u", 610_000)));
+    let Change::Upsert(merged) = &changes[1] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(
+        (merged.start_ms, merged.end_ms, merged.heartbeats),
+        (0, 610_000, 3)
+    );
+    assert_eq!((merged.watch_ms, merged.coverage_ms), (510_000, 510_000));
+    assert_eq!(sessionizer.open_sessions(), 1);
+}
+
+#[test]
+fn a_heartbeat_before_the_start_moves_the_session_key() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("b", 100_000, 5_000), 0);
+    assert_eq!(
+        upsert_keys(&sessionizer.drain_changes()),
+        vec![key("u", 100_000)]
+    );
+    sessionizer.push(playing("a", 95_000, 0), 0);
+    let changes = sessionizer.drain_changes();
+    assert_eq!(changes[0], Change::Delete(key("u", 100_000)));
+    assert_eq!(upsert_keys(&changes), vec![key("u", 95_000)]);
+    assert_eq!(changes.len(), 2);
+}
+
+#[test]
+fn a_heartbeat_older_than_the_lateness_horizon_is_late_and_changes_nothing() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a", 1_000_000, 0), 0);
+    sessionizer.drain_changes();
+    assert_eq!(
+        sessionizer.push(playing("z", 1_000_000 - L - 1, 0), 0),
+        Outcome::Late
+    );
+    assert_eq!(
+        sessionizer.push(playing("y", 1_000_000 - L - 1, 0).for_user("w"), 0),
+        Outcome::Late
+    );
+    assert!(sessionizer.drain_changes().is_empty());
+    assert_eq!(
+        (sessionizer.open_sessions(), sessionizer.open_keys()),
+        (1, 1)
+    );
+    // Exactly at the horizon is still merged.
+    assert_eq!(
+        sessionizer.push(playing("x", 1_000_000 - L, 0), 0),
+        Outcome::Merged
+    );
+    assert_eq!(sessionizer.watermark_ms(), Some(1_000_000));
+}
+
+#[test]
+fn a_session_becomes_final_once_the_watermark_passes_end_plus_gap_plus_lateness() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.push(playing("b", 5_000, 5_000), 0);
+    sessionizer.push(playing("c", 5_000 + G + L, 0).for_user("other"), 0);
+    sessionizer.advance(0);
+    assert_eq!(
+        sessionizer.open_sessions(),
+        2,
+        "the watermark only reached end + G + L"
+    );
+    sessionizer.drain_changes();
+    sessionizer.push(playing("d", 5_000 + G + L + 1, 5_000).for_user("other"), 0);
+    sessionizer.advance(0);
+    assert_eq!(sessionizer.open_sessions(), 1);
+    let changes = sessionizer.drain_changes();
+    let finals: Vec<&Session> = changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::Final(session) => Some(session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals.len(), 1);
+    assert_eq!(
+        (
+            finals[0].user_id.as_str(),
+            finals[0].heartbeats,
+            finals[0].watch_ms
+        ),
+        ("u", 2, 5_000)
+    );
+    assert_eq!(
+        sessionizer.held_events(),
+        2,
+        "only the open session's heartbeats are held"
+    );
+}
+
+#[test]
+fn an_idle_key_is_flushed_after_the_idle_timeout_of_processing_time() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a", 0, 0), 1_000);
+    sessionizer.push(playing("b", 5_000, 5_000), 400_000);
+    sessionizer.advance(1_000 + IDLE);
+    assert_eq!(
+        sessionizer.open_sessions(),
+        1,
+        "the second push reset the idle clock"
+    );
+    sessionizer.advance(400_000 + IDLE - 1);
+    assert_eq!(sessionizer.open_sessions(), 1);
+    sessionizer.advance(400_000 + IDLE);
+    assert_eq!(
+        (sessionizer.open_sessions(), sessionizer.open_keys()),
+        (0, 0)
+    );
+    let changes = sessionizer.drain_changes();
+    assert!(
+        matches!(changes.as_slice(), [Change::Final(s)] if s.heartbeats == 2 && s.watch_ms == 5_000),
+        "{changes:?}"
+    );
+    assert_eq!(sessionizer.held_events(), 0);
+}
+
+#[test]
+fn after_an_idle_flush_a_heartbeat_inside_the_final_session_is_late_and_one_after_it_starts_a_new_session(
+) {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.push(playing("b", 5_000, 5_000), 0);
+    sessionizer.advance(IDLE);
+    sessionizer.drain_changes();
+    // A resend of `a` (its id is gone with the session) and a new heartbeat
+    // inside the closed span are both late.
+    assert_eq!(
+        sessionizer.push(playing("a", 0, 0), IDLE + 1),
+        Outcome::Late
+    );
+    assert_eq!(
+        sessionizer.push(playing("m", 2_500, 2_500), IDLE + 1),
+        Outcome::Late
+    );
+    assert!(sessionizer.drain_changes().is_empty());
+    // Within the gap but after the closed span: a new session (documented choice).
+    assert_eq!(
+        sessionizer.push(playing("c", 10_000, 10_000), IDLE + 1),
+        Outcome::Merged
+    );
+    let changes = sessionizer.drain_changes();
+    assert_eq!(upsert_keys(&changes), vec![key("u", 10_000)]);
+    assert_eq!(changes.len(), 1);
+}
+
+#[test]
+fn an_idle_partition_does_not_keep_sessions_open_even_without_new_event_time() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    for user in ["u1", "u2", "u3"] {
+        sessionizer.push(playing(&format!("{user}-a"), 0, 0).for_user(user), 0);
+    }
+    sessionizer.advance(IDLE - 1);
+    assert_eq!(sessionizer.open_sessions(), 3);
+    sessionizer.advance(IDLE);
+    assert_eq!(sessionizer.open_sessions(), 0);
+    assert_eq!(sessionizer.drain_changes().len(), 3);
+}
+
+#[test]
+fn drained_changes_hold_one_entry_per_key_with_deletes_first() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("b", 100_000, 5_000), 0);
+    sessionizer.push(playing("c", 105_000, 10_000), 0);
+    // Never drained under 100 000, so no delete for it.
+    sessionizer.push(playing("a", 95_000, 0), 0);
+    assert_eq!(
+        upsert_keys(&sessionizer.drain_changes()),
+        vec![key("u", 95_000)]
+    );
+    sessionizer.push(playing("x", 100_000, 0).for_user("w"), 0);
+    sessionizer.push(playing("a0", 90_000, 0), 0);
+    sessionizer.push(playing("a1", 85_000, 0), 0);
+    sessionizer.push(playing("d", 110_000, 15_000), 0);
+    let changes = sessionizer.drain_changes();
+    assert_eq!(changes[0], Change::Delete(key("u", 95_000)));
+    // Upserts in order of first change since the last drain.
+    assert_eq!(
+        upsert_keys(&changes),
+        vec![key("w", 100_000), key("u", 85_000)]
+    );
+    assert_eq!(changes.len(), 3);
+    assert!(
+        sessionizer.drain_changes().is_empty(),
+        "nothing changed since"
+    );
+}
+
+#[test]
+fn a_final_under_a_moved_start_deletes_the_stored_key() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("b", 100_000, 5_000), 0);
+    sessionizer.drain_changes();
+    sessionizer.push(playing("a", 50_000, 0), 0);
+    sessionizer.push(playing("z", 100_000 + G + L + 1, 0).for_user("w"), 0);
+    sessionizer.advance(0);
+    let changes = sessionizer.drain_changes();
+    assert_eq!(changes[0], Change::Delete(key("u", 100_000)));
+    assert!(
+        matches!(&changes[2], Change::Final(s) if s.key() == key("u", 50_000)),
+        "{changes:?}"
+    );
+    assert_eq!(upsert_keys(&changes), vec![key("w", 100_000 + G + L + 1)]);
+}
+
+/// A long session with seeks, pauses, ads and a second device, delivered with
+/// adjacent swaps so some heartbeats land inside the tail.
+fn long_viewing(count: i64) -> Vec<Event> {
+    (0..count)
+        .map(|i| {
+            let state = match i % 17 {
+                3 => PlaybackState::Paused,
+                9 => PlaybackState::Buffering,
+                _ => PlaybackState::Playing,
+            };
+            let position_ms = match i % 41 {
+                20 => i * 5_000 - 60_000,
+                30 => i * 5_000 + 200_000,
+                _ => i * 5_000,
+            };
+            let mut event = hb(&format!("e{i:05}"), i * 5_000, position_ms, state);
+            if i % 53 < 3 {
+                event.ad_id = format!("ad{}", i % 5);
+            }
+            if i > count / 2 {
+                event.device_id = "tv".to_owned();
+            }
+            event
+        })
+        .collect()
+}
+
+#[test]
+fn frozen_summaries_give_the_same_session_as_the_batch_and_keep_few_heartbeats() {
+    let events = long_viewing(2_000);
+    let expected = sessionize_all(events.clone(), G);
+    assert_eq!(expected.len(), 1);
+    let mut arrivals = events;
+    for pair in arrivals.chunks_mut(2) {
+        pair.reverse();
+    }
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    let mut most_held = 0;
+    for event in arrivals {
+        assert_eq!(sessionizer.push(event, 0), Outcome::Merged);
+        most_held = most_held.max(sessionizer.held_events());
+    }
+    // 2 min of lateness at one heartbeat per 5 s, plus the swapped neighbour.
+    assert!(most_held <= L as usize / 5_000 + 2, "held {most_held}");
+    sessionizer.finish();
+    let changes = sessionizer.drain_changes();
+    assert!(
+        matches!(changes.as_slice(), [Change::Final(s)] if *s == expected[0]),
+        "{changes:?}"
+    );
+    assert_eq!(expected[0].devices, 2);
+    assert_eq!(expected[0].ads.len(), 5);
+}
+
+#[test]
+fn restoring_open_sessions_then_continuing_gives_the_same_sessions_as_never_restarting() {
+    let mut events = long_viewing(400);
+    events.extend(long_viewing(300).into_iter().map(|e| e.for_user("w")));
+    events.sort_by_key(|e| e.time_ms);
+    let cut = 500;
+
+    let mut uninterrupted = Sessionizer::new(SessionConfig::default());
+    let mut expected = BTreeMap::new();
+    for event in events.clone() {
+        uninterrupted.push(event, 0);
+        apply(&mut expected, uninterrupted.drain_changes());
+    }
+    uninterrupted.finish();
+    apply(&mut expected, uninterrupted.drain_changes());
+
+    let mut before = Sessionizer::new(SessionConfig::default());
+    let mut store = BTreeMap::new();
+    for event in events[..cut].iter().cloned() {
+        before.push(event, 0);
+    }
+    apply(&mut store, before.drain_changes());
+    // What the service reads back: the raw heartbeats of the open sessions.
+    let open: Vec<Event> = store
+        .values()
+        .filter(|(_, is_final)| !is_final)
+        .flat_map(|(session, _)| {
+            events[..cut].iter().filter(move |e| {
+                e.user_id == session.user_id
+                    && (session.start_ms..=session.end_ms).contains(&e.time_ms)
+            })
+        })
+        .cloned()
+        .collect();
+    assert!(open.len() > 100);
+    let mut after = Sessionizer::new(SessionConfig::default());
+    let mut reversed = open;
+    reversed.reverse();
+    reversed.push(reversed[0].clone());
+    after.restore(reversed, before.watermark_ms(), 0);
+    assert!(after.drain_changes().is_empty(), "restore emits nothing");
+    assert_eq!(after.open_sessions(), before.open_sessions());
+    assert_eq!(after.held_events(), before.held_events());
+    for event in events[cut..].iter().cloned() {
+        after.push(event, 0);
+        apply(&mut store, after.drain_changes());
+    }
+    after.finish();
+    apply(&mut store, after.drain_changes());
+    assert_eq!(store, expected);
+    assert!(store.values().all(|(_, is_final)| *is_final));
+}
+
+#[test]
+fn a_restored_watermark_keeps_rejecting_what_was_already_too_late() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.restore(vec![playing("a", 10_000, 0)], Some(1_000_000), 0);
+    assert_eq!(sessionizer.watermark_ms(), Some(1_000_000));
+    assert_eq!(
+        sessionizer.push(playing("b", 1_000_000 - L - 1, 0), 0),
+        Outcome::Late
+    );
+    assert_eq!(
+        sessionizer.held_events(),
+        0,
+        "the restored heartbeat is frozen at once"
+    );
+    assert_eq!(sessionizer.open_sessions(), 1);
+}
+
+#[test]
+fn sessionize_all_keeps_the_first_copy_in_input_order_and_sorts_by_key() {
+    let events = vec![
+        playing("b", 5_000, 5_000).for_user("z"),
+        playing("a", 0, 0).for_user("z"),
+        playing("a", 0, 99_000).for_user("z"),
+        playing("c", 0, 0).for_user("m"),
+        playing("d", G, 0).for_user("m"),
+    ];
+    let sessions = sessionize_all(events, G);
+    let keys: Vec<SessionKey> = sessions.iter().map(Session::key).collect();
+    assert_eq!(keys, vec![key("m", 0), key("m", G), key("z", 0)]);
+    assert_eq!((sessions[2].heartbeats, sessions[2].watch_ms), (2, 5_000));
+}
+
+#[test]
+fn from_proto_rejects_an_unspecified_state_and_a_missing_time() {
+    let mut heartbeat = Heartbeat {
+        event_id: "e".to_owned(),
+        device_id: "d".to_owned(),
+        user_id: "u".to_owned(),
+        video_id: "v".to_owned(),
+        event_time: Some(hb_common::time::ms_to_timestamp(1_700_000_000_123)),
+        position_ms: 42,
+        state: hb_proto::v1::PlaybackState::Paused as i32,
+        ad_id: "ad".to_owned(),
+        ..Default::default()
+    };
+    let event = Event::from_proto(&heartbeat).unwrap();
+    assert_eq!(
+        (event.time_ms, event.position_ms, event.state),
+        (1_700_000_000_123, 42, PlaybackState::Paused)
+    );
+    assert_eq!(Event::try_from(heartbeat.clone()).unwrap(), event);
+    heartbeat.state = 0;
+    assert!(Event::from_proto(&heartbeat).is_err());
+    heartbeat.state = 1;
+    heartbeat.event_time = None;
+    assert!(Event::from_proto(&heartbeat).is_err());
+}
+
+#[test]
+fn playback_states_round_trip_through_names_and_numbers() {
+    for state in [
+        PlaybackState::Playing,
+        PlaybackState::Paused,
+        PlaybackState::Buffering,
+        PlaybackState::Ended,
+    ] {
+        assert_eq!(state.as_str().parse::<PlaybackState>().unwrap(), state);
+        assert_eq!(PlaybackState::try_from(state.to_proto()).unwrap(), state);
+        assert_eq!(
+            serde_json::to_string(&state).unwrap(),
+            format!("\"{}\"", state.as_str())
+        );
+    }
+    assert!(PlaybackState::try_from(9).is_err());
+}
