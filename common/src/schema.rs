@@ -20,10 +20,21 @@ pub async fn migrate_postgres(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// Runs the SQLite migrations.
+/// Two services opening the same file at once may race on the migrations
+/// table; the loser retries and finds the work done.
 pub async fn migrate_sqlite(pool: &SqlitePool) -> anyhow::Result<()> {
     let migrator = sqlx::migrate!("migrations/sqlite");
-    migrator.run(pool).await?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(_) if attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// File name of the embedded store inside `HB_DATA_DIR`.
@@ -40,7 +51,7 @@ pub async fn open_sqlite(data_dir: &Path, max_connections: u32) -> anyhow::Resul
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        .pragma("cache_size", "-65536")
+        .pragma("cache_size", "-262144")
         .pragma("temp_store", "memory");
     let pool = SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))

@@ -55,7 +55,11 @@ impl ClientContext for RebalanceContext {}
 
 impl RebalanceContext {
     /// Hands a rebalance to the pipeline and waits until it is handled.
-    fn handshake(&self, partitions: &TopicPartitionList, make: fn(Vec<i32>, std_mpsc::SyncSender<()>) -> Input) {
+    fn handshake(
+        &self,
+        partitions: &TopicPartitionList,
+        make: fn(Vec<i32>, std_mpsc::SyncSender<()>) -> Input,
+    ) {
         let ours: Vec<i32> = partitions
             .elements()
             .iter()
@@ -66,10 +70,10 @@ impl RebalanceContext {
             return;
         }
         let (done_tx, done_rx) = std_mpsc::sync_channel(1);
-        if self.tx.blocking_send(make(ours, done_tx)).is_ok() {
-            if done_rx.recv_timeout(Duration::from_secs(120)).is_err() {
-                tracing::error!("pipeline did not answer a rebalance in time");
-            }
+        if self.tx.blocking_send(make(ours, done_tx)).is_ok()
+            && done_rx.recv_timeout(Duration::from_secs(120)).is_err()
+        {
+            tracing::error!("pipeline did not answer a rebalance in time");
         }
     }
 }
@@ -252,10 +256,11 @@ fn create_consumer(
     for (key, value) in &source.extra {
         config.set(key, value);
     }
-    let consumer: BaseConsumer<RebalanceContext> = config.create_with_context(RebalanceContext {
-        topic: source.topic.clone(),
-        tx,
-    })?;
+    let consumer: BaseConsumer<RebalanceContext> =
+        config.create_with_context(RebalanceContext {
+            topic: source.topic.clone(),
+            tx,
+        })?;
     consumer.subscribe(&[&source.topic])?;
     tracing::info!(brokers = %source.brokers, topic = %source.topic, group = %source.group, "kafka consumer subscribed");
     Ok(consumer)

@@ -78,7 +78,11 @@ fn raw_row(hb: &Heartbeat, late: bool) -> RawHeartbeat {
         user_id: hb.user_id.clone(),
         video_id: hb.video_id.clone(),
         device_id: hb.device_id.clone(),
-        event_time_ms: hb.event_time.as_ref().map(timestamp_to_ms).unwrap_or_default(),
+        event_time_ms: hb
+            .event_time
+            .as_ref()
+            .map(timestamp_to_ms)
+            .unwrap_or_default(),
         position_ms: i64::try_from(hb.position_ms).unwrap_or(i64::MAX),
         state: hb.state,
         ad_id: hb.ad_id.clone(),
@@ -153,6 +157,8 @@ impl Pipeline {
                 dirty: false,
             },
         );
+        // Known from the start, so the lag series exists before the first report.
+        self.set_lag(partition, 0);
         self.update_gauges();
         Ok(snapshot.next_offset)
     }
@@ -296,14 +302,21 @@ impl Pipeline {
         let stats = FlushStats {
             raw: raw.len(),
             changes: changes.len(),
-            finalized: changes.iter().filter(|(_, c)| matches!(c, Change::Final(_))).count(),
+            finalized: changes
+                .iter()
+                .filter(|(_, c)| matches!(c, Change::Final(_)))
+                .count(),
         };
         if !self.mirror_in_store {
             let mirror = Arc::clone(&self.mirror);
             retry(|| mirror.write(&raw)).await?;
         }
         let flush = Flush {
-            raw: if self.mirror_in_store { raw } else { Vec::new() },
+            raw: if self.mirror_in_store {
+                raw
+            } else {
+                Vec::new()
+            },
             dead_letters,
             changes,
             offsets,
@@ -315,7 +328,9 @@ impl Pipeline {
         self.metrics
             .store_write_latency
             .observe(store_started.elapsed().as_secs_f64());
-        self.metrics.flush_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .flush_latency
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.flush_batch_size.observe(stats.raw as f64);
         self.metrics.finalized.inc_by(stats.finalized as u64);
         self.update_gauges();

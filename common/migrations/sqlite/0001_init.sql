@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     stream_partition INTEGER NOT NULL DEFAULT 0,
     updated_ms       BIGINT  NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, video_id, start_ms)
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (start_ms);
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions (stream_partition, is_final);
 
@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS session_ads (
     start_ms BIGINT NOT NULL,
     ad_id    TEXT   NOT NULL,
     PRIMARY KEY (user_id, video_id, start_ms, ad_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS session_ads_by_start ON session_ads (start_ms);
 
 CREATE TABLE IF NOT EXISTS videos (
@@ -55,13 +55,16 @@ CREATE TABLE IF NOT EXISTS stream_offsets (
     PRIMARY KEY (topic, partition)
 );
 
--- Raw mirror when no ScyllaDB is configured (and the embedded tier).
+-- Raw mirror of the embedded tier. Clustered by (user_id, video_id, time) like
+-- ScyllaDB's by_user_video, so restoring a session reads one range and each
+-- write touches one random B-tree (plus the append-only time index). The same
+-- event always has the same key, so rewriting it changes nothing.
 CREATE TABLE IF NOT EXISTS raw_heartbeats (
-    event_id      TEXT    PRIMARY KEY,
     user_id       TEXT    NOT NULL,
     video_id      TEXT    NOT NULL,
-    device_id     TEXT    NOT NULL,
     event_time_ms BIGINT  NOT NULL,
+    event_id      TEXT    NOT NULL,
+    device_id     TEXT    NOT NULL,
     position_ms   BIGINT  NOT NULL,
     state         INTEGER NOT NULL,
     ad_id         TEXT    NOT NULL DEFAULT '',
@@ -71,9 +74,9 @@ CREATE TABLE IF NOT EXISTS raw_heartbeats (
     bitrate_kbps  BIGINT  NOT NULL DEFAULT 0,
     -- Arrived past the allowed lateness: mirrored and counted, not sessionized.
     late          BOOLEAN NOT NULL DEFAULT FALSE,
-    expires_ms    BIGINT  NOT NULL
-);
-CREATE INDEX IF NOT EXISTS raw_by_user_video ON raw_heartbeats (user_id, video_id, event_time_ms);
+    expires_ms    BIGINT  NOT NULL,
+    PRIMARY KEY (user_id, video_id, event_time_ms, event_id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS raw_by_time ON raw_heartbeats (event_time_ms);
 
 CREATE TABLE IF NOT EXISTS dead_letters (

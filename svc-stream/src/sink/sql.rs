@@ -4,7 +4,10 @@
 //! transaction holding raw rows, dead letters, session changes and offsets.
 //! The store also serves as the raw mirror when no ScyllaDB is configured.
 
-use super::{DeadLetter, Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore, SinkError};
+use super::{
+    DeadLetter, Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore,
+    SinkError,
+};
 use crate::sessionizer::{Change, Session};
 use async_trait::async_trait;
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
@@ -21,9 +24,9 @@ fn map_err(err: sqlx::Error) -> SinkError {
         | sqlx::Error::Tls(_) => SinkError::Unavailable(err.to_string()),
         sqlx::Error::Database(db) => {
             // Serialization failures, deadlocks and busy files are transient.
-            let transient = db
-                .code()
-                .is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "261"));
+            let transient = db.code().is_some_and(|c| {
+                matches!(c.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "261")
+            });
             if transient {
                 SinkError::Unavailable(db.to_string())
             } else {
@@ -61,6 +64,7 @@ macro_rules! sql_store {
         #[async_trait]
         impl SessionStore for $name {
             async fn commit(&self, flush: &Flush) -> Result<(), SinkError> {
+                let started = std::time::Instant::now();
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
 
                 for chunk in flush.raw.chunks(CHUNK) {
@@ -85,10 +89,11 @@ macro_rules! sql_store {
                             .push_bind(r.event_time_ms.saturating_add(self.raw_ttl_ms));
                     });
                     // First copy wins: a later copy of the same event changes nothing.
-                    q.push(" ON CONFLICT (event_id) DO NOTHING");
+                    q.push(" ON CONFLICT DO NOTHING");
                     q.build().execute(&mut *tx).await.map_err(map_err)?;
                 }
 
+                let raw_done = started.elapsed();
                 for chunk in flush.dead_letters.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(
                         "INSERT INTO dead_letters (received_ms, event_id, device_id, reason, payload) ",
@@ -160,6 +165,7 @@ macro_rules! sql_store {
                     q.build().execute(&mut *tx).await.map_err(map_err)?;
                 }
 
+                let sessions_done = started.elapsed();
                 let impressions: Vec<(&Session, &String)> = upserts
                     .iter()
                     .flat_map(|(_, s, _)| s.ads.iter().map(move |ad| (*s, ad)))
@@ -193,7 +199,18 @@ macro_rules! sql_store {
                     .map_err(map_err)?;
                 }
 
-                tx.commit().await.map_err(map_err)
+                let before_commit = started.elapsed();
+                tx.commit().await.map_err(map_err)?;
+                tracing::debug!(
+                    raw = flush.raw.len(),
+                    changes = flush.changes.len(),
+                    raw_ms = raw_done.as_millis() as u64,
+                    sessions_ms = (sessions_done - raw_done).as_millis() as u64,
+                    rest_ms = (before_commit - sessions_done).as_millis() as u64,
+                    commit_ms = (started.elapsed() - before_commit).as_millis() as u64,
+                    "store flush"
+                );
+                Ok(())
             }
 
             async fn load_partition(
