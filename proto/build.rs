@@ -8,10 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("heartbeat_descriptor.bin"))
         .compile_protos(
-            &[
-                "heartbeat/v1/heartbeat.proto",
-                "heartbeat/v1/report.proto",
-            ],
+            &["heartbeat/v1/heartbeat.proto", "heartbeat/v1/report.proto"],
             &["."],
         )?;
     println!("cargo:rerun-if-changed=heartbeat");

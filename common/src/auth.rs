@@ -252,7 +252,14 @@ mod tests {
 
     #[test]
     fn roles_parse_and_print_alike() {
-        for text in ["admin", "app", "gateway", "license_holder:L", "advertiser:A", "device:d-1"] {
+        for text in [
+            "admin",
+            "app",
+            "gateway",
+            "license_holder:L",
+            "advertiser:A",
+            "device:d-1",
+        ] {
             assert_eq!(text.parse::<Role>().unwrap().to_string(), text);
         }
         assert!("license_holder".parse::<Role>().is_err());
@@ -268,7 +275,10 @@ mod tests {
         let key = TokenKey::new("k");
         let auth = Authenticator::Hmac(key.clone());
         let token = key.mint("g", &Role::Gateway, i64::MAX);
-        assert!(auth.authenticate(Some(&format!("Bearer {token}"))).unwrap().is_some());
+        assert!(auth
+            .authenticate(Some(&format!("Bearer {token}")))
+            .unwrap()
+            .is_some());
         assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
         assert_eq!(auth.authenticate(Some(&token)), Err(AuthError::Malformed));
         assert_eq!(Authenticator::Open.authenticate(None), Ok(None));

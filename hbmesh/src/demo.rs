@@ -16,13 +16,23 @@ pub async fn run(addrs: &MeshAddrs, duration: Duration) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let base = format!("http://{}", addrs.query_http);
     seed_catalog(&http, &base).await?;
-    println!("demo: catalog seeded ({VIDEOS} videos, {ADS} ads); simulating 300 players for {}s", duration.as_secs());
+    println!(
+        "demo: catalog seeded ({VIDEOS} videos, {ADS} ads); simulating 300 players for {}s",
+        duration.as_secs()
+    );
 
     let started = hb_common::time::now_ms();
     let target = format!("http://{}", addrs.ingest);
     let seconds = format!("{}s", duration.as_secs().max(1));
     let args: crate::simulate::SimulateArgs = parse_args(&[
-        "--devices", "300", "--rate", "300", "--duration", &seconds, "--target", &target,
+        "--devices",
+        "300",
+        "--rate",
+        "300",
+        "--duration",
+        &seconds,
+        "--target",
+        &target,
     ])?;
     crate::simulate::run(args).await?;
     // Sessions become visible within a flush; give the pipeline a moment.
@@ -31,9 +41,18 @@ pub async fn run(addrs: &MeshAddrs, duration: Duration) -> anyhow::Result<()> {
     let from = hb_common::time::ms_to_rfc3339(started - 86_400_000);
     let to = hb_common::time::ms_to_rfc3339(hb_common::time::now_ms() + 3_600_000);
     for (title, path) in [
-        ("royalties", format!("/v1/reports/royalties?from={from}&to={to}")),
-        ("impressions", format!("/v1/reports/impressions?from={from}&to={to}")),
-        ("traffic", format!("/v1/reports/traffic?from={from}&to={to}")),
+        (
+            "royalties",
+            format!("/v1/reports/royalties?from={from}&to={to}"),
+        ),
+        (
+            "impressions",
+            format!("/v1/reports/impressions?from={from}&to={to}"),
+        ),
+        (
+            "traffic",
+            format!("/v1/reports/traffic?from={from}&to={to}"),
+        ),
     ] {
         let body: serde_json::Value = http
             .get(format!("{base}{path}"))

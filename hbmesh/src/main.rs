@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use hbmesh::{catalog, sessionize, simulate, token, up};
 
 #[derive(Parser)]
-#[command(name = "hbmesh", version, about = "The heartbeat mesh: exact viewing sessions from playback heartbeats")]
+#[command(
+    name = "hbmesh",
+    version,
+    about = "The heartbeat mesh: exact viewing sessions from playback heartbeats"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

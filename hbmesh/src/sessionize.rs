@@ -46,10 +46,9 @@ struct Line {
 
 fn parse_state(value: &serde_json::Value) -> Result<PlaybackState, String> {
     match value {
-        serde_json::Value::String(name) => name
-            .strip_prefix("PLAYBACK_STATE_")
-            .unwrap_or(name)
-            .parse(),
+        serde_json::Value::String(name) => {
+            name.strip_prefix("PLAYBACK_STATE_").unwrap_or(name).parse()
+        }
         serde_json::Value::Number(n) => n
             .as_i64()
             .and_then(|n| i32::try_from(n).ok())
@@ -73,7 +72,8 @@ pub fn parse_line(text: &str) -> Result<Event, String> {
     }
     Ok(Event {
         time_ms: hb_common::time::rfc3339_to_ms(&line.event_time)?,
-        position_ms: i64::try_from(line.position_ms).map_err(|_| "position_ms out of range".to_string())?,
+        position_ms: i64::try_from(line.position_ms)
+            .map_err(|_| "position_ms out of range".to_string())?,
         state: parse_state(&line.state)?,
         event_id: line.event_id,
         user_id: line.user_id,
@@ -126,7 +126,11 @@ pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     eprintln!(
         "hbmesh sessionize: {heartbeats} heartbeats -> {} sessions{}",
         sessions.len(),
-        if skipped > 0 { format!(" ({skipped} bad lines skipped)") } else { String::new() }
+        if skipped > 0 {
+            format!(" ({skipped} bad lines skipped)")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }
@@ -148,7 +152,10 @@ mod tests {
 
     #[test]
     fn numeric_and_prefixed_states_parse() {
-        assert_eq!(parse_state(&serde_json::json!(2)).unwrap(), PlaybackState::Paused);
+        assert_eq!(
+            parse_state(&serde_json::json!(2)).unwrap(),
+            PlaybackState::Paused
+        );
         assert_eq!(
             parse_state(&serde_json::json!("PLAYBACK_STATE_ENDED")).unwrap(),
             PlaybackState::Ended

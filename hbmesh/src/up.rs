@@ -84,7 +84,10 @@ pub async fn start(
     stream_config: StreamConfig,
     query_config: QueryConfig,
     shutdown: CancellationToken,
-) -> anyhow::Result<(MeshAddrs, impl std::future::Future<Output = anyhow::Result<()>>)> {
+) -> anyhow::Result<(
+    MeshAddrs,
+    impl std::future::Future<Output = anyhow::Result<()>>,
+)> {
     let cluster = stream_config.kafka_brokers.is_some() || ingest_config.kafka_brokers.is_some();
     // Migrate once before the services open their own pools.
     svc_stream::open_sinks(&stream_config)
@@ -106,14 +109,31 @@ pub async fn start(
         (PublishTarget::Kafka, svc_stream::Source::Kafka)
     } else {
         let (tx, rx) = handoff::channel(HANDOFF_CAPACITY);
-        (PublishTarget::Embedded(tx), svc_stream::Source::Embedded(rx))
+        (
+            PublishTarget::Embedded(tx),
+            svc_stream::Source::Embedded(rx),
+        )
     };
     // The embedded stream stage stops when ingest has drained and dropped its
     // hand-off; in the cluster tier it stops on the signal like the others.
     let stream_shutdown = shutdown.clone();
-    let stream = tokio::spawn(svc_stream::run(stream_config, source, stream_metrics, stream_shutdown));
-    let ingest = tokio::spawn(svc_ingest::run(ingest_config, target, ingest_listeners, shutdown.clone()));
-    let query = tokio::spawn(svc_query::run(query_config, query_listeners, shutdown.clone()));
+    let stream = tokio::spawn(svc_stream::run(
+        stream_config,
+        source,
+        stream_metrics,
+        stream_shutdown,
+    ));
+    let ingest = tokio::spawn(svc_ingest::run(
+        ingest_config,
+        target,
+        ingest_listeners,
+        shutdown.clone(),
+    ));
+    let query = tokio::spawn(svc_query::run(
+        query_config,
+        query_listeners,
+        shutdown.clone(),
+    ));
 
     let done = async move {
         let (ingest, stream, query) = tokio::join!(ingest, stream, query);

@@ -9,11 +9,19 @@ use std::time::Duration;
 #[derive(clap::Args, Clone, Debug)]
 pub struct IngestConfig {
     /// gRPC listen address; port 0 picks a free port (the bound address is logged).
-    #[arg(long = "ingest-addr", env = "HB_INGEST_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long = "ingest-addr",
+        env = "HB_INGEST_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub addr: SocketAddr,
 
     /// Metrics and health (`/metrics`, `/healthz`, `/readyz`) listen address.
-    #[arg(long = "ingest-metrics-addr", env = "HB_INGEST_METRICS_ADDR", default_value = "127.0.0.1:9101")]
+    #[arg(
+        long = "ingest-metrics-addr",
+        env = "HB_INGEST_METRICS_ADDR",
+        default_value = "127.0.0.1:9101"
+    )]
     pub metrics_addr: SocketAddr,
 
     /// Secret signing bearer tokens; without it ingest runs open, loopback only.
@@ -85,14 +93,16 @@ impl IngestConfig {
             ));
         }
         if self.batch_size == 0 || self.window == 0 || self.concurrency == 0 {
-            return Err("HB_INGEST_BATCH, HB_INGEST_WINDOW and HB_INGEST_CONCURRENCY must be > 0".into());
+            return Err(
+                "HB_INGEST_BATCH, HB_INGEST_WINDOW and HB_INGEST_CONCURRENCY must be > 0".into(),
+            );
         }
         Ok(())
     }
 
     /// Defaults as if no env or flag were set (tests and embedding).
     pub fn defaults() -> IngestConfig {
-        use clap::{FromArgMatches, Args, Command};
+        use clap::{Args, Command, FromArgMatches};
         let matches = IngestConfig::augment_args(Command::new("defaults"))
             .try_get_matches_from(["defaults"])
             .expect("defaults parse");

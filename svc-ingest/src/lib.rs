@@ -121,7 +121,10 @@ pub async fn run(
     if publisher.is_production() {
         publisher_health.healthy();
     } else {
-        tracing::warn!(publisher = publisher.name(), "debug publisher in use: readiness stays down");
+        tracing::warn!(
+            publisher = publisher.name(),
+            "debug publisher in use: readiness stays down"
+        );
     }
 
     let grpc_addr = listeners.grpc.local_addr()?;
@@ -139,8 +142,8 @@ pub async fn run(
         drain_grace: DRAIN_GRACE,
     });
 
-    let ingest = IngestServiceServer::new(Ingest { handler })
-        .max_decoding_message_size(MAX_FRAME_BYTES);
+    let ingest =
+        IngestServiceServer::new(Ingest { handler }).max_decoding_message_size(MAX_FRAME_BYTES);
     let ingest = InterceptedService::new(ingest, move |mut request: Request<()>| {
         let header = request
             .metadata()
@@ -182,14 +185,17 @@ pub async fn run(
             err
         })
         .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.concurrency))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.concurrency,
+        ))
         .into_inner();
 
     let mut builder = Server::builder();
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
         let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
     }
     let grpc = builder
         .layer(admission)

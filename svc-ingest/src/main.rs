@@ -5,7 +5,11 @@ use svc_ingest::config::IngestConfig;
 use svc_ingest::{IngestListeners, PublishTarget};
 
 #[derive(Parser)]
-#[command(name = "svc-ingest", version, about = "gRPC heartbeat ingest of the heartbeat mesh")]
+#[command(
+    name = "svc-ingest",
+    version,
+    about = "gRPC heartbeat ingest of the heartbeat mesh"
+)]
 struct Cli {
     #[command(flatten)]
     config: IngestConfig,

@@ -49,15 +49,51 @@ impl IngestMetrics {
             let _ = metrics.rejected.get_or_create(&ReasonLabel { reason });
         }
         let r = registry.sub_registry_with_prefix("hb_ingest");
-        r.register("heartbeats_accepted", "Heartbeats accepted and durable", metrics.accepted.clone());
-        r.register("heartbeats_duplicate", "Heartbeats repeating an event_id within the same call", metrics.duplicates.clone());
-        r.register("heartbeats_rejected", "Heartbeats rejected, by reason", metrics.rejected.clone());
-        r.register("ack_latency_seconds", "Time from receiving a heartbeat to acknowledging it", metrics.ack_latency.clone());
-        r.register("publish_latency_seconds", "Time to make one batch durable (Kafka produce or embedded commit)", metrics.publish_latency.clone());
-        r.register("streams_active", "Open ingest calls", metrics.streams_active.clone());
-        r.register("rate_limited", "Calls ended because a device exceeded its rate", metrics.rate_limited.clone());
-        r.register("load_shed", "Calls refused because the server was at its concurrency limit", metrics.load_shed.clone());
-        r.register("publish_failures", "Batches that could not be made durable", metrics.publish_failures.clone());
+        r.register(
+            "heartbeats_accepted",
+            "Heartbeats accepted and durable",
+            metrics.accepted.clone(),
+        );
+        r.register(
+            "heartbeats_duplicate",
+            "Heartbeats repeating an event_id within the same call",
+            metrics.duplicates.clone(),
+        );
+        r.register(
+            "heartbeats_rejected",
+            "Heartbeats rejected, by reason",
+            metrics.rejected.clone(),
+        );
+        r.register(
+            "ack_latency_seconds",
+            "Time from receiving a heartbeat to acknowledging it",
+            metrics.ack_latency.clone(),
+        );
+        r.register(
+            "publish_latency_seconds",
+            "Time to make one batch durable (Kafka produce or embedded commit)",
+            metrics.publish_latency.clone(),
+        );
+        r.register(
+            "streams_active",
+            "Open ingest calls",
+            metrics.streams_active.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Calls ended because a device exceeded its rate",
+            metrics.rate_limited.clone(),
+        );
+        r.register(
+            "load_shed",
+            "Calls refused because the server was at its concurrency limit",
+            metrics.load_shed.clone(),
+        );
+        r.register(
+            "publish_failures",
+            "Batches that could not be made durable",
+            metrics.publish_failures.clone(),
+        );
         metrics
     }
 }

@@ -84,10 +84,9 @@ impl std::fmt::Display for Reason {
                 f,
                 "{code}: heartbeat is {bytes} bytes, larger than {MAX_MESSAGE_BYTES}"
             ),
-            Reason::DeviceMismatch => write!(
-                f,
-                "{code}: device_id does not match the device token"
-            ),
+            Reason::DeviceMismatch => {
+                write!(f, "{code}: device_id does not match the device token")
+            }
         }
     }
 }
@@ -107,9 +106,7 @@ pub fn validate(
     role: Option<&Role>,
 ) -> Result<(), Reason> {
     if encoded_len > MAX_MESSAGE_BYTES {
-        return Err(Reason::MessageTooLarge {
-            bytes: encoded_len,
-        });
+        return Err(Reason::MessageTooLarge { bytes: encoded_len });
     }
     for (field, value) in [
         ("event_id", &hb.event_id),
@@ -157,7 +154,10 @@ fn check_id(field: &'static str, value: &str, required: bool) -> Result<(), Reas
     }
     // prost already guarantees valid UTF-8; printable means no control chars
     // and no whitespace other than the plain space.
-    if value.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ')) {
+    if value
+        .chars()
+        .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
+    {
         return Err(Reason::IdNotPrintable(field));
     }
     Ok(())

@@ -9,7 +9,11 @@ use std::time::Duration;
 #[derive(clap::Args, Clone, Debug)]
 pub struct StreamConfig {
     /// Metrics and health (`/metrics`, `/healthz`, `/readyz`) listen address.
-    #[arg(long = "stream-metrics-addr", env = "HB_STREAM_METRICS_ADDR", default_value = "127.0.0.1:9102")]
+    #[arg(
+        long = "stream-metrics-addr",
+        env = "HB_STREAM_METRICS_ADDR",
+        default_value = "127.0.0.1:9102"
+    )]
     pub metrics_addr: SocketAddr,
 
     /// Kafka bootstrap servers; unset means the embedded hand-off (`hbmesh up` only).

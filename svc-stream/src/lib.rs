@@ -57,7 +57,12 @@ pub async fn open_sinks(config: &StreamConfig) -> anyhow::Result<Sinks> {
             None => {
                 let pool = hb_common::schema::open_sqlite(&config.data_dir, 4)
                     .await
-                    .with_context(|| format!("opening the embedded store in {}", config.data_dir.display()))?;
+                    .with_context(|| {
+                        format!(
+                            "opening the embedded store in {}",
+                            config.data_dir.display()
+                        )
+                    })?;
                 let store = Arc::new(SqliteStore::new(pool, ttl_ms));
                 (store.clone(), store, "embedded")
             }
@@ -65,7 +70,11 @@ pub async fn open_sinks(config: &StreamConfig) -> anyhow::Result<Sinks> {
     match &config.scylla_nodes {
         Some(nodes) => {
             let scylla = ScyllaConfig {
-                nodes: nodes.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
+                nodes: nodes
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
                 replication_factor: config.scylla_replication,
                 ttl_secs: config.raw_ttl.as_secs().min(u64::from(u32::MAX)) as u32,
                 ..ScyllaConfig::default()
@@ -127,7 +136,15 @@ pub async fn run(
                 sinks.mirror_in_store,
                 metrics,
             );
-            embedded::run(pipeline, rx, config.flush_interval.max(std::time::Duration::from_millis(50)), config.flush_max).await
+            embedded::run(
+                pipeline,
+                rx,
+                config
+                    .flush_interval
+                    .max(std::time::Duration::from_millis(50)),
+                config.flush_max,
+            )
+            .await
         }
         Source::Kafka => {
             let brokers = config
@@ -149,7 +166,14 @@ pub async fn run(
                 session_timeout: config.kafka_session_timeout,
                 extra: Vec::new(),
             };
-            kafka::run(source, pipeline, config.flush_interval, config.flush_max, shutdown.clone()).await
+            kafka::run(
+                source,
+                pipeline,
+                config.flush_interval,
+                config.flush_max,
+                shutdown.clone(),
+            )
+            .await
         }
     };
     ops_shutdown.cancel();

@@ -5,7 +5,11 @@ use clap::Parser;
 use svc_stream::config::StreamConfig;
 
 #[derive(Parser)]
-#[command(name = "svc-stream", version, about = "Exact sessionization of the heartbeat mesh")]
+#[command(
+    name = "svc-stream",
+    version,
+    about = "Exact sessionization of the heartbeat mesh"
+)]
 struct Cli {
     #[command(flatten)]
     config: StreamConfig,

@@ -44,17 +44,61 @@ impl StreamMetrics {
             flush_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("hb_stream");
-        r.register("heartbeats", "Heartbeats consumed and sessionized", metrics.heartbeats.clone());
-        r.register("duplicates", "Heartbeats ignored as repeats of an event_id", metrics.duplicates.clone());
-        r.register("late", "Heartbeats past the allowed lateness: mirrored raw, not sessionized", metrics.late.clone());
-        r.register("undecodable", "Kafka messages that were not heartbeats", metrics.undecodable.clone());
-        r.register("open_sessions", "Sessions open in memory", metrics.open_sessions.clone());
-        r.register("sessions_finalized", "Sessions that became final", metrics.finalized.clone());
-        r.register("consumer_lag", "Messages behind the partition's high watermark", metrics.consumer_lag.clone());
-        r.register("flush_latency_seconds", "Time to commit one flush (raw mirror + store transaction)", metrics.flush_latency.clone());
-        r.register("flush_batch_size", "Heartbeats per flush", metrics.flush_batch_size.clone());
-        r.register("store_write_latency_seconds", "Time of the sessions store transaction", metrics.store_write_latency.clone());
-        r.register("flush_failures", "Flushes that failed and were retried from the store", metrics.flush_failures.clone());
+        r.register(
+            "heartbeats",
+            "Heartbeats consumed and sessionized",
+            metrics.heartbeats.clone(),
+        );
+        r.register(
+            "duplicates",
+            "Heartbeats ignored as repeats of an event_id",
+            metrics.duplicates.clone(),
+        );
+        r.register(
+            "late",
+            "Heartbeats past the allowed lateness: mirrored raw, not sessionized",
+            metrics.late.clone(),
+        );
+        r.register(
+            "undecodable",
+            "Kafka messages that were not heartbeats",
+            metrics.undecodable.clone(),
+        );
+        r.register(
+            "open_sessions",
+            "Sessions open in memory",
+            metrics.open_sessions.clone(),
+        );
+        r.register(
+            "sessions_finalized",
+            "Sessions that became final",
+            metrics.finalized.clone(),
+        );
+        r.register(
+            "consumer_lag",
+            "Messages behind the partition's high watermark",
+            metrics.consumer_lag.clone(),
+        );
+        r.register(
+            "flush_latency_seconds",
+            "Time to commit one flush (raw mirror + store transaction)",
+            metrics.flush_latency.clone(),
+        );
+        r.register(
+            "flush_batch_size",
+            "Heartbeats per flush",
+            metrics.flush_batch_size.clone(),
+        );
+        r.register(
+            "store_write_latency_seconds",
+            "Time of the sessions store transaction",
+            metrics.store_write_latency.clone(),
+        );
+        r.register(
+            "flush_failures",
+            "Flushes that failed and were retried from the store",
+            metrics.flush_failures.clone(),
+        );
         metrics
     }
 }

@@ -79,12 +79,19 @@ async fn run_with_crashes<S: SessionStore + RawMirror + 'static>(
 }
 
 fn expected(heartbeats: &[Heartbeat]) -> Vec<Session> {
-    let events = heartbeats.iter().map(|hb| Event::from_proto(hb).unwrap()).collect();
+    let events = heartbeats
+        .iter()
+        .map(|hb| Event::from_proto(hb).unwrap())
+        .collect();
     sessionize_all(events, config().gap_ms)
 }
 
 fn distinct_events(heartbeats: &[Heartbeat]) -> usize {
-    heartbeats.iter().map(|hb| &hb.event_id).collect::<HashSet<_>>().len()
+    heartbeats
+        .iter()
+        .map(|hb| &hb.event_id)
+        .collect::<HashSet<_>>()
+        .len()
 }
 
 fn session_of(row: &impl SessionRow) -> Session {
@@ -141,13 +148,14 @@ async fn sqlite_store_survives_crashes_without_loss_or_double_count() {
         .get(0);
     assert_eq!(total as usize, distinct_events(&heartbeats));
     assert_eq!(raw as usize, distinct_events(&heartbeats));
-    let offset: i64 = sqlx::query("SELECT next_offset FROM stream_offsets WHERE topic = $1 AND partition = $2")
-        .bind(TOPIC)
-        .bind(PARTITION)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get(0);
+    let offset: i64 =
+        sqlx::query("SELECT next_offset FROM stream_offsets WHERE topic = $1 AND partition = $2")
+            .bind(TOPIC)
+            .bind(PARTITION)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
     assert_eq!(offset as usize, heartbeats.len());
 }
 

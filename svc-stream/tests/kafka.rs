@@ -63,10 +63,23 @@ async fn produce(brokers: &str, topic: &str, heartbeats: &[Heartbeat]) {
     }
 }
 
-fn consumer(brokers: &str, topic: &str, group: &str, pool: &PgPool, shutdown: &CancellationToken) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+fn consumer(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let store = Arc::new(PgStore::new(pool.clone(), 86_400_000));
     let metrics = StreamMetrics::register(&mut Registry::default());
-    let pipeline = Pipeline::new(SessionConfig::default(), topic, store.clone(), store, true, metrics);
+    let pipeline = Pipeline::new(
+        SessionConfig::default(),
+        topic,
+        store.clone(),
+        store,
+        true,
+        metrics,
+    );
     let source = KafkaSource {
         brokers: brokers.to_string(),
         topic: topic.to_string(),
@@ -95,7 +108,11 @@ async fn committed(pool: &PgPool, topic: &str) -> i64 {
 async fn wait_for_offsets(pool: &PgPool, topic: &str, total: usize) {
     let deadline = Instant::now() + Duration::from_secs(90);
     while committed(pool, topic).await < total as i64 {
-        assert!(Instant::now() < deadline, "stream stage did not catch up: {} of {total}", committed(pool, topic).await);
+        assert!(
+            Instant::now() < deadline,
+            "stream stage did not catch up: {} of {total}",
+            committed(pool, topic).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -147,7 +164,10 @@ async fn rebalance_scenario(brokers: &str, topic: &str) {
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
 
-    let events = heartbeats.iter().map(|hb| Event::from_proto(hb).unwrap()).collect();
+    let events = heartbeats
+        .iter()
+        .map(|hb| Event::from_proto(hb).unwrap())
+        .collect();
     let expected = sessionize_all(events, SessionConfig::default().gap_ms);
     assert_eq!(stored_sessions(&pool).await, expected);
 }
@@ -180,7 +200,11 @@ async fn the_same_scenario_on_a_real_broker_when_configured() {
         .unwrap();
     admin
         .create_topics(
-            &[NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1))],
+            &[NewTopic::new(
+                &topic,
+                PARTITIONS,
+                TopicReplication::Fixed(1),
+            )],
             &AdminOptions::new(),
         )
         .await

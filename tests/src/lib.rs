@@ -98,7 +98,11 @@ impl TestApp {
             .send()
             .await
             .expect("query reachable");
-        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
         response.json().await.expect("json body")
     }
 

@@ -53,11 +53,18 @@ async fn cluster_round_trip(brokers: String) {
         if rows as usize == distinct.len() {
             break;
         }
-        assert!(Instant::now() < deadline, "only {rows} of {} raw rows", distinct.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {rows} of {} raw rows",
+            distinct.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let events = heartbeats.iter().map(|hb| Event::from_proto(hb).unwrap()).collect();
+    let events = heartbeats
+        .iter()
+        .map(|hb| Event::from_proto(hb).unwrap())
+        .collect();
     let mut by_user: BTreeMap<String, Vec<Session>> = BTreeMap::new();
     for s in sessionize_all(events, SessionConfig::default().gap_ms) {
         by_user.entry(s.user_id.clone()).or_default().push(s);

@@ -24,10 +24,16 @@ fn workload(count: usize, seed: u64) -> Vec<Heartbeat> {
 }
 
 fn expected(heartbeats: &[Heartbeat]) -> BTreeMap<String, Vec<Session>> {
-    let events = heartbeats.iter().map(|hb| Event::from_proto(hb).unwrap()).collect();
+    let events = heartbeats
+        .iter()
+        .map(|hb| Event::from_proto(hb).unwrap())
+        .collect();
     let mut by_user: BTreeMap<String, Vec<Session>> = BTreeMap::new();
     for session in sessionize_all(events, SessionConfig::default().gap_ms) {
-        by_user.entry(session.user_id.clone()).or_default().push(session);
+        by_user
+            .entry(session.user_id.clone())
+            .or_default()
+            .push(session);
     }
     by_user
 }
@@ -53,7 +59,9 @@ async fn assert_sessions_match(app: &TestApp, heartbeats: &[Heartbeat]) {
 }
 
 async fn raw_rows(app: &TestApp) -> i64 {
-    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1).await.unwrap();
+    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1)
+        .await
+        .unwrap();
     sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
         .fetch_one(&pool)
         .await
@@ -74,7 +82,11 @@ async fn pushed_heartbeats_become_exact_sessions_in_the_query_api() {
     let distinct: HashSet<_> = heartbeats.iter().map(|hb| &hb.event_id).collect();
     assert!(accepted as usize >= distinct.len());
     assert_eq!(raw_rows(&app).await as usize, distinct.len());
-    let total: u64 = expected(&heartbeats).values().flatten().map(|s| s.heartbeats).sum();
+    let total: u64 = expected(&heartbeats)
+        .values()
+        .flatten()
+        .map(|s| s.heartbeats)
+        .sum();
     assert_eq!(total as usize, distinct.len());
     app.stop().await;
 }
@@ -106,12 +118,21 @@ async fn rejected_heartbeats_are_dead_lettered_with_their_reason() {
     let summary = app.push(heartbeats).await.unwrap();
 
     assert_eq!((summary.accepted, summary.rejected), (8, 2));
-    let reasons: BTreeSet<_> = summary.rejections.iter().map(|r| (r.index, r.reason.split(':').next().unwrap().to_string())).collect();
+    let reasons: BTreeSet<_> = summary
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.reason.split(':').next().unwrap().to_string()))
+        .collect();
     assert_eq!(
         reasons,
-        BTreeSet::from([(3, "missing_id".to_string()), (6, "state_unspecified".to_string())])
+        BTreeSet::from([
+            (3, "missing_id".to_string()),
+            (6, "state_unspecified".to_string())
+        ])
     );
-    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1).await.unwrap();
+    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1)
+        .await
+        .unwrap();
     let stored: Vec<String> = sqlx::query("SELECT reason FROM dead_letters ORDER BY id")
         .fetch_all(&pool)
         .await

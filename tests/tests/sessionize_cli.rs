@@ -57,7 +57,10 @@ fn a_shuffled_file_gives_the_exact_sessions_and_skips_bad_lines() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let events = heartbeats.iter().map(|hb| Event::from_proto(hb).unwrap()).collect();
+    let events = heartbeats
+        .iter()
+        .map(|hb| Event::from_proto(hb).unwrap())
+        .collect();
     assert_eq!(got, sessionize_all(events, 600_000));
     assert!(!got.is_empty());
 }

@@ -70,11 +70,12 @@ impl KafkaPublisher {
                 let metadata = check
                     .client()
                     .fetch_metadata(Some(topic), Timeout::After(timeout))
-                    .map_err(|e| PublishError::Unavailable(format!("kafka brokers unreachable: {e}")))?;
-                let missing = metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == topic && (t.error().is_some() || t.partitions().is_empty()));
+                    .map_err(|e| {
+                        PublishError::Unavailable(format!("kafka brokers unreachable: {e}"))
+                    })?;
+                let missing = metadata.topics().iter().any(|t| {
+                    t.name() == topic && (t.error().is_some() || t.partitions().is_empty())
+                });
                 if missing {
                     return Err(PublishError::Unavailable(format!(
                         "kafka topic {topic:?} does not exist"
@@ -101,9 +102,8 @@ impl KafkaPublisher {
 /// Broker-side size refusals never succeed on retry; everything else might.
 fn map_error(err: &KafkaError) -> PublishError {
     match err.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::InvalidMessageSize) => {
-            PublishError::Rejected(err.to_string())
-        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        | Some(RDKafkaErrorCode::InvalidMessageSize) => PublishError::Rejected(err.to_string()),
         _ => PublishError::Unavailable(err.to_string()),
     }
 }

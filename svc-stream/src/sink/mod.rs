@@ -106,9 +106,12 @@ pub trait SessionStore: Send + Sync {
     async fn commit(&self, flush: &Flush) -> Result<(), SinkError>;
 
     /// What a newly assigned partition resumes from.
-    async fn load_partition(&self, topic: &str, partition: i32) -> Result<PartitionSnapshot, SinkError>;
+    async fn load_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionSnapshot, SinkError>;
 
     /// Deletes raw rows past their TTL (stores holding the raw mirror).
     async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError>;
-
 }
