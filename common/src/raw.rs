@@ -26,6 +26,9 @@ pub fn bucket(event_id: &str) -> i32 {
 /// Hour partitions covering `[from_ms, to_ms)`.
 pub fn hours_between(from_ms: i64, to_ms: i64) -> Vec<i64> {
     let mut hours = Vec::new();
+    if from_ms >= to_ms {
+        return hours;
+    }
     let mut hour = hour_ms(from_ms);
     while hour < to_ms {
         hours.push(hour);
