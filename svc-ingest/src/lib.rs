@@ -25,9 +25,9 @@ use service::{Ingest, IngestHandler};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 use tower::ServiceBuilder;
@@ -203,7 +203,9 @@ pub async fn run(
         .add_service(reflection)
         .add_service(ingest)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            // Acks are small writes: without TCP_NODELAY, Nagle holds each
+            // one until the device's delayed ACK (~40 ms on Linux).
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
 
