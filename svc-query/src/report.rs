@@ -156,49 +156,56 @@ impl ConcurrencySpec {
     /// Counts distinct users per bucket from `(user_id, start_ms, end_ms)`
     /// sessions. Rows may come in any order; each user's bucket ranges are
     /// merged before counting, so a user is counted once per bucket however
-    /// many of their sessions overlap it. O(n log n), memory O(n + buckets).
+    /// many of their sessions overlap it. Users are interned to integers so
+    /// the sort compares numbers, not strings: O(n log n), memory
+    /// O(n + buckets).
     pub fn count<I>(&self, sessions: I) -> Vec<ConcurrencyRow>
     where
         I: IntoIterator<Item = (String, i64, i64)>,
     {
         let from = self.window.from_ms;
+        let upper = self.upper_ms();
         let last_bucket = self.buckets - 1;
-        let mut ranges: Vec<(String, i64, i64)> = sessions
-            .into_iter()
-            .filter(|(_, start, end)| *start < self.upper_ms() && *end >= from && start <= end)
-            .map(|(user, start, end)| {
-                let first = if start <= from {
-                    0
-                } else {
-                    (start - from) / self.step_ms
-                };
-                let last = ((end - from) / self.step_ms).min(last_bucket);
-                (user, first, last)
-            })
-            .collect();
+        let mut users: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        let mut ranges: Vec<(u32, i64, i64)> = Vec::new();
+        for (user, start, end) in sessions {
+            if start >= upper || end < from || start > end {
+                continue;
+            }
+            let first = if start <= from {
+                0
+            } else {
+                (start - from) / self.step_ms
+            };
+            let last = ((end - from) / self.step_ms).min(last_bucket);
+            let next_id = users.len() as u32;
+            let id = *users.entry(user).or_insert(next_id);
+            ranges.push((id, first, last));
+        }
         ranges.sort_unstable();
         // delta[i] = users entering bucket i minus users leaving before it.
         let mut delta = vec![0i64; self.buckets as usize + 1];
-        let mut current: Option<(&str, i64, i64)> = None;
-        for (user, first, last) in &ranges {
-            match current {
+        let mut add = |first: i64, last: i64| {
+            delta[first as usize] += 1;
+            delta[last as usize + 1] -= 1;
+        };
+        let mut current: Option<(u32, i64, i64)> = None;
+        for (user, first, last) in ranges {
+            current = match current {
                 Some((cur_user, cur_first, cur_last))
-                    if cur_user == user.as_str() && *first <= cur_last + 1 =>
+                    if cur_user == user && first <= cur_last + 1 =>
                 {
-                    current = Some((cur_user, cur_first, cur_last.max(*last)));
+                    Some((cur_user, cur_first, cur_last.max(last)))
                 }
-                _ => {
-                    if let Some((_, f, l)) = current {
-                        delta[f as usize] += 1;
-                        delta[l as usize + 1] -= 1;
-                    }
-                    current = Some((user.as_str(), *first, *last));
+                Some((_, cur_first, cur_last)) => {
+                    add(cur_first, cur_last);
+                    Some((user, first, last))
                 }
-            }
+                None => Some((user, first, last)),
+            };
         }
-        if let Some((_, f, l)) = current {
-            delta[f as usize] += 1;
-            delta[l as usize + 1] -= 1;
+        if let Some((_, first, last)) = current {
+            add(first, last);
         }
         let mut viewers = 0;
         (0..self.buckets)

@@ -100,9 +100,18 @@ impl Store {
             sql: PROGRESS_SQL.to_string(),
             params: vec![Param::Text(user_id.to_string())],
         };
-        let mut rows: Vec<ProgressRow> = self.fetch_all(&statement).await?;
-        rows.sort_by(|a, b| a.video_id.cmp(&b.video_id));
-        Ok(rows)
+        let sessions: Vec<ProgressRow> = self.fetch_all(&statement).await?;
+        let mut latest: std::collections::BTreeMap<String, ProgressRow> =
+            std::collections::BTreeMap::new();
+        for session in sessions {
+            match latest.get(&session.video_id) {
+                Some(kept) if kept.start_ms >= session.start_ms => {}
+                _ => {
+                    latest.insert(session.video_id.clone(), session);
+                }
+            }
+        }
+        Ok(latest.into_values().collect())
     }
 
     /// The user's sessions started in `[from_ms, to_ms)`, by start then video.
