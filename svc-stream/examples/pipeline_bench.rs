@@ -48,7 +48,7 @@ async fn bench<S: SessionStore + RawMirror + 'static>(
     let mut flushes = Vec::new();
     for (offset, hb) in heartbeats.iter().enumerate() {
         pipeline.ingest(0, Some(offset as i64), hb, 0);
-        if (offset + 1) % flush_every == 0 {
+        if (offset + 1).is_multiple_of(flush_every) {
             let t = Instant::now();
             pipeline.flush().await?;
             flushes.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -59,7 +59,7 @@ async fn run_with_crashes<S: SessionStore + RawMirror + 'static>(
             let now = hb_common::time::now_ms();
             stage.ingest(PARTITION, Some(offset as i64), &heartbeats[offset], now);
             offset += 1;
-            if offset % 200 == 0 {
+            if offset.is_multiple_of(200) {
                 stage.flush().await.unwrap();
             }
         }
