@@ -7,13 +7,16 @@ use crate::limiter::DeviceLimiter;
 use crate::metrics::{IngestMetrics, ReasonLabel};
 use crate::publisher::{DeadLetter, PublishError, Publisher};
 use crate::validate::{validate, Limits};
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
+use futures::FutureExt;
 use hb_common::auth::{Principal, Role};
 use hb_common::time::now_ms;
 use hb_proto::v1::ingest_service_server::IngestService;
 use hb_proto::v1::{Heartbeat, PushAck, PushSummary, Rejection};
 use prost::Message;
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,7 +85,7 @@ impl IngestHandler {
         items: Vec<Heartbeat>,
         first_index: u64,
         role: Option<&Role>,
-        seen: &mut HashSet<String>,
+        seen: &mut SeenIds,
         received_at: Instant,
     ) -> Prepared {
         let limits = Limits {
@@ -99,7 +102,7 @@ impl IngestHandler {
             let encoded_len = hb.encoded_len();
             match validate(&hb, encoded_len, &limits, role) {
                 Ok(()) => {
-                    if seen.insert(hb.event_id.clone()) {
+                    if seen.insert(&hb.event_id) {
                         accepted.push(hb);
                     } else {
                         duplicates += 1;
@@ -199,13 +202,13 @@ impl IngestHandler {
         F: FnMut(&Totals, &BatchOutcome) -> bool,
     {
         let role = role_of(principal.as_ref());
-        let mut chunks = input.ready_chunks(self.batch_size);
+        let mut input = input;
         let mut in_flight = FuturesOrdered::new();
         let mut totals = Totals {
             acked_index: -1,
             ..Totals::default()
         };
-        let mut seen = HashSet::new();
+        let mut seen = SeenIds::default();
         let mut next_index = 0u64;
         let mut stop: Option<Stop> = None;
         let mut input_done = false;
@@ -258,21 +261,14 @@ impl IngestHandler {
                 () = &mut drain, if stop.is_none() && !input_done => {
                     stop = Some(Stop::ShuttingDown);
                 }
-                chunk = chunks.next(), if stop.is_none() && !input_done && in_flight.len() < self.window => {
-                    let Some(chunk) = chunk else {
+                chunk = next_chunk(&mut input, self.batch_size), if stop.is_none() && !input_done && in_flight.len() < self.window => {
+                    let Some(Chunk { heartbeats: mut items, error }) = chunk else {
                         input_done = true;
                         continue;
                     };
                     let received_at = Instant::now();
-                    let mut items = Vec::with_capacity(chunk.len());
-                    for item in chunk {
-                        match item {
-                            Ok(hb) => items.push(hb),
-                            Err(status) => {
-                                stop = Some(Stop::Malformed(malformed(status)));
-                                break;
-                            }
-                        }
+                    if let Some(status) = error {
+                        stop = Some(Stop::Malformed(malformed(status)));
                     }
                     if items.is_empty() {
                         continue;
@@ -328,6 +324,81 @@ impl IngestHandler {
                 totals.acked_index
             ))),
         }
+    }
+}
+
+/// What one read from the device yields.
+struct Chunk {
+    heartbeats: Vec<Heartbeat>,
+    /// The stream failed (undecodable or oversize frame) after `heartbeats`.
+    error: Option<Status>,
+}
+
+/// Waits for the next heartbeat, then takes whatever else the transport has
+/// already decoded, up to `max`: batches grow with load without waiting, and
+/// memory grows with what actually arrived (not `max` per read). `None` once
+/// the device closed its side. Cancel-safe: nothing is taken before the first
+/// heartbeat is ready, and nothing is awaited after it.
+async fn next_chunk<S>(input: &mut S, max: usize) -> Option<Chunk>
+where
+    S: Stream<Item = Result<Heartbeat, Status>> + Unpin,
+{
+    let mut item = Some(input.next().await?);
+    let mut chunk = Chunk {
+        heartbeats: Vec::with_capacity(16),
+        error: None,
+    };
+    while let Some(next) = item {
+        match next {
+            Ok(hb) => chunk.heartbeats.push(hb),
+            Err(status) => {
+                chunk.error = Some(status);
+                break;
+            }
+        }
+        if chunk.heartbeats.len() >= max {
+            break;
+        }
+        item = input.next().now_or_never().flatten();
+    }
+    Some(chunk)
+}
+
+/// Event ids already seen in one call, kept as 128-bit keyed hashes: no copy
+/// of each id, and a false "duplicate" needs a 2^-128 collision (the keys are
+/// random per call, so ids cannot be crafted to collide).
+#[derive(Default)]
+struct SeenIds {
+    keys: (RandomState, RandomState),
+    hashes: HashSet<u128, BuildHasherDefault<LowBits>>,
+}
+
+impl SeenIds {
+    /// True the first time `event_id` is seen in the call.
+    fn insert(&mut self, event_id: &str) -> bool {
+        let high = u128::from(self.keys.0.hash_one(event_id));
+        let low = u128::from(self.keys.1.hash_one(event_id));
+        self.hashes.insert((high << 64) | low)
+    }
+}
+
+/// The set's keys are already uniformly random: index them by their low bits.
+#[derive(Default)]
+struct LowBits(u64);
+
+impl Hasher for LowBits {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
     }
 }
 
@@ -412,5 +483,72 @@ impl IngestService for Ingest {
             }
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(id: &str) -> Heartbeat {
+        Heartbeat {
+            event_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_takes_what_is_ready_up_to_the_batch_size() {
+        let mut input = futures::stream::iter((0..5).map(|i| Ok(hb(&i.to_string()))));
+        let first = next_chunk(&mut input, 3).await.unwrap();
+        assert_eq!(first.heartbeats.len(), 3);
+        let second = next_chunk(&mut input, 3).await.unwrap();
+        assert_eq!(second.heartbeats.len(), 2);
+        assert!(
+            next_chunk(&mut input, 3).await.is_none(),
+            "the device is done"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunk_keeps_the_heartbeats_before_a_broken_frame() {
+        let items = vec![
+            Ok(hb("a")),
+            Ok(hb("b")),
+            Err(Status::internal("garbage")),
+            Ok(hb("c")),
+        ];
+        let mut input = futures::stream::iter(items);
+        let chunk = next_chunk(&mut input, 10).await.unwrap();
+        let ids: Vec<&str> = chunk
+            .heartbeats
+            .iter()
+            .map(|h| h.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(chunk.error.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_chunk_does_not_wait_for_more_than_is_ready() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut input = UnboundedReceiverStream::new(rx);
+        tx.send(Ok(hb("a"))).unwrap();
+        let chunk = next_chunk(&mut input, 10).await.unwrap();
+        assert_eq!(
+            chunk.heartbeats.len(),
+            1,
+            "one ready, no waiting for a full batch"
+        );
+    }
+
+    #[test]
+    fn only_the_first_copy_of_an_event_id_is_new() {
+        let mut seen = SeenIds::default();
+        assert!(seen.insert("e-1"));
+        assert!(seen.insert("e-2"));
+        assert!(!seen.insert("e-1"));
+        assert!(seen.insert(""));
+        assert!(!seen.insert(""));
     }
 }

@@ -481,6 +481,27 @@ async fn a_broker_that_goes_down_times_out_into_unavailable() {
 }
 
 #[tokio::test]
+async fn a_full_producer_queue_makes_batches_wait_rather_than_fail() {
+    let broker = TestBroker::mock();
+    let mut settings = broker.settings(Duration::from_secs(10));
+    settings
+        .extra
+        .push(("queue.buffering.max.messages".into(), "8".into()));
+    let publisher = KafkaPublisher::connect(settings, test_metrics())
+        .await
+        .expect("publisher connects");
+    let app = spawn_app_with(Arc::new(publisher), |c| c.device_rate = 0).await;
+    let sent = mixed_heartbeats(300);
+    let summary = app
+        .push(Some(&app.gateway_token()), sent.clone())
+        .await
+        .expect("push succeeds");
+    assert_eq!(summary.accepted, 300);
+    let records = broker.read(&broker.topic, sent.len()).await;
+    assert_eq!(records.len(), sent.len());
+}
+
+#[tokio::test]
 async fn unreachable_brokers_fail_at_start() {
     // A port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")

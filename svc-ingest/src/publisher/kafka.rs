@@ -2,19 +2,27 @@
 //! Key = user_id, so one user's heartbeats stay ordered in one partition;
 //! payload = the heartbeat as compact protobuf. A batch resolves only when the
 //! broker has acknowledged every message in it.
+//!
+//! Delivery is tracked per batch, not per message: every message of a batch
+//! carries the batch's [`BatchDelivery`] as its delivery opaque, librdkafka's
+//! report for each message counts it down, and the last one wakes the caller.
+//! (A future per message cost more than the rest of the produce path.)
 
 use super::{DeadLetter, PublishError, Publisher};
 use crate::metrics::IngestMetrics;
 use async_trait::async_trait;
-use futures::future::join_all;
 use hb_proto::v1::Heartbeat;
 use prost::Message;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, OwnedHeaders, ToBytes};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Settings of the Kafka publisher.
 #[derive(Clone, Debug)]
@@ -28,8 +36,71 @@ pub struct KafkaSettings {
     pub extra: Vec<(String, String)>,
 }
 
+/// The outstanding deliveries of one batch.
+struct BatchDelivery {
+    /// Messages not yet reported, plus one while the batch is being enqueued.
+    remaining: AtomicUsize,
+    first_error: Mutex<Option<KafkaError>>,
+    done_tx: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl BatchDelivery {
+    fn new(messages: usize) -> (Arc<BatchDelivery>, oneshot::Receiver<()>) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let delivery = BatchDelivery {
+            remaining: AtomicUsize::new(messages + 1),
+            first_error: Mutex::new(None),
+            done_tx: Mutex::new(Some(done_tx)),
+        };
+        (Arc::new(delivery), done_rx)
+    }
+
+    /// One message reported (or the enqueueing finished); the last wakes the waiter.
+    fn settle(&self, error: Option<KafkaError>) {
+        if let Some(error) = error {
+            self.first_error
+                .lock()
+                .expect("delivery lock")
+                .get_or_insert(error);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(done_tx) = self.done_tx.lock().expect("delivery lock").take() {
+                let _ = done_tx.send(());
+            }
+        }
+    }
+
+    /// Waits for every report; the first error fails the whole batch.
+    async fn outcome(&self, done_rx: oneshot::Receiver<()>) -> Result<(), KafkaError> {
+        // The sender only goes away unanswered if the producer dropped the
+        // messages without reporting them: never an ack.
+        if done_rx.await.is_err() {
+            return Err(KafkaError::Canceled);
+        }
+        match self.first_error.lock().expect("delivery lock").take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Hands librdkafka's delivery reports to their batch.
+struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Arc<BatchDelivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<BatchDelivery>) {
+        batch.settle(result.as_ref().err().map(|(error, _)| error.clone()));
+    }
+}
+
+type Record<'a, K, P> = BaseRecord<'a, K, P, Arc<BatchDelivery>>;
+
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: ThreadedProducer<DeliveryContext>,
     settings: KafkaSettings,
     metrics: IngestMetrics,
 }
@@ -59,8 +130,8 @@ impl KafkaPublisher {
         for (key, value) in &settings.extra {
             config.set(key, value);
         }
-        let producer: FutureProducer = config
-            .create()
+        let producer: ThreadedProducer<DeliveryContext> = config
+            .create_with_context(DeliveryContext)
             .map_err(|e| PublishError::Unavailable(format!("kafka producer: {e}")))?;
         let check = producer.clone();
         let topics = [settings.topic.clone(), settings.dlq_topic.clone()];
@@ -94,8 +165,29 @@ impl KafkaPublisher {
         })
     }
 
-    fn queue_timeout(&self) -> Timeout {
-        Timeout::After(self.settings.timeout)
+    /// Enqueues one message, waiting while librdkafka's local queue is full
+    /// (the bounded in-flight window) but not past `deadline`.
+    async fn enqueue<K, P>(
+        &self,
+        mut record: Record<'_, K, P>,
+        deadline: Instant,
+    ) -> Result<(), KafkaError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
     }
 }
 
@@ -111,32 +203,42 @@ fn map_error(err: &KafkaError) -> PublishError {
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: Vec<Heartbeat>) -> Result<(), PublishError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let started = Instant::now();
-        let payloads: Vec<Vec<u8>> = batch.iter().map(Message::encode_to_vec).collect();
-        // Enqueue in order (the producer keeps per-partition order), then await
-        // every broker ack concurrently.
-        let sends = batch.iter().zip(&payloads).map(|(hb, payload)| {
-            self.producer.send(
-                FutureRecord::to(&self.settings.topic)
-                    .key(hb.user_id.as_bytes())
-                    .payload(payload.as_slice()),
-                self.queue_timeout(),
-            )
-        });
-        let results = join_all(sends).await;
+        let deadline = started + self.settings.timeout;
+        let (delivery, done_rx) = BatchDelivery::new(batch.len());
+        // Enqueued in order (the producer keeps per-partition order);
+        // librdkafka copies the payload, so one buffer serves the batch.
+        let mut payload = Vec::with_capacity(256);
+        for hb in &batch {
+            payload.clear();
+            hb.encode(&mut payload).expect("a Vec grows as needed");
+            let record = BaseRecord::with_opaque_to(&self.settings.topic, Arc::clone(&delivery))
+                .key(hb.user_id.as_bytes())
+                .payload(payload.as_slice());
+            // A message that could not be enqueued gets no report: fail the
+            // batch now (the device resends it all).
+            self.enqueue(record, deadline)
+                .await
+                .map_err(|error| map_error(&error))?;
+        }
+        delivery.settle(None);
+        let outcome = delivery.outcome(done_rx).await;
         self.metrics
             .publish_latency
             .observe(started.elapsed().as_secs_f64());
-        for result in results {
-            if let Err((err, _)) = result {
-                return Err(map_error(&err));
-            }
-        }
-        Ok(())
+        outcome.map_err(|error| map_error(&error))
     }
 
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), PublishError> {
-        let sends = letters.iter().map(|letter| {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.settings.timeout;
+        let (delivery, done_rx) = BatchDelivery::new(letters.len());
+        for letter in &letters {
             let received = letter.received_ms.to_string();
             let headers = OwnedHeaders::new()
                 .insert(Header {
@@ -151,20 +253,20 @@ impl Publisher for KafkaPublisher {
                     key: "received_ms",
                     value: Some(received.as_str()),
                 });
-            self.producer.send(
-                FutureRecord::to(&self.settings.dlq_topic)
+            let record =
+                BaseRecord::with_opaque_to(&self.settings.dlq_topic, Arc::clone(&delivery))
                     .key(letter.device_id.as_bytes())
                     .payload(letter.payload.as_slice())
-                    .headers(headers),
-                self.queue_timeout(),
-            )
-        });
-        for result in join_all(sends).await {
-            if let Err((err, _)) = result {
-                return Err(map_error(&err));
-            }
+                    .headers(headers);
+            self.enqueue(record, deadline)
+                .await
+                .map_err(|error| map_error(&error))?;
         }
-        Ok(())
+        delivery.settle(None);
+        delivery
+            .outcome(done_rx)
+            .await
+            .map_err(|error| map_error(&error))
     }
 
     async fn flush(&self) -> Result<(), PublishError> {
@@ -178,5 +280,45 @@ impl Publisher for KafkaPublisher {
 
     fn name(&self) -> &'static str {
         "kafka"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_completes_only_when_every_message_and_the_enqueueing_settled() {
+        let (delivery, mut done_rx) = BatchDelivery::new(2);
+        delivery.settle(None);
+        delivery.settle(None);
+        assert!(done_rx.try_recv().is_err(), "still enqueueing");
+        delivery.settle(None);
+        assert_eq!(delivery.outcome(done_rx).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn one_failed_message_fails_the_batch_with_the_first_error() {
+        let (delivery, done_rx) = BatchDelivery::new(3);
+        delivery.settle(Some(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        )));
+        delivery.settle(None);
+        delivery.settle(Some(KafkaError::Canceled));
+        delivery.settle(None);
+        assert_eq!(
+            delivery.outcome(done_rx).await,
+            Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_dropped_unreported_is_an_error_not_an_ack() {
+        let (delivery, done_rx) = BatchDelivery::new(1);
+        let waiter = Arc::clone(&delivery);
+        delivery.done_tx.lock().unwrap().take();
+        assert_eq!(waiter.outcome(done_rx).await, Err(KafkaError::Canceled));
     }
 }
