@@ -197,6 +197,8 @@ struct Scenario {
     /// Delivery order, resent copies included.
     arrivals: Vec<Event>,
     steps: Vec<Step>,
+    /// Feed through `push_batch` (flushed before each step) instead of `push`.
+    batched: bool,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -205,8 +207,9 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         prop_oneof![Just(0i64), Just(10), Just(30), Just(100), Just(250)],
         proptest::collection::vec(draft(), 1..70),
         proptest::collection::vec(step(), 140),
+        any::<bool>(),
     )
-        .prop_map(|(gap_ms, lateness_ms, drafts, steps)| {
+        .prop_map(|(gap_ms, lateness_ms, drafts, steps, batched)| {
             let config = SessionConfig {
                 gap_ms,
                 lateness_ms,
@@ -257,6 +260,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 heartbeats,
                 arrivals: deliveries.into_iter().map(|(_, _, event)| event).collect(),
                 steps,
+                batched,
             }
         })
 }
@@ -319,18 +323,37 @@ fn run(scenario: &Scenario) -> Result<BTreeMap<SessionKey, Session>, TestCaseErr
     // The raw mirror: every accepted heartbeat.
     let mut mirror: Vec<Event> = Vec::new();
     let mut accepted_ids = HashSet::new();
-    for (arrival, step) in scenario.arrivals.iter().zip(scenario.steps.iter().cycle()) {
+    let mut batch = Vec::new();
+    let mut expected_outcomes = Vec::new();
+    let last = scenario.arrivals.len() - 1;
+    for (index, (arrival, step)) in scenario
+        .arrivals
+        .iter()
+        .zip(scenario.steps.iter().cycle())
+        .enumerate()
+    {
         let first_copy = !accepted_ids.contains(&arrival.event_id);
-        let outcome = sessionizer.push(arrival.clone(), 0);
         let expected = if first_copy {
             Outcome::Merged
         } else {
             Outcome::Duplicate
         };
-        prop_assert_eq!(outcome, expected, "{:?}", arrival);
         if first_copy {
             accepted_ids.insert(arrival.event_id.clone());
             mirror.push(arrival.clone());
+        }
+        if scenario.batched {
+            batch.push(arrival.clone());
+            expected_outcomes.push(expected);
+            if matches!(step, Step::Nothing) && index < last {
+                continue;
+            }
+            let outcomes = sessionizer.push_batch(std::mem::take(&mut batch), 0);
+            prop_assert_eq!(&outcomes, &expected_outcomes);
+            expected_outcomes.clear();
+        } else {
+            let outcome = sessionizer.push(arrival.clone(), 0);
+            prop_assert_eq!(outcome, expected, "{:?}", arrival);
         }
         match step {
             Step::Nothing => {}

@@ -2,10 +2,14 @@
 //! covered length is always at hand and linear playback costs O(1) per step.
 
 /// Sorted, disjoint closed spans `[lo, hi]` (`lo < hi`) and their total length.
+/// The last span is kept inline: linear playback only ever touches it.
+#[repr(C)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Coverage {
-    spans: Vec<(i64, i64)>,
     covered_ms: i64,
+    last: Option<(i64, i64)>,
+    /// Every span before `last`.
+    earlier: Vec<(i64, i64)>,
 }
 
 impl Coverage {
@@ -15,61 +19,67 @@ impl Coverage {
     }
 
     /// Adds the span `[lo, hi]`; spans that overlap or touch are merged.
+    #[inline]
     pub(super) fn add(&mut self, lo: i64, hi: i64) {
         debug_assert!(lo < hi, "empty span [{lo}, {hi}]");
         // Fast path: linear playback extends the last span or starts after it.
-        match self.spans.last_mut() {
+        match &mut self.last {
             None => {
-                self.spans.push((lo, hi));
+                self.last = Some((lo, hi));
                 self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(lo));
-                return;
             }
             Some(last) if lo > last.1 => {
-                self.spans.push((lo, hi));
+                self.earlier.push(*last);
+                *last = (lo, hi);
                 self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(lo));
-                return;
             }
             Some(last) if lo >= last.0 => {
                 if hi > last.1 {
                     self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(last.1));
                     last.1 = hi;
                 }
-                return;
             }
-            Some(_) => {}
+            Some(_) => self.add_before_last(lo, hi),
         }
+    }
+
+    fn add_before_last(&mut self, lo: i64, hi: i64) {
+        let mut spans = std::mem::take(&mut self.earlier);
+        spans.extend(self.last.take());
         // Spans are disjoint, so their ends are sorted too.
-        let first = self.spans.partition_point(|span| span.1 < lo);
-        let beyond = self.spans.partition_point(|span| span.0 <= hi);
+        let first = spans.partition_point(|span| span.1 < lo);
+        let beyond = spans.partition_point(|span| span.0 <= hi);
         if first == beyond {
-            self.spans.insert(first, (lo, hi));
+            spans.insert(first, (lo, hi));
             self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(lo));
-            return;
+        } else {
+            let merged_lo = lo.min(spans[first].0);
+            let merged_hi = hi.max(spans[beyond - 1].1);
+            let removed: i64 = spans[first..beyond]
+                .iter()
+                .map(|span| span.1.saturating_sub(span.0))
+                .fold(0, i64::saturating_add);
+            self.covered_ms = self
+                .covered_ms
+                .saturating_sub(removed)
+                .saturating_add(merged_hi.saturating_sub(merged_lo));
+            spans[first] = (merged_lo, merged_hi);
+            spans.drain(first + 1..beyond);
         }
-        let merged_lo = lo.min(self.spans[first].0);
-        let merged_hi = hi.max(self.spans[beyond - 1].1);
-        let removed: i64 = self.spans[first..beyond]
-            .iter()
-            .map(|span| span.1.saturating_sub(span.0))
-            .fold(0, i64::saturating_add);
-        self.covered_ms = self
-            .covered_ms
-            .saturating_sub(removed)
-            .saturating_add(merged_hi.saturating_sub(merged_lo));
-        self.spans[first] = (merged_lo, merged_hi);
-        self.spans.drain(first + 1..beyond);
+        self.last = spans.pop();
+        self.earlier = spans;
     }
 
     /// Adds every span of `other`.
     pub(super) fn extend(&mut self, other: &Coverage) {
-        for &(lo, hi) in &other.spans {
+        for &(lo, hi) in other.earlier.iter().chain(&other.last) {
             self.add(lo, hi);
         }
     }
 
     #[cfg(test)]
-    pub(super) fn spans(&self) -> &[(i64, i64)] {
-        &self.spans
+    pub(super) fn spans(&self) -> Vec<(i64, i64)> {
+        self.earlier.iter().chain(&self.last).copied().collect()
     }
 }
 
@@ -100,7 +110,7 @@ mod tests {
         let mut coverage = Coverage::default();
         coverage.add(0, 5);
         coverage.add(5, 10);
-        assert_eq!(coverage.spans(), &[(0, 10)]);
+        assert_eq!(coverage.spans(), [(0, 10)]);
         assert_eq!(coverage.covered_ms(), 10);
     }
 
@@ -113,7 +123,7 @@ mod tests {
         coverage.add(40, 50);
         assert_eq!(coverage.covered_ms(), 27);
         coverage.add(3, 25);
-        assert_eq!(coverage.spans(), &[(0, 30), (40, 50)]);
+        assert_eq!(coverage.spans(), [(0, 30), (40, 50)]);
         assert_eq!(coverage.covered_ms(), 40);
     }
 

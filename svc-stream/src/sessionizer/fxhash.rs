@@ -76,10 +76,22 @@ impl Hasher for FxHasher {
 
 /// Well-mixed 64-bit fingerprint of an id (its bytes and its length).
 #[inline]
-pub(super) fn fingerprint(id: &str) -> u64 {
+pub(super) fn fingerprint(id: &[u8]) -> u64 {
     let mut hasher = FxHasher::default();
-    hasher.write(id.as_bytes());
+    hasher.write(id);
     hasher.write_usize(id.len());
+    hasher.finish()
+}
+
+/// Fingerprint of a `(user_id, video_id)` key; the lengths keep the pair
+/// boundary unambiguous.
+#[inline]
+pub(super) fn key_fingerprint(user_id: &str, video_id: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(user_id.as_bytes());
+    hasher.write_usize(user_id.len());
+    hasher.write(video_id.as_bytes());
+    hasher.write_usize(video_id.len());
     hasher.finish()
 }
 
@@ -107,8 +119,9 @@ mod tests {
 
     #[test]
     fn fingerprints_separate_ids_that_differ_only_in_padding() {
-        assert_ne!(fingerprint("a"), fingerprint("a\0"));
-        assert_ne!(fingerprint(""), fingerprint("\0"));
-        assert_eq!(fingerprint("same"), fingerprint("same"));
+        assert_ne!(fingerprint(b"a"), fingerprint(b"a\0"));
+        assert_ne!(fingerprint(b""), fingerprint(b"\0"));
+        assert_eq!(fingerprint(b"same"), fingerprint(b"same"));
+        assert_ne!(key_fingerprint("ab", "c"), key_fingerprint("a", "bc"));
     }
 }

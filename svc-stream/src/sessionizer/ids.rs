@@ -1,68 +1,304 @@
-//! The event ids of every unfrozen event, for deduplication. Ids are not
-//! copied: the index maps a 64-bit fingerprint to the key slot holding the
-//! event, and a hit is verified against the id stored there. The rare true
-//! fingerprint collision keeps the colliding id in a small exact overflow map.
+//! Compact exact indexes from 64-bit fingerprints to key slots: the
+//! `(user_id, video_id)` keys (to find a key's slot) and the event ids of
+//! recent heartbeats (for deduplication). Open addressing with linear probing
+//! over small inline entries, so a lookup is usually one cache line; neither
+//! stores strings: every candidate is verified against the slot it names, so
+//! fingerprint collisions cost a probe, never a wrong answer.
 
-use std::collections::HashMap;
-
-use super::fxhash::FxBuildHasher;
-
-/// Slot index of the `(user_id, video_id)` key holding an event.
+/// Index of a key slot.
 pub(super) type SlotIndex = u32;
 
-#[derive(Debug, Default)]
-pub(super) struct IdIndex {
-    by_fingerprint: HashMap<u64, SlotIndex, FxBuildHasher>,
-    overflow: HashMap<String, SlotIndex, FxBuildHasher>,
+/// Fingerprint value marking an empty entry (real fingerprints avoid it).
+const EMPTY: u64 = 0;
+
+#[inline]
+fn stored(fingerprint: u64) -> u64 {
+    if fingerprint == EMPTY {
+        1
+    } else {
+        fingerprint
+    }
 }
 
-impl IdIndex {
-    /// True when `id` belongs to an event still held. `holds(slot)` answers
-    /// whether that slot holds an unfrozen event with this id.
+/// Fingerprint -> slot, exact insert and remove (backward-shift deletion).
+#[derive(Debug)]
+pub(super) struct KeyTable {
+    entries: Vec<(u64, SlotIndex)>,
+    len: usize,
+}
+
+impl Default for KeyTable {
+    fn default() -> Self {
+        KeyTable {
+            entries: vec![(EMPTY, 0); 16],
+            len: 0,
+        }
+    }
+}
+
+impl KeyTable {
+    #[inline]
+    fn mask(&self) -> usize {
+        self.entries.len() - 1
+    }
+
+    /// The slot whose key has this fingerprint and passes `is_key`.
+    #[inline]
+    pub(super) fn find(
+        &self,
+        fingerprint: u64,
+        is_key: impl Fn(SlotIndex) -> bool,
+    ) -> Option<SlotIndex> {
+        let fingerprint = stored(fingerprint);
+        let mask = self.mask();
+        let mut at = fingerprint as usize & mask;
+        loop {
+            let (entry, slot) = self.entries[at];
+            if entry == EMPTY {
+                return None;
+            }
+            if entry == fingerprint && is_key(slot) {
+                return Some(slot);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The first slot with this fingerprint, unverified (a load hint).
+    #[inline]
+    pub(super) fn candidate(&self, fingerprint: u64) -> Option<SlotIndex> {
+        let fingerprint = stored(fingerprint);
+        let mask = self.mask();
+        let mut at = fingerprint as usize & mask;
+        loop {
+            let (entry, slot) = self.entries[at];
+            if entry == EMPTY {
+                return None;
+            }
+            if entry == fingerprint {
+                return Some(slot);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Loads the entry where this fingerprint's lookup starts (a hint).
+    #[inline]
+    pub(super) fn touch(&self, fingerprint: u64) {
+        std::hint::black_box(self.entries[stored(fingerprint) as usize & self.mask()].0);
+    }
+
+    /// Records a slot (its key is not in the table yet).
+    pub(super) fn insert(&mut self, fingerprint: u64, slot: SlotIndex) {
+        if (self.len + 1) * 2 > self.entries.len() {
+            self.grow();
+        }
+        self.place(stored(fingerprint), slot);
+        self.len += 1;
+    }
+
+    fn place(&mut self, fingerprint: u64, slot: SlotIndex) {
+        let mask = self.mask();
+        let mut at = fingerprint as usize & mask;
+        while self.entries[at].0 != EMPTY {
+            at = (at + 1) & mask;
+        }
+        self.entries[at] = (fingerprint, slot);
+    }
+
+    fn grow(&mut self) {
+        let size = self.entries.len() * 2;
+        let old = std::mem::replace(&mut self.entries, vec![(EMPTY, 0); size]);
+        for (fingerprint, slot) in old {
+            if fingerprint != EMPTY {
+                self.place(fingerprint, slot);
+            }
+        }
+    }
+
+    /// Forgets the entry of `slot`.
+    pub(super) fn remove(&mut self, fingerprint: u64, slot: SlotIndex) {
+        let fingerprint = stored(fingerprint);
+        let mask = self.mask();
+        let mut at = fingerprint as usize & mask;
+        loop {
+            let entry = self.entries[at];
+            if entry.0 == EMPTY {
+                return;
+            }
+            if entry == (fingerprint, slot) {
+                break;
+            }
+            at = (at + 1) & mask;
+        }
+        // Backward-shift: pull later entries of the run into the hole when
+        // their home is not between the hole and them.
+        let mut hole = at;
+        let mut next = (hole + 1) & mask;
+        loop {
+            let entry = self.entries[next];
+            if entry.0 == EMPTY {
+                break;
+            }
+            let home = entry.0 as usize & mask;
+            let distance_to_home = next.wrapping_sub(home) & mask;
+            let distance_to_hole = next.wrapping_sub(hole) & mask;
+            if distance_to_home >= distance_to_hole {
+                self.entries[hole] = entry;
+                hole = next;
+            }
+            next = (next + 1) & mask;
+        }
+        self.entries[hole] = (EMPTY, 0);
+        self.len -= 1;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Fingerprint -> (slot, event time) of recent heartbeats. Entries are never
+/// removed one by one: an entry older than the lateness horizon is dead (any
+/// heartbeat with its id would be late anyway), and dead entries are dropped
+/// in bulk when the table fills, which costs a sequential sweep instead of a
+/// cache miss per frozen heartbeat.
+#[derive(Debug)]
+pub(super) struct IdTable {
+    entries: Vec<IdEntry>,
+    /// Occupied entries, live or dead.
+    occupied: usize,
+}
+
+/// 16 bytes: four entries per cache line.
+#[derive(Clone, Copy, Debug)]
+struct IdEntry {
+    fingerprint: u64,
+    /// Event time in whole seconds (clamped to `u32`): an entry is dead once
+    /// that entire second is behind the horizon.
+    time_s: u32,
+    slot: SlotIndex,
+}
+
+const EMPTY_ID: IdEntry = IdEntry {
+    fingerprint: EMPTY,
+    time_s: 0,
+    slot: 0,
+};
+
+impl IdEntry {
+    #[inline]
+    fn seconds(time_ms: i64) -> u32 {
+        time_ms.div_euclid(1_000).clamp(0, i64::from(u32::MAX)) as u32
+    }
+
+    /// False only when every heartbeat with this entry's id would be late
+    /// (times beyond the `u32` range of seconds never die).
+    #[inline]
+    fn is_live(&self, horizon_ms: i64) -> bool {
+        i64::from(self.time_s) * 1_000 + 999 >= horizon_ms || self.time_s == u32::MAX
+    }
+}
+
+impl Default for IdTable {
+    fn default() -> Self {
+        IdTable {
+            entries: vec![EMPTY_ID; 64],
+            occupied: 0,
+        }
+    }
+}
+
+impl IdTable {
+    #[inline]
+    fn mask(&self) -> usize {
+        self.entries.len() - 1
+    }
+
+    /// True when a live entry with this fingerprint names a slot for which
+    /// `holds(slot)` confirms the id.
     #[inline]
     pub(super) fn contains(
         &self,
         fingerprint: u64,
-        id: &str,
+        horizon_ms: i64,
         holds: impl Fn(SlotIndex) -> bool,
     ) -> bool {
-        if let Some(&slot) = self.by_fingerprint.get(&fingerprint) {
-            if holds(slot) {
+        let fingerprint = stored(fingerprint);
+        let mask = self.mask();
+        let mut at = fingerprint as usize & mask;
+        loop {
+            let entry = self.entries[at];
+            if entry.fingerprint == EMPTY {
+                return false;
+            }
+            if entry.fingerprint == fingerprint && entry.is_live(horizon_ms) && holds(entry.slot) {
                 return true;
             }
+            at = (at + 1) & mask;
         }
-        !self.overflow.is_empty() && self.overflow.contains_key(id)
     }
 
-    /// Records a new id (the caller checked `contains`); returns true when it
-    /// went to the overflow map, which `remove` must be told.
+    /// Loads the entry where this fingerprint's lookup starts (a hint).
     #[inline]
-    pub(super) fn insert(&mut self, fingerprint: u64, id: &str, slot: SlotIndex) -> bool {
-        match self.by_fingerprint.entry(fingerprint) {
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(slot);
-                false
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.overflow.insert(id.to_owned(), slot);
-                true
-            }
-        }
+    pub(super) fn touch(&self, fingerprint: u64) {
+        std::hint::black_box(self.entries[stored(fingerprint) as usize & self.mask()].fingerprint);
     }
 
-    /// Forgets an id recorded by `insert`.
+    /// Records the id of a heartbeat held in `slot`. `horizon_ms` (no later
+    /// than the current lateness horizon) tells which entries a sweep drops.
     #[inline]
-    pub(super) fn remove(&mut self, fingerprint: u64, id: &str, in_overflow: bool) {
-        if in_overflow {
-            self.overflow.remove(id);
-        } else {
-            self.by_fingerprint.remove(&fingerprint);
+    pub(super) fn insert(
+        &mut self,
+        fingerprint: u64,
+        time_ms: i64,
+        slot: SlotIndex,
+        horizon_ms: i64,
+    ) {
+        if (self.occupied + 1) * 2 > self.entries.len() {
+            self.sweep(horizon_ms);
         }
+        self.place(IdEntry {
+            fingerprint: stored(fingerprint),
+            time_s: IdEntry::seconds(time_ms),
+            slot,
+        });
+        self.occupied += 1;
     }
 
-    /// Number of ids held.
-    pub(super) fn len(&self) -> usize {
-        self.by_fingerprint.len() + self.overflow.len()
+    fn place(&mut self, entry: IdEntry) {
+        let mask = self.mask();
+        let mut at = entry.fingerprint as usize & mask;
+        while self.entries[at].fingerprint != EMPTY {
+            at = (at + 1) & mask;
+        }
+        self.entries[at] = entry;
+    }
+
+    /// Drops dead entries; resizes so live ones fill a quarter of the table
+    /// (halving at most once per sweep, so a burst does not thrash).
+    fn sweep(&mut self, horizon_ms: i64) {
+        let live = self
+            .entries
+            .iter()
+            .filter(|entry| entry.fingerprint != EMPTY && entry.is_live(horizon_ms))
+            .count();
+        let wanted = (live * 4).next_power_of_two().max(64);
+        let size = wanted.max(self.entries.len() / 2);
+        let old = std::mem::replace(&mut self.entries, vec![EMPTY_ID; size]);
+        for entry in old {
+            if entry.fingerprint != EMPTY && entry.is_live(horizon_ms) {
+                self.place(entry);
+            }
+        }
+        self.occupied = live;
+    }
+
+    /// Entries held, live or dead.
+    #[cfg(test)]
+    fn occupied(&self) -> usize {
+        self.occupied
     }
 }
 
@@ -71,20 +307,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn colliding_fingerprints_are_told_apart_by_the_id_itself() {
-        let mut index = IdIndex::default();
-        assert!(!index.contains(7, "a", |_| true));
-        assert!(!index.insert(7, "a", 1));
-        assert!(index.contains(7, "a", |slot| slot == 1));
-        // "b" shares the fingerprint, but slot 1 does not hold an event "b".
-        assert!(!index.contains(7, "b", |_| false));
-        assert!(index.insert(7, "b", 2));
-        assert!(index.contains(7, "b", |_| false));
-        index.remove(7, "a", false);
-        assert!(!index.contains(7, "a", |_| false));
-        assert!(index.contains(7, "b", |_| false));
-        index.remove(7, "b", true);
-        assert!(!index.contains(7, "b", |_| false));
-        assert_eq!(index.len(), 0);
+    fn colliding_key_fingerprints_are_told_apart_by_the_slot() {
+        let mut table = KeyTable::default();
+        assert_eq!(table.find(9, |_| true), None);
+        table.insert(9, 1);
+        table.insert(9, 2);
+        assert_eq!(table.find(9, |slot| slot == 2), Some(2));
+        assert_eq!(table.find(9, |slot| slot == 1), Some(1));
+        table.remove(9, 1);
+        assert_eq!(table.find(9, |slot| slot == 1), None);
+        assert_eq!(table.find(9, |slot| slot == 2), Some(2));
+        // The empty marker is a valid fingerprint too.
+        table.insert(0, 3);
+        assert_eq!(table.find(0, |slot| slot == 3), Some(3));
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn the_key_table_matches_a_map_through_inserts_removes_and_growth() {
+        let mut table = KeyTable::default();
+        let mut model = std::collections::BTreeMap::new();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for step in 0..20_000u32 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Few distinct fingerprints in few homes: long runs and wrap-around.
+            let fingerprint = state % 300 * 0x1_0000_0001;
+            match model.entry(fingerprint) {
+                std::collections::btree_map::Entry::Occupied(entry) if state.is_multiple_of(3) => {
+                    table.remove(fingerprint, entry.remove());
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(step);
+                    table.insert(fingerprint, step);
+                }
+            }
+            for (&fingerprint, &slot) in model.iter().take(5) {
+                assert_eq!(table.find(fingerprint, |s| s == slot), Some(slot));
+            }
+        }
+        assert_eq!(table.len(), model.len());
+        for (&fingerprint, &slot) in &model {
+            assert_eq!(table.find(fingerprint, |s| s == slot), Some(slot));
+        }
+    }
+
+    #[test]
+    fn ids_behind_the_horizon_are_dead_and_swept_in_bulk() {
+        let fingerprint = |i: i64| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut table = IdTable::default();
+        for i in 0..1_000i64 {
+            table.insert(fingerprint(i), i * 1_000, 7, (i - 100) * 1_000);
+        }
+        assert!(table.occupied() < 1_000, "sweeps dropped dead entries");
+        let horizon_ms = 899_000;
+        assert!(table.contains(fingerprint(999), horizon_ms, |slot| slot == 7));
+        assert!(table.contains(fingerprint(899), horizon_ms, |slot| slot == 7));
+        assert!(!table.contains(fingerprint(898), horizon_ms, |_| true));
+        assert!(!table.contains(fingerprint(10), horizon_ms, |_| true));
+        // A live fingerprint whose slot does not hold the id is no duplicate.
+        assert!(!table.contains(fingerprint(999), horizon_ms, |_| false));
+    }
+
+    #[test]
+    fn an_entry_stays_live_while_any_millisecond_of_its_second_is_not_late() {
+        let entry = IdEntry {
+            fingerprint: 1,
+            time_s: IdEntry::seconds(5_250),
+            slot: 0,
+        };
+        assert!(entry.is_live(5_999));
+        assert!(!entry.is_live(6_000));
+        assert_eq!(IdEntry::seconds(-1), 0);
+        assert_eq!(IdEntry::seconds(i64::MAX), u32::MAX);
     }
 }

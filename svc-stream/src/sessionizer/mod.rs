@@ -10,14 +10,26 @@
 //! after it (joining both is the "late bridge" merge).
 //!
 //! The watermark is the newest event time accepted. A heartbeat older than
-//! `watermark - lateness` is [`Outcome::Late`], so nothing can ever be inserted
-//! before that horizon again: heartbeats behind it are *frozen*, folded into a
-//! compact per-session summary (count, watched sum, coverage spans, the first
-//! time and the last frozen heartbeat as the predecessor of the next step), and
-//! their ids leave the dedup index. Only the unfrozen tail is held in full.
-//! Each session also carries running totals over frozen part and tail, updated
-//! in O(1) for the usual in-order append, a prepend or a bridge, and rebuilt
-//! from the frozen summary plus the tail when a heartbeat lands inside the tail.
+//! `watermark - lateness` (the *horizon*) is [`Outcome::Late`], so nothing can
+//! ever be inserted before the horizon again: heartbeats behind it are
+//! *frozen* (in runs, an eighth of the lateness at a time), folded into a
+//! compact per-session summary (count, watched sum, coverage spans and the
+//! last frozen heartbeat as the predecessor of the next step). Only the
+//! unfrozen tail is held in full. Each session also carries running totals
+//! over frozen part and tail, updated in O(1) for the usual in-order append, a
+//! prepend or a bridge, and rebuilt from the frozen summary plus the tail when
+//! a heartbeat lands inside the tail.
+//!
+//! Deduplication is exact by `event_id` for every heartbeat not behind the
+//! horizon (a copy of an older one is late anyway): a table of id
+//! fingerprints names the key slot holding each recent heartbeat, and a hit is
+//! confirmed against the id held there. Entries age out with the horizon and
+//! are swept in bulk, so memory follows the open sessions, not the history.
+//!
+//! Per heartbeat the cost is mostly memory latency (the key's slot, its tail,
+//! two table entries), so ids are kept inline, a key's first session lives in
+//! its slot, and [`Sessionizer::push_batch`] loads the state of the next
+//! heartbeats of a batch while the current one is processed.
 //!
 //! # Finalization and the idle-flush choice
 //!
@@ -42,18 +54,20 @@
 
 mod coverage;
 mod fxhash;
+mod id;
 mod ids;
 #[cfg(test)]
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 
 use hb_proto::v1::Heartbeat;
 
 use coverage::Coverage;
-use fxhash::{fingerprint, FxBuildHasher};
-use ids::{IdIndex, SlotIndex};
+use fxhash::{fingerprint, key_fingerprint, FxBuildHasher};
+use id::Id;
+use ids::{IdTable, KeyTable, SlotIndex};
 
 /// Player state of a heartbeat. `PLAYBACK_STATE_UNSPECIFIED` is rejected at
 /// ingest, so it has no variant here.
@@ -299,114 +313,157 @@ fn watched_span(a: &Point, b: &Point) -> Option<(i64, i64)> {
     (dp > 0 && dp <= dt.saturating_mul(2)).then_some((a.position_ms, b.position_ms))
 }
 
-/// An unfrozen heartbeat, held in full.
+/// An unfrozen heartbeat, held in full (64 bytes with a UUID inline).
 #[derive(Debug)]
 struct HeldEvent {
-    point: Point,
-    fingerprint: u64,
-    /// The id went to the dedup index's overflow map (fingerprint collision).
-    id_in_overflow: bool,
-    event_id: String,
+    time_ms: i64,
+    position_ms: i64,
+    event_id: Id,
+    playing: bool,
+    has_ad: bool,
 }
 
 impl HeldEvent {
+    #[inline]
+    fn point(&self) -> Point {
+        Point {
+            time_ms: self.time_ms,
+            position_ms: self.position_ms,
+            playing: self.playing,
+            has_ad: self.has_ad,
+        }
+    }
+
     /// True when this heartbeat sorts before `(time_ms, event_id)`.
     #[inline]
-    fn is_before(&self, time_ms: i64, event_id: &str) -> bool {
-        match self.point.time_ms.cmp(&time_ms) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Greater => false,
-            std::cmp::Ordering::Equal => self.event_id.as_str() < event_id,
-        }
+    fn is_before(&self, time_ms: i64, event_id: &[u8]) -> bool {
+        self.time_ms < time_ms || (self.time_ms == time_ms && self.event_id.as_bytes() < event_id)
     }
 }
 
 /// Summary of a session's frozen heartbeats (all older than the lateness
-/// horizon, so nothing can be inserted among them any more).
+/// horizon, so nothing can be inserted among them any more). They are the
+/// session's earliest, so its start time is theirs.
 #[derive(Debug, Default)]
 struct Frozen {
     heartbeats: u64,
     watch_ms: i64,
     coverage: Coverage,
-    first_ms: i64,
     /// The last frozen heartbeat: predecessor of the first tail heartbeat.
     last: Option<Point>,
 }
 
-/// An open session of one key.
+/// Distinct devices of a session; there is always at least one.
+#[repr(C)]
+#[derive(Debug)]
+struct Devices {
+    first: Id,
+    more: Vec<Id>,
+}
+
+impl Devices {
+    #[inline]
+    fn add(&mut self, device_id: &str) {
+        if !self.first.is(device_id) && !self.more.iter().any(|device| device.is(device_id)) {
+            self.more.push(Id::new(device_id));
+        }
+    }
+
+    fn count(&self) -> u64 {
+        1 + self.more.len() as u64
+    }
+
+    fn absorb(&mut self, other: Devices) {
+        for device in std::iter::once(other.first).chain(other.more) {
+            self.add(device.as_str());
+        }
+    }
+}
+
+/// An open session of one key. Laid out hot first: an in-order push reads
+/// and writes only the fields up to `devices`.
+#[repr(C)]
 #[derive(Debug)]
 struct OpenSession {
-    /// Identifies the session in the finalization queue and the change list.
-    uid: u64,
-    frozen: Frozen,
+    /// Time of the first heartbeat.
+    start_ms: i64,
+    /// The last heartbeat (the back of the tail, or the last frozen one).
+    last: Point,
+    /// Time of the first tail heartbeat (`i64::MAX` when the tail is empty),
+    /// so deciding whether to freeze does not touch the tail.
+    tail_front_ms: i64,
     /// Unfrozen heartbeats in `(time_ms, event_id)` order.
     tail: VecDeque<HeldEvent>,
     /// Totals over frozen part and tail.
     heartbeats: u64,
     watch_ms: i64,
+    /// Identifies the session in the finalization queue and the change list.
+    uid: u64,
+    /// Listed in `Sessionizer::changed`.
+    dirty: bool,
     coverage: Coverage,
-    devices: Vec<String>,
+    devices: Devices,
     /// Sorted, distinct.
     ads: Vec<String>,
     /// Start under which the store holds this session (as of the last drain).
     stored_start_ms: Option<i64>,
-    /// Listed in `Sessionizer::changed`.
-    dirty: bool,
+    frozen: Frozen,
 }
 
 impl OpenSession {
-    fn new(uid: u64, first: HeldEvent) -> Self {
-        let mut tail = VecDeque::with_capacity(8);
+    fn new(uid: u64, first: HeldEvent, device_id: &str) -> Self {
+        let last = first.point();
+        let mut tail = VecDeque::with_capacity(16);
         tail.push_back(first);
         OpenSession {
             uid,
+            start_ms: last.time_ms,
+            last,
             frozen: Frozen::default(),
             tail,
+            tail_front_ms: last.time_ms,
             heartbeats: 1,
             watch_ms: 0,
             coverage: Coverage::default(),
-            devices: Vec::new(),
+            devices: Devices {
+                first: Id::new(device_id),
+                more: Vec::new(),
+            },
             ads: Vec::new(),
             stored_start_ms: None,
             dirty: false,
         }
     }
 
-    fn start_ms(&self) -> i64 {
-        if self.frozen.heartbeats > 0 {
-            self.frozen.first_ms
-        } else {
-            self.tail[0].point.time_ms
-        }
-    }
-
-    fn end_ms(&self) -> i64 {
-        self.last_point().time_ms
-    }
-
-    fn last_point(&self) -> Point {
-        match self.tail.back() {
-            Some(last) => last.point,
-            None => self
-                .frozen
-                .last
-                .expect("a session holds at least one heartbeat"),
-        }
+    /// Some heartbeats are frozen (read from hot fields only).
+    #[inline]
+    fn has_frozen(&self) -> bool {
+        debug_assert_eq!(
+            self.heartbeats,
+            self.frozen.heartbeats + self.tail.len() as u64
+        );
+        self.heartbeats > self.tail.len() as u64
     }
 
     /// True when the first heartbeat sorts before `(time_ms, event_id)`.
     /// Frozen heartbeats are older than any heartbeat still accepted.
     #[inline]
-    fn starts_before(&self, time_ms: i64, event_id: &str) -> bool {
-        self.frozen.heartbeats > 0 || self.tail[0].is_before(time_ms, event_id)
+    fn starts_before(&self, time_ms: i64, event_id: &[u8]) -> bool {
+        self.has_frozen()
+            || self.start_ms < time_ms
+            || (self.start_ms == time_ms && self.tail[0].event_id.as_bytes() < event_id)
     }
 
     /// True when `(time_ms, event_id)` sorts before the last heartbeat.
     #[inline]
-    fn ends_after(&self, time_ms: i64, event_id: &str) -> bool {
-        self.tail
-            .back()
-            .is_some_and(|last| !last.is_before(time_ms, event_id))
+    fn ends_after(&self, time_ms: i64, event_id: &[u8]) -> bool {
+        match self.tail.back() {
+            None => false,
+            Some(last) => {
+                time_ms < last.time_ms
+                    || (time_ms == last.time_ms && event_id < last.event_id.as_bytes())
+            }
+        }
     }
 
     #[inline]
@@ -420,8 +477,12 @@ impl OpenSession {
     /// Adds a heartbeat that sorts after every held one.
     #[inline]
     fn append(&mut self, event: HeldEvent) {
-        let last = self.last_point();
-        self.count_step(&last, &event.point);
+        let (last, point) = (self.last, event.point());
+        self.count_step(&last, &point);
+        self.last = point;
+        if self.tail.is_empty() {
+            self.tail_front_ms = point.time_ms;
+        }
         self.tail.push_back(event);
         self.heartbeats += 1;
     }
@@ -432,26 +493,28 @@ impl OpenSession {
             self.frozen.heartbeats, 0,
             "nothing sorts before frozen heartbeats"
         );
-        let first = self.tail[0].point;
-        self.count_step(&event.point, &first);
+        let (point, first) = (event.point(), self.tail[0].point());
+        self.count_step(&point, &first);
+        self.start_ms = point.time_ms;
+        self.tail_front_ms = point.time_ms;
         self.tail.push_front(event);
         self.heartbeats += 1;
     }
 
     /// Adds a heartbeat that sorts between two tail heartbeats: the step it
-    /// splits is replaced, so the totals are rebuilt.
+    /// splits is replaced, so the totals are rebuilt from the frozen summary.
     fn insert_within(&mut self, event: HeldEvent) {
-        let (time_ms, event_id) = (event.point.time_ms, event.event_id.as_str());
         let index = self
             .tail
-            .partition_point(|held| held.is_before(time_ms, event_id));
+            .partition_point(|held| held.is_before(event.time_ms, event.event_id.as_bytes()));
         self.tail.insert(index, event);
+        self.tail_front_ms = self.tail[0].time_ms;
         self.heartbeats += 1;
         self.watch_ms = self.frozen.watch_ms;
         self.coverage = self.frozen.coverage.clone();
         let mut previous = self.frozen.last;
         for index in 0..self.tail.len() {
-            let point = self.tail[index].point;
+            let point = self.tail[index].point();
             if let Some(a) = previous {
                 self.count_step(&a, &point);
             }
@@ -466,24 +529,16 @@ impl OpenSession {
             later.frozen.heartbeats, 0,
             "a later session cannot be frozen"
         );
-        let last = self.last_point();
-        self.count_step(&last, &later.tail[0].point);
+        let (last, first) = (self.last, later.tail[0].point());
+        self.count_step(&last, &first);
+        self.last = later.last;
         self.heartbeats += later.heartbeats;
         self.watch_ms = self.watch_ms.saturating_add(later.watch_ms);
         self.coverage.extend(&later.coverage);
         self.tail.extend(later.tail);
-        for device in later.devices {
-            self.add_device(device);
-        }
+        self.devices.absorb(later.devices);
         for ad in later.ads {
             self.add_ad(ad);
-        }
-    }
-
-    #[inline]
-    fn add_device(&mut self, device_id: String) {
-        if !self.devices.contains(&device_id) {
-            self.devices.push(device_id);
         }
     }
 
@@ -497,75 +552,147 @@ impl OpenSession {
         }
     }
 
-    /// Folds tail heartbeats older than `horizon_ms` into the frozen summary.
+    /// Folds tail heartbeats older than `horizon_ms` into the frozen summary;
+    /// returns how many.
     #[inline]
-    fn freeze_before(&mut self, horizon_ms: i64, ids: &mut IdIndex) {
+    fn freeze_before(&mut self, horizon_ms: i64) -> usize {
+        let mut frozen_now = 0;
         while self
             .tail
             .front()
-            .is_some_and(|first| first.point.time_ms < horizon_ms)
+            .is_some_and(|first| first.time_ms < horizon_ms)
         {
             let event = self.tail.pop_front().expect("checked non-empty");
-            let frozen = &mut self.frozen;
-            match frozen.last {
-                Some(previous) => {
-                    if let Some((lo, hi)) = watched_span(&previous, &event.point) {
-                        frozen.watch_ms = frozen.watch_ms.saturating_add(hi.saturating_sub(lo));
-                        frozen.coverage.add(lo, hi);
-                    }
+            let (frozen, point) = (&mut self.frozen, event.point());
+            if let Some(previous) = frozen.last {
+                if let Some((lo, hi)) = watched_span(&previous, &point) {
+                    frozen.watch_ms = frozen.watch_ms.saturating_add(hi.saturating_sub(lo));
+                    frozen.coverage.add(lo, hi);
                 }
-                None => frozen.first_ms = event.point.time_ms,
             }
             frozen.heartbeats += 1;
-            frozen.last = Some(event.point);
-            ids.remove(event.fingerprint, &event.event_id, event.id_in_overflow);
+            frozen.last = Some(point);
+            frozen_now += 1;
         }
+        self.tail_front_ms = self.tail.front().map_or(i64::MAX, |first| first.time_ms);
+        frozen_now
     }
 
-    fn to_session(&self, user_id: &str, video_id: &str) -> Session {
+    fn to_session(&self, user_id: &Id, video_id: &Id) -> Session {
         Session {
-            user_id: user_id.to_owned(),
-            video_id: video_id.to_owned(),
-            start_ms: self.start_ms(),
-            end_ms: self.end_ms(),
+            user_id: user_id.as_str().to_owned(),
+            video_id: video_id.as_str().to_owned(),
+            start_ms: self.start_ms,
+            end_ms: self.last.time_ms,
             heartbeats: self.heartbeats,
             watch_ms: self.watch_ms,
             coverage_ms: self.coverage.covered_ms(),
-            last_position_ms: self.last_point().position_ms,
+            last_position_ms: self.last.position_ms,
             ads: self.ads.clone(),
-            devices: self.devices.len() as u64,
+            devices: self.devices.count(),
         }
     }
 }
 
-/// State of one `(user_id, video_id)` key.
+/// A key's open sessions, sorted by start and separated by at least the gap.
+/// Nearly every key has one, kept inline in the slot.
+// Inline on purpose: boxing the one session would add a cache miss per push.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Default)]
+enum SessionList {
+    #[default]
+    Empty,
+    One(OpenSession),
+    Many(Vec<OpenSession>),
+}
+
+impl SessionList {
+    #[inline]
+    fn as_slice(&self) -> &[OpenSession] {
+        match self {
+            SessionList::Empty => &[],
+            SessionList::One(session) => std::slice::from_ref(session),
+            SessionList::Many(sessions) => sessions,
+        }
+    }
+
+    #[inline]
+    fn as_mut_slice(&mut self) -> &mut [OpenSession] {
+        match self {
+            SessionList::Empty => &mut [],
+            SessionList::One(session) => std::slice::from_mut(session),
+            SessionList::Many(sessions) => sessions,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, SessionList::Empty)
+    }
+
+    fn insert(&mut self, index: usize, session: OpenSession) {
+        *self = match std::mem::take(self) {
+            SessionList::Empty => SessionList::One(session),
+            SessionList::One(existing) => {
+                let mut sessions = Vec::with_capacity(2);
+                sessions.push(existing);
+                sessions.insert(index, session);
+                SessionList::Many(sessions)
+            }
+            SessionList::Many(mut sessions) => {
+                sessions.insert(index, session);
+                SessionList::Many(sessions)
+            }
+        };
+    }
+
+    fn remove(&mut self, index: usize) -> OpenSession {
+        let (list, removed) = match std::mem::take(self) {
+            SessionList::Empty => panic!("no session {index} to remove"),
+            SessionList::One(session) => {
+                assert_eq!(index, 0, "one session only");
+                (SessionList::Empty, session)
+            }
+            SessionList::Many(mut sessions) => {
+                let removed = sessions.remove(index);
+                let list = if sessions.len() == 1 {
+                    SessionList::One(sessions.pop().expect("one left"))
+                } else {
+                    SessionList::Many(sessions)
+                };
+                (list, removed)
+            }
+        };
+        *self = list;
+        removed
+    }
+}
+
+/// State of one `(user_id, video_id)` key, laid out hot first.
+#[repr(C)]
 #[derive(Debug, Default)]
 struct KeySlot {
-    user_id: String,
-    video_id: String,
+    user_id: Id,
+    video_id: Id,
     /// Bumped when the slot is released, so queued references go stale.
     generation: u32,
     live: bool,
-    /// Open sessions sorted by start, separated by at least the gap.
-    sessions: Vec<OpenSession>,
+    /// An entry for this slot is in the idle queue.
+    idle_scheduled: bool,
+    /// Processing time of the last push.
+    last_push_ms: i64,
+    sessions: SessionList,
     /// `[start, end]` of idle-flushed sessions an accepted heartbeat could
     /// still reach.
     closed: Vec<(i64, i64)>,
-    /// Processing time of the last push.
-    last_push_ms: i64,
-    /// An entry for this slot is in the idle queue.
-    idle_scheduled: bool,
 }
 
 impl KeySlot {
     /// True when an unfrozen heartbeat with this id is held here.
-    fn holds_id(&self, fingerprint: u64, event_id: &str) -> bool {
-        self.sessions.iter().any(|session| {
-            session
-                .tail
-                .iter()
-                .any(|held| held.fingerprint == fingerprint && held.event_id == event_id)
-        })
+    fn holds_id(&self, event_id: &str) -> bool {
+        self.sessions
+            .as_slice()
+            .iter()
+            .any(|session| session.tail.iter().any(|held| held.event_id.is(event_id)))
     }
 
     fn in_closed_span(&self, time_ms: i64) -> bool {
@@ -576,12 +703,40 @@ impl KeySlot {
 
     fn key(&self, start_ms: i64) -> SessionKey {
         SessionKey {
-            user_id: self.user_id.clone(),
-            video_id: self.video_id.clone(),
+            user_id: self.user_id.as_str().to_owned(),
+            video_id: self.video_id.as_str().to_owned(),
             start_ms,
         }
     }
+
+    fn position_of(&self, uid: u64) -> Option<usize> {
+        self.sessions
+            .as_slice()
+            .iter()
+            .position(|session| session.uid == uid)
+    }
 }
+
+/// The hashes a push needs, computed once.
+#[derive(Clone, Copy, Debug)]
+struct Fingerprints {
+    key: u64,
+    id: u64,
+}
+
+impl Fingerprints {
+    #[inline]
+    fn of(event: &Event) -> Self {
+        Fingerprints {
+            key: key_fingerprint(&event.user_id, &event.video_id),
+            id: fingerprint(event.event_id.as_bytes()),
+        }
+    }
+}
+
+/// How far ahead `push_batch` loads state: far enough to overlap several
+/// memory latencies, near enough that what it loaded is still cached.
+const LOOKAHEAD: usize = 16;
 
 /// Marker uid of a watermark-queue entry that expires a slot's closed spans.
 const CLOSED_SPANS: u64 = u64::MAX;
@@ -593,9 +748,11 @@ pub struct Sessionizer {
     watermark_ms: Option<i64>,
     slots: Vec<KeySlot>,
     free_slots: Vec<SlotIndex>,
-    /// Live slots by user id (a user rarely has more than one open video).
-    by_user: HashMap<String, Vec<SlotIndex>, FxBuildHasher>,
-    ids: IdIndex,
+    keys: KeyTable,
+    /// Ids of recent heartbeats (every unfrozen one among them).
+    ids: IdTable,
+    /// Heartbeats in the tails.
+    held: usize,
     next_uid: u64,
     /// `(deadline, slot, generation, uid)`: a session may be final once the
     /// watermark passes `deadline` (a lower bound of `end + gap + lateness`,
@@ -626,8 +783,9 @@ impl Sessionizer {
             watermark_ms: None,
             slots: Vec::new(),
             free_slots: Vec::new(),
-            by_user: HashMap::default(),
-            ids: IdIndex::default(),
+            keys: KeyTable::default(),
+            ids: IdTable::default(),
+            held: 0,
             next_uid: 0,
             watermark_queue: BinaryHeap::new(),
             idle_queue: BinaryHeap::new(),
@@ -648,42 +806,64 @@ impl Sessionizer {
     /// Feeds one heartbeat; `now_ms` is processing (wall) time, used only for
     /// the idle timeout.
     pub fn push(&mut self, event: Event, now_ms: i64) -> Outcome {
+        let fingerprints = Fingerprints::of(&event);
+        self.push_fingerprinted(event, fingerprints, now_ms)
+    }
+
+    /// Feeds heartbeats in order, exactly as `push` one by one would, and
+    /// returns their outcomes in the same order. Faster on large state: it
+    /// looks ahead in the batch and loads what the next heartbeats will need
+    /// (their table entries, key slots and tails) while the current one is
+    /// processed, so memory latencies overlap instead of adding up.
+    pub fn push_batch(&mut self, events: Vec<Event>, now_ms: i64) -> Vec<Outcome> {
+        let fingerprints: Vec<Fingerprints> = events.iter().map(Fingerprints::of).collect();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (index, event) in events.into_iter().enumerate() {
+            if let Some(ahead) = fingerprints.get(index + LOOKAHEAD) {
+                self.keys.touch(ahead.key);
+                self.ids.touch(ahead.id);
+            }
+            if let Some(ahead) = fingerprints.get(index + LOOKAHEAD / 2) {
+                self.touch_slot(ahead.key, false);
+            }
+            if let Some(ahead) = fingerprints.get(index + LOOKAHEAD / 4) {
+                self.touch_slot(ahead.key, true);
+            }
+            outcomes.push(self.push_fingerprinted(event, fingerprints[index], now_ms));
+        }
+        outcomes
+    }
+
+    fn push_fingerprinted(
+        &mut self,
+        event: Event,
+        fingerprints: Fingerprints,
+        now_ms: i64,
+    ) -> Outcome {
         if self.is_late(event.time_ms) {
             return Outcome::Late;
         }
-        let id_fingerprint = fingerprint(&event.event_id);
+        let id_fingerprint = fingerprints.id;
         if self.holds_id(id_fingerprint, &event.event_id) {
             return Outcome::Duplicate;
         }
-        let Event {
-            event_id,
-            user_id,
-            video_id,
-            device_id,
-            time_ms,
-            position_ms,
-            state,
-            ad_id,
-        } = event;
-        let slot_index = self.slot_for(user_id, video_id);
-        if self.slots[slot_index as usize].in_closed_span(time_ms) {
+        let slot_index = self.slot_for(fingerprints.key, &event.user_id, &event.video_id);
+        if self.slots[slot_index as usize].in_closed_span(event.time_ms) {
             self.release_if_empty(slot_index);
             return Outcome::Late;
         }
-        let watermark_ms = self.watermark_ms.map_or(time_ms, |wm| wm.max(time_ms));
+        let watermark_ms = self
+            .watermark_ms
+            .map_or(event.time_ms, |wm| wm.max(event.time_ms));
         self.watermark_ms = Some(watermark_ms);
-        let held = self.hold(
-            slot_index,
-            event_id,
-            id_fingerprint,
-            time_ms,
-            position_ms,
-            state,
-            &ad_id,
-        );
-        let target = self.merge(slot_index, held, device_id, ad_id, now_ms);
+        let target = self.merge(slot_index, event, id_fingerprint, now_ms);
+        // Freeze in runs (an eighth of the lateness at a time): the tail's
+        // front is then read once per run, not once per heartbeat.
         let horizon_ms = watermark_ms.saturating_sub(self.config.lateness_ms);
-        self.slots[slot_index as usize].sessions[target].freeze_before(horizon_ms, &mut self.ids);
+        let session = &mut self.slots[slot_index as usize].sessions.as_mut_slice()[target];
+        if session.tail_front_ms < horizon_ms.saturating_sub(self.config.lateness_ms / 8) {
+            self.held -= session.freeze_before(horizon_ms);
+        }
         Outcome::Merged
     }
 
@@ -699,36 +879,31 @@ impl Sessionizer {
 
     /// Changes since the last drain, coalesced to at most one per session key:
     /// first the `Delete`s (sorted by key, none for a key written again in the
-    /// same batch), then the `Upsert`s in order of first change, then the
+    /// same batch), then the `Upsert`s (ordered by internal key slot), then the
     /// `Final`s in order of finalization. Deterministic for a given input.
     pub fn drain_changes(&mut self) -> Vec<Change> {
         let mut written = Vec::with_capacity(self.changed.len() + self.finals.len());
+        // By slot: a walk through memory in order rather than at random.
+        self.changed.sort_unstable();
         for (slot_index, generation, uid) in self.changed.drain(..) {
-            let KeySlot {
-                user_id,
-                video_id,
-                generation: slot_generation,
-                live,
-                sessions,
-                ..
-            } = &mut self.slots[slot_index as usize];
-            if !*live || *slot_generation != generation {
+            let slot = &mut self.slots[slot_index as usize];
+            if !slot.live || slot.generation != generation {
                 continue;
             }
-            let Some(session) = sessions.iter_mut().find(|session| session.uid == uid) else {
+            let Some(index) = slot.position_of(uid) else {
                 continue;
             };
+            let session = &mut slot.sessions.as_mut_slice()[index];
             session.dirty = false;
-            let start_ms = session.start_ms();
-            if let Some(stored_ms) = session.stored_start_ms.filter(|&stored| stored != start_ms) {
-                self.deleted.push(SessionKey {
-                    user_id: user_id.clone(),
-                    video_id: video_id.clone(),
-                    start_ms: stored_ms,
-                });
-            }
+            let (start_ms, stored) = (session.start_ms, session.stored_start_ms);
             session.stored_start_ms = Some(start_ms);
-            written.push(Change::Upsert(session.to_session(user_id, video_id)));
+            if let Some(stored_ms) = stored.filter(|&stored_ms| stored_ms != start_ms) {
+                self.deleted.push(slot.key(stored_ms));
+            }
+            let session = &slot.sessions.as_slice()[index];
+            written.push(Change::Upsert(
+                session.to_session(&slot.user_id, &slot.video_id),
+            ));
         }
         written.extend(self.finals.drain(..).map(Change::Final));
         let mut deleted = std::mem::take(&mut self.deleted);
@@ -794,26 +969,18 @@ impl Sessionizer {
             if self.is_late(event.time_ms) {
                 continue;
             }
-            let id_fingerprint = fingerprint(&event.event_id);
+            let fingerprints = Fingerprints::of(&event);
+            let id_fingerprint = fingerprints.id;
             if self.holds_id(id_fingerprint, &event.event_id) {
                 continue;
             }
-            let slot_index = self.slot_for(event.user_id, event.video_id);
+            let slot_index = self.slot_for(fingerprints.key, &event.user_id, &event.video_id);
             if self.slots[slot_index as usize].in_closed_span(event.time_ms) {
                 self.release_if_empty(slot_index);
                 continue;
             }
             newest_ms = newest_ms.max(Some(event.time_ms));
-            let held = self.hold(
-                slot_index,
-                event.event_id,
-                id_fingerprint,
-                event.time_ms,
-                event.position_ms,
-                event.state,
-                &event.ad_id,
-            );
-            self.merge(slot_index, held, event.device_id, event.ad_id, now_ms);
+            self.merge(slot_index, event, id_fingerprint, now_ms);
             touched.push(slot_index);
         }
         self.watermark_ms = newest_ms.max(watermark_ms);
@@ -821,17 +988,17 @@ impl Sessionizer {
         if let Some(watermark_ms) = self.watermark_ms {
             let horizon_ms = watermark_ms.saturating_sub(self.config.lateness_ms);
             for &slot_index in &touched {
-                for session in &mut self.slots[slot_index as usize].sessions {
-                    session.freeze_before(horizon_ms, &mut self.ids);
+                for session in self.slots[slot_index as usize].sessions.as_mut_slice() {
+                    self.held -= session.freeze_before(horizon_ms);
                 }
             }
         }
         if fresh {
             self.changed.clear();
             for slot in &mut self.slots {
-                for session in &mut slot.sessions {
+                for session in slot.sessions.as_mut_slice() {
                     session.dirty = false;
-                    session.stored_start_ms = Some(session.start_ms());
+                    session.stored_start_ms = Some(session.start_ms);
                 }
             }
         }
@@ -851,14 +1018,14 @@ impl Sessionizer {
     /// per session. Bounded by what arrives within the lateness window.
     pub fn held_events(&self) -> usize {
         debug_assert_eq!(
-            self.ids.len(),
+            self.held,
             self.slots
                 .iter()
-                .flat_map(|slot| &slot.sessions)
+                .flat_map(|slot| slot.sessions.as_slice())
                 .map(|session| session.tail.len())
                 .sum::<usize>()
         );
-        self.ids.len()
+        self.held
     }
 
     /// A sessionizer for a whole input sorted by `(time_ms, event_id)`: with
@@ -875,52 +1042,79 @@ impl Sessionizer {
         sessionizer
     }
 
+    #[inline]
     fn is_late(&self, time_ms: i64) -> bool {
         self.watermark_ms
             .is_some_and(|wm| time_ms < wm.saturating_sub(self.config.lateness_ms))
     }
 
-    fn holds_id(&self, id_fingerprint: u64, event_id: &str) -> bool {
-        let slots = &self.slots;
-        self.ids.contains(id_fingerprint, event_id, |slot_index| {
-            slots[slot_index as usize].holds_id(id_fingerprint, event_id)
-        })
+    /// Heartbeats older than this are late (and may be frozen).
+    #[inline]
+    fn horizon_ms(&self) -> i64 {
+        self.watermark_ms
+            .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms))
     }
 
-    /// Records the id and builds the held form of a heartbeat.
-    #[allow(clippy::too_many_arguments)]
-    fn hold(
-        &mut self,
-        slot_index: SlotIndex,
-        event_id: String,
-        id_fingerprint: u64,
-        time_ms: i64,
-        position_ms: i64,
-        state: PlaybackState,
-        ad_id: &str,
-    ) -> HeldEvent {
-        let id_in_overflow = self.ids.insert(id_fingerprint, &event_id, slot_index);
-        HeldEvent {
-            point: Point {
-                time_ms,
-                position_ms,
-                playing: state == PlaybackState::Playing,
-                has_ad: !ad_id.is_empty(),
-            },
-            fingerprint: id_fingerprint,
-            id_in_overflow,
-            event_id,
-        }
+    #[inline]
+    fn holds_id(&self, id_fingerprint: u64, event_id: &str) -> bool {
+        let slots = &self.slots;
+        self.ids
+            .contains(id_fingerprint, self.horizon_ms(), |slot_index| {
+                slots[slot_index as usize].holds_id(event_id)
+            })
+    }
+
+    /// Loads (without using) what a push to the key with this fingerprint will
+    /// read: the slot and its last session, or with `tail`, the session's
+    /// last held heartbeat. A hint only: a wrong or missing slot costs nothing.
+    #[inline]
+    fn touch_slot(&self, key_fingerprint: u64, tail: bool) {
+        let Some(slot) = self
+            .keys
+            .candidate(key_fingerprint)
+            .and_then(|slot_index| self.slots.get(slot_index as usize))
+        else {
+            return;
+        };
+        let Some(session) = slot.sessions.as_slice().last() else {
+            std::hint::black_box(slot.user_id.as_bytes().first());
+            return;
+        };
+        let loaded = if tail {
+            session.tail.back().map_or(0, |held| held.time_ms)
+        } else {
+            // One field per cache line of the hot part.
+            (slot.last_push_ms as u64)
+                .wrapping_add(u64::from(
+                    slot.user_id.as_bytes().first().copied().unwrap_or(0),
+                ))
+                .wrapping_add(session.start_ms as u64)
+                .wrapping_add(session.tail.len() as u64)
+                .wrapping_add(session.uid)
+                .wrapping_add(session.coverage.covered_ms() as u64)
+                .wrapping_add(u64::from(
+                    session
+                        .devices
+                        .first
+                        .as_bytes()
+                        .first()
+                        .copied()
+                        .unwrap_or(0),
+                )) as i64
+        };
+        std::hint::black_box(loaded);
     }
 
     /// The slot of `(user_id, video_id)`, created if needed.
-    fn slot_for(&mut self, user_id: String, video_id: String) -> SlotIndex {
-        if let Some(candidates) = self.by_user.get(user_id.as_str()) {
-            for &slot_index in candidates {
-                if self.slots[slot_index as usize].video_id == video_id {
-                    return slot_index;
-                }
-            }
+    #[inline]
+    fn slot_for(&mut self, key_fingerprint: u64, user_id: &str, video_id: &str) -> SlotIndex {
+        let slots = &self.slots;
+        let found = self.keys.find(key_fingerprint, |slot_index| {
+            let slot = &slots[slot_index as usize];
+            slot.user_id.is(user_id) && slot.video_id.is(video_id)
+        });
+        if let Some(slot_index) = found {
+            return slot_index;
         }
         let slot_index = match self.free_slots.pop() {
             Some(slot_index) => slot_index,
@@ -929,82 +1123,98 @@ impl Sessionizer {
                 SlotIndex::try_from(self.slots.len() - 1).expect("fewer than 2^32 open keys")
             }
         };
+        self.keys.insert(key_fingerprint, slot_index);
         let slot = &mut self.slots[slot_index as usize];
-        slot.user_id.clone_from(&user_id);
-        slot.video_id = video_id;
+        slot.user_id = Id::new(user_id);
+        slot.video_id = Id::new(video_id);
         slot.live = true;
-        self.by_user.entry(user_id).or_default().push(slot_index);
         slot_index
     }
 
-    /// Adds a held heartbeat to its key's sessions (SPEC 5.3: it joins the
-    /// session before it and/or after it when within the gap); returns the
-    /// index of the session that now holds it.
+    /// Adds a heartbeat to its key's sessions (SPEC 5.3: it joins the session
+    /// before it and/or after it when within the gap); returns the index of
+    /// the session that now holds it.
     fn merge(
         &mut self,
         slot_index: SlotIndex,
-        held: HeldEvent,
-        device_id: String,
-        ad_id: String,
+        event: Event,
+        id_fingerprint: u64,
         now_ms: i64,
     ) -> usize {
+        let Event {
+            event_id,
+            device_id,
+            time_ms,
+            position_ms,
+            state,
+            ad_id,
+            ..
+        } = event;
+        let horizon_ms = self.horizon_ms();
+        self.ids
+            .insert(id_fingerprint, time_ms, slot_index, horizon_ms);
+        self.held += 1;
+        let held = HeldEvent {
+            time_ms,
+            position_ms,
+            event_id: Id::from_string(event_id),
+            playing: state == PlaybackState::Playing,
+            has_ad: !ad_id.is_empty(),
+        };
         let gap_ms = self.config.gap_ms;
         let slot = &mut self.slots[slot_index as usize];
         slot.last_push_ms = now_ms;
-        let sessions = &mut slot.sessions;
-        let time_ms = held.point.time_ms;
-        let after = sessions.partition_point(|s| s.starts_before(time_ms, &held.event_id));
-        let target = if after > 0 && sessions[after - 1].ends_after(time_ms, &held.event_id) {
-            sessions[after - 1].insert_within(held);
-            after - 1
-        } else {
-            let joins_previous =
-                after > 0 && time_ms.saturating_sub(sessions[after - 1].end_ms()) < gap_ms;
-            let joins_next = after < sessions.len()
-                && sessions[after].start_ms().saturating_sub(time_ms) < gap_ms;
-            match (joins_previous, joins_next) {
-                (true, true) => {
-                    let later = sessions.remove(after);
-                    if let Some(stored_ms) = later.stored_start_ms {
-                        self.deleted.push(slot.key(stored_ms));
-                    }
-                    let sessions = &mut slot.sessions;
-                    sessions[after - 1].append(held);
-                    sessions[after - 1].absorb(later);
-                    self.open_sessions -= 1;
-                    after - 1
+        let id = held.event_id.as_bytes();
+        let sessions = slot.sessions.as_slice();
+        let after = sessions.partition_point(|s| s.starts_before(time_ms, id));
+        let inside = after > 0 && sessions[after - 1].ends_after(time_ms, id);
+        let joins_previous =
+            after > 0 && time_ms.saturating_sub(sessions[after - 1].last.time_ms) < gap_ms;
+        let joins_next =
+            after < sessions.len() && sessions[after].start_ms.saturating_sub(time_ms) < gap_ms;
+        let target = match (inside, joins_previous, joins_next) {
+            (true, _, _) => {
+                slot.sessions.as_mut_slice()[after - 1].insert_within(held);
+                after - 1
+            }
+            (false, true, true) => {
+                let later = slot.sessions.remove(after);
+                if let Some(stored_ms) = later.stored_start_ms {
+                    self.deleted.push(slot.key(stored_ms));
                 }
-                (true, false) => {
-                    sessions[after - 1].append(held);
-                    after - 1
+                let previous = &mut slot.sessions.as_mut_slice()[after - 1];
+                previous.append(held);
+                previous.absorb(later);
+                self.open_sessions -= 1;
+                after - 1
+            }
+            (false, true, false) => {
+                slot.sessions.as_mut_slice()[after - 1].append(held);
+                after - 1
+            }
+            (false, false, true) => {
+                slot.sessions.as_mut_slice()[after].prepend(held);
+                after
+            }
+            (false, false, false) => {
+                let uid = self.next_uid;
+                self.next_uid += 1;
+                let deadline_ms = time_ms
+                    .saturating_add(gap_ms)
+                    .saturating_add(self.config.lateness_ms);
+                self.watermark_queue
+                    .push(Reverse((deadline_ms, slot_index, slot.generation, uid)));
+                if slot.sessions.is_empty() {
+                    self.open_keys += 1;
                 }
-                (false, true) => {
-                    sessions[after].prepend(held);
-                    after
-                }
-                (false, false) => {
-                    let uid = self.next_uid;
-                    self.next_uid += 1;
-                    let deadline_ms = time_ms
-                        .saturating_add(gap_ms)
-                        .saturating_add(self.config.lateness_ms);
-                    self.watermark_queue.push(Reverse((
-                        deadline_ms,
-                        slot_index,
-                        slot.generation,
-                        uid,
-                    )));
-                    if sessions.is_empty() {
-                        self.open_keys += 1;
-                    }
-                    sessions.insert(after, OpenSession::new(uid, held));
-                    self.open_sessions += 1;
-                    after
-                }
+                slot.sessions
+                    .insert(after, OpenSession::new(uid, held, &device_id));
+                self.open_sessions += 1;
+                after
             }
         };
-        let session = &mut slot.sessions[target];
-        session.add_device(device_id);
+        let session = &mut slot.sessions.as_mut_slice()[target];
+        session.devices.add(&device_id);
         session.add_ad(ad_id);
         if self.track_upserts && !session.dirty {
             session.dirty = true;
@@ -1048,11 +1258,12 @@ impl Sessionizer {
                 self.release_if_empty(slot_index);
                 continue;
             }
-            let Some(index) = slot.sessions.iter().position(|session| session.uid == uid) else {
+            let Some(index) = slot.position_of(uid) else {
                 continue;
             };
-            let due_ms = slot.sessions[index]
-                .end_ms()
+            let due_ms = slot.sessions.as_slice()[index]
+                .last
+                .time_ms
                 .saturating_add(self.config.gap_ms)
                 .saturating_add(lateness_ms);
             if due_ms < watermark_ms {
@@ -1088,8 +1299,8 @@ impl Sessionizer {
                     .push(Reverse((due_ms, slot_index, generation)));
                 continue;
             }
-            while let Some(session) = self.slots[slot_index as usize].sessions.first() {
-                let (start_ms, end_ms) = (session.start_ms(), session.end_ms());
+            while let Some(session) = self.slots[slot_index as usize].sessions.as_slice().first() {
+                let (start_ms, end_ms) = (session.start_ms, session.last.time_ms);
                 self.slots[slot_index as usize]
                     .closed
                     .push((start_ms, end_ms));
@@ -1109,12 +1320,11 @@ impl Sessionizer {
     fn finalize(&mut self, slot_index: SlotIndex, index: usize) {
         let slot = &mut self.slots[slot_index as usize];
         let session = slot.sessions.remove(index);
-        for held in &session.tail {
-            self.ids
-                .remove(held.fingerprint, &held.event_id, held.id_in_overflow);
-        }
-        let start_ms = session.start_ms();
-        if let Some(stored_ms) = session.stored_start_ms.filter(|&stored| stored != start_ms) {
+        self.held -= session.tail.len();
+        if let Some(stored_ms) = session
+            .stored_start_ms
+            .filter(|&stored_ms| stored_ms != session.start_ms)
+        {
             self.deleted.push(slot.key(stored_ms));
         }
         self.finals
@@ -1131,17 +1341,15 @@ impl Sessionizer {
         if !slot.live || !slot.sessions.is_empty() || !slot.closed.is_empty() {
             return;
         }
-        if let Some(candidates) = self.by_user.get_mut(slot.user_id.as_str()) {
-            candidates.retain(|&candidate| candidate != slot_index);
-            if candidates.is_empty() {
-                self.by_user.remove(slot.user_id.as_str());
-            }
-        }
+        self.keys.remove(
+            key_fingerprint(slot.user_id.as_str(), slot.video_id.as_str()),
+            slot_index,
+        );
         slot.live = false;
         slot.generation = slot.generation.wrapping_add(1);
         slot.idle_scheduled = false;
-        slot.user_id = String::new();
-        slot.video_id = String::new();
+        slot.user_id = Id::default();
+        slot.video_id = Id::default();
         self.free_slots.push(slot_index);
     }
 }
