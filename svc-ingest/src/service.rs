@@ -364,21 +364,53 @@ where
     Some(chunk)
 }
 
+/// Event ids remembered per call for deduplication: exact over at least the
+/// last this-many heartbeats of a call (every call of a device sending one
+/// heartbeat per 5 s, for days). Bounded so a long-lived gateway stream cannot
+/// grow the server's memory without limit; a repeat older than this is
+/// published again and left to the stream stage, which deduplicates by
+/// `event_id` anyway (SPEC 5.1).
+pub const DEDUP_WINDOW: usize = 1 << 18;
+
 /// Event ids already seen in one call, kept as 128-bit keyed hashes: no copy
 /// of each id, and a false "duplicate" needs a 2^-128 collision (the keys are
-/// random per call, so ids cannot be crafted to collide).
-#[derive(Default)]
+/// random per call, so ids cannot be crafted to collide). Two generations of
+/// at most `window` each: when the current one fills, the older is dropped.
 struct SeenIds {
     keys: (RandomState, RandomState),
-    hashes: HashSet<u128, BuildHasherDefault<LowBits>>,
+    window: usize,
+    current: HashSet<u128, BuildHasherDefault<LowBits>>,
+    previous: HashSet<u128, BuildHasherDefault<LowBits>>,
+}
+
+impl Default for SeenIds {
+    fn default() -> Self {
+        SeenIds::with_window(DEDUP_WINDOW)
+    }
 }
 
 impl SeenIds {
-    /// True the first time `event_id` is seen in the call.
+    fn with_window(window: usize) -> SeenIds {
+        SeenIds {
+            keys: Default::default(),
+            window: window.max(1),
+            current: HashSet::default(),
+            previous: HashSet::default(),
+        }
+    }
+
+    /// True the first time `event_id` is seen in the call (within the window).
     fn insert(&mut self, event_id: &str) -> bool {
         let high = u128::from(self.keys.0.hash_one(event_id));
         let low = u128::from(self.keys.1.hash_one(event_id));
-        self.hashes.insert((high << 64) | low)
+        let hash = (high << 64) | low;
+        if self.previous.contains(&hash) || !self.current.insert(hash) {
+            return false;
+        }
+        if self.current.len() >= self.window {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        true
     }
 }
 
@@ -540,6 +572,22 @@ mod tests {
             1,
             "one ready, no waiting for a full batch"
         );
+    }
+
+    #[test]
+    fn repeats_are_caught_over_at_least_the_window_and_memory_stays_bounded() {
+        let mut seen = SeenIds::with_window(100);
+        for i in 0..1_000 {
+            assert!(seen.insert(&format!("e-{i}")));
+        }
+        for i in 900..1_000 {
+            assert!(
+                !seen.insert(&format!("e-{i}")),
+                "e-{i} is within the window"
+            );
+        }
+        assert!(seen.current.len() + seen.previous.len() <= 200);
+        assert!(seen.insert("e-0"), "far older than the window: passed on");
     }
 
     #[test]
