@@ -22,15 +22,22 @@ const T0: i64 = 1_714_521_600_000;
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 
-const ROYALTIES_SQL: &str = r#"SELECT v.license_holder_id, s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT s.user_id) AS viewers, CAST(SUM(s.watch_ms) AS BIGINT) AS watch_ms, v.rate_micros_per_hour
-FROM "yugabyte"."public"."sessions" s JOIN "yugabyte"."public"."videos" v ON v.video_id = s.video_id
+const ROYALTIES_SQL: &str = r#"SELECT v.license_holder_id, a.video_id, a.sessions, a.viewers, a.watch_ms, v.rate_micros_per_hour
+FROM (
+SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT s.user_id) AS viewers, CAST(SUM(s.watch_ms) AS BIGINT) AS watch_ms
+FROM "yugabyte"."public"."sessions" s
 WHERE s.start_ms >= 1714521600000 AND s.start_ms < 1714608000000
-GROUP BY v.license_holder_id, s.video_id, v.rate_micros_per_hour"#;
+GROUP BY s.video_id
+) a JOIN "yugabyte"."public"."videos" v ON v.video_id = a.video_id"#;
 
-const ROYALTIES_L1_SQL: &str = r#"SELECT v.license_holder_id, s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT s.user_id) AS viewers, CAST(SUM(s.watch_ms) AS BIGINT) AS watch_ms, v.rate_micros_per_hour
-FROM "yugabyte"."public"."sessions" s JOIN "yugabyte"."public"."videos" v ON v.video_id = s.video_id
-WHERE s.start_ms >= 1714521600000 AND s.start_ms < 1714608000000 AND v.license_holder_id = 'L1'
-GROUP BY v.license_holder_id, s.video_id, v.rate_micros_per_hour"#;
+const ROYALTIES_L1_SQL: &str = r#"SELECT v.license_holder_id, a.video_id, a.sessions, a.viewers, a.watch_ms, v.rate_micros_per_hour
+FROM (
+SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT s.user_id) AS viewers, CAST(SUM(s.watch_ms) AS BIGINT) AS watch_ms
+FROM "yugabyte"."public"."sessions" s
+WHERE s.start_ms >= 1714521600000 AND s.start_ms < 1714608000000 AND s.video_id IN (SELECT video_id FROM "yugabyte"."public"."videos" WHERE license_holder_id = 'L1')
+GROUP BY s.video_id
+) a JOIN "yugabyte"."public"."videos" v ON v.video_id = a.video_id
+WHERE v.license_holder_id = 'L1'"#;
 
 const IMPRESSIONS_A1_SQL: &str = r#"SELECT a.advertiser_id, a.campaign_id, x.ad_id, COUNT(*) AS impressions, COUNT(DISTINCT x.user_id) AS viewers
 FROM "yugabyte"."public"."session_ads" x JOIN "yugabyte"."public"."ads" a ON a.ad_id = x.ad_id
