@@ -211,9 +211,19 @@ impl Default for IdTable {
 }
 
 impl IdTable {
+    /// Where a fingerprint's probe starts (any table size: multiply-shift).
     #[inline]
-    fn mask(&self) -> usize {
-        self.entries.len() - 1
+    fn home(&self, fingerprint: u64) -> usize {
+        ((u128::from(fingerprint) * self.entries.len() as u128) >> 64) as usize
+    }
+
+    #[inline]
+    fn next(&self, at: usize) -> usize {
+        if at + 1 == self.entries.len() {
+            0
+        } else {
+            at + 1
+        }
     }
 
     /// True when a live entry with this fingerprint names a slot for which
@@ -226,8 +236,7 @@ impl IdTable {
         holds: impl Fn(SlotIndex) -> bool,
     ) -> bool {
         let fingerprint = stored(fingerprint);
-        let mask = self.mask();
-        let mut at = fingerprint as usize & mask;
+        let mut at = self.home(fingerprint);
         loop {
             let entry = self.entries[at];
             if entry.fingerprint == EMPTY {
@@ -236,14 +245,14 @@ impl IdTable {
             if entry.fingerprint == fingerprint && entry.is_live(horizon_ms) && holds(entry.slot) {
                 return true;
             }
-            at = (at + 1) & mask;
+            at = self.next(at);
         }
     }
 
     /// Loads the entry where this fingerprint's lookup starts (a hint).
     #[inline]
     pub(super) fn touch(&self, fingerprint: u64) {
-        std::hint::black_box(self.entries[stored(fingerprint) as usize & self.mask()].fingerprint);
+        std::hint::black_box(self.entries[self.home(stored(fingerprint))].fingerprint);
     }
 
     /// Records the id of a heartbeat held in `slot`. `horizon_ms` (no later
@@ -268,31 +277,56 @@ impl IdTable {
     }
 
     fn place(&mut self, entry: IdEntry) {
-        let mask = self.mask();
-        let mut at = entry.fingerprint as usize & mask;
+        let mut at = self.home(entry.fingerprint);
         while self.entries[at].fingerprint != EMPTY {
-            at = (at + 1) & mask;
+            at = self.next(at);
         }
         self.entries[at] = entry;
     }
 
-    /// Drops dead entries; resizes so live ones fill a quarter of the table
-    /// (halving at most once per sweep, so a burst does not thrash).
+    /// Drops dead entries: in place (sequential passes, no allocation)
+    /// while the live ones fill between a sixteenth and a third of the
+    /// table, else into a table they fill a quarter of. With sweeps due at
+    /// half full, one comes every `size / 4` inserts or so.
     fn sweep(&mut self, horizon_ms: i64) {
-        let live = self
-            .entries
-            .iter()
-            .filter(|entry| entry.fingerprint != EMPTY && entry.is_live(horizon_ms))
-            .count();
-        let wanted = (live * 4).next_power_of_two().max(64);
-        let size = wanted.max(self.entries.len() / 2);
-        let old = std::mem::replace(&mut self.entries, vec![EMPTY_ID; size]);
-        for entry in old {
-            if entry.fingerprint != EMPTY && entry.is_live(horizon_ms) {
-                self.place(entry);
+        let mut live = 0;
+        for entry in &mut self.entries {
+            if entry.fingerprint == EMPTY {
+                continue;
+            }
+            if entry.is_live(horizon_ms) {
+                live += 1;
+            } else {
+                *entry = EMPTY_ID;
             }
         }
         self.occupied = live;
+        let size = self.entries.len();
+        if live * 3 > size || (live * 16 < size && size > 64) {
+            let old = std::mem::replace(&mut self.entries, vec![EMPTY_ID; (live * 4).max(64)]);
+            for entry in old {
+                if entry.fingerprint != EMPTY {
+                    self.place(entry);
+                }
+            }
+            return;
+        }
+        // Removing entries may have cut probe runs: re-place every entry, in
+        // order from an empty one, so each moves back towards its home.
+        let start = self
+            .entries
+            .iter()
+            .position(|entry| entry.fingerprint == EMPTY)
+            .expect("at most a third is live");
+        let mut at = start;
+        for _ in 0..size {
+            at = self.next(at);
+            let entry = self.entries[at];
+            if entry.fingerprint != EMPTY {
+                self.entries[at] = EMPTY_ID;
+                self.place(entry);
+            }
+        }
     }
 
     /// Entries held, live or dead.
@@ -369,6 +403,32 @@ mod tests {
         assert!(!table.contains(fingerprint(10), horizon_ms, |_| true));
         // A live fingerprint whose slot does not hold the id is no duplicate.
         assert!(!table.contains(fingerprint(999), horizon_ms, |_| false));
+    }
+
+    #[test]
+    fn sweeping_in_place_keeps_every_live_entry_findable() {
+        let mut table = IdTable::default();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut recent = std::collections::VecDeque::new();
+        for second in 0..20_000i64 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Clustered fingerprints: long runs that wrap around the end.
+            let fingerprint = state | 0xffff_ff00_0000_0000;
+            let horizon_ms = (second - 300) * 1_000;
+            table.insert(fingerprint, second * 1_000, 1, horizon_ms);
+            recent.push_back((fingerprint, second));
+            while recent.front().is_some_and(|&(_, s)| s < second - 300) {
+                recent.pop_front();
+            }
+            if second % 97 == 0 {
+                for &(fingerprint, _) in &recent {
+                    assert!(table.contains(fingerprint, horizon_ms, |_| true));
+                }
+            }
+        }
+        assert!(table.entries.len() <= 16 * 301, "{}", table.entries.len());
     }
 
     #[test]

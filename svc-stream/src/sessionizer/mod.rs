@@ -411,9 +411,9 @@ struct OpenSession {
 }
 
 impl OpenSession {
-    fn new(uid: u64, first: HeldEvent, device_id: &str) -> Self {
+    /// A session of one heartbeat; `tail` is an empty buffer to hold it in.
+    fn new(uid: u64, first: HeldEvent, device_id: &str, mut tail: VecDeque<HeldEvent>) -> Self {
         let last = first.point();
-        let mut tail = VecDeque::with_capacity(16);
         tail.push_back(first);
         OpenSession {
             uid,
@@ -734,9 +734,16 @@ impl Fingerprints {
     }
 }
 
-/// How far ahead `push_batch` loads state: far enough to overlap several
-/// memory latencies, near enough that what it loaded is still cached.
-const LOOKAHEAD: usize = 16;
+/// Tail buffers kept for reuse (at most ~8 MiB of them).
+const SPARE_TAILS: usize = 4_096;
+
+/// Capacity of a new tail: the lateness window at one heartbeat per 5 s, so
+/// most tails never regrow.
+const TAIL_CAPACITY: usize = 32;
+
+/// Heartbeats whose state `push_batch` loads together: enough misses to
+/// overlap, few enough that what was loaded is still cached when used.
+const GROUP: usize = 16;
 
 /// Marker uid of a watermark-queue entry that expires a slot's closed spans.
 const CLOSED_SPANS: u64 = u64::MAX;
@@ -753,6 +760,9 @@ pub struct Sessionizer {
     ids: IdTable,
     /// Heartbeats in the tails.
     held: usize,
+    /// Emptied tail buffers of finalized sessions, for new ones: a tail
+    /// allocation is large enough to be slow in common allocators.
+    spare_tails: Vec<VecDeque<HeldEvent>>,
     next_uid: u64,
     /// `(deadline, slot, generation, uid)`: a session may be final once the
     /// watermark passes `deadline` (a lower bound of `end + gap + lateness`,
@@ -786,6 +796,7 @@ impl Sessionizer {
             keys: KeyTable::default(),
             ids: IdTable::default(),
             held: 0,
+            spare_tails: Vec::new(),
             next_uid: 0,
             watermark_queue: BinaryHeap::new(),
             idle_queue: BinaryHeap::new(),
@@ -818,18 +829,24 @@ impl Sessionizer {
     pub fn push_batch(&mut self, events: Vec<Event>, now_ms: i64) -> Vec<Outcome> {
         let fingerprints: Vec<Fingerprints> = events.iter().map(Fingerprints::of).collect();
         let mut outcomes = Vec::with_capacity(events.len());
-        for (index, event) in events.into_iter().enumerate() {
-            if let Some(ahead) = fingerprints.get(index + LOOKAHEAD) {
+        let mut events = events.into_iter();
+        // In groups: each stage issues the loads of a whole group back to
+        // back, so their misses overlap instead of each stalling the core.
+        for group in fingerprints.chunks(GROUP) {
+            for ahead in group {
                 self.keys.touch(ahead.key);
                 self.ids.touch(ahead.id);
             }
-            if let Some(ahead) = fingerprints.get(index + LOOKAHEAD / 2) {
+            for ahead in group {
                 self.touch_slot(ahead.key, false);
             }
-            if let Some(ahead) = fingerprints.get(index + LOOKAHEAD / 4) {
+            for ahead in group {
                 self.touch_slot(ahead.key, true);
             }
-            outcomes.push(self.push_fingerprinted(event, fingerprints[index], now_ms));
+            for &fingerprints in group {
+                let event = events.next().expect("one fingerprint per event");
+                outcomes.push(self.push_fingerprinted(event, fingerprints, now_ms));
+            }
         }
         outcomes
     }
@@ -1207,8 +1224,12 @@ impl Sessionizer {
                 if slot.sessions.is_empty() {
                     self.open_keys += 1;
                 }
+                let tail_buffer = self
+                    .spare_tails
+                    .pop()
+                    .unwrap_or_else(|| VecDeque::with_capacity(TAIL_CAPACITY));
                 slot.sessions
-                    .insert(after, OpenSession::new(uid, held, &device_id));
+                    .insert(after, OpenSession::new(uid, held, &device_id, tail_buffer));
                 self.open_sessions += 1;
                 after
             }
@@ -1319,8 +1340,13 @@ impl Sessionizer {
     /// Closes a session for good: its state is dropped and a `Final` queued.
     fn finalize(&mut self, slot_index: SlotIndex, index: usize) {
         let slot = &mut self.slots[slot_index as usize];
-        let session = slot.sessions.remove(index);
+        let mut session = slot.sessions.remove(index);
         self.held -= session.tail.len();
+        if self.spare_tails.len() < SPARE_TAILS {
+            let mut tail = std::mem::take(&mut session.tail);
+            tail.clear();
+            self.spare_tails.push(tail);
+        }
         if let Some(stored_ms) = session
             .stored_start_ms
             .filter(|&stored_ms| stored_ms != session.start_ms)
