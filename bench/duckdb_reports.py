@@ -175,8 +175,9 @@ def main():
     to_parquet(os.path.join(args.dir, "csv"), os.path.join(args.dir, "parquet"))
     con = connect(os.path.join(args.dir, "parquet"))
     check(con, os.path.join(args.dir, "answers"))
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     lines = [
-        f"duckdb {duckdb.__version__} over Parquet, threads={con.execute('SELECT current_setting(''threads'')').fetchone()[0]}",
+        f"duckdb {duckdb.__version__} over Parquet, threads={threads}",
         "| request | clients | n | p50 ms | p99 ms | max ms | rows |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -131,7 +131,7 @@ check_metrics_exist() {
     return 1
   fi
   echo "built in $((SECONDS - t0))s"
-  local hbmesh="$REPO/target/debug/hbmesh"
+  local hbmesh="${CARGO_TARGET_DIR:-$REPO/target}/debug/hbmesh"
   local data; data="$(mktemp -d /tmp/hbmesh-ops-data.XXXXXX)"
   local ingest query_http m_ingest m_stream m_query
   ingest="$(free_port)"; query_http="$(free_port)"

@@ -25,3 +25,14 @@ pub const EXIT_CONFIG: i32 = 64;
 pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
+
+/// Reads a service config from the environment (and its defaults) without
+/// looking at the command line: every setting is an `HB_*` variable. Used
+/// where one process runs several services, whose flags would collide.
+pub fn config_from_env<T: clap::Args + clap::FromArgMatches>() -> anyhow::Result<T> {
+    let command = T::augment_args(clap::Command::new("hbmesh"));
+    let matches = command
+        .try_get_matches_from(["hbmesh"])
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(T::from_arg_matches(&matches)?)
+}

@@ -5,7 +5,6 @@
 //! the same services use the cluster adapters.
 
 use anyhow::Context;
-use hb_common::handoff;
 use std::time::Duration;
 use svc_ingest::config::IngestConfig;
 use svc_ingest::{IngestListeners, PublishTarget};
@@ -13,9 +12,6 @@ use svc_query::config::QueryConfig;
 use svc_query::QueryListeners;
 use svc_stream::config::StreamConfig;
 use tokio_util::sync::CancellationToken;
-
-/// Batches waiting for the embedded stream stage before ingest waits too.
-const HANDOFF_CAPACITY: usize = 1024;
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -29,15 +25,7 @@ pub struct UpArgs {
     pub demo_duration: Duration,
 }
 
-/// Reads a service config from the environment (and its defaults); every
-/// setting of the services is an `HB_*` variable.
-pub fn config_from_env<T: clap::Args + clap::FromArgMatches>() -> anyhow::Result<T> {
-    let command = T::augment_args(clap::Command::new("hbmesh-up"));
-    let matches = command
-        .try_get_matches_from(["hbmesh-up"])
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    Ok(T::from_arg_matches(&matches)?)
-}
+pub use hb_common::config_from_env;
 
 /// Addresses the running mesh serves on.
 #[derive(Clone, Debug)]
@@ -105,30 +93,35 @@ pub async fn start(
         query_grpc: query_listeners.grpc.local_addr()?,
     };
 
-    let (target, source) = if cluster {
-        (PublishTarget::Kafka, svc_stream::Source::Kafka)
+    // In the cluster tier ingest and stream are independent and stop on the
+    // signal; embedded, the stream stage stops once ingest has drained.
+    let ingest_and_stream = if cluster {
+        let stream = tokio::spawn(svc_stream::run(
+            stream_config,
+            svc_stream::Source::Kafka,
+            stream_metrics,
+            shutdown.clone(),
+        ));
+        let ingest = tokio::spawn(svc_ingest::run(
+            ingest_config,
+            PublishTarget::Kafka,
+            ingest_listeners,
+            shutdown.clone(),
+        ));
+        tokio::spawn(async move {
+            let (ingest, stream) = tokio::join!(ingest, stream);
+            ingest.context("ingest panicked")?.context("ingest")?;
+            stream.context("stream panicked")?.context("stream")
+        })
     } else {
-        let (tx, rx) = handoff::channel(HANDOFF_CAPACITY);
-        (
-            PublishTarget::Embedded(tx),
-            svc_stream::Source::Embedded(rx),
-        )
+        tokio::spawn(svc_ingest::embedded::run(
+            ingest_config,
+            stream_config,
+            ingest_listeners,
+            stream_metrics,
+            shutdown.clone(),
+        ))
     };
-    // The embedded stream stage stops when ingest has drained and dropped its
-    // hand-off; in the cluster tier it stops on the signal like the others.
-    let stream_shutdown = shutdown.clone();
-    let stream = tokio::spawn(svc_stream::run(
-        stream_config,
-        source,
-        stream_metrics,
-        stream_shutdown,
-    ));
-    let ingest = tokio::spawn(svc_ingest::run(
-        ingest_config,
-        target,
-        ingest_listeners,
-        shutdown.clone(),
-    ));
     let query = tokio::spawn(svc_query::run(
         query_config,
         query_listeners,
@@ -136,9 +129,9 @@ pub async fn start(
     ));
 
     let done = async move {
-        let (ingest, stream, query) = tokio::join!(ingest, stream, query);
+        let (ingest_and_stream, query) = tokio::join!(ingest_and_stream, query);
         let mut failures = Vec::new();
-        for (name, result) in [("ingest", ingest), ("stream", stream), ("query", query)] {
+        for (name, result) in [("ingest/stream", ingest_and_stream), ("query", query)] {
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => failures.push(format!("{name}: {err:#}")),

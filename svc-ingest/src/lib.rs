@@ -3,7 +3,9 @@
 //! embedded store) and only then acknowledged.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config;
+pub mod embedded;
 pub mod limiter;
 pub mod metrics;
 pub mod publisher;
@@ -30,7 +32,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
-use tower::ServiceBuilder;
 
 /// Largest frame the transport decodes. Heartbeats between 4 KiB and this are
 /// rejected one by one (`message_too_large`); anything larger ends the call
@@ -172,23 +173,9 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let shed_counter = metrics.load_shed.clone();
-    // Admission control for the whole server, outermost first:
-    // - count what gets shed, so operators see overload;
-    // - shed (fail fast) instead of queueing when at the limit;
-    // - cap concurrent calls across all connections.
-    let admission = ServiceBuilder::new()
-        .map_err(move |err: tower::BoxError| {
-            if err.is::<tower::load_shed::error::Overloaded>() {
-                shed_counter.inc();
-            }
-            err
-        })
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            config.concurrency,
-        ))
-        .into_inner();
+    // Admission control for the whole server: at most `concurrency` calls,
+    // each counted until its response ends; beyond that, shed at once.
+    let admission = admission::CallLimitLayer::new(config.concurrency, metrics.load_shed.clone());
 
     let mut builder = Server::builder();
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {

@@ -3,6 +3,7 @@
 use clap::Parser;
 use svc_ingest::config::IngestConfig;
 use svc_ingest::{IngestListeners, PublishTarget};
+use svc_stream::config::StreamConfig;
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +37,18 @@ async fn main() {
     let shutdown = hb_common::shutdown::on_signal();
     let result = async {
         let listeners = IngestListeners::bind(&cli.config).await?;
-        svc_ingest::run(cli.config, PublishTarget::Kafka, listeners, shutdown).await
+        if cli.config.kafka_brokers.is_some() {
+            return svc_ingest::run(cli.config, PublishTarget::Kafka, listeners, shutdown).await;
+        }
+        // No Kafka: the embedded default, with the stream stage in process.
+        let stream_config: StreamConfig = hb_common::config_from_env()?;
+        tracing::warn!(
+            data_dir = %stream_config.data_dir.display(),
+            "no HB_KAFKA_BROKERS: running the embedded tier (ingest + stream into SQLite) in this process"
+        );
+        let stream_metrics = tokio::net::TcpListener::bind(stream_config.metrics_addr).await?;
+        svc_ingest::embedded::run(cli.config, stream_config, listeners, stream_metrics, shutdown)
+            .await
     }
     .await;
     if let Err(err) = result {

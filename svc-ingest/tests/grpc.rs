@@ -601,3 +601,46 @@ async fn shutdown_ends_calls_that_outlive_the_drain_grace_with_unavailable() {
         .await
         .expect("run returns Ok");
 }
+
+#[tokio::test]
+async fn a_call_beyond_the_concurrency_limit_is_shed_while_an_open_stream_holds_its_place() {
+    let publisher = RecordingPublisher::new();
+    let app = spawn_app_with(publisher.target(), |c| c.concurrency = 1).await;
+    let token = app.gateway_token();
+
+    // A bidirectional stream counts for as long as it is open, not just until
+    // its response headers are sent.
+    let mut stream = app.open_stream(Some(&token)).await.expect("stream opens");
+    stream.send(heartbeats("d-open", 1)).await;
+    stream.acks_until(0).await;
+
+    let shed = app
+        .push(Some(&token), heartbeats("d-2", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), Code::Unavailable, "{shed:?}");
+    assert!(
+        shed.message().contains("concurrency limit"),
+        "{}",
+        shed.message()
+    );
+    assert!(app.metrics().await.contains("hb_ingest_load_shed_total 1"));
+
+    stream.close();
+    let (_, end) = stream.acks_until_end().await;
+    assert!(end.is_ok(), "{end:?}");
+    // The server lets go of the place when it drops the finished response,
+    // a moment after the device has seen the end.
+    let mut again = app.push(Some(&token), heartbeats("d-2", 1)).await;
+    for _ in 0..50 {
+        match &again {
+            Err(status) if status.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                again = app.push(Some(&token), heartbeats("d-2", 1)).await;
+            }
+            _ => break,
+        }
+    }
+    let summary = again.expect("the place is free again once the stream ended");
+    assert_eq!(summary.accepted, 1);
+}

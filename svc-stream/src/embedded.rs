@@ -3,7 +3,8 @@
 //! transaction holding it commits. Group commit: one transaction takes every
 //! batch that arrived while the previous one was committing.
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{FlushStats, Pipeline};
+use crate::sink::SinkError;
 use hb_common::handoff::{HandoffBatch, HandoffError, HandoffRx};
 use hb_common::time::now_ms;
 use std::time::{Duration, Instant};
@@ -15,8 +16,20 @@ pub const EMBEDDED_PARTITION: i32 = 0;
 /// How often expired raw rows are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 
+/// A commit under way and the batches it acknowledges.
+type InFlight = (
+    tokio::task::JoinHandle<Result<FlushStats, SinkError>>,
+    Vec<HandoffBatch>,
+);
+
 /// Runs until every sender of `rx` is gone (ingest has drained), then makes a
 /// last flush. Sessions stay open in the store across restarts.
+///
+/// One commit is in flight at a time, and the next batches are sessionized
+/// while it runs (the CPU would otherwise idle through each fsync). A batch
+/// is acknowledged only by the outcome of the commit that holds it; when a
+/// commit fails, the state is rebuilt from the store, so every batch absorbed
+/// since is failed too and the devices resend it.
 pub async fn run(
     mut pipeline: Pipeline,
     mut rx: HandoffRx,
@@ -24,27 +37,51 @@ pub async fn run(
     flush_max: usize,
 ) -> anyhow::Result<()> {
     pipeline.assign(EMBEDDED_PARTITION).await?;
+    // Absorbed into the sessionizer, not yet part of a flush.
     let mut waiting: Vec<HandoffBatch> = Vec::new();
+    let mut in_flight: Option<InFlight> = None;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_expire = Instant::now();
-    loop {
+    let mut open = true;
+    while open || in_flight.is_some() || !waiting.is_empty() {
         tokio::select! {
-            maybe = rx.recv() => {
-                let Some(batch) = maybe else { break };
-                accept(&mut pipeline, batch, &mut waiting);
-                // Take whatever else is already queued, up to the flush size.
-                while pipeline.pending() < flush_max {
-                    match rx.try_recv() {
-                        Ok(batch) => accept(&mut pipeline, batch, &mut waiting),
-                        Err(_) => break,
+            maybe = rx.recv(), if open && pipeline.pending() < flush_max => {
+                match maybe {
+                    Some(batch) => {
+                        accept(&mut pipeline, batch, &mut waiting);
+                        // Take whatever else is already queued, up to the flush size.
+                        while pipeline.pending() < flush_max {
+                            match rx.try_recv() {
+                                Ok(batch) => accept(&mut pipeline, batch, &mut waiting),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => {
+                        open = false;
+                        pipeline.tick(now_ms());
                     }
                 }
-                flush_and_ack(&mut pipeline, &mut waiting).await;
+            }
+            outcome = async { (&mut in_flight.as_mut().expect("guarded").0).await }, if in_flight.is_some() => {
+                let (_, batches) = in_flight.take().expect("guarded");
+                let outcome = outcome.unwrap_or_else(|join| {
+                    Err(SinkError::Unavailable(format!("flush task: {join}")))
+                });
+                if let Err(err) = &outcome {
+                    tracing::error!(error = %err, "embedded flush failed; rebuilding state from the store");
+                    // Everything absorbed since is gone with the in-memory state.
+                    let lost = std::mem::take(&mut waiting);
+                    complete(lost, Err(err));
+                    if let Err(reload) = pipeline.reload().await {
+                        tracing::error!(error = %reload, "rebuilding state failed");
+                    }
+                }
+                complete(batches, outcome.as_ref().map(|_| ()));
             }
             _ = ticker.tick() => {
                 pipeline.tick(now_ms());
-                flush_and_ack(&mut pipeline, &mut waiting).await;
                 if last_expire.elapsed() >= EXPIRE_EVERY {
                     last_expire = Instant::now();
                     match pipeline.expire_raw().await {
@@ -55,9 +92,19 @@ pub async fn run(
                 }
             }
         }
+        if in_flight.is_none() {
+            match pipeline.prepare_flush() {
+                Some(prepared) => {
+                    in_flight = Some((
+                        tokio::spawn(prepared.commit()),
+                        std::mem::take(&mut waiting),
+                    ));
+                }
+                // Nothing to write (duplicates only): nothing to wait for.
+                None => complete(std::mem::take(&mut waiting), Ok(())),
+            }
+        }
     }
-    pipeline.tick(now_ms());
-    flush_and_ack(&mut pipeline, &mut waiting).await;
     tracing::info!("embedded stream stage stopped");
     Ok(())
 }
@@ -71,23 +118,9 @@ fn accept(pipeline: &mut Pipeline, mut batch: HandoffBatch, waiting: &mut Vec<Ha
     waiting.push(batch);
 }
 
-/// Commits, then acknowledges every waiting batch with the outcome. After a
-/// failure the state is rebuilt from the store, so the devices' resends are
-/// counted exactly once.
-async fn flush_and_ack(pipeline: &mut Pipeline, waiting: &mut Vec<HandoffBatch>) {
-    let outcome = pipeline.flush().await;
-    if let Err(err) = &outcome {
-        tracing::error!(error = %err, "embedded flush failed; rebuilding state from the store");
-        if let Err(reload) = pipeline.reload().await {
-            tracing::error!(error = %reload, "rebuilding state failed");
-        }
-    }
-    for batch in waiting.drain(..) {
-        batch.complete(
-            outcome
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| HandoffError::Store(e.to_string())),
-        );
+/// Acknowledges (or fails) `batches` with one commit's outcome.
+fn complete(batches: Vec<HandoffBatch>, outcome: Result<(), &SinkError>) {
+    for batch in batches {
+        batch.complete(outcome.map_err(|e| HandoffError::Store(e.to_string())));
     }
 }

@@ -133,14 +133,12 @@ impl Pipeline {
     /// store and the raw mirror. Returns the offset to resume from.
     pub async fn assign(&mut self, partition: i32) -> Result<Option<i64>, SinkError> {
         let snapshot = self.store.load_partition(&self.topic, partition).await?;
-        let mut events = Vec::new();
-        for open in &snapshot.open {
-            let rows = self
-                .mirror
-                .replay(&open.user_id, &open.video_id, open.start_ms, open.end_ms)
-                .await?;
-            events.extend(rows.iter().filter(|r| !r.late).filter_map(event_of));
-        }
+        let rows = self.mirror.replay_open(&snapshot.open).await?;
+        let events: Vec<Event> = rows
+            .iter()
+            .filter(|r| !r.late)
+            .filter_map(event_of)
+            .collect();
         let mut sessionizer = Sessionizer::new(self.config);
         sessionizer.restore(events, snapshot.watermark_ms, now_ms());
         tracing::info!(
@@ -267,6 +265,18 @@ impl Pipeline {
     /// On error nothing is committed and the in-memory state is ahead of the
     /// store: the caller must [`Pipeline::reload`] before going on.
     pub async fn flush(&mut self) -> Result<FlushStats, SinkError> {
+        match self.prepare_flush() {
+            Some(prepared) => prepared.commit().await,
+            None => Ok(FlushStats::default()),
+        }
+    }
+
+    /// Takes everything pending as one flush without writing it, so the
+    /// caller may go on feeding heartbeats while it commits (the embedded
+    /// stage overlaps one commit with the next batches). Flushes must be
+    /// committed in the order they were prepared, one at a time; after a
+    /// failed one the caller must [`Pipeline::reload`]. `None`: nothing to write.
+    pub fn prepare_flush(&mut self) -> Option<PreparedFlush> {
         let started = Instant::now();
         let mut changes = Vec::new();
         let mut offsets = Vec::new();
@@ -296,8 +306,9 @@ impl Pipeline {
         }
         let raw = std::mem::take(&mut self.pending_raw);
         let dead_letters = std::mem::take(&mut self.pending_dead);
+        self.update_gauges();
         if changes.is_empty() && raw.is_empty() && dead_letters.is_empty() && offsets.is_empty() {
-            return Ok(FlushStats::default());
+            return None;
         }
         let stats = FlushStats {
             raw: raw.len(),
@@ -307,34 +318,26 @@ impl Pipeline {
                 .filter(|(_, c)| matches!(c, Change::Final(_)))
                 .count(),
         };
-        if !self.mirror_in_store {
-            let mirror = Arc::clone(&self.mirror);
-            retry(|| mirror.write(&raw)).await?;
-        }
-        let flush = Flush {
-            raw: if self.mirror_in_store {
-                raw
-            } else {
-                Vec::new()
-            },
-            dead_letters,
-            changes,
-            offsets,
-            now_ms: now_ms(),
+        let (store_raw, mirror_raw) = if self.mirror_in_store {
+            (raw, Vec::new())
+        } else {
+            (Vec::new(), raw)
         };
-        let store_started = Instant::now();
-        let store = Arc::clone(&self.store);
-        retry(|| store.commit(&flush)).await?;
-        self.metrics
-            .store_write_latency
-            .observe(store_started.elapsed().as_secs_f64());
-        self.metrics
-            .flush_latency
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.flush_batch_size.observe(stats.raw as f64);
-        self.metrics.finalized.inc_by(stats.finalized as u64);
-        self.update_gauges();
-        Ok(stats)
+        Some(PreparedFlush {
+            started,
+            stats,
+            mirror: (!self.mirror_in_store).then(|| Arc::clone(&self.mirror)),
+            mirror_raw,
+            store: Arc::clone(&self.store),
+            flush: Arc::new(Flush {
+                raw: store_raw,
+                dead_letters,
+                changes,
+                offsets,
+                now_ms: now_ms(),
+            }),
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// After a failed flush: throws away in-memory state and pending work and
@@ -365,5 +368,39 @@ impl Pipeline {
             .map(|p| p.sessionizer.open_sessions())
             .sum();
         self.metrics.open_sessions.set(open as i64);
+    }
+}
+
+/// A flush taken from the pipeline and not yet written (see
+/// [`Pipeline::prepare_flush`]).
+pub struct PreparedFlush {
+    started: Instant,
+    stats: FlushStats,
+    /// The external raw mirror and its rows, when the store does not hold them.
+    mirror: Option<Arc<dyn RawMirror>>,
+    mirror_raw: Vec<RawHeartbeat>,
+    store: Arc<dyn SessionStore>,
+    flush: Arc<Flush>,
+    metrics: StreamMetrics,
+}
+
+impl PreparedFlush {
+    /// Writes the raw mirror first (offsets never run ahead of it), then the
+    /// store transaction; each retried while the failure is transient.
+    pub async fn commit(self) -> Result<FlushStats, SinkError> {
+        if let Some(mirror) = &self.mirror {
+            retry(|| mirror.write(&self.mirror_raw)).await?;
+        }
+        let store_started = Instant::now();
+        retry(|| self.store.commit(Arc::clone(&self.flush))).await?;
+        self.metrics
+            .store_write_latency
+            .observe(store_started.elapsed().as_secs_f64());
+        self.metrics
+            .flush_latency
+            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics.flush_batch_size.observe(self.stats.raw as f64);
+        self.metrics.finalized.inc_by(self.stats.finalized as u64);
+        Ok(self.stats)
     }
 }

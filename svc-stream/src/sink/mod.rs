@@ -4,6 +4,7 @@
 
 pub mod scylla;
 pub mod sql;
+pub mod sqlite_writer;
 
 use crate::sessionizer::Change;
 use async_trait::async_trait;
@@ -58,6 +59,25 @@ pub trait RawMirror: Send + Sync {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<RawHeartbeat>, SinkError>;
+
+    /// The heartbeats of every session in `open`, for restoring a partition.
+    /// Mirrors keyed by user and video replay them one by one; a mirror
+    /// clustered by time reads one time range for all of them.
+    async fn replay_open(&self, open: &[OpenSession]) -> Result<Vec<RawHeartbeat>, SinkError> {
+        let mut rows = Vec::new();
+        for session in open {
+            rows.extend(
+                self.replay(
+                    &session.user_id,
+                    &session.video_id,
+                    session.start_ms,
+                    session.end_ms,
+                )
+                .await?,
+            );
+        }
+        Ok(rows)
+    }
 }
 
 /// Where a partition resumes: its committed offset and watermark, and the
@@ -103,7 +123,7 @@ pub struct Flush {
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Commits `flush` atomically: all of it or none of it.
-    async fn commit(&self, flush: &Flush) -> Result<(), SinkError>;
+    async fn commit(&self, flush: std::sync::Arc<Flush>) -> Result<(), SinkError>;
 
     /// What a newly assigned partition resumes from.
     async fn load_partition(

@@ -4,6 +4,7 @@
 //! transaction holding raw rows, dead letters, session changes and offsets.
 //! The store also serves as the raw mirror when no ScyllaDB is configured.
 
+use super::sqlite_writer::SqliteWriter;
 use super::{
     DeadLetter, Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore,
     SinkError,
@@ -11,6 +12,7 @@ use super::{
 use crate::sessionizer::{Change, Session};
 use async_trait::async_trait;
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use std::sync::Arc;
 
 /// Rows per multi-row INSERT: well under both engines' bind-parameter limits.
 const CHUNK: usize = 1_000;
@@ -37,23 +39,75 @@ fn map_err(err: sqlx::Error) -> SinkError {
     }
 }
 
-fn ads_json(session: &Session) -> String {
+pub(super) const UPSERT_OPEN_SET: &str =
+    " ON CONFLICT (user_id, video_id, start_ms) DO UPDATE SET \
+     end_ms = excluded.end_ms, heartbeats = excluded.heartbeats, \
+     watch_ms = excluded.watch_ms, coverage_ms = excluded.coverage_ms, \
+     last_position_ms = excluded.last_position_ms, devices = excluded.devices, \
+     ads = excluded.ads, updated_ms = excluded.updated_ms";
+
+pub(super) const UPSERT_FINAL_SET: &str =
+    " ON CONFLICT (user_id, video_id, start_ms) DO UPDATE SET \
+     end_ms = excluded.end_ms, heartbeats = excluded.heartbeats, \
+     watch_ms = excluded.watch_ms, coverage_ms = excluded.coverage_ms, \
+     last_position_ms = excluded.last_position_ms, devices = excluded.devices, \
+     ads = excluded.ads, is_final = excluded.is_final, \
+     stream_partition = excluded.stream_partition, updated_ms = excluded.updated_ms";
+
+/// Column lists shared by the sqlx statements and the embedded writer.
+pub(super) const RAW_COLUMNS: &str = "event_id, user_id, video_id, device_id, event_time_ms, \
+     position_ms, state, ad_id, platform, app_version, country, bitrate_kbps, late, expires_ms";
+pub(super) const SESSION_COLUMNS: &str =
+    "user_id, video_id, start_ms, end_ms, heartbeats, watch_ms, \
+     coverage_ms, last_position_ms, devices, ads, is_final, stream_partition, updated_ms";
+pub(super) const DEAD_LETTER_COLUMNS: &str = "received_ms, event_id, device_id, reason, payload";
+pub(super) const IMPRESSION_CONFLICT: &str =
+    " ON CONFLICT (user_id, video_id, start_ms, ad_id) DO NOTHING";
+pub(super) const OFFSET_UPSERT: &str =
+    "INSERT INTO stream_offsets (topic, partition, next_offset, watermark_ms) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (topic, partition) DO UPDATE SET \
+     next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms";
+
+/// Debug log of one flush's phases (raw rows, sessions, the rest, commit);
+/// The array holds the elapsed times at the end of the first three.
+pub(super) fn log_flush_phases(
+    flush: &Flush,
+    started: std::time::Instant,
+    [raw_done, sessions_done, before_commit]: [std::time::Duration; 3],
+    path: &'static str,
+) {
+    tracing::debug!(
+        path,
+        raw = flush.raw.len(),
+        changes = flush.changes.len(),
+        raw_ms = raw_done.as_millis() as u64,
+        sessions_ms = (sessions_done - raw_done).as_millis() as u64,
+        rest_ms = (before_commit - sessions_done).as_millis() as u64,
+        commit_ms = (started.elapsed() - before_commit).as_millis() as u64,
+        "store flush"
+    );
+}
+
+pub(super) fn ads_json(session: &Session) -> String {
     serde_json::to_string(&session.ads).unwrap_or_else(|_| "[]".into())
 }
 
 /// Implements the store for one sqlx database; the SQL is shared text.
 macro_rules! sql_store {
-    ($name:ident, $db:ty, $pool:ty) => {
+    ($name:ident, $db:ty, $pool:ty $(, replay_open = $replay_open:path)?) => {
         /// The sessions store on this engine.
         #[derive(Clone)]
         pub struct $name {
             pool: $pool,
             raw_ttl_ms: i64,
+            /// A faster write path for this engine, when it has one.
+            writer: Option<Arc<SqliteWriter>>,
         }
 
         impl $name {
             pub fn new(pool: $pool, raw_ttl_ms: i64) -> Self {
-                Self { pool, raw_ttl_ms }
+                let writer = Self::open_writer(&pool, raw_ttl_ms).map(Arc::new);
+                Self { pool, raw_ttl_ms, writer }
             }
 
             pub fn pool(&self) -> &$pool {
@@ -63,15 +117,17 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl SessionStore for $name {
-            async fn commit(&self, flush: &Flush) -> Result<(), SinkError> {
+            async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
+                if let Some(writer) = &self.writer {
+                    return writer.commit(flush).await;
+                }
                 let started = std::time::Instant::now();
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
 
                 for chunk in flush.raw.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO raw_heartbeats (event_id, user_id, video_id, device_id, event_time_ms, \
-                         position_ms, state, ad_id, platform, app_version, country, bitrate_kbps, late, expires_ms) ",
-                    );
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO raw_heartbeats ({RAW_COLUMNS}) "
+                    ));
                     q.push_values(chunk, |mut b, r| {
                         b.push_bind(&r.event_id)
                             .push_bind(&r.user_id)
@@ -95,9 +151,9 @@ macro_rules! sql_store {
 
                 let raw_done = started.elapsed();
                 for chunk in flush.dead_letters.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO dead_letters (received_ms, event_id, device_id, reason, payload) ",
-                    );
+                    let mut q = QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO dead_letters ({DEAD_LETTER_COLUMNS}) "
+                    ));
                     q.push_values(chunk, |mut b, d: &DeadLetter| {
                         b.push_bind(d.received_ms)
                             .push_bind(&d.event_id)
@@ -134,35 +190,34 @@ macro_rules! sql_store {
                         Change::Delete(_) => None,
                     })
                     .collect();
-                for chunk in upserts.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<$db>::new(
-                        "INSERT INTO sessions (user_id, video_id, start_ms, end_ms, heartbeats, watch_ms, \
-                         coverage_ms, last_position_ms, devices, ads, is_final, stream_partition, updated_ms) ",
-                    );
-                    q.push_values(chunk, |mut b, (partition, s, is_final)| {
-                        b.push_bind(&s.user_id)
-                            .push_bind(&s.video_id)
-                            .push_bind(s.start_ms)
-                            .push_bind(s.end_ms)
-                            .push_bind(s.heartbeats as i64)
-                            .push_bind(s.watch_ms)
-                            .push_bind(s.coverage_ms)
-                            .push_bind(s.last_position_ms)
-                            .push_bind(s.devices as i64)
-                            .push_bind(ads_json(s))
-                            .push_bind(*is_final)
-                            .push_bind(*partition)
-                            .push_bind(flush.now_ms);
-                    });
-                    q.push(
-                        " ON CONFLICT (user_id, video_id, start_ms) DO UPDATE SET \
-                         end_ms = excluded.end_ms, heartbeats = excluded.heartbeats, \
-                         watch_ms = excluded.watch_ms, coverage_ms = excluded.coverage_ms, \
-                         last_position_ms = excluded.last_position_ms, devices = excluded.devices, \
-                         ads = excluded.ads, is_final = excluded.is_final, \
-                         stream_partition = excluded.stream_partition, updated_ms = excluded.updated_ms",
-                    );
-                    q.build().execute(&mut *tx).await.map_err(map_err)?;
+                // Open sessions leave `is_final` and `stream_partition` alone so
+                // the `sessions_open` index is not rewritten on every update;
+                // finals set them.
+                let (finals, open): (Vec<_>, Vec<_>) =
+                    upserts.iter().partition(|(_, _, is_final)| *is_final);
+                for (rows, set) in [(open, UPSERT_OPEN_SET), (finals, UPSERT_FINAL_SET)] {
+                    for chunk in rows.chunks(CHUNK) {
+                        let mut q = QueryBuilder::<$db>::new(format!(
+                            "INSERT INTO sessions ({SESSION_COLUMNS}) "
+                        ));
+                        q.push_values(chunk, |mut b, (partition, s, is_final)| {
+                            b.push_bind(&s.user_id)
+                                .push_bind(&s.video_id)
+                                .push_bind(s.start_ms)
+                                .push_bind(s.end_ms)
+                                .push_bind(s.heartbeats as i64)
+                                .push_bind(s.watch_ms)
+                                .push_bind(s.coverage_ms)
+                                .push_bind(s.last_position_ms)
+                                .push_bind(s.devices as i64)
+                                .push_bind(ads_json(s))
+                                .push_bind(*is_final)
+                                .push_bind(*partition)
+                                .push_bind(flush.now_ms);
+                        });
+                        q.push(set);
+                        q.build().execute(&mut *tx).await.map_err(map_err)?;
+                    }
                 }
 
                 let sessions_done = started.elapsed();
@@ -180,16 +235,12 @@ macro_rules! sql_store {
                             .push_bind(s.start_ms)
                             .push_bind(*ad);
                     });
-                    q.push(" ON CONFLICT (user_id, video_id, start_ms, ad_id) DO NOTHING");
+                    q.push(IMPRESSION_CONFLICT);
                     q.build().execute(&mut *tx).await.map_err(map_err)?;
                 }
 
                 for offset in &flush.offsets {
-                    sqlx::query(
-                        "INSERT INTO stream_offsets (topic, partition, next_offset, watermark_ms) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (topic, partition) DO UPDATE SET \
-                         next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms",
-                    )
+                    sqlx::query(OFFSET_UPSERT)
                     .bind(&offset.topic)
                     .bind(offset.partition)
                     .bind(offset.next_offset)
@@ -201,15 +252,7 @@ macro_rules! sql_store {
 
                 let before_commit = started.elapsed();
                 tx.commit().await.map_err(map_err)?;
-                tracing::debug!(
-                    raw = flush.raw.len(),
-                    changes = flush.changes.len(),
-                    raw_ms = raw_done.as_millis() as u64,
-                    sessions_ms = (sessions_done - raw_done).as_millis() as u64,
-                    rest_ms = (before_commit - sessions_done).as_millis() as u64,
-                    commit_ms = (started.elapsed() - before_commit).as_millis() as u64,
-                    "store flush"
-                );
+                log_flush_phases(&flush, started, [raw_done, sessions_done, before_commit], "sqlx");
                 Ok(())
             }
 
@@ -262,8 +305,14 @@ macro_rules! sql_store {
             }
 
             async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
-                let done = sqlx::query("DELETE FROM raw_heartbeats WHERE expires_ms < $1")
-                    .bind(now_ms)
+                // Bounded by event time too, so the delete walks the time key
+                // (or index) instead of scanning the whole mirror. A row kept
+                // under a shorter TTL than today's waits for today's.
+                let done = sqlx::query(
+                    "DELETE FROM raw_heartbeats WHERE event_time_ms < $1 AND expires_ms < $2",
+                )
+                .bind(now_ms.saturating_sub(self.raw_ttl_ms))
+                .bind(now_ms)
                     .execute(&self.pool)
                     .await
                     .map_err(map_err)?;
@@ -273,12 +322,21 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl RawMirror for $name {
+            $(
+                async fn replay_open(
+                    &self,
+                    open: &[OpenSession],
+                ) -> Result<Vec<RawHeartbeat>, SinkError> {
+                    $replay_open(&self.pool, open).await
+                }
+            )?
+
             async fn write(&self, rows: &[RawHeartbeat]) -> Result<(), SinkError> {
                 let flush = Flush {
                     raw: rows.to_vec(),
                     ..Flush::default()
                 };
-                self.commit(&flush).await
+                self.commit(Arc::new(flush)).await
             }
 
             async fn replay(
@@ -288,12 +346,10 @@ macro_rules! sql_store {
                 from_ms: i64,
                 to_ms: i64,
             ) -> Result<Vec<RawHeartbeat>, SinkError> {
-                let rows = sqlx::query(
-                    "SELECT event_id, user_id, video_id, device_id, event_time_ms, position_ms, state, \
-                     ad_id, platform, app_version, country, bitrate_kbps, late FROM raw_heartbeats \
-                     WHERE user_id = $1 AND video_id = $2 AND event_time_ms >= $3 AND event_time_ms <= $4 \
-                     ORDER BY event_time_ms, event_id",
-                )
+                let rows = sqlx::query(&format!(
+                    "{RAW_SELECT} WHERE user_id = $1 AND video_id = $2 \
+                     AND event_time_ms >= $3 AND event_time_ms <= $4 ORDER BY event_time_ms, event_id"
+                ))
                 .bind(user_id)
                 .bind(video_id)
                 .bind(from_ms)
@@ -301,30 +357,117 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err)?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(RawHeartbeat {
-                            event_id: row.try_get(0)?,
-                            user_id: row.try_get(1)?,
-                            video_id: row.try_get(2)?,
-                            device_id: row.try_get(3)?,
-                            event_time_ms: row.try_get(4)?,
-                            position_ms: row.try_get(5)?,
-                            state: row.try_get(6)?,
-                            ad_id: row.try_get(7)?,
-                            platform: row.try_get(8)?,
-                            app_version: row.try_get(9)?,
-                            country: row.try_get(10)?,
-                            bitrate_kbps: row.try_get(11)?,
-                            late: row.try_get(12)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(map_err)
+                rows.iter().map(raw_of_row).collect()
             }
         }
     };
 }
 
 sql_store!(PgStore, sqlx::Postgres, PgPool);
-sql_store!(SqliteStore, sqlx::Sqlite, SqlitePool);
+
+impl PgStore {
+    fn open_writer(_pool: &PgPool, _raw_ttl_ms: i64) -> Option<SqliteWriter> {
+        None
+    }
+}
+
+impl SqliteStore {
+    /// The embedded file's own writer connection (see `sqlite_writer`); sqlx
+    /// keeps serving the reads. An in-memory database has no file to share,
+    /// so it stays on sqlx.
+    fn open_writer(pool: &SqlitePool, raw_ttl_ms: i64) -> Option<SqliteWriter> {
+        let options = pool.connect_options();
+        let path = options.get_filename();
+        if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+            return None;
+        }
+        match SqliteWriter::open(path, raw_ttl_ms) {
+            Ok(writer) => Some(writer),
+            Err(err) => {
+                tracing::warn!(error = %err, "embedded writer unavailable; writing through sqlx");
+                None
+            }
+        }
+    }
+}
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    SqlitePool,
+    replay_open = replay_open_by_time
+);
+
+const RAW_SELECT: &str =
+    "SELECT event_id, user_id, video_id, device_id, event_time_ms, position_ms, \
+     state, ad_id, platform, app_version, country, bitrate_kbps, late FROM raw_heartbeats";
+
+fn raw_of_row<R: Row>(row: &R) -> Result<RawHeartbeat, SinkError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let read = || -> Result<RawHeartbeat, sqlx::Error> {
+        Ok(RawHeartbeat {
+            event_id: row.try_get(0)?,
+            user_id: row.try_get(1)?,
+            video_id: row.try_get(2)?,
+            device_id: row.try_get(3)?,
+            event_time_ms: row.try_get(4)?,
+            position_ms: row.try_get(5)?,
+            state: row.try_get(6)?,
+            ad_id: row.try_get(7)?,
+            platform: row.try_get(8)?,
+            app_version: row.try_get(9)?,
+            country: row.try_get(10)?,
+            bitrate_kbps: row.try_get(11)?,
+            late: row.try_get(12)?,
+        })
+    };
+    read().map_err(map_err)
+}
+
+/// The embedded raw table is clustered by event time (migration 0002), so
+/// the open sessions of a partition are restored from one range scan over
+/// `[earliest start, latest end]`, keeping each session's own rows.
+async fn replay_open_by_time(
+    pool: &SqlitePool,
+    open: &[OpenSession],
+) -> Result<Vec<RawHeartbeat>, SinkError> {
+    let (Some(from_ms), Some(to_ms)) = (
+        open.iter().map(|s| s.start_ms).min(),
+        open.iter().map(|s| s.end_ms).max(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    let spans: std::collections::HashMap<(&str, &str), Vec<(i64, i64)>> =
+        open.iter().fold(Default::default(), |mut spans, s| {
+            spans
+                .entry((s.user_id.as_str(), s.video_id.as_str()))
+                .or_default()
+                .push((s.start_ms, s.end_ms));
+            spans
+        });
+    let sql = format!(
+        "{RAW_SELECT} WHERE event_time_ms >= $1 AND event_time_ms <= $2 ORDER BY event_time_ms, event_id"
+    );
+    let mut rows = sqlx::query(&sql).bind(from_ms).bind(to_ms).fetch(pool);
+    let mut kept = Vec::new();
+    while let Some(row) = futures::TryStreamExt::try_next(&mut rows)
+        .await
+        .map_err(map_err)?
+    {
+        let user_id: &str = row.try_get(1).map_err(map_err)?;
+        let video_id: &str = row.try_get(2).map_err(map_err)?;
+        let time_ms: i64 = row.try_get(4).map_err(map_err)?;
+        let wanted = spans
+            .get(&(user_id, video_id))
+            .is_some_and(|s| s.iter().any(|(from, to)| (*from..=*to).contains(&time_ms)));
+        if wanted {
+            kept.push(raw_of_row(&row)?);
+        }
+    }
+    Ok(kept)
+}

@@ -1,0 +1,136 @@
+//! The embedded stream stage acknowledges a batch only through the commit
+//! that holds it; a failed commit fails its batches (and any absorbed since),
+//! the state is rebuilt from the store, and the resent batches count once.
+
+use async_trait::async_trait;
+use hb_common::handoff::{self, HandoffError};
+use hb_common::workload::{Fleet, FleetConfig};
+use prometheus_client::registry::Registry;
+use sqlx::Row;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use svc_stream::metrics::StreamMetrics;
+use svc_stream::pipeline::Pipeline;
+use svc_stream::sessionizer::SessionConfig;
+use svc_stream::sink::sql::SqliteStore;
+use svc_stream::sink::{
+    Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore, SinkError,
+};
+
+/// The real SQLite store, except that a commit fails while `failing` is set.
+struct FlakyStore {
+    inner: SqliteStore,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl SessionStore for FlakyStore {
+    async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(SinkError::Fatal("disk full (injected)".into()));
+        }
+        self.inner.commit(flush).await
+    }
+
+    async fn load_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionSnapshot, SinkError> {
+        self.inner.load_partition(topic, partition).await
+    }
+
+    async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
+        self.inner.expire_raw(now_ms).await
+    }
+}
+
+#[async_trait]
+impl RawMirror for FlakyStore {
+    async fn write(&self, rows: &[RawHeartbeat]) -> Result<(), SinkError> {
+        self.inner.write(rows).await
+    }
+
+    async fn replay(
+        &self,
+        user_id: &str,
+        video_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<RawHeartbeat>, SinkError> {
+        self.inner.replay(user_id, video_id, from_ms, to_ms).await
+    }
+
+    async fn replay_open(&self, open: &[OpenSession]) -> Result<Vec<RawHeartbeat>, SinkError> {
+        self.inner.replay_open(open).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::new(pool.clone(), 30 * 86_400_000),
+        failing: AtomicBool::new(false),
+    });
+    let metrics = StreamMetrics::register(&mut Registry::default());
+    let pipeline = Pipeline::new(
+        SessionConfig::default(),
+        "embedded",
+        store.clone(),
+        store.clone(),
+        true,
+        metrics,
+    );
+    let (tx, rx) = handoff::channel(16);
+    let stage = tokio::spawn(svc_stream::embedded::run(
+        pipeline,
+        rx,
+        Duration::from_millis(50),
+        20_000,
+    ));
+    let mut fleet = Fleet::new(FleetConfig {
+        devices: 20,
+        users: 15,
+        seed: 11,
+        ..FleetConfig::default()
+    });
+    let first: Vec<_> = fleet.heartbeats(300).collect();
+    let second: Vec<_> = fleet.heartbeats(300).collect();
+
+    tx.send(first.clone(), vec![])
+        .await
+        .expect("first batch committed");
+    store.failing.store(true, Ordering::SeqCst);
+    let refused = tx.send(second.clone(), vec![]).await;
+    assert!(
+        matches!(refused, Err(HandoffError::Store(_))),
+        "{refused:?}"
+    );
+    store.failing.store(false, Ordering::SeqCst);
+    tx.send(second.clone(), vec![])
+        .await
+        .expect("the resend is committed");
+    drop(tx);
+    stage.await.unwrap().unwrap();
+
+    let distinct: std::collections::HashSet<_> = first
+        .iter()
+        .chain(&second)
+        .map(|hb| hb.event_id.clone())
+        .collect();
+    let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    let in_sessions: i64 = sqlx::query("SELECT COALESCE(SUM(heartbeats), 0) FROM sessions")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(raw as usize, distinct.len());
+    assert_eq!(in_sessions as usize, distinct.len());
+}
