@@ -9,12 +9,14 @@ rate=${1:-20000}; devices=${2:-20000}; duration=${3:-20s}
 bin=target/release/hbmesh
 [[ -x $bin ]] || cargo build --release --bin hbmesh
 dir=$(mktemp -d)
-export HB_DATA_DIR=$dir HB_DEVICE_RATE=0 HB_LOG=warn \
+export HB_DATA_DIR=$dir HB_DEVICE_RATE=0 HB_LOG=${HB_LOG:-warn} \
   HB_INGEST_ADDR=127.0.0.1:51051 HB_QUERY_HTTP_ADDR=127.0.0.1:58080 HB_QUERY_GRPC_ADDR=127.0.0.1:51052 \
   HB_INGEST_METRICS_ADDR=127.0.0.1:59101 HB_STREAM_METRICS_ADDR=127.0.0.1:59102 HB_QUERY_METRICS_ADDR=127.0.0.1:59103
 $bin up > "$dir/up.log" 2>&1 &
 up=$!
-trap 'kill $up 2>/dev/null || true; rm -rf "$dir"' EXIT
+# HB_BENCH_LOG=FILE keeps the mesh's log (e.g. with HB_LOG=warn,svc_stream=debug
+# for per-flush phase timings).
+trap 'kill $up 2>/dev/null || true; [[ -n ${HB_BENCH_LOG:-} ]] && cp "$dir/up.log" "$HB_BENCH_LOG"; rm -rf "$dir"' EXIT
 sleep 2
 $bin simulate --devices "$devices" --rate "$rate" --duration "$duration" \
   --target http://127.0.0.1:51051 --json > "$dir/sim.json"

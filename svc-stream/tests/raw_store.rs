@@ -159,3 +159,27 @@ async fn postgres_expires_raw_rows_past_their_ttl() {
     let (_db, store) = postgres(DAY).await;
     expiry_deletes_rows_past_their_ttl_and_keeps_the_rest(store).await;
 }
+
+#[tokio::test]
+async fn sqlite_commits_reach_the_database_file_off_the_commit_path() {
+    let (dir, store) = sqlite(30 * DAY).await;
+    let file = dir.path().join(hb_common::schema::SQLITE_FILE);
+    let size = || std::fs::metadata(&file).unwrap().len();
+    let before = size();
+    let t = hb_common::time::now_ms();
+    let rows = (0..5_000)
+        .map(|i| raw(&format!("e-{i}"), &format!("u-{i}"), "v-1", t + i))
+        .collect();
+    commit_raw(&*store, rows).await;
+    // The writer never checkpoints (wal_autocheckpoint = 0) and nothing else
+    // writes here, so the file grows only if the checkpoint thread copied the
+    // committed pages out of the WAL.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the committed rows never reached the database file"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

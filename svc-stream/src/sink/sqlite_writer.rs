@@ -23,6 +23,41 @@ use std::time::Duration;
 pub struct SqliteWriter {
     connection: Arc<Mutex<Connection>>,
     raw_ttl_ms: i64,
+    checkpoints: Checkpointer,
+}
+
+/// Copies committed WAL frames into the database file on its own thread and
+/// connection. Left to SQLite, the commit that crosses `wal_autocheckpoint`
+/// runs the checkpoint itself (writes and syncs every page changed since),
+/// and the next flush waits for it; here it overlaps the next flush instead.
+struct Checkpointer {
+    wake: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, SinkError> {
+        let connection = Connection::open(path).map_err(map_err)?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                // Ends when the writer (the only sender) is dropped.
+                while woken.recv().is_ok() {
+                    // PASSIVE never waits for readers or the writer: it copies
+                    // what it can, and the next wake-up copies the rest.
+                    if let Err(err) = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::warn!(error = %err, "WAL checkpoint failed; retried after the next commit");
+                    }
+                }
+            })
+            .map_err(|err| SinkError::Fatal(format!("starting the checkpoint thread: {err}")))?;
+        Ok(Checkpointer { wake })
+    }
+
+    /// Asks for a checkpoint; one already pending covers this commit too.
+    fn request(&self) {
+        let _ = self.wake.try_send(());
+    }
 }
 
 fn map_err(err: rusqlite::Error) -> SinkError {
@@ -45,13 +80,15 @@ impl SqliteWriter {
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY;",
+                 PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY; \
+                 PRAGMA wal_autocheckpoint = 0;",
             )
             .map_err(map_err)?;
         connection.set_prepared_statement_cache_capacity(32);
         Ok(SqliteWriter {
             connection: Arc::new(Mutex::new(connection)),
             raw_ttl_ms,
+            checkpoints: Checkpointer::start(path)?,
         })
     }
 
@@ -59,13 +96,15 @@ impl SqliteWriter {
     pub async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
         let connection = Arc::clone(&self.connection);
         let raw_ttl_ms = self.raw_ttl_ms;
-        tokio::task::spawn_blocking(move || {
+        let written = tokio::task::spawn_blocking(move || {
             // A panic mid-write rolled its transaction back; the connection is fine.
             let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
             write(&mut connection, &flush, raw_ttl_ms).map_err(map_err)
         })
         .await
-        .map_err(|err| SinkError::Unavailable(format!("sqlite writer task: {err}")))?
+        .map_err(|err| SinkError::Unavailable(format!("sqlite writer task: {err}")))?;
+        self.checkpoints.request();
+        written
     }
 }
 
