@@ -116,6 +116,7 @@ HB_ALLOWED_LATENESS: {{ $v.stream.config.allowedLateness | quote }}
 HB_IDLE_TIMEOUT: {{ $v.stream.config.idleTimeout | quote }}
 HB_RAW_TTL: {{ $v.stream.config.rawTtl | quote }}
 HB_FLUSH_INTERVAL: {{ $v.stream.config.flushInterval | quote }}
+HB_FLUSH_MAX: {{ $v.stream.config.flushMax | quote }}
 {{- else if eq .component "query" }}
 HB_QUERY_HTTP_ADDR: {{ printf "0.0.0.0:%v" $v.query.ports.http | quote }}
 HB_QUERY_GRPC_ADDR: {{ printf "0.0.0.0:%v" $v.query.ports.grpc | quote }}
