@@ -2,10 +2,12 @@
 # Whole embedded pipeline: `hbmesh up` + `hbmesh simulate` on loopback, then
 # checks that nothing was lost or double counted (distinct acked heartbeats ==
 # raw rows == sum of session heartbeats). Usage:
-#   bench/embedded_pipeline.sh RATE [DEVICES] [DURATION]
+#   bench/embedded_pipeline.sh RATE [DEVICES] [DURATION] [--pregenerate]
+# --pregenerate draws the whole run before traffic starts, so the load
+# generator's own CPU (it shares the 2 cores) is mostly spent before the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rate=${1:-20000}; devices=${2:-20000}; duration=${3:-20s}
+rate=${1:-20000}; devices=${2:-20000}; duration=${3:-20s}; extra=${4:-}
 bin=target/release/hbmesh
 [[ -x $bin ]] || cargo build --release --bin hbmesh
 dir=$(mktemp -d)
@@ -19,7 +21,7 @@ up=$!
 trap 'kill $up 2>/dev/null || true; [[ -n ${HB_BENCH_LOG:-} ]] && cp "$dir/up.log" "$HB_BENCH_LOG"; rm -rf "$dir"' EXIT
 sleep 2
 $bin simulate --devices "$devices" --rate "$rate" --duration "$duration" \
-  --target http://127.0.0.1:51051 --json > "$dir/sim.json"
+  --target http://127.0.0.1:51051 --json $extra > "$dir/sim.json"
 kill -TERM $up; wait $up || true
 python3 - "$dir" <<'PY'
 import json, sqlite3, sys
