@@ -65,7 +65,7 @@ pub struct StreamConfig {
     pub raw_ttl: Duration,
 
     /// How often session changes, raw rows and offsets are committed.
-    #[arg(long, env = "HB_FLUSH_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = "HB_FLUSH_INTERVAL", default_value = "100ms", value_parser = positive_duration)]
     pub flush_interval: Duration,
 
     /// Heartbeats pending that force a flush before the interval; in the
@@ -74,7 +74,7 @@ pub struct StreamConfig {
     /// the pages of the open sessions it touches): 100k instead of 20k took the
     /// embedded tier from 58k to 75k hb/s on a slow 2-core box
     /// (docs/benchmarks.md). Below capacity commits stay small anyway.
-    #[arg(long, env = "HB_FLUSH_MAX", default_value_t = 100_000)]
+    #[arg(long, env = "HB_FLUSH_MAX", default_value_t = 100_000, value_parser = positive_count)]
     pub flush_max: usize,
 
     /// Only run the schema migrations, then exit (the Helm migration Job).
@@ -102,5 +102,52 @@ impl StreamConfig {
             .try_get_matches_from(["defaults"])
             .expect("defaults parse");
         StreamConfig::from_arg_matches(&matches).expect("defaults parse")
+    }
+}
+
+/// A zero flush interval would make the flush timer panic, and a zero flush
+/// size would stop the stage from taking any heartbeat: both are refused.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        zero if zero.is_zero() => Err("must be more than zero".into()),
+        duration => Ok(duration),
+    }
+}
+
+fn positive_count(text: &str) -> Result<usize, String> {
+    match text.trim().replace('_', "").parse::<usize>() {
+        Ok(0) => Err("must be more than zero".into()),
+        Ok(count) => Ok(count),
+        Err(err) => Err(format!("not a count: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamConfig;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        stream: StreamConfig,
+    }
+
+    #[test]
+    fn a_zero_flush_size_or_interval_is_refused_with_a_clear_reason() {
+        for (flag, value) in [("--flush-max", "0"), ("--flush-interval", "0s")] {
+            let err = Cli::try_parse_from(["svc-stream", flag, value])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {value} was accepted"))
+                .to_string();
+            assert!(err.contains("must be more than zero"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_default_flush_settings_parse() {
+        let cli = Cli::try_parse_from(["svc-stream"]).unwrap();
+        assert_eq!(cli.stream.flush_max, 100_000);
+        assert_eq!(cli.stream.flush_interval.as_millis(), 100);
     }
 }
