@@ -37,9 +37,38 @@ pub fn hours_between(from_ms: i64, to_ms: i64) -> Vec<i64> {
     hours
 }
 
+/// Marks an hour's raw heartbeats as changed (bind the hour's start). Every
+/// write that adds raw rows runs it once per hour it touched, in the same
+/// transaction: svc-query keeps the traffic report of whole hours and uses
+/// one only while its hour's version is unchanged.
+pub const BUMP_RAW_HOUR_SQL: &str =
+    "INSERT INTO raw_hour_versions (hour_ms, version) VALUES ($1, 1) \
+     ON CONFLICT (hour_ms) DO UPDATE SET version = raw_hour_versions.version + 1";
+
+/// Marks every hour up to and including the one starting at the bound value
+/// as changed: run after raw rows of those hours were removed (expiry).
+pub const BUMP_RAW_HOURS_UNTIL_SQL: &str =
+    "UPDATE raw_hour_versions SET version = version + 1 WHERE hour_ms <= $1";
+
+/// The distinct hours of some event times, ascending.
+pub fn hours_of(event_times: impl IntoIterator<Item = i64>) -> Vec<i64> {
+    let mut hours: Vec<i64> = event_times.into_iter().map(hour_ms).collect();
+    hours.sort_unstable();
+    hours.dedup();
+    hours
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hours_of_lists_each_touched_hour_once() {
+        assert_eq!(
+            hours_of([2 * HOUR_MS + 5, 10, HOUR_MS - 1, 2 * HOUR_MS]),
+            vec![0, 2 * HOUR_MS]
+        );
+    }
 
     #[test]
     fn buckets_are_stable_and_in_range() {

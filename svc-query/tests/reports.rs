@@ -5,11 +5,12 @@
 mod common;
 
 use common::{Backend, Seed, TestStore, MINUTE, T0};
-use hb_common::raw::HOUR_MS;
+use hb_common::raw::{BUMP_RAW_HOURS_UNTIL_SQL, BUMP_RAW_HOUR_SQL, HOUR_MS};
 use std::time::Duration;
 use svc_query::engine::direct::DirectEngine;
 use svc_query::engine::ReportEngine;
 use svc_query::report::{ConcurrencySpec, Window};
+use svc_query::store::Store;
 
 const DAY: i64 = 24 * HOUR_MS;
 
@@ -189,6 +190,129 @@ async fn catalog_upserts_replace_rows_sqlite() {
 #[tokio::test]
 async fn catalog_upserts_replace_rows_postgres() {
     check_catalog_upserts(Backend::Postgres).await;
+}
+
+/// Runs one statement on either store, as a writer of the raw mirror would.
+async fn execute(store: &Store, sql: &str, binds: &[i64]) {
+    macro_rules! run {
+        ($pool:expr) => {{
+            let mut query = sqlx::query(sql);
+            for value in binds {
+                query = query.bind(*value);
+            }
+            query.execute($pool).await.unwrap();
+        }};
+    }
+    match store {
+        Store::Sqlite(pool) => run!(pool),
+        Store::Postgres(pool) => run!(pool),
+    }
+}
+
+/// Whole hours of traffic come from the stored per-hour results; they must
+/// follow every change to the raw rows and the catalog.
+async fn check_traffic_rollup_follows_changes(backend: Backend) {
+    let test = TestStore::new(backend).await;
+    let mut seed = Seed::generate(5);
+    seed.load(&test.store).await;
+    let engine = DirectEngine::new(test.store.clone(), Duration::from_secs(30));
+    let (from, to) = (T0 - HOUR_MS, T0 + DAY + HOUR_MS / 2);
+    let window = Window::new(from, to).unwrap();
+    assert_eq!(
+        engine.traffic(window, None).await.unwrap(),
+        seed.traffic(from, to, None)
+    );
+    let stored = Seed::count(&test.store, "traffic_rollup").await;
+    assert!(stored > 0, "the whole hours were summed and kept");
+
+    // A heartbeat arriving late into a summed hour, written the way the
+    // stream stage writes raw rows (row and hour bump in one transaction).
+    let late_hour = T0 + 2 * HOUR_MS;
+    let v1 = seed
+        .videos
+        .iter()
+        .find(|v| v.video_id == "v1")
+        .unwrap()
+        .clone();
+    let late = [
+        ("late-1", "late-device"),
+        ("late-2", &*v1.license_holder_id),
+    ];
+    for (event_id, device) in late {
+        seed.raw.push(common::SeedRaw {
+            event_id: event_id.into(),
+            video_id: v1.video_id.clone(),
+            device_id: device.into(),
+            event_time_ms: late_hour + 17,
+        });
+    }
+    seed.load_raw_since(&test.store, seed.raw.len() - late.len())
+        .await;
+    assert_eq!(
+        engine.traffic(window, None).await.unwrap(),
+        seed.traffic(from, to, None)
+    );
+    assert_eq!(
+        engine
+            .traffic(window, Some(&v1.license_holder_id))
+            .await
+            .unwrap(),
+        seed.traffic(from, to, Some(&v1.license_holder_id))
+    );
+
+    // The title moves to another holder: every hour follows.
+    let moved = seed.videos.iter_mut().find(|v| v.video_id == "v1").unwrap();
+    moved.license_holder_id = "L9".into();
+    test.store.upsert_videos(&[moved.clone()]).await.unwrap();
+    assert_eq!(
+        engine.traffic(window, None).await.unwrap(),
+        seed.traffic(from, to, None)
+    );
+    assert!(!engine.traffic(window, Some("L9")).await.unwrap().is_empty());
+
+    // Expiry removes the oldest hours' rows and marks them changed.
+    let cutoff = T0 + 3 * HOUR_MS;
+    execute(
+        &test.store,
+        "DELETE FROM raw_heartbeats WHERE event_time_ms < $1",
+        &[cutoff],
+    )
+    .await;
+    execute(&test.store, BUMP_RAW_HOURS_UNTIL_SQL, &[cutoff - HOUR_MS]).await;
+    seed.raw.retain(|r| r.event_time_ms >= cutoff);
+    assert_eq!(
+        engine.traffic(window, None).await.unwrap(),
+        seed.traffic(from, to, None)
+    );
+
+    // The check is what keeps it exact: a row written without its hour's
+    // bump is not seen in a summed hour (so every raw writer bumps).
+    let summed = T0 + 5 * HOUR_MS;
+    let before = engine.traffic(window, None).await.unwrap();
+    seed.raw.push(common::SeedRaw {
+        event_id: "unannounced".into(),
+        video_id: v1.video_id.clone(),
+        device_id: "d-unannounced".into(),
+        event_time_ms: summed + 1,
+    });
+    seed.insert_raw_rows(&test.store, seed.raw.len() - 1).await;
+    assert_eq!(engine.traffic(window, None).await.unwrap(), before);
+    execute(&test.store, BUMP_RAW_HOUR_SQL, &[summed]).await;
+    assert_eq!(
+        engine.traffic(window, None).await.unwrap(),
+        seed.traffic(from, to, None)
+    );
+    assert_ne!(seed.traffic(from, to, None), before);
+}
+
+#[tokio::test]
+async fn traffic_rollup_follows_raw_and_catalog_changes_sqlite() {
+    check_traffic_rollup_follows_changes(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn traffic_rollup_follows_raw_and_catalog_changes_postgres() {
+    check_traffic_rollup_follows_changes(Backend::Postgres).await;
 }
 
 #[tokio::test]

@@ -39,10 +39,14 @@ GROUP BY s.video_id
 ) a JOIN "yugabyte"."public"."videos" v ON v.video_id = a.video_id
 WHERE v.license_holder_id = 'L1'"#;
 
-const IMPRESSIONS_A1_SQL: &str = r#"SELECT a.advertiser_id, a.campaign_id, x.ad_id, COUNT(*) AS impressions, COUNT(DISTINCT x.user_id) AS viewers
-FROM "yugabyte"."public"."session_ads" x JOIN "yugabyte"."public"."ads" a ON a.ad_id = x.ad_id
-WHERE x.start_ms >= 1714521600000 AND x.start_ms < 1714608000000 AND a.advertiser_id = 'A1'
-GROUP BY a.advertiser_id, a.campaign_id, x.ad_id"#;
+const IMPRESSIONS_A1_SQL: &str = r#"SELECT a.advertiser_id, a.campaign_id, x.ad_id, x.impressions, x.viewers
+FROM (
+SELECT x.ad_id, COUNT(*) AS impressions, COUNT(DISTINCT x.user_id) AS viewers
+FROM "yugabyte"."public"."session_ads" x
+WHERE x.start_ms >= 1714521600000 AND x.start_ms < 1714608000000 AND x.ad_id IN (SELECT ad_id FROM "yugabyte"."public"."ads" WHERE advertiser_id = 'A1')
+GROUP BY x.ad_id
+) x JOIN "yugabyte"."public"."ads" a ON a.ad_id = x.ad_id
+WHERE a.advertiser_id = 'A1'"#;
 
 const CONCURRENCY_SQL: &str = r#"SELECT s.user_id, s.start_ms, s.end_ms
 FROM "yugabyte"."public"."sessions" s

@@ -183,3 +183,55 @@ async fn sqlite_commits_reach_the_database_file_off_the_commit_path() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Every write of raw rows bumps the version of each hour it touched, in
+/// the same transaction, and expiry bumps the hours it emptied: svc-query
+/// uses a summed hour of traffic only while its version is unchanged.
+macro_rules! check_raw_writes_bump_their_hours {
+    ($store:expr) => {{
+        let store = $store;
+        let hour = hb_common::raw::HOUR_MS;
+        let t = hb_common::raw::hour_ms(hb_common::time::now_ms() - 3 * DAY);
+        let versions = || async {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT hour_ms, version FROM raw_hour_versions ORDER BY hour_ms",
+            )
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+        };
+        commit_raw(
+            &*store,
+            vec![
+                raw("a", "u-1", "v-1", t + 1),
+                raw("b", "u-1", "v-1", t + hour + 5),
+                raw("c", "u-2", "v-1", t + 7),
+            ],
+        )
+        .await;
+        assert_eq!(versions().await, vec![(t, 1), (t + hour, 1)]);
+        commit_raw(&*store, vec![raw("d", "u-1", "v-1", t + 2)]).await;
+        assert_eq!(versions().await, vec![(t, 2), (t + hour, 1)]);
+        // A flush without raw rows leaves every hour alone.
+        commit_raw(&*store, Vec::new()).await;
+        assert_eq!(versions().await, vec![(t, 2), (t + hour, 1)]);
+        // The TTL is one day: both hours lose their rows.
+        assert_eq!(
+            store.expire_raw(hb_common::time::now_ms()).await.unwrap(),
+            4
+        );
+        assert_eq!(versions().await, vec![(t, 3), (t + hour, 2)]);
+    }};
+}
+
+#[tokio::test]
+async fn sqlite_raw_writes_and_expiry_bump_their_hours() {
+    let (_dir, store) = sqlite(DAY).await;
+    check_raw_writes_bump_their_hours!(store);
+}
+
+#[tokio::test]
+async fn postgres_raw_writes_and_expiry_bump_their_hours() {
+    let (_db, store) = postgres(DAY).await;
+    check_raw_writes_bump_their_hours!(store);
+}

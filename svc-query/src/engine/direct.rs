@@ -8,13 +8,14 @@
 //! backend finishes the statement and the connection drains it before
 //! reuse; neither offers a server-side cancel through sqlx. Reports on the
 //! store are bounded by the period caps in [`crate::report`] instead.
+use super::rollup::{HourSplit, TrafficRollup};
 use super::sql::Tables;
 use super::{finish_impressions, finish_royalties, finish_traffic, ReportEngine, RoyaltyAggregate};
 use crate::error::EngineError;
 use crate::report::{
     ConcurrencyRow, ConcurrencySpec, ImpressionRow, RoyaltyRow, TrafficRow, Window,
 };
-use crate::store::Store;
+use crate::store::{sqlite_scan, Store};
 use async_trait::async_trait;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub struct DirectEngine {
     store: Store,
     tables: Tables,
     timeout: Duration,
+    rollup: TrafficRollup,
 }
 
 impl DirectEngine {
@@ -32,6 +34,7 @@ impl DirectEngine {
             store,
             tables: Tables::store(),
             timeout,
+            rollup: TrafficRollup::default(),
         }
     }
 
@@ -87,23 +90,68 @@ impl ReportEngine for DirectEngine {
         let statement = self
             .tables
             .concurrency(spec.window().from_ms(), spec.upper_ms());
-        let rows: Vec<(String, i64, i64)> = self
-            .within_deadline(self.store.fetch_all(&statement))
-            .await?;
-        Ok(spec.count(rows))
+        match &self.store {
+            // A month reads ~every session: counted as SQLite steps them.
+            Store::Sqlite(pool) => {
+                sqlite_scan(pool, &statement, self.timeout, move |rows| {
+                    let mut failed = None;
+                    let sessions = std::iter::from_fn(|| match rows.next() {
+                        Ok(Some(row)) => match (row.get(0), row.get(1), row.get(2)) {
+                            (Ok(user), Ok(start), Ok(end)) => Some((user, start, end)),
+                            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                                failed = Some(e);
+                                None
+                            }
+                        },
+                        Ok(None) => None,
+                        Err(e) => {
+                            failed = Some(e);
+                            None
+                        }
+                    });
+                    let counted = spec.count(sessions);
+                    failed.map_or(Ok(counted), Err)
+                })
+                .await
+            }
+            Store::Postgres(_) => {
+                let rows: Vec<(String, i64, i64)> = self
+                    .within_deadline(self.store.fetch_all(&statement))
+                    .await?;
+                Ok(spec.count(rows))
+            }
+        }
     }
 
+    /// Whole hours from the stored per-hour results (recounted first where
+    /// stale), partial hours at the ends from the raw rows.
     async fn traffic(
         &self,
         window: Window,
         license_holder: Option<&str>,
     ) -> Result<Vec<TrafficRow>, EngineError> {
-        let statement = self
-            .tables
-            .traffic(window.from_ms(), window.to_ms(), license_holder);
-        let rows = self
-            .within_deadline(self.store.fetch_all(&statement))
-            .await?;
+        let split = HourSplit::of(window.from_ms(), window.to_ms());
+        let (start, end) = split.whole;
+        let mut rows = Vec::new();
+        if start < end {
+            match tokio::time::timeout(self.timeout, self.rollup.refresh(&self.store, start, end))
+                .await
+            {
+                Ok(done) => done?,
+                Err(_) => return Err(EngineError::Deadline(self.timeout)),
+            }
+            let statement = TrafficRollup::read(start, end, license_holder);
+            rows = self
+                .within_deadline(self.store.fetch_all(&statement))
+                .await?;
+        }
+        for (from, to) in [split.head, split.tail].into_iter().flatten() {
+            let statement = self.tables.traffic(from, to, license_holder);
+            let partial: Vec<TrafficRow> = self
+                .within_deadline(self.store.fetch_all(&statement))
+                .await?;
+            rows.extend(partial);
+        }
         Ok(finish_traffic(rows))
     }
 }

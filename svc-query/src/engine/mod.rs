@@ -5,6 +5,7 @@
 //! counting, ordering) makes their answers identical by construction.
 
 pub mod direct;
+pub mod rollup;
 pub mod sql;
 pub mod trino;
 

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use hb_common::auth::{Role, TokenKey};
-use hb_common::raw::HOUR_MS;
+use hb_common::raw::{hours_of, BUMP_RAW_HOUR_SQL, HOUR_MS};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -145,6 +145,42 @@ pub struct SeedRaw {
     pub video_id: String,
     pub device_id: String,
     pub event_time_ms: i64,
+}
+
+async fn write_raw(store: &Store, raw: &[SeedRaw], bump: bool) {
+    macro_rules! run {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await.unwrap();
+            for r in raw {
+                sqlx::query(
+                    "INSERT INTO raw_heartbeats (event_id, user_id, video_id, device_id, event_time_ms, \
+                     position_ms, state, expires_ms) VALUES ($1, 'u', $2, $3, $4, 0, 1, $5)",
+                )
+                .bind(&r.event_id)
+                .bind(&r.video_id)
+                .bind(&r.device_id)
+                .bind(r.event_time_ms)
+                .bind(r.event_time_ms + 30 * 24 * HOUR_MS)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            }
+            if bump {
+                for hour in hours_of(raw.iter().map(|r| r.event_time_ms)) {
+                    sqlx::query(BUMP_RAW_HOUR_SQL)
+                        .bind(hour)
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                }
+            }
+            tx.commit().await.unwrap();
+        }};
+    }
+    match store {
+        Store::Sqlite(pool) => run!(pool),
+        Store::Postgres(pool) => run!(pool),
+    }
 }
 
 /// A data set and the oracle over it.
@@ -305,26 +341,34 @@ impl Seed {
                         .unwrap();
                     }
                 }
-                for r in &self.raw {
-                    sqlx::query(
-                        "INSERT INTO raw_heartbeats (event_id, user_id, video_id, device_id, event_time_ms, \
-                         position_ms, state, expires_ms) VALUES ($1, 'u', $2, $3, $4, 0, 1, $5)",
-                    )
-                    .bind(&r.event_id)
-                    .bind(&r.video_id)
-                    .bind(&r.device_id)
-                    .bind(r.event_time_ms)
-                    .bind(r.event_time_ms + 30 * 24 * HOUR_MS)
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                }
                 tx.commit().await.unwrap();
             }};
         }
         match store {
             Store::Sqlite(pool) => insert_all!(pool),
             Store::Postgres(pool) => insert_all!(pool),
+        }
+        write_raw(store, &self.raw, true).await;
+    }
+
+    /// Writes `raw[first..]` as the stream stage does: rows and their
+    /// hours' version bumps in one transaction.
+    pub async fn load_raw_since(&self, store: &Store, first: usize) {
+        write_raw(store, &self.raw[first..], true).await;
+    }
+
+    /// Writes `raw[first..]` without bumping their hours: what a writer
+    /// that forgot the bump would leave.
+    pub async fn insert_raw_rows(&self, store: &Store, first: usize) {
+        write_raw(store, &self.raw[first..], false).await;
+    }
+
+    /// Rows in `table`.
+    pub async fn count(store: &Store, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        match store {
+            Store::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap(),
+            Store::Postgres(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap(),
         }
     }
 

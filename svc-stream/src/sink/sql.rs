@@ -11,6 +11,7 @@ use super::{
 };
 use crate::sessionizer::{Change, Session};
 use async_trait::async_trait;
+use hb_common::raw::{hours_of, BUMP_RAW_HOURS_UNTIL_SQL, BUMP_RAW_HOUR_SQL};
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
 use std::sync::Arc;
 
@@ -149,6 +150,14 @@ macro_rules! sql_store {
                     q.build().execute(&mut *tx).await.map_err(map_err)?;
                 }
 
+                // Traffic hours svc-query has summed are stale once this commits.
+                for hour in hours_of(flush.raw.iter().map(|r| r.event_time_ms)) {
+                    sqlx::query(BUMP_RAW_HOUR_SQL)
+                        .bind(hour)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
                 let raw_done = started.elapsed();
                 for chunk in flush.dead_letters.chunks(CHUNK) {
                     let mut q = QueryBuilder::<$db>::new(format!(
@@ -308,14 +317,25 @@ macro_rules! sql_store {
                 // Bounded by event time too, so the delete walks the time key
                 // (or index) instead of scanning the whole mirror. A row kept
                 // under a shorter TTL than today's waits for today's.
+                let cutoff = now_ms.saturating_sub(self.raw_ttl_ms);
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
                 let done = sqlx::query(
                     "DELETE FROM raw_heartbeats WHERE event_time_ms < $1 AND expires_ms < $2",
                 )
-                .bind(now_ms.saturating_sub(self.raw_ttl_ms))
+                .bind(cutoff)
                 .bind(now_ms)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(map_err)?;
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() > 0 {
+                    // The removed rows' hours: svc-query's sums of them are stale.
+                    sqlx::query(BUMP_RAW_HOURS_UNTIL_SQL)
+                        .bind(hb_common::raw::hour_ms(cutoff))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                tx.commit().await.map_err(map_err)?;
                 Ok(done.rows_affected())
             }
         }

@@ -14,6 +14,7 @@ use super::sql::{
 };
 use super::{Flush, SinkError};
 use crate::sessionizer::{Change, Session};
+use hb_common::raw::{hours_of, BUMP_RAW_HOUR_SQL};
 use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -149,6 +150,13 @@ fn write(connection: &mut Connection, flush: &Flush, raw_ttl_ms: i64) -> rusqlit
                 r.late,
                 r.event_time_ms.saturating_add(raw_ttl_ms),
             ])?;
+        }
+    }
+    {
+        // Traffic hours svc-query has summed are stale once this commits.
+        let mut bump = tx.prepare_cached(BUMP_RAW_HOUR_SQL)?;
+        for hour in hours_of(flush.raw.iter().map(|r| r.event_time_ms)) {
+            bump.execute(params![hour])?;
         }
     }
     let raw_done = started.elapsed();

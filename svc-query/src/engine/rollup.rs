@@ -1,0 +1,177 @@
+//! The traffic report's whole hours, summed once and kept in the store
+//! (`traffic_rollup`, migration `traffic_rollup`), for the direct engine.
+//!
+//! A month of traffic over the raw mirror reads and sorts every heartbeat of
+//! the month (8 s over 3 M rows on SQLite or PostgreSQL); summed per hour it
+//! reads at most one row per (hour, license holder). The answer stays exact
+//! because an hour's stored result is used only while nothing it depends on
+//! has changed since it was computed: every write of raw rows bumps its
+//! hour's version (`hb_common::raw::BUMP_RAW_HOUR_SQL`) and every catalog
+//! change bumps the catalog version (triggers), each in the transaction
+//! making the change. Versions are read before the raw rows they label, so
+//! a label is never newer than its data; a mismatch only costs a recount.
+//!
+//! Partial hours at the ends of a period are always read from the raw rows.
+
+use super::sql::{Param, Statement, Tables};
+use crate::error::EngineError;
+use crate::report::TrafficRow;
+use crate::store::Store;
+use hb_common::raw::HOUR_MS;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Hours recounted per transaction, so a long refresh keeps its progress.
+const HOURS_PER_SAVE: usize = 24;
+
+/// Keeps the stored hours of a store fresh; one refresh at a time, so
+/// concurrent requests for the same month do not count it twice.
+#[derive(Clone, Debug, Default)]
+pub struct TrafficRollup {
+    refreshing: Arc<Mutex<()>>,
+}
+
+/// `[from, to)` cut into whole hours and the partial hours around them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HourSplit {
+    /// First and past-the-last whole hour; empty when `start >= end`.
+    pub whole: (i64, i64),
+    /// The partial hours before and after, as periods (empty ones omitted).
+    pub head: Option<(i64, i64)>,
+    pub tail: Option<(i64, i64)>,
+}
+
+impl HourSplit {
+    pub fn of(from_ms: i64, to_ms: i64) -> HourSplit {
+        let start = from_ms.div_euclid(HOUR_MS) * HOUR_MS
+            + if from_ms.rem_euclid(HOUR_MS) == 0 {
+                0
+            } else {
+                HOUR_MS
+            };
+        let end = to_ms.div_euclid(HOUR_MS) * HOUR_MS;
+        if start >= end {
+            return HourSplit {
+                whole: (start, start),
+                head: (from_ms < to_ms).then_some((from_ms, to_ms)),
+                tail: None,
+            };
+        }
+        HourSplit {
+            whole: (start, end),
+            head: (from_ms < start).then_some((from_ms, start)),
+            tail: (end < to_ms).then_some((end, to_ms)),
+        }
+    }
+}
+
+impl TrafficRollup {
+    /// Recounts every whole hour of `[start, end)` whose stored result is
+    /// missing or stale. Runs on its own task: a request that gives up at
+    /// its deadline does not throw the work away.
+    pub async fn refresh(&self, store: &Store, start: i64, end: i64) -> Result<(), EngineError> {
+        let this = self.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            let _one_at_a_time = this.refreshing.lock().await;
+            let (catalog_version, stale) = store.stale_traffic_hours(start, end).await?;
+            for run in runs(&stale) {
+                let (first, last) = (run[0].0, run[run.len() - 1].0);
+                let statement = Tables::store().traffic(first, last + HOUR_MS, None);
+                let rows: Vec<TrafficRow> = store.fetch_all(&statement).await?;
+                store
+                    .save_traffic_hours(run, catalog_version, &rows)
+                    .await?;
+            }
+            Ok::<(), EngineError>(())
+        })
+        .await
+        .map_err(|err| EngineError::Internal(format!("traffic refresh task: {err}")))?
+    }
+
+    /// The stored rows of the whole hours in `[start, end)`, one holder's
+    /// when scoped. Call [`TrafficRollup::refresh`] first.
+    pub fn read(start: i64, end: i64, license_holder: Option<&str>) -> Statement {
+        let mut params = vec![Param::Int(start), Param::Int(end)];
+        let scope = match license_holder {
+            Some(id) => {
+                params.push(Param::Text(id.to_string()));
+                " AND license_holder_id = $3"
+            }
+            None => "",
+        };
+        Statement {
+            sql: format!(
+                "SELECT hour_ms AS hour_start_ms, license_holder_id, heartbeats, devices\n\
+                 FROM traffic_rollup\n\
+                 WHERE hour_ms >= $1 AND hour_ms < $2{scope}"
+            ),
+            params,
+        }
+    }
+}
+
+/// Stale `(hour, version)`s, ascending, cut into runs of consecutive hours
+/// of at most [`HOURS_PER_SAVE`]: each run is one raw query and one save.
+fn runs(stale: &[(i64, i64)]) -> Vec<&[(i64, i64)]> {
+    let mut out = Vec::new();
+    let mut begin = 0;
+    for i in 1..=stale.len() {
+        let cut = i == stale.len()
+            || stale[i].0 != stale[i - 1].0 + HOUR_MS
+            || i - begin == HOURS_PER_SAVE;
+        if cut {
+            out.push(&stale[begin..i]);
+            begin = i;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_period_splits_into_partial_and_whole_hours() {
+        let h = HOUR_MS;
+        assert_eq!(
+            HourSplit::of(h / 2, 3 * h + 5),
+            HourSplit {
+                whole: (h, 3 * h),
+                head: Some((h / 2, h)),
+                tail: Some((3 * h, 3 * h + 5)),
+            }
+        );
+        assert_eq!(
+            HourSplit::of(h, 3 * h),
+            HourSplit {
+                whole: (h, 3 * h),
+                head: None,
+                tail: None,
+            }
+        );
+        // Inside one hour: all of it from the raw rows.
+        assert_eq!(
+            HourSplit::of(h + 1, 2 * h - 1),
+            HourSplit {
+                whole: (2 * h, 2 * h),
+                head: Some((h + 1, 2 * h - 1)),
+                tail: None,
+            }
+        );
+        assert_eq!(HourSplit::of(h, h).head, None);
+    }
+
+    #[test]
+    fn stale_hours_are_recounted_in_runs_of_consecutive_hours() {
+        let h = HOUR_MS;
+        let stale: Vec<(i64, i64)> = [0, 1, 2, 5, 6, 9].iter().map(|&i| (i * h, 1)).collect();
+        let lengths: Vec<usize> = runs(&stale).iter().map(|r| r.len()).collect();
+        assert_eq!(lengths, vec![3, 2, 1]);
+        let day: Vec<(i64, i64)> = (0..30).map(|i| (i * h, 1)).collect();
+        let lengths: Vec<usize> = runs(&day).iter().map(|r| r.len()).collect();
+        assert_eq!(lengths, vec![24, 6]);
+        assert!(runs(&[]).is_empty());
+    }
+}
