@@ -82,6 +82,8 @@ struct Session {
     last_position_ms: i64,
     devices: i64,
     ads: Vec<String>,
+    /// Open (still playing) when the month ends: the sessions of its last hour.
+    is_final: bool,
 }
 
 struct Raw {
@@ -160,6 +162,7 @@ fn generate(args: &Args) -> Data {
             last_position_ms: rng.random_range(0..2 * HOUR),
             devices: 1 + i64::from(rng.random_bool(0.1)),
             ads,
+            is_final: start_ms < B0 + SPAN - HOUR,
         });
     }
     // The stream service writes sessions as they happen: rows land in the
@@ -200,7 +203,7 @@ fn sessions_csv(sessions: &[Session]) -> String {
         let ads = serde_json::to_string(&s.ads).expect("ads json");
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},true",
+            "{},{},{},{},{},{},{},{},{},{},{}",
             s.user_id,
             s.video_id,
             s.start_ms,
@@ -210,7 +213,8 @@ fn sessions_csv(sessions: &[Session]) -> String {
             s.coverage_ms,
             s.last_position_ms,
             s.devices,
-            csv_field(&ads)
+            csv_field(&ads),
+            s.is_final
         );
     }
     out
@@ -314,7 +318,7 @@ async fn load_sqlite(pool: &sqlx::SqlitePool, data: &Data) -> anyhow::Result<()>
                 .bind(s.last_position_ms)
                 .bind(s.devices)
                 .bind(serde_json::to_string(&s.ads)?)
-                .bind(true);
+                .bind(s.is_final);
         }
         query.execute(&mut *tx).await?;
     }

@@ -90,17 +90,24 @@ async fn load_tls(config: &QueryConfig) -> anyhow::Result<Option<Tls>> {
     Ok(Some(Tls { http, grpc }))
 }
 
-/// Builds the report engine the configuration asks for.
-fn build_engine(config: &QueryConfig, store: &Store) -> anyhow::Result<Arc<dyn ReportEngine>> {
+/// Builds the report engine the configuration asks for. The direct engine
+/// also gets a task keeping the traffic roll-up of recent hours counted,
+/// so a month's report does not pay for hours nobody asked for yet.
+fn build_engine(
+    config: &QueryConfig,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn ReportEngine>> {
     match &config.trino_url {
         Some(url) => {
             let settings = TrinoSettings::from_config(config, url)?;
             Ok(Arc::new(TrinoEngine::new(settings)?))
         }
-        None => Ok(Arc::new(DirectEngine::new(
-            store.clone(),
-            config.query_timeout,
-        ))),
+        None => {
+            let engine = DirectEngine::new(store.clone(), config.query_timeout);
+            tokio::spawn(engine.clone().keep_traffic_counted(shutdown.child_token()));
+            Ok(Arc::new(engine))
+        }
     }
 }
 
@@ -133,7 +140,7 @@ pub async fn run(
     }
 
     let store = Store::open(&config).await?;
-    let engine = build_engine(&config, &store)?;
+    let engine = build_engine(&config, &store, &shutdown)?;
     let tls = load_tls(&config).await?;
 
     let mut registry = Registry::default();

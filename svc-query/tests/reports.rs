@@ -224,6 +224,13 @@ async fn check_traffic_rollup_follows_changes(backend: Backend) {
     );
     let stored = Seed::count(&test.store, "traffic_rollup").await;
     assert!(stored > 0, "the whole hours were summed and kept");
+    // Importing the same catalog again keeps them: nobody's titles moved.
+    let catalog = Seed::scalar(&test.store, "SELECT version FROM catalog_version").await;
+    test.store.upsert_videos(&seed.videos).await.unwrap();
+    assert_eq!(
+        Seed::scalar(&test.store, "SELECT version FROM catalog_version").await,
+        catalog
+    );
 
     // A heartbeat arriving late into a summed hour, written the way the
     // stream stage writes raw rows (row and hour bump in one transaction).
@@ -313,6 +320,37 @@ async fn traffic_rollup_follows_raw_and_catalog_changes_sqlite() {
 #[tokio::test]
 async fn traffic_rollup_follows_raw_and_catalog_changes_postgres() {
     check_traffic_rollup_follows_changes(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_service_counts_recent_traffic_hours_before_anyone_asks() {
+    let test = TestStore::new(Backend::Sqlite).await;
+    let mut seed = Seed::generate(3);
+    let now = hb_common::time::now_ms();
+    let last_hour = hb_common::raw::hour_ms(now) - HOUR_MS;
+    for (i, r) in seed.raw.iter_mut().enumerate() {
+        r.event_time_ms = last_hour + i as i64;
+    }
+    seed.load(&test.store).await;
+    assert_eq!(Seed::count(&test.store, "traffic_hours").await, 0);
+    let _app = common::TestApp::spawn(test.config.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Seed::count(&test.store, "traffic_hours").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the hour was never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counted = Seed::scalar(
+        &test.store,
+        "SELECT COALESCE(SUM(heartbeats), 0) FROM traffic_rollup",
+    )
+    .await;
+    let expected: i64 = seed
+        .traffic(last_hour, last_hour + HOUR_MS, None)
+        .iter()
+        .map(|r| r.heartbeats)
+        .sum();
+    assert!(expected > 0);
+    assert_eq!(counted, expected);
 }
 
 #[tokio::test]

@@ -13,7 +13,9 @@ INSERT INTO raw_hour_versions (hour_ms, version)
 SELECT DISTINCT event_time_ms - (event_time_ms % 3600000), 1 FROM raw_heartbeats
 ON CONFLICT (hour_ms) DO NOTHING;
 
--- Bumped by any change to the video catalog (who holds which title).
+-- Bumped by any change to who holds which title: a new or removed title, or
+-- a title moved to another holder. Rewriting a title unchanged (a nightly
+-- full catalog import) keeps every summed hour.
 CREATE TABLE IF NOT EXISTS catalog_version (
     id      INTEGER PRIMARY KEY,
     version BIGINT NOT NULL
@@ -25,9 +27,19 @@ BEGIN
     RETURN NULL;
 END
 $$;
-DROP TRIGGER IF EXISTS videos_changed ON videos;
-CREATE TRIGGER videos_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON videos
+-- Per row: a statement-level INSERT trigger would also fire for an upsert
+-- whose rows all existed.
+DROP TRIGGER IF EXISTS videos_added_or_removed ON videos;
+CREATE TRIGGER videos_added_or_removed AFTER INSERT OR DELETE ON videos
+FOR EACH ROW EXECUTE PROCEDURE hb_bump_catalog_version();
+DROP TRIGGER IF EXISTS videos_truncated ON videos;
+CREATE TRIGGER videos_truncated AFTER TRUNCATE ON videos
 FOR EACH STATEMENT EXECUTE PROCEDURE hb_bump_catalog_version();
+DROP TRIGGER IF EXISTS videos_moved ON videos;
+CREATE TRIGGER videos_moved AFTER UPDATE ON videos FOR EACH ROW
+WHEN (OLD.video_id IS DISTINCT FROM NEW.video_id
+      OR OLD.license_holder_id IS DISTINCT FROM NEW.license_holder_id)
+EXECUTE PROCEDURE hb_bump_catalog_version();
 
 -- Which versions each stored hour was computed from.
 CREATE TABLE IF NOT EXISTS traffic_hours (

@@ -18,7 +18,9 @@ SELECT DISTINCT event_time_ms - (event_time_ms % 3600000), 1 FROM raw_heartbeats
 WHERE true
 ON CONFLICT (hour_ms) DO NOTHING;
 
--- Bumped by any change to the video catalog (who holds which title).
+-- Bumped by any change to who holds which title: a new or removed title, or
+-- a title moved to another holder. Rewriting a title unchanged (a nightly
+-- full catalog import) keeps every summed hour.
 CREATE TABLE IF NOT EXISTS catalog_version (
     id      INTEGER PRIMARY KEY,
     version BIGINT NOT NULL
@@ -26,7 +28,8 @@ CREATE TABLE IF NOT EXISTS catalog_version (
 INSERT INTO catalog_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 CREATE TRIGGER IF NOT EXISTS videos_inserted AFTER INSERT ON videos
 BEGIN UPDATE catalog_version SET version = version + 1; END;
-CREATE TRIGGER IF NOT EXISTS videos_updated AFTER UPDATE ON videos
+CREATE TRIGGER IF NOT EXISTS videos_updated AFTER UPDATE OF video_id, license_holder_id ON videos
+WHEN OLD.video_id IS NOT NEW.video_id OR OLD.license_holder_id IS NOT NEW.license_holder_id
 BEGIN UPDATE catalog_version SET version = version + 1; END;
 CREATE TRIGGER IF NOT EXISTS videos_deleted AFTER DELETE ON videos
 BEGIN UPDATE catalog_version SET version = version + 1; END;

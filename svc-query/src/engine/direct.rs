@@ -17,7 +17,14 @@ use crate::report::{
 };
 use crate::store::{sqlite_scan, Store};
 use async_trait::async_trait;
+use hb_common::raw::{hour_ms, HOUR_MS};
+use hb_common::shutdown::CancellationToken;
 use std::time::Duration;
+
+/// How often recent traffic hours are counted in the background.
+const ROLLUP_REFRESH_EVERY: Duration = Duration::from_secs(300);
+/// How far back they are kept counted: a month, plus a day of slack.
+const ROLLUP_KEPT_MS: i64 = 31 * 24 * HOUR_MS;
 
 /// The direct SQL engine.
 #[derive(Clone, Debug)]
@@ -35,6 +42,29 @@ impl DirectEngine {
             tables: Tables::store(),
             timeout,
             rollup: TrafficRollup::default(),
+        }
+    }
+
+    /// Every few minutes, counts the whole hours of the last month whose
+    /// traffic is missing or stale (the hour that just ended, or every hour
+    /// after a title moved holder), until `stop`.
+    pub async fn keep_traffic_counted(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(ROLLUP_REFRESH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = hb_common::time::now_ms();
+            let (start, end) = (hour_ms(now - ROLLUP_KEPT_MS), hour_ms(now));
+            let refresh = self.rollup.refresh(&self.store, start, end);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                done = refresh => if let Err(err) = done {
+                    tracing::warn!(%err, "counting recent traffic hours failed; retried later");
+                }
+            }
         }
     }
 

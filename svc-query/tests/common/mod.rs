@@ -365,10 +365,14 @@ impl Seed {
 
     /// Rows in `table`.
     pub async fn count(store: &Store, table: &str) -> i64 {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
+        Seed::scalar(store, &format!("SELECT COUNT(*) FROM {table}")).await
+    }
+
+    /// The one integer `sql` answers.
+    pub async fn scalar(store: &Store, sql: &str) -> i64 {
         match store {
-            Store::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap(),
-            Store::Postgres(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap(),
+            Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
         }
     }
 
