@@ -270,7 +270,10 @@ async fn check_traffic_rollup_follows_changes(backend: Backend) {
     // The title moves to another holder: every hour follows.
     let moved = seed.videos.iter_mut().find(|v| v.video_id == "v1").unwrap();
     moved.license_holder_id = "L9".into();
-    test.store.upsert_videos(&[moved.clone()]).await.unwrap();
+    test.store
+        .upsert_videos(std::slice::from_ref(moved))
+        .await
+        .unwrap();
     assert_eq!(
         engine.traffic(window, None).await.unwrap(),
         seed.traffic(from, to, None)
@@ -336,7 +339,10 @@ async fn the_service_counts_recent_traffic_hours_before_anyone_asks() {
     let _app = common::TestApp::spawn(test.config.clone()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while Seed::count(&test.store, "traffic_hours").await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the hour was never counted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hour was never counted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let counted = Seed::scalar(

@@ -7,7 +7,9 @@
 //! hand over (an aggregation still finishes its first row), PostgreSQL's
 //! backend finishes the statement and the connection drains it before
 //! reuse; neither offers a server-side cancel through sqlx. Reports on the
-//! store are bounded by the period caps in [`crate::report`] instead.
+//! store are bounded by the period caps in [`crate::report`] instead. The
+//! one exception is concurrency on SQLite, read through rusqlite
+//! ([`crate::store::sqlite_scan`]), whose deadline interrupts the statement.
 use super::rollup::{HourSplit, TrafficRollup};
 use super::sql::Tables;
 use super::{finish_impressions, finish_royalties, finish_traffic, ReportEngine, RoyaltyAggregate};
@@ -68,12 +70,13 @@ impl DirectEngine {
         }
     }
 
-    async fn within_deadline<T, F>(&self, work: F) -> Result<T, EngineError>
+    async fn within_deadline<T, E, F>(&self, work: F) -> Result<T, EngineError>
     where
-        F: std::future::Future<Output = Result<T, sqlx::Error>>,
+        F: std::future::Future<Output = Result<T, E>>,
+        E: Into<EngineError>,
     {
         match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result.map_err(EngineError::from),
+            Ok(result) => result.map_err(Into::into),
             Err(_) => Err(EngineError::Deadline(self.timeout)),
         }
     }
@@ -164,12 +167,8 @@ impl ReportEngine for DirectEngine {
         let (start, end) = split.whole;
         let mut rows = Vec::new();
         if start < end {
-            match tokio::time::timeout(self.timeout, self.rollup.refresh(&self.store, start, end))
-                .await
-            {
-                Ok(done) => done?,
-                Err(_) => return Err(EngineError::Deadline(self.timeout)),
-            }
+            self.within_deadline(self.rollup.refresh(&self.store, start, end))
+                .await?;
             let statement = TrafficRollup::read(start, end, license_holder);
             rows = self
                 .within_deadline(self.store.fetch_all(&statement))
