@@ -20,6 +20,15 @@ pub mod workload;
 /// from a crash.
 pub const EXIT_CONFIG: i32 = 64;
 
+/// Installs rustls' ring crypto provider as the process default. Both ring
+/// and aws-lc-rs are linked into the binaries (a dependency brings the
+/// latter), so rustls cannot pick one by itself and any TLS server built
+/// without an explicit provider (tonic's, axum-server's) would panic. Every
+/// binary calls this at start; calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// True when `addr` is a loopback address; services refuse to listen elsewhere
 /// without an auth secret.
 pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {

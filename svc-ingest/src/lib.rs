@@ -109,6 +109,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
+    // tonic's TLS acceptor takes the process-wide rustls provider.
+    hb_common::install_crypto_provider();
     let mut registry = Registry::default();
     let metrics = IngestMetrics::register(&mut registry);
     let publisher = build_publisher(&config, target, &metrics).await?;

@@ -18,6 +18,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() {
+    hb_common::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if err.use_stderr() => {

@@ -73,9 +73,9 @@ async fn load_tls(config: &QueryConfig) -> anyhow::Result<Option<Tls>> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    // axum-server is built without a default crypto provider; ring is the
-    // workspace's choice. Installing twice (tests, `hbmesh up`) is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // axum-server and tonic take the process-wide rustls provider; the
+    // binaries install it at start, and so does this for embedders (tests).
+    hb_common::install_crypto_provider();
     let cert_pem = tokio::fs::read(cert)
         .await
         .with_context(|| format!("reading HB_TLS_CERT {}", cert.display()))?;

@@ -17,6 +17,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() {
+    hb_common::install_crypto_provider();
     let config = match Cli::try_parse() {
         Ok(cli) => cli.config,
         Err(error) if error.use_stderr() => {

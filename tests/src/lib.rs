@@ -38,6 +38,16 @@ pub async fn spawn_app(data_dir: PathBuf) -> TestApp {
 
 /// Starts the mesh with `tier` settings.
 pub async fn spawn_app_with(data_dir: PathBuf, tier: Tier) -> TestApp {
+    spawn_app_configured(data_dir, tier, |_, _, _| {}).await
+}
+
+/// Starts the mesh with `tier` settings and whatever `adjust` changes in the
+/// test configuration (TLS, secrets, ...) before the services start.
+pub async fn spawn_app_configured(
+    data_dir: PathBuf,
+    tier: Tier,
+    adjust: impl FnOnce(&mut IngestConfig, &mut StreamConfig, &mut QueryConfig),
+) -> TestApp {
     hb_common::telemetry::init_for_tests();
     let local = "127.0.0.1:0".parse().unwrap();
     let mut ingest: IngestConfig = config_from_env().unwrap();
@@ -61,6 +71,7 @@ pub async fn spawn_app_with(data_dir: PathBuf, tier: Tier) -> TestApp {
     query.yugabyte_url = tier.yugabyte_url.clone();
     query.trino_url = None;
     query.auth_secret = None;
+    adjust(&mut ingest, &mut stream, &mut query);
     let shutdown = CancellationToken::new();
     let (addrs, done) = start(ingest, stream, query, shutdown.clone())
         .await
