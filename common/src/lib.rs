@@ -35,6 +35,24 @@ pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
+/// Without an auth secret (unset or empty) every listener must be on
+/// loopback: the first `(variable, address)` that is not is refused.
+pub fn refuse_open_non_loopback(
+    secret: Option<&str>,
+    addrs: &[(&str, std::net::SocketAddr)],
+) -> Result<(), String> {
+    if secret.is_some_and(|s| !s.is_empty()) {
+        return Ok(());
+    }
+    match addrs.iter().find(|(_, addr)| !is_loopback(addr)) {
+        Some((name, addr)) => Err(format!(
+            "refusing to listen on non-loopback {addr} ({name}) without HB_AUTH_SECRET: \
+             set a secret or bind 127.0.0.1"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Reads a service config from the environment (and its defaults) without
 /// looking at the command line: every setting is an `HB_*` variable. Used
 /// where one process runs several services, whose flags would collide.

@@ -35,12 +35,30 @@ pub struct MeshAddrs {
     pub query_grpc: std::net::SocketAddr,
 }
 
+/// Checks the three services' settings before anything starts: what each
+/// service checks itself, and that without `HB_AUTH_SECRET` every listener
+/// (the metrics ones included) is on loopback.
+pub fn validate(
+    ingest: &IngestConfig,
+    stream: &StreamConfig,
+    query: &QueryConfig,
+) -> Result<(), String> {
+    ingest.validate()?;
+    query.validate().map_err(|e| e.to_string())?;
+    // The stream stage has no secret of its own: HB_AUTH_SECRET is shared.
+    hb_common::refuse_open_non_loopback(
+        ingest.auth_secret.as_deref().or(query.secret()),
+        &[("HB_STREAM_METRICS_ADDR", stream.metrics_addr)],
+    )
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    hb_common::install_crypto_provider();
     hb_common::telemetry::init();
     let ingest_config: IngestConfig = config_from_env()?;
     let stream_config: StreamConfig = config_from_env()?;
     let query_config: QueryConfig = config_from_env()?;
-    if let Err(err) = ingest_config.validate() {
+    if let Err(err) = validate(&ingest_config, &stream_config, &query_config) {
         eprintln!("hbmesh up: {err}");
         std::process::exit(hb_common::EXIT_CONFIG);
     }
@@ -50,6 +68,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "heartbeat mesh up: ingest gRPC {}, query HTTP http://{}, query gRPC {}",
         addrs.ingest, addrs.query_http, addrs.query_grpc
     );
+    let mut mesh = std::pin::pin!(mesh);
     if args.demo {
         let demo = crate::demo::run(&addrs, args.demo_duration);
         tokio::select! {
@@ -60,13 +79,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 println!("demo finished; the mesh keeps serving (Ctrl-C to stop)");
             }
             () = shutdown.cancelled() => {}
+            // A service failed: the mesh has stopped the others already.
+            result = &mut mesh => return result,
         }
     }
     mesh.await
 }
 
 /// Starts the three services; the returned future resolves once all stopped
-/// after `shutdown`. Used by `up` and by the end-to-end tests.
+/// after `shutdown`, or, when one of them fails (or stops unasked), once the
+/// others have been stopped too, with the failure. Used by `up` and by the
+/// end-to-end tests.
 pub async fn start(
     ingest_config: IngestConfig,
     stream_config: StreamConfig,
@@ -76,6 +99,9 @@ pub async fn start(
     MeshAddrs,
     impl std::future::Future<Output = anyhow::Result<()>>,
 )> {
+    // The services stop on `stop`: the caller's signal, or a sibling's failure.
+    let stop = shutdown.child_token();
+    let shutdown = stop.clone();
     let cluster = stream_config.kafka_brokers.is_some() || ingest_config.kafka_brokers.is_some();
     // Migrate once before the services open their own pools.
     svc_stream::open_sinks(&stream_config)
@@ -128,21 +154,45 @@ pub async fn start(
         shutdown.clone(),
     ));
 
-    let done = async move {
-        let (ingest_and_stream, query) = tokio::join!(ingest_and_stream, query);
-        let mut failures = Vec::new();
-        for (name, result) in [("ingest/stream", ingest_and_stream), ("query", query)] {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => failures.push(format!("{name}: {err:#}")),
-                Err(err) => failures.push(format!("{name}: {err}")),
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow::anyhow!(failures.join("; ")))
-        }
-    };
+    let done = supervise(
+        vec![("ingest/stream", ingest_and_stream), ("query", query)],
+        stop,
+    );
     Ok((addrs, done))
+}
+
+/// Waits for every service; the first one to fail, or to stop before it was
+/// asked to, stops the others, and the result names every failure.
+async fn supervise(
+    services: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut running: FuturesUnordered<_> = services
+        .into_iter()
+        .map(|(name, handle)| async move { (name, handle.await) })
+        .collect();
+    let mut failures = Vec::new();
+    while let Some((name, result)) = running.next().await {
+        let failure = match result {
+            Ok(Ok(())) if stop.is_cancelled() => None,
+            Ok(Ok(())) => Some(format!("{name}: stopped unexpectedly")),
+            Ok(Err(err)) => Some(format!("{name}: {err:#}")),
+            Err(err) => Some(format!("{name}: {err}")),
+        };
+        if let Some(failure) = failure {
+            if !stop.is_cancelled() {
+                tracing::error!(error = %failure, "a service failed: stopping the mesh");
+                stop.cancel();
+            } else {
+                tracing::error!(error = %failure, "a service failed while stopping");
+            }
+            failures.push(failure);
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(failures.join("; ")))
+    }
 }

@@ -84,14 +84,13 @@ impl IngestConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("HB_TLS_CERT and HB_TLS_KEY must be set together".into());
         }
-        if self.auth_secret.as_deref().unwrap_or("").is_empty()
-            && !hb_common::is_loopback(&self.addr)
-        {
-            return Err(format!(
-                "refusing to listen on non-loopback {} without HB_AUTH_SECRET",
-                self.addr
-            ));
-        }
+        hb_common::refuse_open_non_loopback(
+            self.auth_secret.as_deref(),
+            &[
+                ("HB_INGEST_ADDR", self.addr),
+                ("HB_INGEST_METRICS_ADDR", self.metrics_addr),
+            ],
+        )?;
         if self.batch_size == 0 || self.window == 0 || self.concurrency == 0 {
             return Err(
                 "HB_INGEST_BATCH, HB_INGEST_WINDOW and HB_INGEST_CONCURRENCY must be > 0".into(),
@@ -107,5 +106,31 @@ impl IngestConfig {
             .try_get_matches_from(["defaults"])
             .expect("defaults parse");
         IngestConfig::from_arg_matches(&matches).expect("defaults parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_secret_the_grpc_and_metrics_addresses_must_be_loopback() {
+        let open: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        for metrics in [false, true] {
+            let mut config = IngestConfig::defaults();
+            config.auth_secret = None;
+            if metrics {
+                config.metrics_addr = open;
+            } else {
+                config.addr = open;
+            }
+            let error = config.validate().unwrap_err();
+            assert!(
+                error.contains("refusing") && error.contains("0.0.0.0"),
+                "{error}"
+            );
+            config.auth_secret = Some("s3cret".into());
+            assert_eq!(config.validate(), Ok(()));
+        }
     }
 }

@@ -43,6 +43,13 @@ async fn main() {
         }
         // No Kafka: the embedded default, with the stream stage in process.
         let stream_config: StreamConfig = hb_common::config_from_env()?;
+        if let Err(err) = hb_common::refuse_open_non_loopback(
+            cli.config.auth_secret.as_deref(),
+            &[("HB_STREAM_METRICS_ADDR", stream_config.metrics_addr)],
+        ) {
+            tracing::error!(error = %err, "invalid configuration");
+            std::process::exit(hb_common::EXIT_CONFIG);
+        }
         tracing::warn!(
             data_dir = %stream_config.data_dir.display(),
             "no HB_KAFKA_BROKERS: running the embedded tier (ingest + stream into SQLite) in this process"

@@ -143,6 +143,14 @@ pub enum ConfigError {
     ZeroTimeout,
     #[error("HB_TRINO_USER must not be empty")]
     EmptyTrinoUser,
+    #[error(
+        "refusing to listen on non-loopback {addr} ({name}) without HB_AUTH_SECRET: \
+         set a secret or bind 127.0.0.1"
+    )]
+    OpenNonLoopback {
+        name: &'static str,
+        addr: SocketAddr,
+    },
 }
 
 impl QueryConfig {
@@ -173,6 +181,17 @@ impl QueryConfig {
         }
         if self.trino_user.trim().is_empty() {
             return Err(ConfigError::EmptyTrinoUser);
+        }
+        if self.secret().is_none() {
+            for (name, addr) in [
+                ("HB_QUERY_HTTP_ADDR", self.http_addr),
+                ("HB_QUERY_GRPC_ADDR", self.grpc_addr),
+                ("HB_QUERY_METRICS_ADDR", self.metrics_addr),
+            ] {
+                if !hb_common::is_loopback(&addr) {
+                    return Err(ConfigError::OpenNonLoopback { name, addr });
+                }
+            }
         }
         Ok(())
     }
@@ -275,6 +294,24 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         config.tls_cert = Some("cert.pem".into());
         assert_eq!(config.validate(), Err(ConfigError::HalfTls));
+    }
+
+    #[test]
+    fn without_a_secret_every_address_must_be_loopback() {
+        let open = "0.0.0.0:8080".parse().unwrap();
+        for set in [
+            (|c: &mut QueryConfig, a| c.http_addr = a) as fn(&mut QueryConfig, SocketAddr),
+            |c, a| c.grpc_addr = a,
+            |c, a| c.metrics_addr = a,
+        ] {
+            let mut config = QueryConfig::default();
+            set(&mut config, open);
+            let error = config.validate().unwrap_err();
+            assert!(matches!(error, ConfigError::OpenNonLoopback { .. }));
+            assert!(error.to_string().contains("refusing"), "{error}");
+            config.auth_secret = Some(Secret::new("s3cret"));
+            assert_eq!(config.validate(), Ok(()));
+        }
     }
 
     #[test]
