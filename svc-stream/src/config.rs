@@ -77,6 +77,18 @@ pub struct StreamConfig {
     #[arg(long, env = "HB_FLUSH_MAX", default_value_t = 100_000, value_parser = positive_count)]
     pub flush_max: usize,
 
+    /// Embedded tier under load: how long an open session's row may lag the
+    /// committed (and acknowledged) raw heartbeats. A commit of at least
+    /// 10,000 heartbeats writes only their raw rows unless this much time has
+    /// passed since sessions were last written; each such write then covers
+    /// several heartbeats of every playing session instead of one, which is
+    /// most of the writer's cost at 100k hb/s (docs/benchmarks.md). Smaller
+    /// commits, shutdown and quiet moments always write sessions. A restart
+    /// rebuilds the deferred changes from the raw rows. `0s` writes sessions
+    /// with every commit.
+    #[arg(long, env = "HB_SESSION_WRITE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub session_write_interval: Duration,
+
     /// Only run the schema migrations, then exit (the Helm migration Job).
     #[arg(long, env = "HB_MIGRATE_ONLY", default_value_t = false)]
     pub migrate_only: bool,

@@ -22,6 +22,24 @@ type InFlight = (
     Vec<HandoffBatch>,
 );
 
+/// Commits smaller than this always write their sessions: deferring only
+/// pays once commits are large, i.e. when the writer is the bottleneck.
+pub const DEFER_FROM: usize = 10_000;
+
+/// How the embedded stage batches its commits.
+#[derive(Clone, Copy, Debug)]
+pub struct StageSettings {
+    /// Finalization and idle-flush timer.
+    pub tick: Duration,
+    /// Most heartbeats one group commit takes.
+    pub flush_max: usize,
+    /// Longest a large commit may leave session writes for later
+    /// (`HB_SESSION_WRITE_INTERVAL`; zero: never).
+    pub session_write_interval: Duration,
+    /// Commits smaller than this always write sessions ([`DEFER_FROM`]).
+    pub defer_from: usize,
+}
+
 /// Runs until every sender of `rx` is gone (ingest has drained), then makes a
 /// last flush. Sessions stay open in the store across restarts.
 ///
@@ -30,13 +48,25 @@ type InFlight = (
 /// is acknowledged only by the outcome of the commit that holds it; when a
 /// commit fails, the state is rebuilt from the store, so every batch absorbed
 /// since is failed too and the devices resend it.
+///
+/// Under load a commit may hold only raw rows (see
+/// `StageSettings::session_write_interval`): the batches are durable, so they
+/// are acknowledged; the sessions they changed follow within the interval,
+/// or with the next commit once the load drops.
 pub async fn run(
     mut pipeline: Pipeline,
     mut rx: HandoffRx,
-    tick: Duration,
-    flush_max: usize,
+    settings: StageSettings,
 ) -> anyhow::Result<()> {
+    let StageSettings {
+        tick,
+        flush_max,
+        session_write_interval,
+        defer_from,
+    } = settings;
+    let deferring = !session_write_interval.is_zero() && pipeline.defer_sessions();
     pipeline.assign(EMBEDDED_PARTITION).await?;
+    let mut sessions_written = Instant::now();
     // Absorbed into the sessionizer, not yet part of a flush.
     let mut waiting: Vec<HandoffBatch> = Vec::new();
     let mut in_flight: Option<InFlight> = None;
@@ -93,7 +123,17 @@ pub async fn run(
             }
         }
         if in_flight.is_none() {
-            match pipeline.prepare_flush() {
+            let write_sessions = !deferring
+                || !open
+                || pipeline.pending() < defer_from
+                || sessions_written.elapsed() >= session_write_interval;
+            let prepared = if write_sessions {
+                sessions_written = Instant::now();
+                pipeline.prepare_flush()
+            } else {
+                pipeline.prepare_raw_flush()
+            };
+            match prepared {
                 Some(prepared) => {
                     in_flight = Some((
                         tokio::spawn(prepared.commit()),

@@ -136,15 +136,15 @@ pub async fn run(
                 sinks.mirror_in_store,
                 metrics,
             );
-            embedded::run(
-                pipeline,
-                rx,
-                config
+            let settings = embedded::StageSettings {
+                tick: config
                     .flush_interval
                     .max(std::time::Duration::from_millis(50)),
-                config.flush_max,
-            )
-            .await
+                flush_max: config.flush_max,
+                session_write_interval: config.session_write_interval,
+                defer_from: embedded::DEFER_FROM,
+            };
+            embedded::run(pipeline, rx, settings).await
         }
         Source::Kafka => {
             let brokers = config

@@ -26,6 +26,7 @@ pub struct StreamMetrics {
     pub flush_batch_size: Histogram,
     pub store_write_latency: Histogram,
     pub flush_failures: Counter,
+    pub deferred_flushes: Counter,
 }
 
 impl StreamMetrics {
@@ -42,6 +43,7 @@ impl StreamMetrics {
             flush_batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
             store_write_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             flush_failures: Counter::default(),
+            deferred_flushes: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("hb_stream");
         r.register(
@@ -98,6 +100,11 @@ impl StreamMetrics {
             "flush_failures",
             "Flushes that failed and were retried from the store",
             metrics.flush_failures.clone(),
+        );
+        r.register(
+            "deferred_flushes",
+            "Embedded flushes that committed raw rows and left session writes to a later flush",
+            metrics.deferred_flushes.clone(),
         );
         metrics
     }

@@ -70,6 +70,9 @@ pub struct Pipeline {
     partitions: BTreeMap<i32, PartitionState>,
     pending_raw: Vec<RawHeartbeat>,
     pending_dead: Vec<DeadLetter>,
+    /// Flushes may leave session writes for later (see
+    /// [`Pipeline::defer_sessions`]); restores then replay recent raw rows.
+    defer_sessions: bool,
 }
 
 fn raw_row(hb: &Heartbeat, late: bool) -> RawHeartbeat {
@@ -126,7 +129,21 @@ impl Pipeline {
             partitions: BTreeMap::new(),
             pending_raw: Vec::new(),
             pending_dead: Vec::new(),
+            defer_sessions: false,
         }
+    }
+
+    /// Lets [`Pipeline::prepare_raw_flush`] commit raw rows without the
+    /// session changes they cause (the embedded stage under load: an open
+    /// session's row is then rewritten once per few seconds, not once per
+    /// commit). Exact only with one partition whose raw rows live in the
+    /// sessions store, committed with the sessions: a restore rebuilds what
+    /// the deferred flushes left out from the raw rows since the stored
+    /// watermark minus the lateness. Returns false (and changes nothing)
+    /// when the mirror is elsewhere.
+    pub fn defer_sessions(&mut self) -> bool {
+        self.defer_sessions = self.mirror_in_store;
+        self.defer_sessions
     }
 
     /// Takes ownership of `partition`: restores its open sessions from the
@@ -141,10 +158,17 @@ impl Pipeline {
             .collect();
         let mut sessionizer = Sessionizer::new(self.config);
         sessionizer.restore(events, snapshot.watermark_ms, now_ms());
+        let replayed = if self.defer_sessions {
+            self.replay_deferred(partition, snapshot.watermark_ms, &mut sessionizer)
+                .await?
+        } else {
+            0
+        };
         tracing::info!(
             partition,
             next_offset = ?snapshot.next_offset,
             open_sessions = snapshot.open.len(),
+            replayed,
             "partition assigned and restored"
         );
         self.partitions.insert(
@@ -159,6 +183,58 @@ impl Pipeline {
         self.set_lag(partition, 0);
         self.update_gauges();
         Ok(snapshot.next_offset)
+    }
+
+    /// Second half of a restore with deferred session writes: the store's
+    /// sessions are those of the last flush that wrote them (whose watermark
+    /// is `watermark_ms`); every heartbeat committed since is a raw row at or
+    /// after `watermark_ms - lateness` (anything older was late). Those rows
+    /// are pushed again, except late ones and those of sessions already
+    /// final (idle-flushed near the watermark); rows the restore already
+    /// holds come back as duplicates. Their changes go out with the next
+    /// flush. Returns how many were merged.
+    async fn replay_deferred(
+        &self,
+        partition: i32,
+        watermark_ms: Option<i64>,
+        sessionizer: &mut Sessionizer,
+    ) -> Result<usize, SinkError> {
+        let since_ms =
+            watermark_ms.map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
+        let finals = self.store.final_spans(partition, since_ms).await?;
+        let mut closed: std::collections::HashMap<(&str, &str), Vec<(i64, i64)>> =
+            std::collections::HashMap::new();
+        for span in &finals {
+            closed
+                .entry((span.user_id.as_str(), span.video_id.as_str()))
+                .or_default()
+                .push((span.start_ms, span.end_ms));
+        }
+        let rows = self.mirror.replay_since(since_ms).await?;
+        let mut events: Vec<Event> = rows
+            .iter()
+            .filter(|r| !r.late)
+            .filter(|r| {
+                !closed
+                    .get(&(r.user_id.as_str(), r.video_id.as_str()))
+                    .is_some_and(|spans| {
+                        spans
+                            .iter()
+                            .any(|&(from, to)| from <= r.event_time_ms && r.event_time_ms <= to)
+                    })
+            })
+            .filter_map(event_of)
+            .collect();
+        events.sort_unstable_by(|a, b| {
+            (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
+        });
+        let now = now_ms();
+        let merged = events
+            .into_iter()
+            .map(|event| sessionizer.push(event, now))
+            .filter(|outcome| *outcome == Outcome::Merged)
+            .count();
+        Ok(merged)
     }
 
     /// Forgets `partition` (after its last flush); another owner resumes it.
@@ -277,10 +353,30 @@ impl Pipeline {
     /// committed in the order they were prepared, one at a time; after a
     /// failed one the caller must [`Pipeline::reload`]. `None`: nothing to write.
     pub fn prepare_flush(&mut self) -> Option<PreparedFlush> {
+        self.take_flush(true)
+    }
+
+    /// Like [`Pipeline::prepare_flush`], but only the raw rows and dead
+    /// letters: session changes (and the watermark stored with them) stay in
+    /// memory for a later `prepare_flush`. Only after
+    /// [`Pipeline::defer_sessions`] returned true; otherwise a full flush.
+    pub fn prepare_raw_flush(&mut self) -> Option<PreparedFlush> {
+        if !self.defer_sessions {
+            return self.take_flush(true);
+        }
+        if self.pending_raw.is_empty() && self.pending_dead.is_empty() {
+            return None;
+        }
+        self.metrics.deferred_flushes.inc();
+        self.take_flush(false)
+    }
+
+    fn take_flush(&mut self, with_sessions: bool) -> Option<PreparedFlush> {
         let started = Instant::now();
         let mut changes = Vec::new();
         let mut offsets = Vec::new();
-        for (partition, state) in self.partitions.iter_mut() {
+        let partitions = self.partitions.iter_mut().filter(|_| with_sessions);
+        for (partition, state) in partitions {
             let drained = state.sessionizer.drain_changes();
             if drained.is_empty() && !state.dirty {
                 continue;

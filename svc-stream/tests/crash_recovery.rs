@@ -213,3 +213,183 @@ async fn a_restart_without_crash_changes_nothing() {
         .collect();
     assert_eq!(before, after);
 }
+
+/// The embedded stage with deferred session writes: most flushes commit only
+/// raw rows (every third writes the sessions too), and the process dies right
+/// after a raw-only flush with more work unflushed. Devices resend what was
+/// not acknowledged (everything after the last commit, plus a few acked ones
+/// again); the restart must rebuild the deferred session changes from the
+/// raw rows.
+async fn run_deferred_with_crashes<S: SessionStore + RawMirror + 'static>(
+    store: Arc<S>,
+    heartbeats: &[Heartbeat],
+    crash_at: &[usize],
+) {
+    let mut crashes = crash_at.iter().copied().peekable();
+    let mut acked: usize = 0;
+    loop {
+        let mut stage = pipeline(store.clone());
+        assert!(stage.defer_sessions(), "the raw mirror is in the store");
+        stage.assign(PARTITION).await.unwrap();
+        let mut next = acked.saturating_sub(5);
+        let crash = crashes.next();
+        let stop = crash.map_or(heartbeats.len(), |c| c.min(heartbeats.len()));
+        let mut flushes = 0;
+        while next < stop {
+            stage.ingest(
+                PARTITION,
+                None,
+                &heartbeats[next],
+                hb_common::time::now_ms(),
+            );
+            next += 1;
+            if next.is_multiple_of(100) {
+                flushes += 1;
+                let prepared = if flushes % 3 == 0 {
+                    stage.prepare_flush()
+                } else {
+                    stage.prepare_raw_flush()
+                };
+                if let Some(prepared) = prepared {
+                    prepared.commit().await.unwrap();
+                }
+            }
+        }
+        match crash {
+            Some(_) => {
+                if let Some(prepared) = stage.prepare_raw_flush() {
+                    prepared.commit().await.unwrap();
+                }
+                acked = next;
+                let end = (next + 37).min(heartbeats.len());
+                for hb in &heartbeats[next..end] {
+                    stage.ingest(PARTITION, None, hb, hb_common::time::now_ms());
+                }
+                drop(stage);
+            }
+            None => {
+                stage.flush().await.unwrap();
+                return;
+            }
+        }
+    }
+}
+
+async fn stored_sessions_sqlite(pool: &sqlx::SqlitePool) -> Vec<Session> {
+    let rows = sqlx::query(SELECT_SESSIONS).fetch_all(pool).await.unwrap();
+    rows.iter().map(session_of).collect()
+}
+
+#[tokio::test]
+async fn deferred_session_writes_survive_crashes_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
+    let heartbeats = workload(3_000);
+
+    run_deferred_with_crashes(store, &heartbeats, &[450, 1_201, 1_950, 2_650]).await;
+
+    let stored = stored_sessions_sqlite(&pool).await;
+    assert_eq!(stored, expected(&heartbeats));
+    let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(raw as usize, distinct_events(&heartbeats));
+    let impressions: i64 = sqlx::query("SELECT COUNT(*) FROM session_ads")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    let expected_impressions: usize = expected(&heartbeats).iter().map(|s| s.ads.len()).sum();
+    assert_eq!(impressions as usize, expected_impressions);
+}
+
+#[tokio::test]
+async fn deferred_session_writes_survive_crashes_on_postgres() {
+    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
+    let heartbeats = workload(3_000);
+
+    run_deferred_with_crashes(store, &heartbeats, &[333, 1_000, 1_001, 2_222]).await;
+
+    let rows = sqlx::query(SELECT_SESSIONS).fetch_all(&pool).await.unwrap();
+    let stored: Vec<Session> = rows.iter().map(session_of).collect();
+    assert_eq!(stored, expected(&heartbeats));
+}
+
+fn heartbeat(event_id: &str, user_id: &str, time_ms: i64, position_ms: u64) -> Heartbeat {
+    Heartbeat {
+        event_id: event_id.into(),
+        device_id: format!("{user_id}-phone"),
+        user_id: user_id.into(),
+        video_id: "v1".into(),
+        event_time: Some(hb_common::time::ms_to_timestamp(time_ms)),
+        position_ms,
+        state: hb_proto::v1::PlaybackState::Playing as i32,
+        ..Heartbeat::default()
+    }
+}
+
+#[tokio::test]
+async fn a_restart_after_deferred_flushes_does_not_revive_an_idle_flushed_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
+    let t = 1_700_000_000_000;
+    let now = hb_common::time::now_ms();
+
+    let mut stage = pipeline(store.clone());
+    assert!(stage.defer_sessions());
+    stage.assign(PARTITION).await.unwrap();
+    stage.ingest(PARTITION, None, &heartbeat("a1", "ann", t, 0), now);
+    stage.ingest(
+        PARTITION,
+        None,
+        &heartbeat("a2", "ann", t + 5_000, 5_000),
+        now,
+    );
+    stage.ingest(PARTITION, None, &heartbeat("b1", "bob", t, 0), now);
+    stage.flush().await.unwrap();
+    // Ann's key goes quiet for longer than the idle timeout: her session is
+    // final while her heartbeats are still within the lateness window.
+    stage.ingest(
+        PARTITION,
+        None,
+        &heartbeat("b2", "bob", t + 5_000, 5_000),
+        now + 1,
+    );
+    stage.tick(now + config().idle_timeout_ms + 1_000);
+    stage.flush().await.unwrap();
+    // Bob goes on; these commits hold raw rows only.
+    stage.ingest(
+        PARTITION,
+        None,
+        &heartbeat("b3", "bob", t + 10_000, 10_000),
+        now + 2,
+    );
+    stage.prepare_raw_flush().unwrap().commit().await.unwrap();
+    drop(stage);
+
+    let mut stage = pipeline(store);
+    assert!(stage.defer_sessions());
+    stage.assign(PARTITION).await.unwrap();
+    stage.flush().await.unwrap();
+
+    let stored = stored_sessions_sqlite(&pool).await;
+    let summary: Vec<(&str, i64, u64, i64)> = stored
+        .iter()
+        .map(|s| (s.user_id.as_str(), s.start_ms, s.heartbeats, s.watch_ms))
+        .collect();
+    // Ann: one session, as final; Bob: his idle-flushed pair, then b3 alone
+    // (a new session after the idle flush, as before the restart).
+    assert_eq!(
+        summary,
+        vec![
+            ("ann", t, 2, 5_000),
+            ("bob", t, 2, 5_000),
+            ("bob", t + 10_000, 1, 0)
+        ]
+    );
+}

@@ -41,6 +41,14 @@ impl SessionStore for FlakyStore {
         self.inner.load_partition(topic, partition).await
     }
 
+    async fn final_spans(
+        &self,
+        partition: i32,
+        since_ms: i64,
+    ) -> Result<Vec<OpenSession>, SinkError> {
+        self.inner.final_spans(partition, since_ms).await
+    }
+
     async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
         self.inner.expire_raw(now_ms).await
     }
@@ -65,6 +73,10 @@ impl RawMirror for FlakyStore {
     async fn replay_open(&self, open: &[OpenSession]) -> Result<Vec<RawHeartbeat>, SinkError> {
         self.inner.replay_open(open).await
     }
+
+    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
+        self.inner.replay_since(from_ms).await
+    }
 }
 
 #[tokio::test]
@@ -88,8 +100,12 @@ async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
     let stage = tokio::spawn(svc_stream::embedded::run(
         pipeline,
         rx,
-        Duration::from_millis(50),
-        20_000,
+        svc_stream::embedded::StageSettings {
+            tick: Duration::from_millis(50),
+            flush_max: 20_000,
+            session_write_interval: Duration::from_secs(2),
+            defer_from: svc_stream::embedded::DEFER_FROM,
+        },
     ));
     let mut fleet = Fleet::new(FleetConfig {
         devices: 20,
@@ -133,4 +149,84 @@ async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
         .get(0);
     assert_eq!(raw as usize, distinct.len());
     assert_eq!(in_sessions as usize, distinct.len());
+}
+
+#[tokio::test]
+async fn under_load_acks_come_with_raw_rows_and_sessions_follow_once_it_quiets() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), 30 * 86_400_000));
+    let mut registry = Registry::default();
+    let metrics = StreamMetrics::register(&mut registry);
+    let pipeline = Pipeline::new(
+        SessionConfig::default(),
+        "embedded",
+        store.clone(),
+        store,
+        true,
+        metrics.clone(),
+    );
+    let (tx, rx) = handoff::channel(16);
+    // Every commit with heartbeats counts as "under load", and the interval
+    // never runs out: sessions are written only when nothing is pending.
+    let stage = tokio::spawn(svc_stream::embedded::run(
+        pipeline,
+        rx,
+        svc_stream::embedded::StageSettings {
+            tick: Duration::from_millis(50),
+            flush_max: 20_000,
+            session_write_interval: Duration::from_secs(3600),
+            defer_from: 1,
+        },
+    ));
+    let mut fleet = Fleet::new(FleetConfig {
+        devices: 30,
+        users: 20,
+        seed: 5,
+        ..FleetConfig::default()
+    });
+    let heartbeats: Vec<_> = fleet.heartbeats(2_000).collect();
+    let sends = heartbeats
+        .chunks(100)
+        .map(|chunk| tx.send(chunk.to_vec(), vec![]));
+    for acked in futures::future::join_all(sends).await {
+        acked.expect("committed");
+    }
+    assert!(
+        metrics.deferred_flushes.get() > 0,
+        "no commit deferred its sessions"
+    );
+
+    let expected = svc_stream::sessionizer::sessionize_all(
+        heartbeats
+            .iter()
+            .map(|hb| svc_stream::sessionizer::Event::from_proto(hb).unwrap())
+            .collect(),
+        SessionConfig::default().gap_ms,
+    );
+    let expected_total: u64 = expected.iter().map(|s| s.heartbeats).sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let in_sessions: i64 = sqlx::query("SELECT COALESCE(SUM(heartbeats), 0) FROM sessions")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        if in_sessions as u64 == expected_total {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions never caught up: {in_sessions} of {expected_total} heartbeats"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sessions: i64 = sqlx::query("SELECT COUNT(*) FROM sessions")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions as usize, expected.len());
+    drop(tx);
+    stage.await.unwrap().unwrap();
 }

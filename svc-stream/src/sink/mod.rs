@@ -78,6 +78,17 @@ pub trait RawMirror: Send + Sync {
         }
         Ok(rows)
     }
+
+    /// Every heartbeat with `event_time_ms >= from_ms`, any order: restores
+    /// what flushes that deferred their session writes left only in the raw
+    /// rows (the embedded stage). Only a mirror kept in the sessions store,
+    /// in the same transactions as the sessions, can answer this exactly.
+    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
+        let _ = from_ms;
+        Err(SinkError::Fatal(
+            "this raw mirror cannot replay by event time".into(),
+        ))
+    }
 }
 
 /// Where a partition resumes: its committed offset and watermark, and the
@@ -131,6 +142,14 @@ pub trait SessionStore: Send + Sync {
         topic: &str,
         partition: i32,
     ) -> Result<PartitionSnapshot, SinkError>;
+
+    /// The `[start, end]` of the final sessions of `partition` that end at
+    /// or after `since_ms`: a restore must not count their heartbeats again.
+    async fn final_spans(
+        &self,
+        partition: i32,
+        since_ms: i64,
+    ) -> Result<Vec<OpenSession>, SinkError>;
 
     /// Deletes raw rows past their TTL (stores holding the raw mirror).
     async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError>;

@@ -313,6 +313,35 @@ macro_rules! sql_store {
                 })
             }
 
+            async fn final_spans(
+                &self,
+                partition: i32,
+                since_ms: i64,
+            ) -> Result<Vec<OpenSession>, SinkError> {
+                // Index `sessions_final_by_end` (a literal `is_final`, so SQLite can
+                // prove the partial index applies): only the few finals this recent.
+                let rows = sqlx::query(
+                    "SELECT user_id, video_id, start_ms, end_ms FROM sessions \
+                     WHERE stream_partition = $1 AND end_ms >= $2 AND is_final",
+                )
+                .bind(partition)
+                .bind(since_ms)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(OpenSession {
+                            user_id: row.try_get(0)?,
+                            video_id: row.try_get(1)?,
+                            start_ms: row.try_get(2)?,
+                            end_ms: row.try_get(3)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(map_err)
+            }
+
             async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
                 // Bounded by event time too, so the delete walks the time key
                 // (or index) instead of scanning the whole mirror. A row kept
@@ -350,6 +379,15 @@ macro_rules! sql_store {
                     $replay_open(&self.pool, open).await
                 }
             )?
+
+            async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
+                let rows = sqlx::query(&format!("{RAW_SELECT} WHERE event_time_ms >= $1"))
+                    .bind(from_ms)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(raw_of_row).collect()
+            }
 
             async fn write(&self, rows: &[RawHeartbeat]) -> Result<(), SinkError> {
                 let flush = Flush {
