@@ -1,9 +1,12 @@
 //! `hbmesh up --demo`: seeds a small catalog, runs a simulated fleet against
 //! the mesh just started, and prints the reports, so a newcomer sees the whole
-//! product in one command.
+//! product in one command. With `HB_AUTH_SECRET` set the demo mints its own
+//! tokens: admin for the catalog and the reports, gateway for the fleet.
 
 use crate::up::MeshAddrs;
 use anyhow::Context;
+use hb_common::auth::{Role, TokenKey};
+use std::io::Write;
 use std::time::Duration;
 
 const LICENSE_HOLDERS: [&str; 4] = ["studio-north", "studio-south", "indie-films", "archive-co"];
@@ -12,19 +15,45 @@ const ADVERTISERS: [&str; 3] = ["acme", "globex", "initech"];
 const VIDEOS: usize = 2_000;
 const ADS: usize = 200;
 
-pub async fn run(addrs: &MeshAddrs, duration: Duration) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
-    let base = format!("http://{}", addrs.query_http);
-    seed_catalog(&http, &base).await?;
-    println!(
+/// Runs the demo against the mesh at `addrs`, printing on stdout; `secret`
+/// is the mesh's `HB_AUTH_SECRET`, if any.
+pub async fn run(
+    addrs: &MeshAddrs,
+    duration: Duration,
+    secret: Option<&str>,
+) -> anyhow::Result<()> {
+    run_to(addrs, duration, secret, &mut std::io::stdout()).await
+}
+
+/// [`run`], printing the figures and reports on `out`.
+pub async fn run_to(
+    addrs: &MeshAddrs,
+    duration: Duration,
+    secret: Option<&str>,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let secret = secret.filter(|s| !s.is_empty());
+    let admin = secret.map(|secret| {
+        let exp = hb_common::time::now_ms() / 1_000 + duration.as_secs() as i64 + 86_400;
+        TokenKey::new(secret).mint("hbmesh-demo", &Role::Admin, exp)
+    });
+    let http = Api {
+        client: reqwest::Client::new(),
+        base: format!("http://{}", addrs.query_http),
+        token: admin,
+    };
+    let base = http.base.clone();
+    seed_catalog(&http).await?;
+    writeln!(
+        out,
         "demo: catalog seeded ({VIDEOS} videos, {ADS} ads); simulating 300 players for {}s",
         duration.as_secs()
-    );
+    )?;
 
     let started = hb_common::time::now_ms();
     let target = format!("http://{}", addrs.ingest);
     let seconds = format!("{}s", duration.as_secs().max(1));
-    let args: crate::simulate::SimulateArgs = parse_args(&[
+    let mut args: crate::simulate::SimulateArgs = parse_args(&[
         "--devices",
         "300",
         "--rate",
@@ -34,6 +63,10 @@ pub async fn run(addrs: &MeshAddrs, duration: Duration) -> anyhow::Result<()> {
         "--target",
         &target,
     ])?;
+    // The fleet's gateway token is minted from the mesh's own secret, not
+    // from whatever HB_TOKEN / HB_AUTH_SECRET the environment holds.
+    args.token = None;
+    args.auth_secret = secret.map(str::to_string);
     crate::simulate::run(args).await?;
     // Sessions become visible within a flush; give the pipeline a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -55,16 +88,49 @@ pub async fn run(addrs: &MeshAddrs, duration: Duration) -> anyhow::Result<()> {
         ),
     ] {
         let body: serde_json::Value = http
-            .get(format!("{base}{path}"))
+            .get(&path)
             .send()
             .await?
-            .error_for_status()?
+            .error_for_status()
+            .with_context(|| format!("the {title} report"))?
             .json()
             .await?;
-        print_rows(title, &body, 8);
+        print_rows(out, title, &body, 8)?;
     }
-    println!("demo: try  curl '{base}/v1/reports/royalties?from={from}&to={to}'");
+    let auth = if http.token.is_some() {
+        " -H \"authorization: Bearer $(hbmesh token --role admin)\""
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "demo: try  curl{auth} '{base}/v1/reports/royalties?from={from}&to={to}'"
+    )?;
     Ok(())
+}
+
+/// The query API, with the demo's token when the mesh has a secret.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn with_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.with_token(self.client.get(format!("{}{path}", self.base)))
+    }
+
+    fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.with_token(self.client.put(format!("{}{path}", self.base)))
+    }
 }
 
 /// Parses command-line style arguments into a clap `Args` struct.
@@ -76,7 +142,7 @@ fn parse_args<T: clap::Args + clap::FromArgMatches>(args: &[&str]) -> anyhow::Re
     Ok(T::from_arg_matches(&matches)?)
 }
 
-async fn seed_catalog(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+async fn seed_catalog(http: &Api) -> anyhow::Result<()> {
     let videos: Vec<serde_json::Value> = (0..VIDEOS)
         .map(|i| {
             serde_json::json!({
@@ -97,7 +163,7 @@ async fn seed_catalog(http: &reqwest::Client, base: &str) -> anyhow::Result<()> 
         })
         .collect();
     for (path, rows) in [("videos", videos), ("ads", ads)] {
-        http.put(format!("{base}/v1/catalog/{path}"))
+        http.put(&format!("/v1/catalog/{path}"))
             .json(&rows)
             .send()
             .await
@@ -108,13 +174,19 @@ async fn seed_catalog(http: &reqwest::Client, base: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn print_rows(title: &str, body: &serde_json::Value, limit: usize) {
+fn print_rows(
+    out: &mut (dyn Write + Send),
+    title: &str,
+    body: &serde_json::Value,
+    limit: usize,
+) -> std::io::Result<()> {
     let rows = body["rows"].as_array().cloned().unwrap_or_default();
-    println!("\n== {title} ({} rows) ==", rows.len());
+    writeln!(out, "\n== {title} ({} rows) ==", rows.len())?;
     for row in rows.iter().take(limit) {
-        println!("  {row}");
+        writeln!(out, "  {row}")?;
     }
     if rows.len() > limit {
-        println!("  ... {} more", rows.len() - limit);
+        writeln!(out, "  ... {} more", rows.len() - limit)?;
     }
+    Ok(())
 }

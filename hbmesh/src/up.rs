@@ -62,6 +62,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         eprintln!("hbmesh up: {err}");
         std::process::exit(hb_common::EXIT_CONFIG);
     }
+    let secret = ingest_config
+        .auth_secret
+        .clone()
+        .or_else(|| query_config.secret().map(str::to_string));
     let shutdown = hb_common::shutdown::on_signal();
     let (addrs, mesh) = start(ingest_config, stream_config, query_config, shutdown.clone()).await?;
     println!(
@@ -70,7 +74,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     let mut mesh = std::pin::pin!(mesh);
     if args.demo {
-        let demo = crate::demo::run(&addrs, args.demo_duration);
+        let demo = crate::demo::run(&addrs, args.demo_duration, secret.as_deref());
         tokio::select! {
             result = demo => {
                 if let Err(err) = result {

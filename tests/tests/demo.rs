@@ -1,0 +1,31 @@
+//! `hbmesh up --demo` against the mesh it started: catalog seeded, a fleet
+//! simulated, the reports printed, with and without `HB_AUTH_SECRET`.
+
+use hb_e2e_tests::{spawn_app_configured, Tier};
+use std::time::Duration;
+
+async fn demo_output(secret: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_configured(
+        dir.path().to_path_buf(),
+        Tier::default(),
+        |ingest, _, query| {
+            ingest.auth_secret = secret.map(str::to_string);
+            query.auth_secret = secret.map(svc_query::config::Secret::new);
+        },
+    )
+    .await;
+    let mut out = Vec::new();
+    hbmesh::demo::run_to(&app.addrs, Duration::from_secs(2), secret, &mut out)
+        .await
+        .expect("the demo runs to its end");
+    app.stop().await;
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_against_a_mesh_with_a_secret_using_its_own_tokens() {
+    let out = demo_output(Some("demo-secret")).await;
+    assert!(out.contains("== royalties ("), "{out}");
+    assert!(out.contains("== traffic ("), "{out}");
+}
