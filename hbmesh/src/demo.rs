@@ -73,18 +73,32 @@ pub async fn run_to(
 
     let from = hb_common::time::ms_to_rfc3339(started - 86_400_000);
     let to = hb_common::time::ms_to_rfc3339(hb_common::time::now_ms() + 3_600_000);
-    for (title, path) in [
+    // Viewers per 10 s around the run (its event clocks follow the wall clock).
+    let concurrency_from = hb_common::time::ms_to_rfc3339((started - 60_000) / 60_000 * 60_000);
+    let concurrency_to =
+        hb_common::time::ms_to_rfc3339((hb_common::time::now_ms() / 1_000 + 60) * 1_000);
+    for (title, path, limit) in [
         (
             "royalties",
             format!("/v1/reports/royalties?from={from}&to={to}"),
+            8,
         ),
         (
             "impressions",
             format!("/v1/reports/impressions?from={from}&to={to}"),
+            8,
+        ),
+        (
+            "concurrency",
+            format!(
+                "/v1/reports/concurrency?from={concurrency_from}&to={concurrency_to}&step_s=10"
+            ),
+            40,
         ),
         (
             "traffic",
             format!("/v1/reports/traffic?from={from}&to={to}"),
+            8,
         ),
     ] {
         let body: serde_json::Value = http
@@ -95,7 +109,7 @@ pub async fn run_to(
             .with_context(|| format!("the {title} report"))?
             .json()
             .await?;
-        print_rows(out, title, &body, 8)?;
+        print_rows(out, title, &body, limit)?;
     }
     let auth = if http.token.is_some() {
         " -H \"authorization: Bearer $(hbmesh token --role admin)\""

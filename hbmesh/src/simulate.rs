@@ -1137,7 +1137,28 @@ async fn connect(plan: &Plan, args: &SimulateArgs) -> anyhow::Result<Vec<Channel
     Ok(channels)
 }
 
-/// The progress bar: hidden with `--json` or when stderr is not a terminal.
+/// How often the plain progress line is printed when stderr is no terminal.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// One plain progress line (logs, CI, `up --demo` under a supervisor).
+fn plain_progress_line(
+    elapsed: Duration,
+    sent: u64,
+    sent_per_s: f64,
+    acked: u64,
+    acked_per_s: f64,
+    rejected: u64,
+    errors: u64,
+) -> String {
+    format!(
+        "simulate: {:>4.0}s  sent {sent} ({sent_per_s:.0}/s)  acked {acked} ({acked_per_s:.0}/s)  \
+         rejected {rejected}  call errors {errors}",
+        elapsed.as_secs_f64()
+    )
+}
+
+/// The progress bar on a terminal; without one, a plain line on stderr every
+/// [`PLAIN_PROGRESS_EVERY`]; nothing with `--json`.
 struct Progress {
     bar: ProgressBar,
     ticker: tokio::task::JoinHandle<()>,
@@ -1146,7 +1167,8 @@ struct Progress {
 impl Progress {
     fn start(args: &SimulateArgs, counters: Arc<Counters>, started: Instant) -> Progress {
         let total_ms = args.duration.as_millis() as u64;
-        let bar = if args.json || !std::io::stderr().is_terminal() {
+        let plain = !args.json && !std::io::stderr().is_terminal();
+        let bar = if args.json || plain {
             ProgressBar::hidden()
         } else {
             ProgressBar::with_draw_target(Some(total_ms), ProgressDrawTarget::stderr_with_hz(4))
@@ -1160,11 +1182,28 @@ impl Progress {
             let bar = bar.clone();
             tokio::spawn(async move {
                 let mut last = (Instant::now(), 0u64, 0u64);
+                let mut last_line = (Instant::now(), 0u64, 0u64);
                 let mut interval = tokio::time::interval(Duration::from_millis(250));
                 loop {
                     interval.tick().await;
                     let now = Instant::now();
                     let (sent, acked) = (get(&counters.sent), get(&counters.acknowledged));
+                    if plain && now.duration_since(last_line.0) >= PLAIN_PROGRESS_EVERY {
+                        let dt = now.duration_since(last_line.0).as_secs_f64();
+                        eprintln!(
+                            "{}",
+                            plain_progress_line(
+                                now.duration_since(started),
+                                sent,
+                                (sent - last_line.1) as f64 / dt,
+                                acked,
+                                (acked - last_line.2) as f64 / dt,
+                                get(&counters.rejected),
+                                get(&counters.call_errors),
+                            )
+                        );
+                        last_line = (now, sent, acked);
+                    }
                     let dt = now.duration_since(last.0).as_secs_f64().max(1e-3);
                     bar.set_position(
                         (now.duration_since(started).as_millis() as u64).min(total_ms),

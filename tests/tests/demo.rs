@@ -28,4 +28,6 @@ async fn the_demo_runs_against_a_mesh_with_a_secret_using_its_own_tokens() {
     let out = demo_output(Some("demo-secret")).await;
     assert!(out.contains("== royalties ("), "{out}");
     assert!(out.contains("== traffic ("), "{out}");
+    assert!(out.contains("== concurrency ("), "{out}");
+    assert!(out.contains("bucket_start_ms"), "{out}");
 }
