@@ -64,4 +64,20 @@ async fn without_a_terminal_simulate_prints_progress_lines_and_a_summary() {
         "no progress line on stderr:\n{stderr}"
     );
     assert!(progress[0].contains("sent"), "{}", progress[0]);
+    // The closing summary names every figure of SPEC 10.
+    for figure in [
+        "sent",
+        "acknowledged",
+        "rejected",
+        "throughput",
+        "heartbeats/s acknowledged",
+        "ack latency",
+        "p50",
+        "p99",
+    ] {
+        assert!(
+            stdout.contains(figure),
+            "no {figure:?} in the summary:\n{stdout}"
+        );
+    }
 }
