@@ -48,6 +48,16 @@ impl Metrics {
             "Query API latency by report, seconds",
             latency.clone(),
         );
+        // Every report's series exist from the start (at zero), so a scrape
+        // before the first request already shows every `hb_query_*` name.
+        for endpoint in crate::access::Endpoint::ALL {
+            let report = endpoint.label();
+            requests.get_or_create(&RequestLabels {
+                report,
+                status: "ok",
+            });
+            latency.get_or_create(&ReportLabels { report });
+        }
         Metrics { requests, latency }
     }
 
@@ -65,6 +75,29 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_series_is_there_before_the_first_request() {
+        let mut registry = Registry::default();
+        let _metrics = Metrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for endpoint in crate::access::Endpoint::ALL {
+            let report = endpoint.label();
+            assert!(
+                text.contains(&format!(
+                    "hb_query_requests_total{{report=\"{report}\",status=\"ok\"}} 0"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "hb_query_latency_seconds_count{{report=\"{report}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn names_match_the_contract() {

@@ -404,6 +404,32 @@ async fn bad_parameters_are_400_with_a_reason() {
 }
 
 #[tokio::test]
+async fn metrics_show_every_report_before_the_first_request() {
+    let (_test, _seed, app) = seeded_app().await;
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for report in [
+        "royalties",
+        "impressions",
+        "concurrency",
+        "traffic",
+        "progress",
+    ] {
+        let needle = format!("hb_query_latency_seconds_count{{report=\"{report}\"}} 0");
+        assert!(text.contains(&needle), "{needle} missing from\n{text}");
+    }
+    assert!(text.contains("hb_query_requests_total{"), "{text}");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn metrics_count_requests_by_report_and_status() {
     let (_test, _seed, app) = seeded_app().await;
     let q = day_query();
