@@ -61,6 +61,7 @@ pub fn router(service: QueryService) -> Router {
         .route("/v1/catalog/videos", put(put_videos))
         .route("/v1/catalog/ads", put(put_ads))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Catalog bodies are bounded; reports have none.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(service)
@@ -69,6 +70,14 @@ pub fn router(service: QueryService) -> Router {
 async fn not_found() -> Response {
     let body = serde_json::json!({"error": "not_found", "detail": "no such endpoint"});
     (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let body = serde_json::json!({
+        "error": "method_not_allowed",
+        "detail": format!("{method} is not allowed on {}", uri.path()),
+    });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
 async fn royalties(

@@ -404,6 +404,33 @@ async fn bad_parameters_are_400_with_a_reason() {
 }
 
 #[tokio::test]
+async fn a_wrong_method_is_a_json_405() {
+    let (_test, _seed, app) = seeded_app().await;
+    let admin = token("admin", false);
+    let q = day_query();
+    for (method, path) in [
+        (reqwest::Method::POST, format!("/v1/reports/royalties?{q}")),
+        (reqwest::Method::GET, "/v1/catalog/videos".to_string()),
+        (reqwest::Method::DELETE, "/v1/users/u1/progress".to_string()),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.http))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        let body: serde_json::Value = response.json().await.expect("a JSON body");
+        assert_eq!(body["error"], "method_not_allowed", "{method} {path}");
+        assert!(body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(method.as_str())));
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn metrics_show_every_report_before_the_first_request() {
     let (_test, _seed, app) = seeded_app().await;
     let text = app
