@@ -170,10 +170,21 @@ pub async fn run(
     health_reporter
         .set_serving::<IngestServiceServer<Ingest>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hb_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection lists exactly what this port serves (the proto file also
+    // describes ReportService, served by svc-query), in v1 and v1alpha.
+    let reflection = |itself: &str| {
+        tonic_reflection::server::Builder::configure()
+            .with_service_name(itself)
+            .register_encoded_file_descriptor_set(hb_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(hb_proto::v1::ingest_service_server::SERVICE_NAME)
+            .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
+    };
+    let reflection_v1alpha =
+        reflection(tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME)
+            .build_v1alpha()?;
+    let reflection =
+        reflection(tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME).build_v1()?;
 
     // Admission control for the whole server: at most `concurrency` calls,
     // each counted until its response ends; beyond that, shed at once.
@@ -190,6 +201,7 @@ pub async fn run(
         .layer(admission)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ingest)
         .serve_with_incoming_shutdown(
             // Acks are small writes: without TCP_NODELAY, Nagle holds each

@@ -644,3 +644,61 @@ async fn a_call_beyond_the_concurrency_limit_is_shed_while_an_open_stream_holds_
     let summary = again.expect("the place is free again once the stream ended");
     assert_eq!(summary.accepted, 1);
 }
+
+/// The services a reflection `ListServices` call names on `channel`, sorted.
+async fn reflected_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn reflection_lists_exactly_the_services_of_the_ingest_port() {
+    let app = spawn_app(RecordingPublisher::new().target()).await;
+    assert_eq!(
+        reflected_services(app.channel.clone()).await,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "heartbeat.v1.IngestService",
+        ],
+    );
+    // v1alpha is served too (older tools).
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    let mut client = ServerReflectionClient::new(app.channel.clone());
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let answer = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner()
+        .message()
+        .await
+        .unwrap();
+    assert!(answer.is_some());
+    app.stop().await.unwrap();
+}

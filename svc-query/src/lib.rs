@@ -276,8 +276,21 @@ async fn serve_grpc(
     health_reporter
         .set_serving::<ReportServiceServer<grpc::GrpcReports>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hb_proto::v1::FILE_DESCRIPTOR_SET)
+    // Reflection lists exactly what this port serves (the proto file also
+    // describes IngestService, served by svc-ingest), in v1 and v1alpha.
+    let reflection = |itself: &str| {
+        tonic_reflection::server::Builder::configure()
+            .with_service_name(itself)
+            .register_encoded_file_descriptor_set(hb_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(hb_proto::v1::report_service_server::SERVICE_NAME)
+            .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
+    };
+    let reflection_v1alpha =
+        reflection(tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME)
+            .build_v1alpha()
+            .context("building gRPC reflection")?;
+    let reflection = reflection(tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME)
         .build_v1()
         .context("building gRPC reflection")?;
     let mut builder = tonic::transport::Server::builder();
@@ -298,6 +311,7 @@ async fn serve_grpc(
     builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ReportServiceServer::new(grpc::GrpcReports::new(service)))
         .serve_with_incoming_shutdown(incoming, drained)
         .await
