@@ -18,10 +18,15 @@
 //!   hands it to its lane to the ack covering its index, so time spent queued
 //!   behind a slow server counts.
 //!
-//! Event times must pass validation (no older than 7 days, at most 5 minutes
-//! ahead): when the fleet is asked for more than one heartbeat per device per
-//! interval, its clocks start in the past so the run ends near now, and no
-//! heartbeat is ever sent with an event time ahead of the wall clock.
+//! Event times follow the wall clock: the fleet's clocks start when the run
+//! does and no heartbeat is ever sent with an event time ahead of the wall
+//! clock. To offer `--rate` with `--devices` in real time, the players beat
+//! more (or less) often than every 5 s, their per-beat chances and spell
+//! lengths in beats scaled alike so they behave the same per second
+//! ([`fleet_config`]). So consecutive runs against one mesh never send
+//! heartbeats behind the event time it has already seen (which would be
+//! late, beyond `HB_ALLOWED_LATENESS`), but for the fleet's few deliberately
+//! late deliveries, seconds behind.
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -51,12 +56,13 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-/// Share of the fleet assumed to be watching at any time when choosing how
-/// far in the past the clocks start. The fleet's steady state is about 0.7;
-/// assuming less starts earlier, so the run ends before now rather than after.
-const ACTIVE_SHARE_ESTIMATE: f64 = 0.5;
-/// Event times are never older than this (the default `HB_MAX_EVENT_AGE` is 7d).
-const MAX_SPAN: Duration = Duration::from_secs(6 * 86_400);
+/// Share of the fleet watching at any time (the fleet's steady state, which
+/// it also starts in), to choose how often players beat to offer the rate.
+const ACTIVE_SHARE_ESTIMATE: f64 = 0.7;
+/// Players never beat more often than this (100 heartbeats/s per device).
+const MIN_INTERVAL_MS: i64 = 10;
+/// Nor less often than this.
+const MAX_INTERVAL_MS: i64 = 60_000;
 /// Batches waiting per lane before the generator waits too.
 const LANE_CAPACITY: usize = 256;
 /// After `--duration`, how long lanes may take to get their last acks.
@@ -156,6 +162,8 @@ struct Plan {
     seed: u64,
     users: usize,
     start_ms: i64,
+    /// Heartbeat interval of the players, so the fleet offers the rate.
+    interval_ms: i64,
     authorization: Option<String>,
 }
 
@@ -177,24 +185,20 @@ fn plan(args: &SimulateArgs, now_ms: i64) -> anyhow::Result<Plan> {
         .users
         .unwrap_or(args.devices * 7 / 10)
         .clamp(1, args.devices);
-    let interval_ms = FleetConfig::default().interval_ms as f64;
-    // Event time the fleet covers while offering `rate` for `duration`.
-    let span_ms = args.duration.as_secs_f64() * args.rate * interval_ms
-        / (args.devices as f64 * ACTIVE_SHARE_ESTIMATE);
-    let real_ms = args.duration.as_millis() as f64;
-    if span_ms > MAX_SPAN.as_millis() as f64 {
+    // The watching share of the fleet beats `rate` times a second.
+    let interval = args.devices as f64 * ACTIVE_SHARE_ESTIMATE * 1_000.0 / args.rate;
+    if interval < MIN_INTERVAL_MS as f64 {
         bail!(
-            "{} devices at {} heartbeats/s for {} would need {} of event time, beyond the 7-day \
-             event-age limit: use more devices or a shorter duration",
+            "{} devices at {} heartbeats/s would each beat every {:.1} ms (at most one per \
+             {MIN_INTERVAL_MS} ms): use more devices or a lower rate",
             args.devices,
             args.rate,
-            format_duration(args.duration),
-            format_duration(Duration::from_millis(span_ms as u64)),
+            interval,
         );
     }
-    // At or below the fleet's natural pace, real time; above it, start early
-    // enough that the compressed clocks end near now.
-    let start_ms = now_ms - span_ms.max(real_ms) as i64 + real_ms as i64;
+    let interval_ms = (interval.round() as i64).min(MAX_INTERVAL_MS);
+    // The clocks start now and follow the wall clock.
+    let start_ms = now_ms;
     let authorization = match (&args.token, &args.auth_secret) {
         (Some(token), _) if !token.is_empty() => {
             let token = token.strip_prefix("Bearer ").unwrap_or(token);
@@ -218,8 +222,41 @@ fn plan(args: &SimulateArgs, now_ms: i64) -> anyhow::Result<Plan> {
         seed: args.seed.unwrap_or_else(rand::random),
         users,
         start_ms,
+        interval_ms,
         authorization,
     })
+}
+
+/// The fleet of a run: the default players, beating every `plan.interval_ms`
+/// instead of every 5 s, with what is counted in beats scaled so that per
+/// second of (real) time they pause, seek, abandon, switch devices and see
+/// ads as often and as long as the default fleet does.
+fn fleet_config(args: &SimulateArgs, plan: &Plan) -> FleetConfig {
+    let base = FleetConfig::default();
+    // Beats per default beat.
+    let k = base.interval_ms as f64 / plan.interval_ms as f64;
+    let per_beat = |p: f64| (p / k).min(1.0);
+    let beats = |(lo, hi): (u32, u32)| {
+        let scale = |n: u32| ((f64::from(n) * k).round() as u32).max(1);
+        (scale(lo), scale(hi).max(scale(lo)))
+    };
+    FleetConfig {
+        devices: args.devices,
+        users: plan.users,
+        seed: plan.seed,
+        start_ms: plan.start_ms,
+        interval_ms: plan.interval_ms,
+        interval_jitter_ms: (base.interval_jitter_ms as f64 / k).round() as i64,
+        pause_per_beat: per_beat(base.pause_per_beat),
+        pause_beats: beats(base.pause_beats),
+        buffering_per_beat: per_beat(base.buffering_per_beat),
+        buffering_beats: beats(base.buffering_beats),
+        seek_per_beat: per_beat(base.seek_per_beat),
+        abandon_per_beat: per_beat(base.abandon_per_beat),
+        device_switch_per_beat: per_beat(base.device_switch_per_beat),
+        ad_beats: beats(base.ad_beats),
+        ..base
+    }
 }
 
 /// `host:port` becomes `http://host:port`; URIs pass through.
@@ -951,13 +988,7 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<Summary> {
             hb_common::time::ms_to_rfc3339(plan.start_ms),
         );
     }
-    let config = FleetConfig {
-        devices: args.devices,
-        users: plan.users,
-        seed: plan.seed,
-        start_ms: plan.start_ms,
-        ..FleetConfig::default()
-    };
+    let config = fleet_config(args, &plan);
     let counters = Arc::new(Counters::default());
     let tick = tick_for(plan.streams, args.rate);
     let source = {
@@ -1308,28 +1339,35 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
 
     #[test]
-    fn a_fleet_below_its_natural_pace_runs_in_real_time() {
-        // 1000 devices at 50/s: one heartbeat each per 20 s, slower than their 5 s.
+    fn a_fleet_below_its_natural_pace_beats_less_often_in_real_time() {
+        // 1000 devices at 50/s: 700 watching, each beating every 14 s.
         let plan = plan(&args(1_000, 50.0, "60s"), NOW).unwrap();
-        assert_eq!(
-            plan.start_ms, NOW,
-            "clocks start now, events stay in the past"
-        );
+        assert_eq!(plan.start_ms, NOW, "clocks start now");
+        assert_eq!(plan.interval_ms, 14_000);
     }
 
     #[test]
-    fn a_fleet_asked_for_more_starts_in_the_past_so_the_run_ends_by_now() {
-        // 10 heartbeats per device per 5 s for 60 s: 20 min of viewing at 50% active.
+    fn a_fleet_asked_for_more_beats_more_often_and_still_starts_now() {
+        // 100 devices at 200/s: 70 watching, each beating every 350 ms.
         let plan = plan(&args(100, 200.0, "60s"), NOW).unwrap();
-        let span_ms = 60 * 200 * 5_000 / 50;
-        assert_eq!(span_ms, 20 * 60_000);
-        assert_eq!(plan.start_ms, NOW - span_ms + 60_000);
+        assert_eq!(plan.start_ms, NOW, "never behind the wall clock");
+        assert_eq!(plan.interval_ms, 350);
+        let config = fleet_config(&args(100, 200.0, "60s"), &plan);
+        let base = FleetConfig::default();
+        let k = 5_000.0 / 350.0;
+        // The same behaviour per second: chances per beat down, spells in beats up.
+        assert!((config.abandon_per_beat * k - base.abandon_per_beat).abs() < 1e-12);
+        assert!((config.pause_per_beat * k - base.pause_per_beat).abs() < 1e-12);
+        assert_eq!(config.ad_beats, (43, 86));
+        assert_eq!(config.think_ms, base.think_ms, "times stay times");
+        assert_eq!(config.max_delay_ms, base.max_delay_ms);
+        assert_eq!(config.start_ms, NOW);
     }
 
     #[test]
-    fn a_run_that_would_span_more_than_the_event_age_limit_is_refused() {
+    fn a_rate_needing_a_beat_more_often_than_every_10_ms_is_refused() {
         let err = plan(&args(10, 100_000.0, "10m"), NOW).unwrap_err();
-        assert!(err.to_string().contains("7-day"), "{err}");
+        assert!(err.to_string().contains("more devices"), "{err}");
     }
 
     #[test]
