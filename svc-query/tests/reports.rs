@@ -336,7 +336,10 @@ async fn the_service_counts_recent_traffic_hours_before_anyone_asks() {
     let _app = common::TestApp::spawn(test.config.clone()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while Seed::count(&test.store, "traffic_hours").await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the hour was never counted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hour was never counted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let counted = Seed::scalar(
