@@ -1108,22 +1108,40 @@ impl Sessionizer {
         if !deleted.is_empty() {
             deleted.sort_unstable();
             deleted.dedup();
-            let rewritten: HashSet<(&str, &str, i64)> = upserts
+            // A key written again in this drain is no delete: one of the
+            // finals, or an upsert of the key's live slot (`upserts` is
+            // sorted by slot), found without hashing every upsert.
+            let finals: HashSet<(&str, &str, i64), FxBuildHasher> = self
+                .finals
                 .iter()
-                .map(|upsert| {
-                    let session = upserted(upsert);
-                    (session.user_id, session.video_id, session.start_ms)
-                })
-                .chain(self.finals.iter().map(|session| {
+                .map(|session| {
                     (
                         session.user_id.as_str(),
                         session.video_id.as_str(),
                         session.start_ms,
                     )
-                }))
+                })
                 .collect();
+            let keys = &self.keys;
             deleted.retain(|key| {
-                !rewritten.contains(&(key.user_id.as_str(), key.video_id.as_str(), key.start_ms))
+                let (user_id, video_id) = (key.user_id.as_str(), key.video_id.as_str());
+                if finals.contains(&(user_id, video_id, key.start_ms)) {
+                    return false;
+                }
+                let Some(slot_index) =
+                    keys.find(key_fingerprint(user_id, video_id), |slot_index| {
+                        let slot = &slots[slot_index as usize];
+                        slot.user_id.is(user_id) && slot.video_id.is(video_id)
+                    })
+                else {
+                    return true;
+                };
+                let from =
+                    upserts.partition_point(|&(upserted_slot, _)| upserted_slot < slot_index);
+                !upserts[from..]
+                    .iter()
+                    .take_while(|&&(upserted_slot, _)| upserted_slot == slot_index)
+                    .any(|upsert| upserted(upsert).start_ms == key.start_ms)
             });
             for key in deleted.drain(..) {
                 visit(ChangeRef::Delete(key));
