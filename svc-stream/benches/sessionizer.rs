@@ -12,7 +12,10 @@
 //!
 //! Environment: `HB_BENCH_EVENTS` (default 5 000 000), `HB_BENCH_DEVICES`
 //! (100 000), `HB_BENCH_DRAIN_EVERY` (50 000), `HB_BENCH_SEED` (42),
-//! `HB_BENCH_MODE=push` (feed with `push` one by one instead of `push_batch`),
+//! `HB_BENCH_MODE` (`batch`, the default: `push_events` over event buffers
+//! reused from batch to batch, as a consumer decoding into the same messages,
+//! and `drain_changes_with`; `owned`: `push_batch` of owned events and
+//! `drain_changes`; `push`: `push` one by one and `drain_changes`),
 //! `HB_BENCH_JSONL` (write the heartbeats as JSON Lines there),
 //! `HB_BENCH_SESSIONS_JSONL` (write the sessions there), `HB_BENCH_CRITERION=0`
 //! (skip the criterion group), `HB_BENCH_VERIFY=0` (skip the batch check).
@@ -26,7 +29,8 @@ use hb_common::time::{ms_to_rfc3339, timestamp_to_ms};
 use hb_common::workload::{Fleet, FleetConfig};
 use hb_proto::v1::Heartbeat;
 use svc_stream::sessionizer::{
-    sessionize_all, Change, Event, Outcome, PlaybackState, Session, SessionConfig, Sessionizer,
+    sessionize_all, Change, ChangeRef, Event, Outcome, PlaybackState, Session, SessionConfig,
+    Sessionizer,
 };
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -52,6 +56,40 @@ fn bench_fleet(devices: usize, seed: u64) -> Fleet {
 
 fn event_of(heartbeat: Heartbeat) -> Event {
     Event::try_from(heartbeat).expect("the workload sends valid heartbeats")
+}
+
+/// Copies a heartbeat into an event whose buffers are reused, as a consumer
+/// decoding each poll into the same messages does (no allocation once the
+/// buffers are large enough).
+fn fill_event(event: &mut Event, heartbeat: &Heartbeat) {
+    let time = heartbeat
+        .event_time
+        .as_ref()
+        .expect("the workload sets times");
+    for (to, from) in [
+        (&mut event.event_id, &heartbeat.event_id),
+        (&mut event.user_id, &heartbeat.user_id),
+        (&mut event.video_id, &heartbeat.video_id),
+        (&mut event.device_id, &heartbeat.device_id),
+        (&mut event.ad_id, &heartbeat.ad_id),
+    ] {
+        to.clear();
+        to.push_str(from);
+    }
+    event.time_ms = timestamp_to_ms(time);
+    event.position_ms = i64::try_from(heartbeat.position_ms).expect("in range");
+    event.state = PlaybackState::try_from(heartbeat.state).expect("specified");
+}
+
+/// How the throughput run feeds the sessionizer (`HB_BENCH_MODE`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `push_events` over reused event buffers (the default).
+    Borrowed,
+    /// `push_batch` of owned events, dropped by the sessionizer.
+    Owned,
+    /// `push` one owned event at a time.
+    OneByOne,
 }
 
 /// Time this thread spent on a CPU, in ns (`/proc/thread-self/schedstat`,
@@ -188,12 +226,19 @@ fn main() {
     let mut jsonl = std::env::var("HB_BENCH_JSONL").ok().map(|path| {
         BufWriter::with_capacity(1 << 20, File::create(&path).expect("create HB_BENCH_JSONL"))
     });
+    let mode = match std::env::var("HB_BENCH_MODE").as_deref() {
+        Ok("push") => Mode::OneByOne,
+        Ok("owned") => Mode::Owned,
+        Ok("batch") | Err(_) => Mode::Borrowed,
+        Ok(other) => panic!("HB_BENCH_MODE={other}: expected batch, owned or push"),
+    };
+    let batch_size = env_or("HB_BENCH_BATCH", 2_048usize).min(drain_every);
     println!(
         "sessionizer throughput: {total} heartbeats, {devices} devices, drain every {drain_every}, seed {seed}, {}",
-        if std::env::var("HB_BENCH_MODE").is_ok_and(|mode| mode == "push") {
-            "push one by one"
-        } else {
-            "push_batch of 2048"
+        match mode {
+            Mode::Borrowed => format!("push_events of {batch_size} reused events, drain_changes_with"),
+            Mode::Owned => format!("push_batch of {batch_size} owned events, drain_changes"),
+            Mode::OneByOne => "push one by one, drain_changes".to_owned(),
         }
     );
 
@@ -203,8 +248,6 @@ fn main() {
     // Small batches generated right before they are pushed, as a consumer
     // decodes a poll's worth of messages and feeds them: the events are warm
     // in cache, as they would be in the service.
-    let batch_size = env_or("HB_BENCH_BATCH", 2_048usize).min(drain_every);
-    let one_by_one = std::env::var("HB_BENCH_MODE").is_ok_and(|mode| mode == "push");
     let cpu_clock = CpuClock::open();
     let mut on_cpu_ns = 0u64;
     let mut pushed = 0usize;
@@ -219,16 +262,28 @@ fn main() {
     let mut now_ms = 0;
     let mut since_drain = 0;
     let mut batch = Vec::with_capacity(batch_size);
+    // What a consumer reads of each upsert (it would write these fields).
+    let mut upserted_checksum = 0u64;
     while pushed < total {
         let started = Instant::now();
         let count = batch_size
             .min(total - pushed)
             .min(drain_every - since_drain);
+        // Borrowed mode: the events of this batch are `batch[..filled]`.
+        let mut filled = 0;
         for heartbeat in fleet.heartbeats(count) {
             if let Some(out) = jsonl.as_mut() {
                 write_jsonl(out, &heartbeat);
             }
-            batch.push(event_of(heartbeat));
+            if mode != Mode::Borrowed {
+                batch.push(event_of(heartbeat));
+            } else if filled < batch.len() {
+                fill_event(&mut batch[filled], &heartbeat);
+                filled += 1;
+            } else {
+                batch.push(event_of(heartbeat));
+                filled += 1;
+            }
         }
         first_ms = first_ms.or(batch.first().map(|event: &Event| event.time_ms));
         generating += started.elapsed();
@@ -243,13 +298,21 @@ fn main() {
             Outcome::Duplicate => duplicates += 1,
             Outcome::Late => late += 1,
         };
-        if one_by_one {
-            for event in batch.drain(..) {
-                count_outcome(sessionizer.push(event, now_ms));
+        match mode {
+            Mode::OneByOne => {
+                for event in batch.drain(..) {
+                    count_outcome(sessionizer.push(event, now_ms));
+                }
             }
-        } else {
-            for outcome in sessionizer.push_batch(std::mem::take(&mut batch), now_ms) {
-                count_outcome(outcome);
+            Mode::Owned => {
+                for outcome in sessionizer.push_batch(std::mem::take(&mut batch), now_ms) {
+                    count_outcome(outcome);
+                }
+            }
+            Mode::Borrowed => {
+                for outcome in sessionizer.push_events(&batch[..filled], now_ms) {
+                    count_outcome(outcome);
+                }
             }
         }
         since_drain += count;
@@ -258,11 +321,32 @@ fn main() {
             most_open = most_open.max(sessionizer.open_sessions());
             most_held = most_held.max(sessionizer.held_events());
             sessionizer.advance(now_ms);
-            for change in sessionizer.drain_changes() {
-                match change {
-                    Change::Upsert(_) => upserts += 1,
-                    Change::Delete(_) => deletes += 1,
-                    Change::Final(session) => finals.push(session),
+            if mode == Mode::Borrowed {
+                sessionizer.drain_changes_with(|change| match change {
+                    ChangeRef::Upsert(session) => {
+                        upserts += 1;
+                        upserted_checksum = upserted_checksum
+                            .wrapping_add(session.user_id.len() as u64)
+                            .wrapping_add(session.video_id.len() as u64)
+                            .wrapping_add(session.start_ms as u64)
+                            .wrapping_add(session.end_ms as u64)
+                            .wrapping_add(session.heartbeats)
+                            .wrapping_add(session.watch_ms as u64)
+                            .wrapping_add(session.coverage_ms as u64)
+                            .wrapping_add(session.last_position_ms as u64)
+                            .wrapping_add(session.ads.len() as u64)
+                            .wrapping_add(session.devices);
+                    }
+                    ChangeRef::Delete(_) => deletes += 1,
+                    ChangeRef::Final(session) => finals.push(session),
+                });
+            } else {
+                for change in sessionizer.drain_changes() {
+                    match change {
+                        Change::Upsert(_) => upserts += 1,
+                        Change::Delete(_) => deletes += 1,
+                        Change::Final(session) => finals.push(session),
+                    }
                 }
             }
         }
@@ -272,6 +356,8 @@ fn main() {
         }
         pushed += count;
     }
+    std::hint::black_box(upserted_checksum);
+    drop(batch);
     let open_at_end = sessionizer.open_sessions();
     let peak_rss_kib = proc_status_kib("VmHWM:");
     let started = Instant::now();

@@ -5,7 +5,7 @@
 //! hand-off drive it, so the exactly-once logic exists once.
 
 use crate::metrics::StreamMetrics;
-use crate::sessionizer::{Change, Event, Outcome, SessionConfig, Sessionizer};
+use crate::sessionizer::{Change, Event, EventRef, Outcome, SessionConfig, Sessionizer};
 use crate::sink::{DeadLetter, Flush, OffsetRow, RawHeartbeat, RawMirror, SessionStore, SinkError};
 use hb_common::time::{now_ms, timestamp_to_ms};
 use hb_proto::v1::Heartbeat;
@@ -277,7 +277,7 @@ impl Pipeline {
             state.next_offset = Some(offset + 1);
         }
         state.dirty = true;
-        let event = match Event::from_proto(hb) {
+        let event = match EventRef::from_proto(hb) {
             Ok(event) => event,
             Err(reason) => {
                 // Ingest validated it; reaching here means a foreign producer.
@@ -292,7 +292,7 @@ impl Pipeline {
                 return;
             }
         };
-        match state.sessionizer.push(event, now_ms) {
+        match state.sessionizer.push_ref(event, now_ms) {
             Outcome::Merged => {
                 self.metrics.heartbeats.inc();
                 self.pending_raw.push(raw_row(hb, false));

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use proptest::prelude::*;
 use svc_stream::sessionizer::{
-    sessionize_all, Change, Event, Outcome, PlaybackState, Session, SessionConfig, SessionKey,
-    Sessionizer,
+    sessionize_all, Change, ChangeRef, Event, Outcome, PlaybackState, Session, SessionConfig,
+    SessionKey, Sessionizer,
 };
 
 /// SPEC 5 as a batch over every heartbeat, the first copy of an id winning.
@@ -348,7 +348,14 @@ fn run(scenario: &Scenario) -> Result<BTreeMap<SessionKey, Session>, TestCaseErr
             if matches!(step, Step::Nothing) && index < last {
                 continue;
             }
-            let outcomes = sessionizer.push_batch(std::mem::take(&mut batch), 0);
+            // Alternately owned and borrowed: both must behave like `push`.
+            let outcomes = if index % 2 == 0 {
+                sessionizer.push_batch(std::mem::take(&mut batch), 0)
+            } else {
+                let outcomes = sessionizer.push_events(&batch, 0);
+                batch.clear();
+                outcomes
+            };
             prop_assert_eq!(&outcomes, &expected_outcomes);
             expected_outcomes.clear();
         } else {
@@ -357,7 +364,18 @@ fn run(scenario: &Scenario) -> Result<BTreeMap<SessionKey, Session>, TestCaseErr
         }
         match step {
             Step::Nothing => {}
-            Step::Drain => store.apply(sessionizer.drain_changes())?,
+            Step::Drain => {
+                // The borrowing drain hands over the same changes.
+                let mut changes = Vec::new();
+                sessionizer.drain_changes_with(|change| {
+                    changes.push(match change {
+                        ChangeRef::Upsert(session) => Change::Upsert(session.to_session()),
+                        ChangeRef::Final(session) => Change::Final(session),
+                        ChangeRef::Delete(key) => Change::Delete(key),
+                    })
+                });
+                store.apply(changes)?
+            }
             Step::AdvanceAndDrain => {
                 sessionizer.advance(0);
                 store.apply(sessionizer.drain_changes())?;

@@ -24,16 +24,6 @@ impl Default for Id {
 }
 
 impl Id {
-    /// Copies a short id inline; a long one moves to the heap.
-    #[inline]
-    pub(super) fn from_string(text: String) -> Self {
-        if text.len() <= INLINE {
-            Self::new(&text)
-        } else {
-            Id::Heap(text.into_boxed_str())
-        }
-    }
-
     #[inline]
     pub(super) fn new(text: &str) -> Self {
         if text.len() <= INLINE {
@@ -87,8 +77,8 @@ mod tests {
         assert!(matches!(Id::new(uuid), Id::Inline { .. }));
         assert_eq!(Id::new(uuid).as_str(), uuid);
         let long = "x".repeat(INLINE + 1);
-        assert!(matches!(Id::from_string(long.clone()), Id::Heap(_)));
-        assert!(Id::from_string(long.clone()).is(&long));
+        assert!(matches!(Id::new(&long), Id::Heap(_)));
+        assert!(Id::new(&long).is(&long));
         assert!(Id::new("").is(""));
         assert!(!Id::new("ab").is("abc"));
         assert!(Id::new("ab").as_bytes() < Id::new("b").as_bytes());

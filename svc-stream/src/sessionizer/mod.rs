@@ -175,6 +175,91 @@ impl Event {
     }
 }
 
+/// A heartbeat borrowed from the caller, for the push methods that do not take
+/// ownership ([`Sessionizer::push_ref`], [`Sessionizer::push_events`],
+/// [`Sessionizer::push_event_refs`]): the caller keeps (and can reuse) the
+/// buffers, and the sessionizer copies only what it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub event_id: &'a str,
+    pub user_id: &'a str,
+    pub video_id: &'a str,
+    pub device_id: &'a str,
+    /// Device clock, epoch milliseconds.
+    pub time_ms: i64,
+    pub position_ms: i64,
+    pub state: PlaybackState,
+    /// Non-empty while an ad plays.
+    pub ad_id: &'a str,
+}
+
+impl<'a> EventRef<'a> {
+    /// Borrows a wire heartbeat; fails like [`Event::from_proto`].
+    pub fn from_proto(hb: &'a Heartbeat) -> Result<EventRef<'a>, String> {
+        let (time_ms, position_ms, state) = Event::scalars(hb)?;
+        Ok(EventRef {
+            event_id: &hb.event_id,
+            user_id: &hb.user_id,
+            video_id: &hb.video_id,
+            device_id: &hb.device_id,
+            time_ms,
+            position_ms,
+            state,
+            ad_id: &hb.ad_id,
+        })
+    }
+
+    /// An owned copy.
+    pub fn to_owned_event(&self) -> Event {
+        Event {
+            event_id: self.event_id.to_owned(),
+            user_id: self.user_id.to_owned(),
+            video_id: self.video_id.to_owned(),
+            device_id: self.device_id.to_owned(),
+            time_ms: self.time_ms,
+            position_ms: self.position_ms,
+            state: self.state,
+            ad_id: self.ad_id.to_owned(),
+        }
+    }
+}
+
+impl Event {
+    /// Borrows this event.
+    #[inline]
+    pub fn to_ref(&self) -> EventRef<'_> {
+        EventRef {
+            event_id: &self.event_id,
+            user_id: &self.user_id,
+            video_id: &self.video_id,
+            device_id: &self.device_id,
+            time_ms: self.time_ms,
+            position_ms: self.position_ms,
+            state: self.state,
+            ad_id: &self.ad_id,
+        }
+    }
+}
+
+/// What the batch push methods can borrow a heartbeat from.
+trait AsEventRef {
+    fn event_ref(&self) -> EventRef<'_>;
+}
+
+impl AsEventRef for Event {
+    #[inline]
+    fn event_ref(&self) -> EventRef<'_> {
+        self.to_ref()
+    }
+}
+
+impl AsEventRef for EventRef<'_> {
+    #[inline]
+    fn event_ref(&self) -> EventRef<'_> {
+        *self
+    }
+}
+
 impl TryFrom<Heartbeat> for Event {
     type Error = String;
 
@@ -225,6 +310,53 @@ impl Session {
             start_ms: self.start_ms,
         }
     }
+}
+
+/// A [`Session`] borrowed from the sessionizer's state (see
+/// [`Sessionizer::drain_changes_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionRef<'a> {
+    pub user_id: &'a str,
+    pub video_id: &'a str,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub heartbeats: u64,
+    pub watch_ms: i64,
+    pub coverage_ms: i64,
+    pub last_position_ms: i64,
+    /// Distinct non-empty ad ids, sorted.
+    pub ads: &'a [String],
+    pub devices: u64,
+}
+
+impl SessionRef<'_> {
+    /// An owned copy.
+    pub fn to_session(&self) -> Session {
+        Session {
+            user_id: self.user_id.to_owned(),
+            video_id: self.video_id.to_owned(),
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            heartbeats: self.heartbeats,
+            watch_ms: self.watch_ms,
+            coverage_ms: self.coverage_ms,
+            last_position_ms: self.last_position_ms,
+            ads: self.ads.to_vec(),
+            devices: self.devices,
+        }
+    }
+}
+
+/// A change as [`Sessionizer::drain_changes_with`] hands it over: an open
+/// session borrowed, a final one (whose state is gone) and a deleted key owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeRef<'a> {
+    /// See [`Change::Upsert`].
+    Upsert(SessionRef<'a>),
+    /// See [`Change::Final`].
+    Final(Session),
+    /// See [`Change::Delete`].
+    Delete(SessionKey),
 }
 
 /// Store key of a session: `(user_id, video_id, start_ms)`.
@@ -537,18 +669,18 @@ impl OpenSession {
         self.coverage.extend(&later.coverage);
         self.tail.extend(later.tail);
         self.devices.absorb(later.devices);
-        for ad in later.ads {
+        for ad in &later.ads {
             self.add_ad(ad);
         }
     }
 
     #[inline]
-    fn add_ad(&mut self, ad_id: String) {
+    fn add_ad(&mut self, ad_id: &str) {
         if ad_id.is_empty() {
             return;
         }
-        if let Err(index) = self.ads.binary_search(&ad_id) {
-            self.ads.insert(index, ad_id);
+        if let Err(index) = self.ads.binary_search_by(|ad| ad.as_str().cmp(ad_id)) {
+            self.ads.insert(index, ad_id.to_owned());
         }
     }
 
@@ -579,16 +711,21 @@ impl OpenSession {
     }
 
     fn to_session(&self, user_id: &Id, video_id: &Id) -> Session {
-        Session {
-            user_id: user_id.as_str().to_owned(),
-            video_id: video_id.as_str().to_owned(),
+        self.to_session_ref(user_id, video_id).to_session()
+    }
+
+    #[inline]
+    fn to_session_ref<'a>(&'a self, user_id: &'a Id, video_id: &'a Id) -> SessionRef<'a> {
+        SessionRef {
+            user_id: user_id.as_str(),
+            video_id: video_id.as_str(),
             start_ms: self.start_ms,
             end_ms: self.last.time_ms,
             heartbeats: self.heartbeats,
             watch_ms: self.watch_ms,
             coverage_ms: self.coverage.covered_ms(),
             last_position_ms: self.last.position_ms,
-            ads: self.ads.clone(),
+            ads: &self.ads,
             devices: self.devices.count(),
         }
     }
@@ -726,9 +863,9 @@ struct Fingerprints {
 
 impl Fingerprints {
     #[inline]
-    fn of(event: &Event) -> Self {
+    fn of(event: &EventRef<'_>) -> Self {
         Fingerprints {
-            key: key_fingerprint(&event.user_id, &event.video_id),
+            key: key_fingerprint(event.user_id, event.video_id),
             id: fingerprint(event.event_id.as_bytes()),
         }
     }
@@ -774,6 +911,8 @@ pub struct Sessionizer {
     track_upserts: bool,
     /// Sessions changed since the last drain, in order of first change.
     changed: Vec<(SlotIndex, u32, u64)>,
+    /// Scratch of `drain_changes_with`: `(slot, session index)` to upsert.
+    upserts: Vec<(SlotIndex, u32)>,
     deleted: Vec<SessionKey>,
     finals: Vec<Session>,
     open_sessions: usize,
@@ -802,6 +941,7 @@ impl Sessionizer {
             idle_queue: BinaryHeap::new(),
             track_upserts: true,
             changed: Vec::new(),
+            upserts: Vec::new(),
             deleted: Vec::new(),
             finals: Vec::new(),
             open_sessions: 0,
@@ -817,6 +957,11 @@ impl Sessionizer {
     /// Feeds one heartbeat; `now_ms` is processing (wall) time, used only for
     /// the idle timeout.
     pub fn push(&mut self, event: Event, now_ms: i64) -> Outcome {
+        self.push_ref(event.to_ref(), now_ms)
+    }
+
+    /// Like [`Sessionizer::push`], borrowing the heartbeat.
+    pub fn push_ref(&mut self, event: EventRef<'_>, now_ms: i64) -> Outcome {
         let fingerprints = Fingerprints::of(&event);
         self.push_fingerprinted(event, fingerprints, now_ms)
     }
@@ -827,9 +972,27 @@ impl Sessionizer {
     /// (their table entries, key slots and tails) while the current one is
     /// processed, so memory latencies overlap instead of adding up.
     pub fn push_batch(&mut self, events: Vec<Event>, now_ms: i64) -> Vec<Outcome> {
-        let fingerprints: Vec<Fingerprints> = events.iter().map(Fingerprints::of).collect();
+        self.push_many(&events, now_ms)
+    }
+
+    /// Like [`Sessionizer::push_batch`], borrowing the heartbeats: the caller
+    /// keeps their buffers (to reuse them for the next batch, say).
+    pub fn push_events(&mut self, events: &[Event], now_ms: i64) -> Vec<Outcome> {
+        self.push_many(events, now_ms)
+    }
+
+    /// Like [`Sessionizer::push_batch`], for borrowed heartbeats.
+    pub fn push_event_refs(&mut self, events: &[EventRef<'_>], now_ms: i64) -> Vec<Outcome> {
+        self.push_many(events, now_ms)
+    }
+
+    fn push_many<E: AsEventRef>(&mut self, events: &[E], now_ms: i64) -> Vec<Outcome> {
+        let fingerprints: Vec<Fingerprints> = events
+            .iter()
+            .map(|event| Fingerprints::of(&event.event_ref()))
+            .collect();
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut events = events.into_iter();
+        let mut events = events.iter().map(AsEventRef::event_ref);
         // In groups: each stage issues the loads of a whole group back to
         // back, so their misses overlap instead of each stalling the core.
         for group in fingerprints.chunks(GROUP) {
@@ -853,7 +1016,7 @@ impl Sessionizer {
 
     fn push_fingerprinted(
         &mut self,
-        event: Event,
+        event: EventRef<'_>,
         fingerprints: Fingerprints,
         now_ms: i64,
     ) -> Outcome {
@@ -861,10 +1024,10 @@ impl Sessionizer {
             return Outcome::Late;
         }
         let id_fingerprint = fingerprints.id;
-        if self.holds_id(id_fingerprint, &event.event_id) {
+        if self.holds_id(id_fingerprint, event.event_id) {
             return Outcome::Duplicate;
         }
-        let slot_index = self.slot_for(fingerprints.key, &event.user_id, &event.video_id);
+        let slot_index = self.slot_for(fingerprints.key, event.user_id, event.video_id);
         if self.slots[slot_index as usize].in_closed_span(event.time_ms) {
             self.release_if_empty(slot_index);
             return Outcome::Late;
@@ -899,7 +1062,23 @@ impl Sessionizer {
     /// same batch), then the `Upsert`s (ordered by internal key slot), then the
     /// `Final`s in order of finalization. Deterministic for a given input.
     pub fn drain_changes(&mut self) -> Vec<Change> {
-        let mut written = Vec::with_capacity(self.changed.len() + self.finals.len());
+        let mut changes = Vec::with_capacity(self.changed.len() + self.finals.len());
+        self.drain_changes_with(|change| {
+            changes.push(match change {
+                ChangeRef::Upsert(session) => Change::Upsert(session.to_session()),
+                ChangeRef::Final(session) => Change::Final(session),
+                ChangeRef::Delete(key) => Change::Delete(key),
+            })
+        });
+        changes
+    }
+
+    /// The changes of [`Sessionizer::drain_changes`], in the same order, handed
+    /// to `visit` one by one with each open session borrowed from the state:
+    /// nothing is copied for an upsert the consumer only reads.
+    pub fn drain_changes_with(&mut self, mut visit: impl FnMut(ChangeRef<'_>)) {
+        let mut upserts = std::mem::take(&mut self.upserts);
+        upserts.clear();
         // By slot: a walk through memory in order rather than at random.
         self.changed.sort_unstable();
         for (slot_index, generation, uid) in self.changed.drain(..) {
@@ -917,36 +1096,65 @@ impl Sessionizer {
             if let Some(stored_ms) = stored.filter(|&stored_ms| stored_ms != start_ms) {
                 self.deleted.push(slot.key(stored_ms));
             }
-            let session = &slot.sessions.as_slice()[index];
-            written.push(Change::Upsert(
-                session.to_session(&slot.user_id, &slot.video_id),
-            ));
+            upserts.push((slot_index, index as u32));
         }
-        written.extend(self.finals.drain(..).map(Change::Final));
+        let slots = &self.slots;
+        let upserted = |&(slot_index, index): &(SlotIndex, u32)| {
+            let slot = &slots[slot_index as usize];
+            let session = &slot.sessions.as_slice()[index as usize];
+            session.to_session_ref(&slot.user_id, &slot.video_id)
+        };
         let mut deleted = std::mem::take(&mut self.deleted);
-        if deleted.is_empty() {
-            return written;
+        if !deleted.is_empty() {
+            deleted.sort_unstable();
+            deleted.dedup();
+            // A key written again in this drain is no delete: one of the
+            // finals, or an upsert of the key's live slot (`upserts` is
+            // sorted by slot), found without hashing every upsert.
+            let finals: HashSet<(&str, &str, i64), FxBuildHasher> = self
+                .finals
+                .iter()
+                .map(|session| {
+                    (
+                        session.user_id.as_str(),
+                        session.video_id.as_str(),
+                        session.start_ms,
+                    )
+                })
+                .collect();
+            let keys = &self.keys;
+            deleted.retain(|key| {
+                let (user_id, video_id) = (key.user_id.as_str(), key.video_id.as_str());
+                if finals.contains(&(user_id, video_id, key.start_ms)) {
+                    return false;
+                }
+                let Some(slot_index) =
+                    keys.find(key_fingerprint(user_id, video_id), |slot_index| {
+                        let slot = &slots[slot_index as usize];
+                        slot.user_id.is(user_id) && slot.video_id.is(video_id)
+                    })
+                else {
+                    return true;
+                };
+                let from =
+                    upserts.partition_point(|&(upserted_slot, _)| upserted_slot < slot_index);
+                !upserts[from..]
+                    .iter()
+                    .take_while(|&&(upserted_slot, _)| upserted_slot == slot_index)
+                    .any(|upsert| upserted(upsert).start_ms == key.start_ms)
+            });
+            for key in deleted.drain(..) {
+                visit(ChangeRef::Delete(key));
+            }
         }
-        deleted.sort_unstable();
-        deleted.dedup();
-        let rewritten: HashSet<(&str, &str, i64)> = written
-            .iter()
-            .filter_map(|change| match change {
-                Change::Upsert(session) | Change::Final(session) => Some((
-                    session.user_id.as_str(),
-                    session.video_id.as_str(),
-                    session.start_ms,
-                )),
-                Change::Delete(_) => None,
-            })
-            .collect();
-        deleted.retain(|key| {
-            !rewritten.contains(&(key.user_id.as_str(), key.video_id.as_str(), key.start_ms))
-        });
-        let mut changes = Vec::with_capacity(deleted.len() + written.len());
-        changes.extend(deleted.into_iter().map(Change::Delete));
-        changes.extend(written);
-        changes
+        self.deleted = deleted;
+        for upsert in &upserts {
+            visit(ChangeRef::Upsert(upserted(upsert)));
+        }
+        for session in self.finals.drain(..) {
+            visit(ChangeRef::Final(session));
+        }
+        self.upserts = upserts;
     }
 
     /// Finalizes every open session: the end of a batch run. (A service
@@ -982,16 +1190,17 @@ impl Sessionizer {
         });
         let mut newest_ms = self.watermark_ms;
         let mut touched = Vec::new();
-        for event in events {
+        for event in &events {
+            let event = event.to_ref();
             if self.is_late(event.time_ms) {
                 continue;
             }
             let fingerprints = Fingerprints::of(&event);
             let id_fingerprint = fingerprints.id;
-            if self.holds_id(id_fingerprint, &event.event_id) {
+            if self.holds_id(id_fingerprint, event.event_id) {
                 continue;
             }
-            let slot_index = self.slot_for(fingerprints.key, &event.user_id, &event.video_id);
+            let slot_index = self.slot_for(fingerprints.key, event.user_id, event.video_id);
             if self.slots[slot_index as usize].in_closed_span(event.time_ms) {
                 self.release_if_empty(slot_index);
                 continue;
@@ -1154,11 +1363,11 @@ impl Sessionizer {
     fn merge(
         &mut self,
         slot_index: SlotIndex,
-        event: Event,
+        event: EventRef<'_>,
         id_fingerprint: u64,
         now_ms: i64,
     ) -> usize {
-        let Event {
+        let EventRef {
             event_id,
             device_id,
             time_ms,
@@ -1174,7 +1383,7 @@ impl Sessionizer {
         let held = HeldEvent {
             time_ms,
             position_ms,
-            event_id: Id::from_string(event_id),
+            event_id: Id::new(event_id),
             playing: state == PlaybackState::Playing,
             has_ad: !ad_id.is_empty(),
         };
@@ -1229,13 +1438,13 @@ impl Sessionizer {
                     .pop()
                     .unwrap_or_else(|| VecDeque::with_capacity(TAIL_CAPACITY));
                 slot.sessions
-                    .insert(after, OpenSession::new(uid, held, &device_id, tail_buffer));
+                    .insert(after, OpenSession::new(uid, held, device_id, tail_buffer));
                 self.open_sessions += 1;
                 after
             }
         };
         let session = &mut slot.sessions.as_mut_slice()[target];
-        session.devices.add(&device_id);
+        session.devices.add(device_id);
         session.add_ad(ad_id);
         if self.track_upserts && !session.dirty {
             session.dirty = true;

@@ -693,3 +693,56 @@ fn playback_states_round_trip_through_names_and_numbers() {
     }
     assert!(PlaybackState::try_from(9).is_err());
 }
+
+#[test]
+fn borrowed_pushes_and_drains_give_the_same_outcomes_and_changes_as_owned_ones() {
+    // Two sessions; then a bridge between them (a delete) and a resend.
+    let rounds = [
+        vec![playing("a", 0, 0), playing("c", G + 60_000, 10_000)],
+        vec![
+            playing("b", 590_000, 5_000).with_ad("ad-1"),
+            playing("a", 0, 0),
+        ],
+        // Far later: the merged session becomes final.
+        vec![playing("d", 4 * G, 0)],
+    ];
+    let mut owned = Sessionizer::new(SessionConfig::default());
+    let mut by_refs = Sessionizer::new(SessionConfig::default());
+    let mut by_one_ref = Sessionizer::new(SessionConfig::default());
+    let mut by_slice = Sessionizer::new(SessionConfig::default());
+    for (round, events) in rounds.iter().enumerate() {
+        let outcomes: Vec<Outcome> = events
+            .iter()
+            .map(|event| owned.push(event.clone(), 0))
+            .collect();
+        let refs: Vec<EventRef<'_>> = events.iter().map(Event::to_ref).collect();
+        assert_eq!(by_refs.push_event_refs(&refs, 0), outcomes);
+        assert_eq!(by_slice.push_events(events, 0), outcomes);
+        let one_ref: Vec<Outcome> = refs
+            .iter()
+            .map(|event| by_one_ref.push_ref(*event, 0))
+            .collect();
+        assert_eq!(one_ref, outcomes);
+        if round == 2 {
+            for sessionizer in [&mut owned, &mut by_refs, &mut by_one_ref, &mut by_slice] {
+                sessionizer.advance(0);
+            }
+        }
+        let changes = owned.drain_changes();
+        let has = |wanted: fn(&Change) -> bool| changes.iter().any(wanted);
+        assert_eq!(has(|c| matches!(c, Change::Delete(_))), round == 1);
+        assert_eq!(has(|c| matches!(c, Change::Final(_))), round == 2);
+        let mut borrowed = Vec::new();
+        by_refs.drain_changes_with(|change| {
+            borrowed.push(match change {
+                ChangeRef::Upsert(session) => Change::Upsert(session.to_session()),
+                ChangeRef::Final(session) => Change::Final(session),
+                ChangeRef::Delete(key) => Change::Delete(key),
+            })
+        });
+        assert_eq!(borrowed, changes);
+        assert_eq!(by_one_ref.drain_changes(), changes);
+        assert_eq!(by_slice.drain_changes(), changes);
+        assert_eq!(refs[0].to_owned_event(), events[0]);
+    }
+}
