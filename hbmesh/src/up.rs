@@ -125,43 +125,48 @@ pub async fn start(
 
     // In the cluster tier ingest and stream are independent and stop on the
     // signal; embedded, the stream stage stops once ingest has drained.
-    let ingest_and_stream = if cluster {
-        let stream = tokio::spawn(svc_stream::run(
-            stream_config,
-            svc_stream::Source::Kafka,
-            stream_metrics,
-            shutdown.clone(),
+    let mut services = Vec::with_capacity(3);
+    if cluster {
+        services.push((
+            "stream",
+            tokio::spawn(svc_stream::run(
+                stream_config,
+                svc_stream::Source::Kafka,
+                stream_metrics,
+                shutdown.clone(),
+            )),
         ));
-        let ingest = tokio::spawn(svc_ingest::run(
-            ingest_config,
-            PublishTarget::Kafka,
-            ingest_listeners,
-            shutdown.clone(),
+        services.push((
+            "ingest",
+            tokio::spawn(svc_ingest::run(
+                ingest_config,
+                PublishTarget::Kafka,
+                ingest_listeners,
+                shutdown.clone(),
+            )),
         ));
-        tokio::spawn(async move {
-            let (ingest, stream) = tokio::join!(ingest, stream);
-            ingest.context("ingest panicked")?.context("ingest")?;
-            stream.context("stream panicked")?.context("stream")
-        })
     } else {
-        tokio::spawn(svc_ingest::embedded::run(
-            ingest_config,
-            stream_config,
-            ingest_listeners,
-            stream_metrics,
+        services.push((
+            "ingest/stream",
+            tokio::spawn(svc_ingest::embedded::run(
+                ingest_config,
+                stream_config,
+                ingest_listeners,
+                stream_metrics,
+                shutdown.clone(),
+            )),
+        ));
+    }
+    services.push((
+        "query",
+        tokio::spawn(svc_query::run(
+            query_config,
+            query_listeners,
             shutdown.clone(),
-        ))
-    };
-    let query = tokio::spawn(svc_query::run(
-        query_config,
-        query_listeners,
-        shutdown.clone(),
+        )),
     ));
 
-    let done = supervise(
-        vec![("ingest/stream", ingest_and_stream), ("query", query)],
-        stop,
-    );
+    let done = supervise(services, stop);
     Ok((addrs, done))
 }
 
