@@ -48,19 +48,26 @@ async fn two_simulate_runs_back_to_back_send_no_late_heartbeats() {
         );
         accepted += summary.accepted;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
+    // Sessions may be written a little after the raw rows (up to
+    // HB_SESSION_WRITE_INTERVAL under load): wait for them, for a while.
     let pool = hb_common::schema::open_sqlite(dir.path(), 1).await.unwrap();
-    let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get(0);
-    let sessionized: i64 = sqlx::query("SELECT COALESCE(SUM(heartbeats), 0) FROM sessions")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (raw, sessionized) = loop {
+        let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        let sessionized: i64 = sqlx::query("SELECT COALESCE(SUM(heartbeats), 0) FROM sessions")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        if sessionized == raw || std::time::Instant::now() > deadline {
+            break (raw, sessionized);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(raw as u64, accepted, "every accepted heartbeat is mirrored");
     assert_eq!(
         sessionized, raw,
