@@ -20,8 +20,25 @@ up=$!
 # for per-flush phase timings).
 trap 'kill $up 2>/dev/null || true; [[ -n ${HB_BENCH_LOG:-} ]] && cp "$dir/up.log" "$HB_BENCH_LOG"; rm -rf "$dir"' EXIT
 sleep 2
+# How far the sessions table trails real time while the load runs (sampled
+# once a second): a heartbeat becomes visible in its session at most its ack
+# latency plus this later (HB_SESSION_WRITE_INTERVAL lets it grow under load).
+python3 - "$dir" > "$dir/staleness.txt" <<'PY' &
+import sqlite3, sys, time
+db = sqlite3.connect(f"file:{sys.argv[1]}/hbmesh.db?mode=ro", uri=True, timeout=5)
+while True:
+    time.sleep(1)
+    try:
+        row = db.execute("select max(updated_ms) from sessions").fetchone()
+    except sqlite3.Error:
+        continue
+    if row[0]:
+        print(int(time.time() * 1000) - row[0], flush=True)
+PY
+sampler=$!
 $bin simulate --devices "$devices" --rate "$rate" --duration "$duration" \
   --target http://127.0.0.1:51051 --json $extra > "$dir/sim.json"
+kill $sampler 2>/dev/null || true
 kill -TERM $up; wait $up || true
 python3 - "$dir" <<'PY'
 import json, sqlite3, sys
@@ -31,9 +48,14 @@ db = sqlite3.connect(f"{d}/hbmesh.db")
 raw = db.execute("select count(*) from raw_heartbeats").fetchone()[0]
 sess = db.execute("select coalesce(sum(heartbeats),0), count(*) from sessions").fetchone()
 lat = sim["ack_latency_ms"]
+print(f"sim: {json.dumps({k: v for k, v in sim.items() if not isinstance(v, dict)})}")
 print(f"offered {sim['offered_rate']:.0f}/s: acked {sim['throughput_acked_per_s']:.0f}/s, "
       f"ack p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms; accepted {sim['accepted']} "
       f"(+{sim['duplicates']} in-call duplicates), raw rows {raw}, session heartbeats {sess[0]} in {sess[1]} sessions")
+stale = sorted(int(x) for x in open(f"{d}/staleness.txt").read().split())
+if stale:
+    print(f"sessions table behind real time while loaded: p50 {stale[len(stale)//2]} ms, "
+          f"max {stale[-1]} ms ({len(stale)} samples)")
 ok = raw == sess[0] and sim["unacknowledged"] == 0
 print("nothing lost or double counted" if ok else "MISMATCH")
 PY

@@ -78,14 +78,14 @@ pub struct StreamConfig {
     pub flush_max: usize,
 
     /// Embedded tier under load: how long an open session's row may lag the
-    /// committed (and acknowledged) raw heartbeats. A commit of at least
-    /// 10,000 heartbeats writes only their raw rows unless this much time has
-    /// passed since sessions were last written; each such write then covers
-    /// several heartbeats of every playing session instead of one, which is
-    /// most of the writer's cost at 100k hb/s (docs/benchmarks.md). Smaller
-    /// commits, shutdown and quiet moments always write sessions. A restart
-    /// rebuilds the deferred changes from the raw rows. `0s` writes sessions
-    /// with every commit.
+    /// committed (and acknowledged) raw heartbeats. Once a commit holds
+    /// 20,000 heartbeats or more, commits write only their raw rows until
+    /// this much time has passed since sessions were last written or the
+    /// stage is quiet; each session write then covers several heartbeats of
+    /// every playing session instead of one, which is most of the writer's
+    /// cost at 100k hb/s (docs/benchmarks.md). Under light load, and at
+    /// shutdown, every commit writes sessions. A restart rebuilds the deferred
+    /// changes from the raw rows. `0s` writes sessions with every commit.
     #[arg(long, env = "HB_SESSION_WRITE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub session_write_interval: Duration,
 

@@ -22,9 +22,10 @@ type InFlight = (
     Vec<HandoffBatch>,
 );
 
-/// Commits smaller than this always write their sessions: deferring only
-/// pays once commits are large, i.e. when the writer is the bottleneck.
-pub const DEFER_FROM: usize = 10_000;
+/// A commit this large means the writer is the bottleneck: from it on, until
+/// the stage is quiet again, sessions are written once per interval. Below
+/// it (light load) every commit writes its sessions.
+pub const DEFER_FROM: usize = 20_000;
 
 /// How the embedded stage batches its commits.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +37,7 @@ pub struct StageSettings {
     /// Longest a large commit may leave session writes for later
     /// (`HB_SESSION_WRITE_INTERVAL`; zero: never).
     pub session_write_interval: Duration,
-    /// Commits smaller than this always write sessions ([`DEFER_FROM`]).
+    /// Commit size that starts deferring ([`DEFER_FROM`]).
     pub defer_from: usize,
 }
 
@@ -67,6 +68,7 @@ pub async fn run(
     let deferring = !session_write_interval.is_zero() && pipeline.defer_sessions();
     pipeline.assign(EMBEDDED_PARTITION).await?;
     let mut sessions_written = Instant::now();
+    let mut loaded = false;
     // Absorbed into the sessionizer, not yet part of a flush.
     let mut waiting: Vec<HandoffBatch> = Vec::new();
     let mut in_flight: Option<InFlight> = None;
@@ -123,12 +125,28 @@ pub async fn run(
             }
         }
         if in_flight.is_none() {
+            // What arrived during the last commit goes into this one.
+            while open && pipeline.pending() < flush_max {
+                match rx.try_recv() {
+                    Ok(batch) => accept(&mut pipeline, batch, &mut waiting),
+                    Err(_) => break,
+                }
+            }
+            // A large commit starts a loaded stretch; it lasts until a
+            // session write finds the stage quiet again. Within it, commits
+            // (even small ones: they follow a quick raw-only commit) leave
+            // sessions to the interval; nothing pending at all counts as quiet.
+            if pipeline.pending() >= defer_from {
+                loaded = true;
+            }
             let write_sessions = !deferring
                 || !open
-                || pipeline.pending() < defer_from
+                || !loaded
+                || (pipeline.pending() == 0 && rx.is_empty())
                 || sessions_written.elapsed() >= session_write_interval;
             let prepared = if write_sessions {
                 sessions_written = Instant::now();
+                loaded = pipeline.pending() >= defer_from;
                 pipeline.prepare_flush()
             } else {
                 pipeline.prepare_raw_flush()
