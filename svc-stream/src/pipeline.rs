@@ -192,7 +192,9 @@ impl Pipeline {
     /// are pushed again, except late ones and those of sessions already
     /// final (idle-flushed near the watermark); rows the restore already
     /// holds come back as duplicates. Their changes go out with the next
-    /// flush. Returns how many were merged.
+    /// flush. The idle-flushed spans also go back into the sessionizer, so
+    /// a heartbeat arriving inside one stays late as before the restart.
+    /// Returns how many were merged.
     async fn replay_deferred(
         &self,
         partition: i32,
@@ -202,6 +204,14 @@ impl Pipeline {
         let since_ms =
             watermark_ms.map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
         let finals = self.store.final_spans(partition, since_ms).await?;
+        sessionizer.restore_closed(finals.iter().map(|span| {
+            (
+                span.user_id.as_str(),
+                span.video_id.as_str(),
+                span.start_ms,
+                span.end_ms,
+            )
+        }));
         let mut closed: std::collections::HashMap<(&str, &str), Vec<(i64, i64)>> =
             std::collections::HashMap::new();
         for span in &finals {

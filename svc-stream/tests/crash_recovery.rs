@@ -375,6 +375,15 @@ async fn a_restart_after_deferred_flushes_does_not_revive_an_idle_flushed_sessio
     let mut stage = pipeline(store);
     assert!(stage.defer_sessions());
     stage.assign(PARTITION).await.unwrap();
+    // A heartbeat inside Ann's final session stays late after the restart,
+    // as it was before it; it does not start a session of its own.
+    let now = hb_common::time::now_ms();
+    stage.ingest(
+        PARTITION,
+        None,
+        &heartbeat("a3", "ann", t + 2_500, 2_500),
+        now,
+    );
     stage.flush().await.unwrap();
 
     let stored = stored_sessions_sqlite(&pool).await;

@@ -1230,6 +1230,34 @@ impl Sessionizer {
         }
     }
 
+    /// Re-seeds, after a restart, the spans `[start, end]` of sessions an
+    /// idle flush made final, as `(user_id, video_id, start, end)`: a later
+    /// heartbeat inside one stays [`Outcome::Late`], as it was before the
+    /// restart. Call after [`Sessionizer::restore`]; spans the watermark has
+    /// already made unreachable are skipped.
+    pub fn restore_closed<'a>(
+        &mut self,
+        spans: impl IntoIterator<Item = (&'a str, &'a str, i64, i64)>,
+    ) {
+        let horizon_ms = self.horizon_ms();
+        let lateness_ms = self.config.lateness_ms;
+        for (user_id, video_id, start_ms, end_ms) in spans {
+            if end_ms < horizon_ms {
+                continue;
+            }
+            let slot_index = self.slot_for(key_fingerprint(user_id, video_id), user_id, video_id);
+            let slot = &mut self.slots[slot_index as usize];
+            slot.closed.push((start_ms, end_ms));
+            let generation = slot.generation;
+            self.watermark_queue.push(Reverse((
+                end_ms.saturating_add(lateness_ms),
+                slot_index,
+                generation,
+                CLOSED_SPANS,
+            )));
+        }
+    }
+
     /// Number of open sessions.
     pub fn open_sessions(&self) -> usize {
         self.open_sessions

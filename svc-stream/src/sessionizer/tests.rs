@@ -746,3 +746,23 @@ fn borrowed_pushes_and_drains_give_the_same_outcomes_and_changes_as_owned_ones()
         assert_eq!(refs[0].to_owned_event(), events[0]);
     }
 }
+
+#[test]
+fn after_a_restart_a_heartbeat_inside_an_idle_flushed_session_is_still_late() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.restore(vec![], Some(5_000), 0);
+    sessionizer.restore_closed([("u", "v", 0, 5_000)]);
+    assert_eq!(
+        sessionizer.push(playing("m", 2_500, 2_500), 1),
+        Outcome::Late
+    );
+    // Outside the span (within the gap): a new session, as before the restart.
+    assert_eq!(
+        sessionizer.push(playing("c", 10_000, 10_000), 1),
+        Outcome::Merged
+    );
+    assert_eq!(
+        upsert_keys(&sessionizer.drain_changes()),
+        vec![key("u", 10_000)]
+    );
+}
