@@ -128,6 +128,29 @@ session_row!(sqlx::postgres::PgRow);
 const SELECT_SESSIONS: &str = "SELECT user_id, video_id, start_ms, end_ms, heartbeats, watch_ms, \
     coverage_ms, last_position_ms, devices, ads FROM sessions ORDER BY user_id, video_id, start_ms";
 
+/// The store equals the batch definition over `heartbeats`: the sessions
+/// row by row, one raw row per distinct event, impressions exactly.
+macro_rules! assert_store_exact {
+    ($pool:expr, $heartbeats:expr) => {{
+        let rows = sqlx::query(SELECT_SESSIONS).fetch_all($pool).await.unwrap();
+        let stored: Vec<Session> = rows.iter().map(session_of).collect();
+        assert_eq!(stored, expected($heartbeats));
+        let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
+            .fetch_one($pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(raw as usize, distinct_events($heartbeats));
+        let impressions: i64 = sqlx::query("SELECT COUNT(*) FROM session_ads")
+            .fetch_one($pool)
+            .await
+            .unwrap()
+            .get(0);
+        let expected_impressions: usize = expected($heartbeats).iter().map(|s| s.ads.len()).sum();
+        assert_eq!(impressions as usize, expected_impressions);
+    }};
+}
+
 #[tokio::test]
 async fn sqlite_store_survives_crashes_without_loss_or_double_count() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,23 +190,7 @@ async fn postgres_store_survives_crashes_without_loss_or_double_count() {
 
     run_with_crashes(store, &heartbeats, &[333, 1_000, 1_001, 2_222]).await;
 
-    let rows = sqlx::query(SELECT_SESSIONS).fetch_all(&pool).await.unwrap();
-    let stored: Vec<Session> = rows.iter().map(session_of).collect();
-    assert_eq!(stored, expected(&heartbeats));
-    let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(raw as usize, distinct_events(&heartbeats));
-    // Impressions follow the sessions exactly.
-    let impressions: i64 = sqlx::query("SELECT COUNT(*) FROM session_ads")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get(0);
-    let expected_impressions: usize = expected(&heartbeats).iter().map(|s| s.ads.len()).sum();
-    assert_eq!(impressions as usize, expected_impressions);
+    assert_store_exact!(&pool, &heartbeats);
 }
 
 #[tokio::test]
@@ -289,21 +296,7 @@ async fn deferred_session_writes_survive_crashes_on_sqlite() {
 
     run_deferred_with_crashes(store, &heartbeats, &[450, 1_201, 1_950, 2_650]).await;
 
-    let stored = stored_sessions_sqlite(&pool).await;
-    assert_eq!(stored, expected(&heartbeats));
-    let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(raw as usize, distinct_events(&heartbeats));
-    let impressions: i64 = sqlx::query("SELECT COUNT(*) FROM session_ads")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get(0);
-    let expected_impressions: usize = expected(&heartbeats).iter().map(|s| s.ads.len()).sum();
-    assert_eq!(impressions as usize, expected_impressions);
+    assert_store_exact!(&pool, &heartbeats);
 }
 
 #[tokio::test]
@@ -314,9 +307,7 @@ async fn deferred_session_writes_survive_crashes_on_postgres() {
 
     run_deferred_with_crashes(store, &heartbeats, &[333, 1_000, 1_001, 2_222]).await;
 
-    let rows = sqlx::query(SELECT_SESSIONS).fetch_all(&pool).await.unwrap();
-    let stored: Vec<Session> = rows.iter().map(session_of).collect();
-    assert_eq!(stored, expected(&heartbeats));
+    assert_store_exact!(&pool, &heartbeats);
 }
 
 fn heartbeat(event_id: &str, user_id: &str, time_ms: i64, position_ms: u64) -> Heartbeat {

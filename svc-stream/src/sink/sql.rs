@@ -294,18 +294,7 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err)?;
-                let open = rows
-                    .iter()
-                    .map(|row| {
-                        Ok(OpenSession {
-                            user_id: row.try_get(0)?,
-                            video_id: row.try_get(1)?,
-                            start_ms: row.try_get(2)?,
-                            end_ms: row.try_get(3)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(map_err)?;
+                let open = rows.iter().map(span_of_row).collect::<Result<Vec<_>, _>>()?;
                 Ok(PartitionSnapshot {
                     next_offset,
                     watermark_ms,
@@ -329,17 +318,7 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err)?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(OpenSession {
-                            user_id: row.try_get(0)?,
-                            video_id: row.try_get(1)?,
-                            start_ms: row.try_get(2)?,
-                            end_ms: row.try_get(3)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(map_err)
+                rows.iter().map(span_of_row).collect()
             }
 
             async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
@@ -458,6 +437,24 @@ sql_store!(
 const RAW_SELECT: &str =
     "SELECT event_id, user_id, video_id, device_id, event_time_ms, position_ms, \
      state, ad_id, platform, app_version, country, bitrate_kbps, late FROM raw_heartbeats";
+
+/// A `(user_id, video_id, start_ms, end_ms)` row.
+fn span_of_row<R: Row>(row: &R) -> Result<OpenSession, SinkError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let read = || -> Result<OpenSession, sqlx::Error> {
+        Ok(OpenSession {
+            user_id: row.try_get(0)?,
+            video_id: row.try_get(1)?,
+            start_ms: row.try_get(2)?,
+            end_ms: row.try_get(3)?,
+        })
+    };
+    read().map_err(map_err)
+}
 
 fn raw_of_row<R: Row>(row: &R) -> Result<RawHeartbeat, SinkError>
 where
