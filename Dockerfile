@@ -55,11 +55,7 @@ ENTRYPOINT ["/usr/local/bin/svc-ingest"]
 
 FROM runtime AS svc-stream
 COPY --from=build /out/bin/svc-stream /usr/local/bin/svc-stream
-# Transparent huge pages for malloc's heap: the sessionizer's state (hundreds
-# of MB read at random) then costs far fewer TLB misses; measured ~25% more
-# heartbeats/s per core (docs/benchmarks.md). Harmless where THP is off.
-ENV HB_STREAM_METRICS_ADDR=0.0.0.0:9102 \
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+ENV HB_STREAM_METRICS_ADDR=0.0.0.0:9102
 EXPOSE 9102
 ENTRYPOINT ["/usr/local/bin/svc-stream"]
 
@@ -76,8 +72,6 @@ ENTRYPOINT ["/usr/local/bin/svc-query"]
 FROM runtime AS hbmesh
 COPY --from=build /out/bin/hbmesh /usr/local/bin/hbmesh
 COPY --from=build --chown=65532:65532 /out/data /var/lib/hbmesh
-# Huge pages for the embedded stream stage, as in the svc-stream image.
-ENV HB_DATA_DIR=/var/lib/hbmesh \
-    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+ENV HB_DATA_DIR=/var/lib/hbmesh
 WORKDIR /var/lib/hbmesh
 ENTRYPOINT ["/usr/local/bin/hbmesh"]

@@ -6,7 +6,9 @@
 
 use crate::metrics::StreamMetrics;
 use crate::sessionizer::{Change, Event, EventRef, Outcome, SessionConfig, Sessionizer};
-use crate::sink::{DeadLetter, Flush, OffsetRow, RawHeartbeat, RawMirror, SessionStore, SinkError};
+use crate::sink::{
+    DeadLetter, Flush, OffsetRow, OpenSession, RawHeartbeat, RawMirror, SessionStore, SinkError,
+};
 use hb_common::time::{now_ms, timestamp_to_ms};
 use hb_proto::v1::Heartbeat;
 use std::collections::BTreeMap;
@@ -158,8 +160,24 @@ impl Pipeline {
             .collect();
         let mut sessionizer = Sessionizer::new(self.config);
         sessionizer.restore(events, snapshot.watermark_ms, now_ms());
+        // Sessions an idle flush made final that a heartbeat could still
+        // reach: their spans go back into the sessionizer, so a heartbeat
+        // arriving inside one stays late as before the restart (in either
+        // tier; only idle-flushed finals end this close to the watermark).
+        let since_ms = snapshot
+            .watermark_ms
+            .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
+        let finals = self.store.final_spans(partition, since_ms).await?;
+        sessionizer.restore_closed(finals.iter().map(|span| {
+            (
+                span.user_id.as_str(),
+                span.video_id.as_str(),
+                span.start_ms,
+                span.end_ms,
+            )
+        }));
         let replayed = if self.defer_sessions {
-            self.replay_deferred(partition, snapshot.watermark_ms, &mut sessionizer)
+            self.replay_deferred(since_ms, &finals, &mut sessionizer)
                 .await?
         } else {
             0
@@ -185,36 +203,23 @@ impl Pipeline {
         Ok(snapshot.next_offset)
     }
 
-    /// Second half of a restore with deferred session writes: the store's
+    /// Last step of a restore with deferred session writes: the store's
     /// sessions are those of the last flush that wrote them (whose watermark
-    /// is `watermark_ms`); every heartbeat committed since is a raw row at or
-    /// after `watermark_ms - lateness` (anything older was late). Those rows
-    /// are pushed again, except late ones and those of sessions already
-    /// final (idle-flushed near the watermark); rows the restore already
+    /// minus the lateness is `since_ms`); every heartbeat committed since is
+    /// a raw row at or after `since_ms` (anything older was late). Those rows
+    /// are pushed again, except late ones and those inside `finals`
+    /// (sessions idle-flushed near the watermark); rows the restore already
     /// holds come back as duplicates. Their changes go out with the next
-    /// flush. The idle-flushed spans also go back into the sessionizer, so
-    /// a heartbeat arriving inside one stays late as before the restart.
-    /// Returns how many were merged.
+    /// flush. Returns how many were merged.
     async fn replay_deferred(
         &self,
-        partition: i32,
-        watermark_ms: Option<i64>,
+        since_ms: i64,
+        finals: &[OpenSession],
         sessionizer: &mut Sessionizer,
     ) -> Result<usize, SinkError> {
-        let since_ms =
-            watermark_ms.map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
-        let finals = self.store.final_spans(partition, since_ms).await?;
-        sessionizer.restore_closed(finals.iter().map(|span| {
-            (
-                span.user_id.as_str(),
-                span.video_id.as_str(),
-                span.start_ms,
-                span.end_ms,
-            )
-        }));
         let mut closed: std::collections::HashMap<(&str, &str), Vec<(i64, i64)>> =
             std::collections::HashMap::new();
-        for span in &finals {
+        for span in finals {
             closed
                 .entry((span.user_id.as_str(), span.video_id.as_str()))
                 .or_default()

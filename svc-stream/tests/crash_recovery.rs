@@ -393,3 +393,54 @@ async fn a_restart_after_deferred_flushes_does_not_revive_an_idle_flushed_sessio
         ]
     );
 }
+
+#[tokio::test]
+async fn without_deferral_a_restart_on_postgres_keeps_an_idle_flushed_session_closed() {
+    // The Kafka tier: every flush writes its sessions, the store is
+    // PostgreSQL (as YugabyteDB), and the restore reads the finals back.
+    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
+    let t = 1_700_000_000_000;
+    let now = hb_common::time::now_ms();
+
+    let mut stage = pipeline(store.clone());
+    stage.assign(PARTITION).await.unwrap();
+    stage.ingest(PARTITION, None, &heartbeat("a1", "ann", t, 0), now);
+    stage.ingest(
+        PARTITION,
+        None,
+        &heartbeat("a2", "ann", t + 5_000, 5_000),
+        now,
+    );
+    stage.flush().await.unwrap();
+    // Ann goes quiet past the idle timeout while her heartbeats are still
+    // within the lateness window: her session is final.
+    stage.tick(now + config().idle_timeout_ms + 1_000);
+    stage.flush().await.unwrap();
+    drop(stage);
+
+    let mut stage = pipeline(store);
+    stage.assign(PARTITION).await.unwrap();
+    // A resend inside her final session stays late after the restart; it
+    // does not become a session of its own.
+    stage.ingest(
+        PARTITION,
+        None,
+        &heartbeat("a3", "ann", t + 2_500, 2_500),
+        hb_common::time::now_ms(),
+    );
+    stage.flush().await.unwrap();
+
+    let rows = sqlx::query(SELECT_SESSIONS).fetch_all(&pool).await.unwrap();
+    let summary: Vec<(String, i64, u64)> = rows
+        .iter()
+        .map(session_of)
+        .map(|s| (s.user_id, s.start_ms, s.heartbeats))
+        .collect();
+    assert_eq!(summary, vec![("ann".to_owned(), t, 2)]);
+    let late: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_heartbeats WHERE late")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(late, 1, "the resend is mirrored and counted late");
+}

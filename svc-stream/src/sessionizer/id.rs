@@ -7,9 +7,6 @@ use std::fmt;
 /// Longest id stored inline (a UUID is 36 bytes).
 const INLINE: usize = 38;
 
-/// Length of a UUID in text, the usual id.
-const UUID: usize = 36;
-
 /// An immutable id.
 #[derive(Clone)]
 pub(super) enum Id {
@@ -31,14 +28,7 @@ impl Id {
     pub(super) fn new(text: &str) -> Self {
         if text.len() <= INLINE {
             let mut bytes = [0; INLINE];
-            if let Ok(uuid) = <&[u8; UUID]>::try_from(text.as_bytes()) {
-                // Constant-length copy for the usual id: register moves the
-                // compiler can forward, where a `memcpy` call of variable
-                // length stalls the reads of the copy that follow.
-                bytes[..UUID].copy_from_slice(uuid);
-            } else {
-                bytes[..text.len()].copy_from_slice(text.as_bytes());
-            }
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
             Id::Inline {
                 len: text.len() as u8,
                 bytes,

@@ -531,14 +531,14 @@ struct OpenSession {
     watch_ms: i64,
     /// Identifies the session in the finalization queue and the change list.
     uid: u64,
-    /// Start under which the store holds this session (as of the last drain).
-    stored_start_ms: Option<i64>,
     /// Listed in `Sessionizer::changed`.
     dirty: bool,
     coverage: Coverage,
     devices: Devices,
     /// Sorted, distinct.
     ads: Vec<String>,
+    /// Start under which the store holds this session (as of the last drain).
+    stored_start_ms: Option<i64>,
     frozen: Frozen,
 }
 
@@ -817,11 +817,10 @@ struct KeySlot {
     idle_scheduled: bool,
     /// Processing time of the last push.
     last_push_ms: i64,
-    /// `[start, end]` of idle-flushed sessions an accepted heartbeat could
-    /// still reach. Every push reads it, so it sits before the sessions (as
-    /// the last field it cost a cache miss per push).
-    closed: Vec<(i64, i64)>,
     sessions: SessionList,
+    /// `[start, end]` of idle-flushed sessions an accepted heartbeat could
+    /// still reach.
+    closed: Vec<(i64, i64)>,
 }
 
 impl KeySlot {
@@ -1001,16 +1000,11 @@ impl Sessionizer {
                 self.keys.touch(ahead.key);
                 self.ids.touch(ahead.id);
             }
-            // A session whose tail starts before this freezes on its push
-            // (see `push_fingerprinted`; the watermark only grows meanwhile).
-            let freeze_below_ms = self
-                .horizon_ms()
-                .saturating_sub(self.config.lateness_ms / 8);
             for ahead in group {
-                self.touch_slot(ahead.key, false, freeze_below_ms);
+                self.touch_slot(ahead.key, false);
             }
             for ahead in group {
-                self.touch_slot(ahead.key, true, freeze_below_ms);
+                self.touch_slot(ahead.key, true);
             }
             for &fingerprints in group {
                 let event = events.next().expect("one fingerprint per event");
@@ -1087,33 +1081,23 @@ impl Sessionizer {
         upserts.clear();
         // By slot: a walk through memory in order rather than at random.
         self.changed.sort_unstable();
-        let mut changed = std::mem::take(&mut self.changed);
-        for group in changed.chunks(GROUP) {
-            // Load the group's sessions together (see `push_many`): what
-            // this loop and the visits below read of them.
-            for &(slot_index, _, _) in group {
-                self.touch_changed(slot_index);
+        for (slot_index, generation, uid) in self.changed.drain(..) {
+            let slot = &mut self.slots[slot_index as usize];
+            if !slot.live || slot.generation != generation {
+                continue;
             }
-            for &(slot_index, generation, uid) in group {
-                let slot = &mut self.slots[slot_index as usize];
-                if !slot.live || slot.generation != generation {
-                    continue;
-                }
-                let Some(index) = slot.position_of(uid) else {
-                    continue;
-                };
-                let session = &mut slot.sessions.as_mut_slice()[index];
-                session.dirty = false;
-                let (start_ms, stored) = (session.start_ms, session.stored_start_ms);
-                session.stored_start_ms = Some(start_ms);
-                if let Some(stored_ms) = stored.filter(|&stored_ms| stored_ms != start_ms) {
-                    self.deleted.push(slot.key(stored_ms));
-                }
-                upserts.push((slot_index, index as u32));
+            let Some(index) = slot.position_of(uid) else {
+                continue;
+            };
+            let session = &mut slot.sessions.as_mut_slice()[index];
+            session.dirty = false;
+            let (start_ms, stored) = (session.start_ms, session.stored_start_ms);
+            session.stored_start_ms = Some(start_ms);
+            if let Some(stored_ms) = stored.filter(|&stored_ms| stored_ms != start_ms) {
+                self.deleted.push(slot.key(stored_ms));
             }
+            upserts.push((slot_index, index as u32));
         }
-        changed.clear();
-        self.changed = changed;
         let slots = &self.slots;
         let upserted = |&(slot_index, index): &(SlotIndex, u32)| {
             let slot = &slots[slot_index as usize];
@@ -1338,7 +1322,7 @@ impl Sessionizer {
     /// read: the slot and its last session, or with `tail`, the session's
     /// last held heartbeat. A hint only: a wrong or missing slot costs nothing.
     #[inline]
-    fn touch_slot(&self, key_fingerprint: u64, tail: bool, freeze_below_ms: i64) {
+    fn touch_slot(&self, key_fingerprint: u64, tail: bool) {
         let Some(slot) = self
             .keys
             .candidate(key_fingerprint)
@@ -1351,26 +1335,13 @@ impl Sessionizer {
             return;
         };
         let loaded = if tail {
-            let back = session.tail.back().map_or(0, |held| held.time_ms);
-            if session.tail_front_ms < freeze_below_ms {
-                // The push will freeze the front of the tail into the
-                // frozen summary (every other push or so): load both.
-                let front = session.tail.front().map_or(0, |held| held.position_ms);
-                let frozen = session
-                    .frozen
-                    .watch_ms
-                    .wrapping_add(session.frozen.coverage.covered_ms());
-                back.wrapping_add(front).wrapping_add(frozen)
-            } else {
-                back
-            }
+            session.tail.back().map_or(0, |held| held.time_ms)
         } else {
             // One field per cache line of the hot part.
             (slot.last_push_ms as u64)
                 .wrapping_add(u64::from(
                     slot.user_id.as_bytes().first().copied().unwrap_or(0),
                 ))
-                .wrapping_add(slot.closed.len() as u64)
                 .wrapping_add(session.start_ms as u64)
                 .wrapping_add(session.tail.len() as u64)
                 .wrapping_add(session.uid)
@@ -1385,26 +1356,6 @@ impl Sessionizer {
                         .unwrap_or(0),
                 )) as i64
         };
-        std::hint::black_box(loaded);
-    }
-
-    /// Loads (without using) what a drain reads of a changed slot: its key,
-    /// header and the first session's change-tracking and totals lines.
-    #[inline]
-    fn touch_changed(&self, slot_index: SlotIndex) {
-        let Some(slot) = self.slots.get(slot_index as usize) else {
-            return;
-        };
-        let mut loaded = u64::from(slot.generation).wrapping_add(u64::from(
-            slot.user_id.as_bytes().first().copied().unwrap_or(0),
-        ));
-        if let Some(session) = slot.sessions.as_slice().first() {
-            loaded = loaded
-                .wrapping_add(session.start_ms as u64)
-                .wrapping_add(session.uid)
-                .wrapping_add(session.devices.more.len() as u64)
-                .wrapping_add(session.ads.len() as u64);
-        }
         std::hint::black_box(loaded);
     }
 
