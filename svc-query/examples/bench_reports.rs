@@ -39,7 +39,7 @@ const SECRET: &str = "bench-secret";
 
 #[derive(Parser)]
 struct Args {
-    /// `sqlite` (file in --dir) or `postgres` (database hbq_bench at --pg-url).
+    /// `sqlite` (file in --dir) or `postgres` (database --pg-db at --pg-url).
     #[arg(long, default_value = "sqlite")]
     store: String,
     #[arg(long, default_value_t = 1_000_000)]
@@ -51,6 +51,9 @@ struct Args {
     /// PostgreSQL server (trust auth); the bench creates database hbq_bench on it.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pg_url: String,
+    /// Database the bench creates (and drops first) on that server.
+    #[arg(long, default_value = "hbq_bench")]
+    pg_db: String,
     /// Keep an already seeded store instead of seeding again.
     #[arg(long)]
     reuse: bool,
@@ -598,13 +601,18 @@ async fn main() -> anyhow::Result<()> {
             .rsplit_once('/')
             .map(|(b, _)| b)
             .unwrap_or(&args.pg_url);
-        config.yugabyte_url = Some(format!("{base}/hbq_bench"));
+        config.yugabyte_url = Some(format!("{base}/{}", args.pg_db));
         if !args.reuse {
             let admin = sqlx::PgPool::connect(&args.pg_url).await?;
-            sqlx::query("DROP DATABASE IF EXISTS hbq_bench WITH (FORCE)")
+            let db = &args.pg_db;
+            anyhow::ensure!(
+                db.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "--pg-db must be a plain lowercase identifier"
+            );
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                 .execute(&admin)
                 .await?;
-            sqlx::query("CREATE DATABASE hbq_bench")
+            sqlx::query(&format!("CREATE DATABASE {db}"))
                 .execute(&admin)
                 .await?;
             admin.close().await;
