@@ -72,6 +72,9 @@ struct Args {
     /// Also run the 30-day reports with 16 clients (minutes on 2 cores).
     #[arg(long)]
     month_16: bool,
+    /// Measure only the reports whose name contains this (e.g. `royalties_day`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 struct Session {
@@ -606,7 +609,8 @@ async fn main() -> anyhow::Result<()> {
             let admin = sqlx::PgPool::connect(&args.pg_url).await?;
             let db = &args.pg_db;
             anyhow::ensure!(
-                db.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                db.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
                 "--pg-db must be a plain lowercase identifier"
             );
             sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
@@ -720,6 +724,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     for (name, path) in report_paths() {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|only| !name.contains(only))
+        {
+            continue;
+        }
         for (clients, per_client) in [(1, args.iterations), (16, args.iterations_16)] {
             if clients == 16 && name.contains("30d") && !args.month_16 {
                 continue;

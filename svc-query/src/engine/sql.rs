@@ -80,13 +80,17 @@ enum RawSource {
     Scylla(String),
 }
 
+/// Longest royalties period read in start order on the store (see
+/// [`Tables::royalties`]); longer ones are read in title order.
+pub const SHORT_ROYALTIES_MS: i64 = 7 * 24 * 3_600_000;
+
 /// Table names as one engine sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
-    /// How the concurrency filter names `start_ms` (see [`Tables::concurrency`]).
-    overlap_start: &'static str,
-    /// Royalties read final and open sessions apart (see [`Tables::royalties`]).
-    split_open: bool,
+    /// The sessions store itself, whose indexes the statements are shaped
+    /// for (see [`Tables::royalties`] and [`Tables::concurrency`]); false
+    /// through Trino, which gets the plain text.
+    on_store: bool,
     sessions: String,
     session_ads: String,
     videos: String,
@@ -98,8 +102,7 @@ impl Tables {
     /// The sessions store itself (SQLite or PostgreSQL/YugabyteDB).
     pub fn store() -> Tables {
         Tables {
-            overlap_start: "s.start_ms + 0",
-            split_open: true,
+            on_store: true,
             sessions: "sessions".into(),
             session_ads: "session_ads".into(),
             videos: "videos".into(),
@@ -119,8 +122,7 @@ impl Tables {
     ) -> Tables {
         let yb = |table: &str| format!("\"{yugabyte_catalog}\".\"{yugabyte_schema}\".\"{table}\"");
         Tables {
-            overlap_start: "s.start_ms",
-            split_open: false,
+            on_store: false,
             sessions: yb("sessions"),
             session_ads: yb("session_ads"),
             videos: yb("videos"),
@@ -138,11 +140,20 @@ impl Tables {
     /// look-up per title instead of per session).
     ///
     /// On the store, final and open sessions are read apart. Finals come
-    /// from the partial index `(video_id, user_id, start_ms, watch_ms) WHERE
-    /// is_final` alone, in group order: a month over 1 M sessions is one
-    /// index scan with no row look-up and no sort (~30x faster on SQLite).
-    /// The index holds `watch_ms` but only for finals, so the stream stage's
-    /// upserts of open sessions never rewrite it (a full index did, and cost
+    /// from a partial index of finals alone (no row look-up), chosen by the
+    /// period's length:
+    /// - up to [`SHORT_ROYALTIES_MS`], from `(start_ms, video_id, user_id,
+    ///   watch_ms, ...) WHERE is_final`: the period is one range of the
+    ///   index, sorted by title afterwards (a day is 1/30 of a month's rows);
+    /// - longer, from `(video_id, user_id, start_ms, watch_ms) WHERE
+    ///   is_final` in group order: a month over 1 M sessions is one index
+    ///   scan with no sort (~30x faster on SQLite than row look-ups). `+ 0`
+    ///   keeps the planner off the start-order index, whose range would be
+    ///   most of the table and then need sorting.
+    ///
+    /// Both select the same rows, so the choice never changes the answer.
+    /// The indexes hold `watch_ms` but only for finals, so the stream stage's
+    /// upserts of open sessions never rewrite them (a full index did, and cost
     /// ~20% of the stream stage's throughput). Open sessions are few (those
     /// playing now) and come from their own partial index; an open session's
     /// user counts as a new viewer of the title only if no final session of
@@ -161,7 +172,12 @@ impl Tables {
             license_holder,
         );
         let sessions = &self.sessions;
-        let aggregate = if self.split_open {
+        let aggregate = if self.on_store {
+            let final_start = if to_ms - from_ms <= SHORT_ROYALTIES_MS {
+                "s.start_ms"
+            } else {
+                "s.start_ms + 0"
+            };
             format!(
                 "SELECT p.video_id, CAST(SUM(p.sessions) AS BIGINT) AS sessions, \
                  CAST(SUM(p.viewers) AS BIGINT) AS viewers, CAST(SUM(p.watch_ms) AS BIGINT) AS watch_ms\n\
@@ -169,7 +185,7 @@ impl Tables {
                  SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT s.user_id) AS viewers, \
                  SUM(s.watch_ms) AS watch_ms\n\
                  FROM {sessions} s\n\
-                 WHERE s.is_final AND s.start_ms >= $1 AND s.start_ms < $2{inner}\n\
+                 WHERE s.is_final AND {final_start} >= $1 AND {final_start} < $2{inner}\n\
                  GROUP BY s.video_id\n\
                  UNION ALL\n\
                  SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT CASE WHEN NOT EXISTS (\
@@ -239,20 +255,39 @@ impl Tables {
     /// (user_id, start_ms, end_ms); buckets are counted in Rust.
     ///
     /// `start_ms < upper` alone selects every session started before the
-    /// period ends, usually most of the table; on the store, driving that
-    /// through the `start_ms` index costs a row look-up per session (measured
-    /// 10-20x slower than one sequential scan on SQLite with 1 M sessions),
-    /// so `+ 0` keeps the planner on the scan. Through Trino the plain column
-    /// stays, so the predicate is pushed down to YugabyteDB.
+    /// period ends, usually most of the table. On the store, finals are read
+    /// from `sessions_final_by_start` between `from - longest` and `upper`,
+    /// where `longest` is the longest final session (one look-up at the top
+    /// of `sessions_final_by_length`): a final session that started earlier
+    /// ended before `from`. It is the same statement, so the bound and the
+    /// rows come from one snapshot. Open sessions (those playing now, few)
+    /// come from `sessions_open_by_start`. A day reads a day and the longest
+    /// session's length of the index instead of every row started before
+    /// it. Through Trino the plain overlap test is sent, pushed down to
+    /// YugabyteDB as it is.
     pub fn concurrency(&self, from_ms: i64, upper_ms: i64) -> Statement {
-        Statement {
-            sql: format!(
+        let sessions = &self.sessions;
+        let sql = if self.on_store {
+            format!(
                 "SELECT s.user_id, s.start_ms, s.end_ms\n\
                  FROM {sessions} s\n\
-                 WHERE {start} < $2 AND s.end_ms >= $1",
-                sessions = self.sessions,
-                start = self.overlap_start,
-            ),
+                 WHERE s.is_final AND s.start_ms < $2 AND s.end_ms >= $1 \
+                 AND s.start_ms >= $1 - (SELECT f.end_ms - f.start_ms FROM {sessions} f \
+                 WHERE f.is_final ORDER BY f.end_ms - f.start_ms DESC LIMIT 1)\n\
+                 UNION ALL\n\
+                 SELECT s.user_id, s.start_ms, s.end_ms\n\
+                 FROM {sessions} s\n\
+                 WHERE NOT s.is_final AND s.start_ms < $2 AND s.end_ms >= $1"
+            )
+        } else {
+            format!(
+                "SELECT s.user_id, s.start_ms, s.end_ms\n\
+                 FROM {sessions} s\n\
+                 WHERE s.start_ms < $2 AND s.end_ms >= $1"
+            )
+        };
+        Statement {
+            sql,
             params: vec![Param::Int(from_ms), Param::Int(upper_ms)],
         }
     }
@@ -392,6 +427,22 @@ mod tests {
         // Both halves of the store's scan and the outer join.
         assert_eq!(statement.sql.matches("license_holder_id = $3").count(), 3);
         assert!(statement.render().contains("'x'' OR ''1''=''1'"));
+    }
+
+    #[test]
+    fn the_store_reads_short_periods_in_start_order() {
+        let store = Tables::store();
+        let short = store.royalties(0, SHORT_ROYALTIES_MS, None).sql;
+        let long = store.royalties(0, SHORT_ROYALTIES_MS + 1, None).sql;
+        assert!(short.contains("s.is_final AND s.start_ms >= $1 AND s.start_ms < $2"));
+        assert!(long.contains("s.is_final AND s.start_ms + 0 >= $1 AND s.start_ms + 0 < $2"));
+        // The open half and Trino's text do not depend on the length.
+        let trino = Tables::trino("yb", "public", "sc", "heartbeats");
+        assert_eq!(
+            trino.royalties(0, 1, None).sql,
+            trino.royalties(0, 10 * SHORT_ROYALTIES_MS, None).sql
+        );
+        assert!(!trino.concurrency(0, 1).sql.contains("is_final"));
     }
 
     #[test]
