@@ -82,7 +82,7 @@ impl TrafficRollup {
                 let rows = match &store {
                     Store::Sqlite(pool) => count_raw_sqlite(pool, first, last + HOUR_MS).await?,
                     Store::Postgres(_) => {
-                        let statement = Tables::store().traffic(first, last + HOUR_MS, None);
+                        let statement = Tables::postgres().traffic(first, last + HOUR_MS, None);
                         store.fetch_all(&statement).await?
                     }
                 };
