@@ -1,7 +1,9 @@
 //! The report SQL, one text per report shared by every engine (SPEC 2:
 //! portable subset, integer epoch milliseconds, TEXT ids, no vendor
-//! functions). Only table names differ per engine, plus the raw-mirror source
-//! of the traffic report, which in ScyllaDB must name its full partition key.
+//! functions). Per engine, table names differ, the raw-mirror source of the
+//! traffic report (in ScyllaDB it must name its full partition key), and on
+//! the store the shape of royalties and concurrency, written for the store's
+//! partial indexes (Trino gets the plain text).
 //!
 //! Values are never spliced from request text: statements carry `$n`
 //! placeholders and typed [`Param`]s. sqlx binds them (PostgreSQL and SQLite
@@ -11,8 +13,9 @@
 //! generated is the hour/bucket partition list, and it is printed from
 //! validated integers.
 //!
-//! No ORDER BY: engines sort rows in Rust so that byte order is the same
-//! whatever the database's collation.
+//! No ORDER BY of answer rows: engines sort rows in Rust so that byte order
+//! is the same whatever the database's collation (the one ORDER BY, in
+//! concurrency, picks an integer).
 
 use hb_common::raw::{hours_between, BUCKETS, HOUR_MS};
 use std::fmt::Write as _;
