@@ -39,7 +39,7 @@ const SECRET: &str = "bench-secret";
 
 #[derive(Parser)]
 struct Args {
-    /// `sqlite` (file in --dir) or `postgres` (database hbq_bench at --pg-url).
+    /// `sqlite` (file in --dir) or `postgres` (database --pg-db at --pg-url).
     #[arg(long, default_value = "sqlite")]
     store: String,
     #[arg(long, default_value_t = 1_000_000)]
@@ -51,6 +51,9 @@ struct Args {
     /// PostgreSQL server (trust auth); the bench creates database hbq_bench on it.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pg_url: String,
+    /// Database the bench creates (and drops first) on that server.
+    #[arg(long, default_value = "hbq_bench")]
+    pg_db: String,
     /// Keep an already seeded store instead of seeding again.
     #[arg(long)]
     reuse: bool,
@@ -69,6 +72,9 @@ struct Args {
     /// Also run the 30-day reports with 16 clients (minutes on 2 cores).
     #[arg(long)]
     month_16: bool,
+    /// Measure only the reports whose name contains this (e.g. `royalties_day`).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 struct Session {
@@ -598,13 +604,19 @@ async fn main() -> anyhow::Result<()> {
             .rsplit_once('/')
             .map(|(b, _)| b)
             .unwrap_or(&args.pg_url);
-        config.yugabyte_url = Some(format!("{base}/hbq_bench"));
+        config.yugabyte_url = Some(format!("{base}/{}", args.pg_db));
         if !args.reuse {
             let admin = sqlx::PgPool::connect(&args.pg_url).await?;
-            sqlx::query("DROP DATABASE IF EXISTS hbq_bench WITH (FORCE)")
+            let db = &args.pg_db;
+            anyhow::ensure!(
+                db.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "--pg-db must be a plain lowercase identifier"
+            );
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                 .execute(&admin)
                 .await?;
-            sqlx::query("CREATE DATABASE hbq_bench")
+            sqlx::query(&format!("CREATE DATABASE {db}"))
                 .execute(&admin)
                 .await?;
             admin.close().await;
@@ -712,6 +724,13 @@ async fn main() -> anyhow::Result<()> {
     }
 
     for (name, path) in report_paths() {
+        if args
+            .only
+            .as_deref()
+            .is_some_and(|only| !name.contains(only))
+        {
+            continue;
+        }
         for (clients, per_client) in [(1, args.iterations), (16, args.iterations_16)] {
             if clients == 16 && name.contains("30d") && !args.month_16 {
                 continue;

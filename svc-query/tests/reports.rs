@@ -4,10 +4,11 @@
 
 mod common;
 
-use common::{Backend, Seed, TestStore, MINUTE, T0};
+use common::{Backend, Seed, SeedSession, TestStore, MINUTE, T0};
 use hb_common::raw::{BUMP_RAW_HOURS_UNTIL_SQL, BUMP_RAW_HOUR_SQL, HOUR_MS};
 use std::time::Duration;
 use svc_query::engine::direct::DirectEngine;
+use svc_query::engine::sql::SHORT_ROYALTIES_MS;
 use svc_query::engine::ReportEngine;
 use svc_query::report::{ConcurrencySpec, Window};
 use svc_query::store::Store;
@@ -150,6 +151,94 @@ async fn reports_over_sqlite_match_the_definition() {
 #[tokio::test]
 async fn reports_over_postgres_match_the_definition() {
     check_reports(Backend::Postgres).await;
+}
+
+/// The store picks its royalties statement by the period's length (start
+/// order up to `SHORT_ROYALTIES_MS`, title order beyond) and bounds the
+/// concurrency scan by the longest final session: every choice, and both
+/// sides of every bound, against the definition.
+async fn check_statement_choices(backend: Backend) {
+    let test = TestStore::new(backend).await;
+    let mut seed = Seed::generate(5);
+    // The longest final session, and an open one that started even earlier
+    // (open sessions are not bounded by the longest final).
+    let long = |user: &str, start_ms: i64, end_ms: i64, is_final: bool| SeedSession {
+        user_id: user.into(),
+        video_id: "v2".into(),
+        start_ms,
+        end_ms,
+        heartbeats: 2,
+        watch_ms: end_ms - start_ms,
+        coverage_ms: 0,
+        last_position_ms: 0,
+        devices: 1,
+        ads: Vec::new(),
+        is_final,
+    };
+    let (long_start, long_end) = (T0 - 9 * DAY, T0 - 9 * DAY + 30 * HOUR_MS);
+    seed.sessions
+        .push(long("long-final", long_start, long_end, true));
+    seed.sessions
+        .push(long("long-open", T0 - 20 * DAY, T0 + 3 * HOUR_MS, false));
+    seed.load(&test.store).await;
+    let engine = DirectEngine::new(test.store.clone(), Duration::from_secs(30));
+
+    let short = SHORT_ROYALTIES_MS;
+    for (from, to) in [
+        (T0 + DAY - short, T0 + DAY),
+        (T0 + DAY - short - 1, T0 + DAY),
+        (long_start, long_start + short),
+        (long_start, long_start + short + 1),
+        (long_start + 1, T0 + 2 * DAY),
+        (T0 - 30 * DAY, T0 + 30 * DAY),
+    ] {
+        let window = Window::new(from, to).unwrap();
+        for holder in [None, Some("L2"), Some("L3")] {
+            assert_eq!(
+                engine.royalties(window, holder).await.unwrap(),
+                seed.royalties(from, to, holder),
+                "royalties {holder:?} {from}..{to}"
+            );
+        }
+    }
+    assert!(engine
+        .royalties(Window::new(long_start, long_start + short).unwrap(), None)
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.video_id == "v2"));
+
+    for (from, to, step) in [
+        // The longest final ends exactly at `from`: counted in bucket 0.
+        (long_end, long_end + HOUR_MS, 60),
+        (long_end + 1, long_end + HOUR_MS, 60),
+        (long_end - 1, long_end + 1, 1),
+        (long_start - 1, long_start + 1, 1),
+        (long_start + 5 * HOUR_MS, long_start + 6 * HOUR_MS, 600),
+        (T0 - 2 * DAY, T0 + 2 * DAY, 3_600),
+        (T0 - 10 * DAY, T0 + 2 * DAY, 3_600),
+    ] {
+        let spec = ConcurrencySpec::new(Window::new(from, to).unwrap(), step).unwrap();
+        assert_eq!(
+            engine.concurrency(spec).await.unwrap(),
+            seed.concurrency(from, to, step),
+            "concurrency {from}..{to}/{step}"
+        );
+    }
+    let at_end =
+        ConcurrencySpec::new(Window::new(long_end, long_end + 60_000).unwrap(), 60).unwrap();
+    // long-final (ending at `from`) and long-open.
+    assert_eq!(engine.concurrency(at_end).await.unwrap()[0].viewers, 2);
+}
+
+#[tokio::test]
+async fn statement_choices_match_the_definition_sqlite() {
+    check_statement_choices(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn statement_choices_match_the_definition_postgres() {
+    check_statement_choices(Backend::Postgres).await;
 }
 
 async fn check_catalog_upserts(backend: Backend) {

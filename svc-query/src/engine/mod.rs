@@ -58,9 +58,36 @@ pub struct RoyaltyAggregate {
     pub rate_micros_per_hour: i64,
 }
 
-/// Computes amounts and orders by (license holder, video).
-pub fn finish_royalties(rows: Vec<RoyaltyAggregate>) -> Result<Vec<RoyaltyRow>, EngineError> {
-    let mut out = rows
+/// Adds up the rows of a title (the store answers final and open sessions
+/// apart), computes amounts from the totals and orders by (license holder,
+/// video).
+pub fn finish_royalties(mut rows: Vec<RoyaltyAggregate>) -> Result<Vec<RoyaltyRow>, EngineError> {
+    rows.sort_by(|a, b| {
+        (&a.license_holder_id, &a.video_id).cmp(&(&b.license_holder_id, &b.video_id))
+    });
+    let mut merged: Vec<RoyaltyAggregate> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match merged.last_mut() {
+            Some(last)
+                if last.video_id == row.video_id
+                    && last.license_holder_id == row.license_holder_id =>
+            {
+                let sum = |a: i64, b: i64, what: &str| {
+                    a.checked_add(b).ok_or_else(|| {
+                        EngineError::Internal(format!(
+                            "royalty {what} of video {} exceed 64 bits",
+                            row.video_id
+                        ))
+                    })
+                };
+                last.sessions = sum(last.sessions, row.sessions, "sessions")?;
+                last.viewers = sum(last.viewers, row.viewers, "viewers")?;
+                last.watch_ms = sum(last.watch_ms, row.watch_ms, "watch time")?;
+            }
+            _ => merged.push(row),
+        }
+    }
+    merged
         .into_iter()
         .map(|row| {
             let amount =
@@ -79,11 +106,7 @@ pub fn finish_royalties(rows: Vec<RoyaltyAggregate>) -> Result<Vec<RoyaltyRow>, 
                 amount_micros: amount,
             })
         })
-        .collect::<Result<Vec<_>, EngineError>>()?;
-    out.sort_by(|a, b| {
-        (&a.license_holder_id, &a.video_id).cmp(&(&b.license_holder_id, &b.video_id))
-    });
-    Ok(out)
+        .collect()
 }
 
 /// Orders impressions by (advertiser, campaign, ad).

@@ -1,7 +1,9 @@
 //! The report SQL, one text per report shared by every engine (SPEC 2:
 //! portable subset, integer epoch milliseconds, TEXT ids, no vendor
-//! functions). Only table names differ per engine, plus the raw-mirror source
-//! of the traffic report, which in ScyllaDB must name its full partition key.
+//! functions). Per engine, table names differ, the raw-mirror source of the
+//! traffic report (in ScyllaDB it must name its full partition key), and on
+//! the store the shape of royalties and concurrency, written for the store's
+//! partial indexes (Trino gets the plain text).
 //!
 //! Values are never spliced from request text: statements carry `$n`
 //! placeholders and typed [`Param`]s. sqlx binds them (PostgreSQL and SQLite
@@ -11,8 +13,9 @@
 //! generated is the hour/bucket partition list, and it is printed from
 //! validated integers.
 //!
-//! No ORDER BY: engines sort rows in Rust so that byte order is the same
-//! whatever the database's collation.
+//! No ORDER BY of answer rows: engines sort rows in Rust so that byte order
+//! is the same whatever the database's collation (the one ORDER BY, in
+//! concurrency, picks an integer).
 
 use hb_common::raw::{hours_between, BUCKETS, HOUR_MS};
 use std::fmt::Write as _;
@@ -80,13 +83,23 @@ enum RawSource {
     Scylla(String),
 }
 
+/// Longest royalties period read in start order on the store (see
+/// [`Tables::royalties`]); longer ones are read in title order.
+pub const SHORT_ROYALTIES_MS: i64 = 7 * 24 * 3_600_000;
+
 /// Table names as one engine sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
-    /// How the concurrency filter names `start_ms` (see [`Tables::concurrency`]).
-    overlap_start: &'static str,
-    /// Royalties read final and open sessions apart (see [`Tables::royalties`]).
-    split_open: bool,
+    /// The sessions store itself, whose indexes the statements are shaped
+    /// for (see [`Tables::royalties`] and [`Tables::concurrency`]); false
+    /// through Trino, which gets the plain text.
+    on_store: bool,
+    /// SQLite: the store is never analyzed, so its planner guesses that any
+    /// start range is small; long periods hide `start_ms` from it with
+    /// `+ 0`. Not on PostgreSQL, whose statistics see the range as it is
+    /// and whose estimate `+ 0` would blind (measured: a month's royalties
+    /// then sorted on disk instead of reading an index in order, 2.5x slower).
+    sqlite_planner: bool,
     sessions: String,
     session_ads: String,
     videos: String,
@@ -95,11 +108,19 @@ pub struct Tables {
 }
 
 impl Tables {
-    /// The sessions store itself (SQLite or PostgreSQL/YugabyteDB).
-    pub fn store() -> Tables {
+    /// The embedded SQLite store.
+    pub fn sqlite() -> Tables {
         Tables {
-            overlap_start: "s.start_ms + 0",
-            split_open: true,
+            sqlite_planner: true,
+            ..Tables::postgres()
+        }
+    }
+
+    /// The PostgreSQL/YugabyteDB store.
+    pub fn postgres() -> Tables {
+        Tables {
+            on_store: true,
+            sqlite_planner: false,
             sessions: "sessions".into(),
             session_ads: "session_ads".into(),
             videos: "videos".into(),
@@ -119,8 +140,8 @@ impl Tables {
     ) -> Tables {
         let yb = |table: &str| format!("\"{yugabyte_catalog}\".\"{yugabyte_schema}\".\"{table}\"");
         Tables {
-            overlap_start: "s.start_ms",
-            split_open: false,
+            on_store: false,
+            sqlite_planner: false,
             sessions: yb("sessions"),
             session_ads: yb("session_ads"),
             videos: yb("videos"),
@@ -137,12 +158,27 @@ impl Tables {
     /// Sessions are aggregated per video before the join (one catalog
     /// look-up per title instead of per session).
     ///
-    /// On the store, final and open sessions are read apart. Finals come
-    /// from the partial index `(video_id, user_id, start_ms, watch_ms) WHERE
-    /// is_final` alone, in group order: a month over 1 M sessions is one
-    /// index scan with no row look-up and no sort (~30x faster on SQLite).
-    /// The index holds `watch_ms` but only for finals, so the stream stage's
-    /// upserts of open sessions never rewrite it (a full index did, and cost
+    /// On the store, final and open sessions are read apart, each joined
+    /// with the catalog, and a title with both has two rows that
+    /// [`super::finish_royalties`] adds up (merging them in SQL cost an
+    /// aggregation over the union whose size PostgreSQL misjudged, ~30 ms
+    /// of a day). Finals come
+    /// from a partial index of finals alone (no row look-up), chosen by the
+    /// period's length:
+    /// - up to [`SHORT_ROYALTIES_MS`], from `(start_ms, video_id, user_id,
+    ///   watch_ms, ...) WHERE is_final`: the period is one range of the
+    ///   index, sorted by title afterwards (a day is 1/30 of a month's rows);
+    /// - longer, from `(video_id, user_id, start_ms, watch_ms) WHERE
+    ///   is_final` in group order: a month over 1 M sessions is one index
+    ///   scan with no sort (~30x faster on SQLite than row look-ups). On
+    ///   SQLite `+ 0` keeps the planner off the start-order index, whose
+    ///   range would be most of the table and then need sorting.
+    ///
+    /// PostgreSQL's planner makes the same choice from its statistics, so
+    /// there the text does not change with the length. Both select the same
+    /// rows, so the choice never changes the answer.
+    /// The indexes hold `watch_ms` but only for finals, so the stream stage's
+    /// upserts of open sessions never rewrite them (a full index did, and cost
     /// ~20% of the stream stage's throughput). Open sessions are few (those
     /// playing now) and come from their own partial index; an open session's
     /// user counts as a new viewer of the title only if no final session of
@@ -161,44 +197,46 @@ impl Tables {
             license_holder,
         );
         let sessions = &self.sessions;
-        let aggregate = if self.split_open {
+        let videos = &self.videos;
+        let joined = |aggregate: String| {
             format!(
-                "SELECT p.video_id, CAST(SUM(p.sessions) AS BIGINT) AS sessions, \
-                 CAST(SUM(p.viewers) AS BIGINT) AS viewers, CAST(SUM(p.watch_ms) AS BIGINT) AS watch_ms\n\
-                 FROM (\n\
-                 SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT s.user_id) AS viewers, \
-                 SUM(s.watch_ms) AS watch_ms\n\
+                "SELECT v.license_holder_id, a.video_id, a.sessions, a.viewers, a.watch_ms, v.rate_micros_per_hour\n\
+                 FROM (\n{aggregate}\n) a JOIN {videos} v ON v.video_id = a.video_id{outer}"
+            )
+        };
+        let sql = if self.on_store {
+            let final_start = if self.sqlite_planner && to_ms - from_ms > SHORT_ROYALTIES_MS {
+                "s.start_ms + 0"
+            } else {
+                "s.start_ms"
+            };
+            let finals = joined(format!(
+                "SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT s.user_id) AS viewers, \
+                 CAST(SUM(s.watch_ms) AS BIGINT) AS watch_ms\n\
                  FROM {sessions} s\n\
-                 WHERE s.is_final AND s.start_ms >= $1 AND s.start_ms < $2{inner}\n\
-                 GROUP BY s.video_id\n\
-                 UNION ALL\n\
-                 SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT CASE WHEN NOT EXISTS (\
+                 WHERE s.is_final AND {final_start} >= $1 AND {final_start} < $2{inner}\n\
+                 GROUP BY s.video_id"
+            ));
+            let open = joined(format!(
+                "SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT CASE WHEN NOT EXISTS (\
                  SELECT 1 FROM {sessions} f WHERE f.is_final AND f.video_id = s.video_id \
                  AND f.user_id = s.user_id AND f.start_ms >= $1 AND f.start_ms < $2\
-                 ) THEN s.user_id END) AS viewers, SUM(s.watch_ms) AS watch_ms\n\
+                 ) THEN s.user_id END) AS viewers, CAST(SUM(s.watch_ms) AS BIGINT) AS watch_ms\n\
                  FROM {sessions} s\n\
                  WHERE NOT s.is_final AND s.start_ms >= $1 AND s.start_ms < $2{inner}\n\
-                 GROUP BY s.video_id\n\
-                 ) p\n\
-                 GROUP BY p.video_id"
-            )
+                 GROUP BY s.video_id"
+            ));
+            format!("{finals}\nUNION ALL\n{open}")
         } else {
-            format!(
+            joined(format!(
                 "SELECT s.video_id, COUNT(*) AS sessions, COUNT(DISTINCT s.user_id) AS viewers, \
                  CAST(SUM(s.watch_ms) AS BIGINT) AS watch_ms\n\
                  FROM {sessions} s\n\
                  WHERE s.start_ms >= $1 AND s.start_ms < $2{inner}\n\
                  GROUP BY s.video_id"
-            )
+            ))
         };
-        Statement {
-            sql: format!(
-                "SELECT v.license_holder_id, a.video_id, a.sessions, a.viewers, a.watch_ms, v.rate_micros_per_hour\n\
-                 FROM (\n{aggregate}\n) a JOIN {videos} v ON v.video_id = a.video_id{outer}",
-                videos = self.videos,
-            ),
-            params,
-        }
+        Statement { sql, params }
     }
 
     /// Impressions: (session, ad) pairs of sessions started in `[from, to)`
@@ -239,20 +277,39 @@ impl Tables {
     /// (user_id, start_ms, end_ms); buckets are counted in Rust.
     ///
     /// `start_ms < upper` alone selects every session started before the
-    /// period ends, usually most of the table; on the store, driving that
-    /// through the `start_ms` index costs a row look-up per session (measured
-    /// 10-20x slower than one sequential scan on SQLite with 1 M sessions),
-    /// so `+ 0` keeps the planner on the scan. Through Trino the plain column
-    /// stays, so the predicate is pushed down to YugabyteDB.
+    /// period ends, usually most of the table. On the store, finals are read
+    /// from `sessions_final_by_start` between `from - longest` and `upper`,
+    /// where `longest` is the longest final session (one look-up at the top
+    /// of `sessions_final_by_length`): a final session that started earlier
+    /// ended before `from`. It is the same statement, so the bound and the
+    /// rows come from one snapshot. Open sessions (those playing now, few)
+    /// come from `sessions_open_by_start`. A day reads a day and the longest
+    /// session's length of the index instead of every row started before
+    /// it. Through Trino the plain overlap test is sent, pushed down to
+    /// YugabyteDB as it is.
     pub fn concurrency(&self, from_ms: i64, upper_ms: i64) -> Statement {
-        Statement {
-            sql: format!(
+        let sessions = &self.sessions;
+        let sql = if self.on_store {
+            format!(
                 "SELECT s.user_id, s.start_ms, s.end_ms\n\
                  FROM {sessions} s\n\
-                 WHERE {start} < $2 AND s.end_ms >= $1",
-                sessions = self.sessions,
-                start = self.overlap_start,
-            ),
+                 WHERE s.is_final AND s.start_ms < $2 AND s.end_ms >= $1 \
+                 AND s.start_ms >= $1 - (SELECT f.end_ms - f.start_ms FROM {sessions} f \
+                 WHERE f.is_final ORDER BY f.end_ms - f.start_ms DESC LIMIT 1)\n\
+                 UNION ALL\n\
+                 SELECT s.user_id, s.start_ms, s.end_ms\n\
+                 FROM {sessions} s\n\
+                 WHERE NOT s.is_final AND s.start_ms < $2 AND s.end_ms >= $1"
+            )
+        } else {
+            format!(
+                "SELECT s.user_id, s.start_ms, s.end_ms\n\
+                 FROM {sessions} s\n\
+                 WHERE s.start_ms < $2 AND s.end_ms >= $1"
+            )
+        };
+        Statement {
+            sql,
             params: vec![Param::Int(from_ms), Param::Int(upper_ms)],
         }
     }
@@ -386,12 +443,35 @@ mod tests {
     #[test]
     fn scoping_is_a_parameter_not_text() {
         let evil = "x' OR '1'='1";
-        let statement = Tables::store().royalties(0, 1, Some(evil));
+        let statement = Tables::sqlite().royalties(0, 1, Some(evil));
         assert!(!statement.sql.contains(evil));
         assert_eq!(statement.params[2], Param::Text(evil.into()));
-        // Both halves of the store's scan and the outer join.
-        assert_eq!(statement.sql.matches("license_holder_id = $3").count(), 3);
+        // Both halves of the store's scan and both joins.
+        assert_eq!(statement.sql.matches("license_holder_id = $3").count(), 4);
         assert!(statement.render().contains("'x'' OR ''1''=''1'"));
+    }
+
+    #[test]
+    fn the_store_reads_short_periods_in_start_order() {
+        let sqlite = Tables::sqlite();
+        let short = sqlite.royalties(0, SHORT_ROYALTIES_MS, None).sql;
+        let long = sqlite.royalties(0, SHORT_ROYALTIES_MS + 1, None).sql;
+        assert!(short.contains("s.is_final AND s.start_ms >= $1 AND s.start_ms < $2"));
+        assert!(long.contains("s.is_final AND s.start_ms + 0 >= $1 AND s.start_ms + 0 < $2"));
+        // PostgreSQL plans from statistics: one text.
+        let postgres = Tables::postgres();
+        assert_eq!(postgres.royalties(0, SHORT_ROYALTIES_MS, None).sql, short);
+        assert_eq!(
+            postgres.royalties(0, SHORT_ROYALTIES_MS + 1, None).sql,
+            short
+        );
+        // The open half and Trino's text do not depend on the length.
+        let trino = Tables::trino("yb", "public", "sc", "heartbeats");
+        assert_eq!(
+            trino.royalties(0, 1, None).sql,
+            trino.royalties(0, 10 * SHORT_ROYALTIES_MS, None).sql
+        );
+        assert!(!trino.concurrency(0, 1).sql.contains("is_final"));
     }
 
     #[test]
