@@ -12,7 +12,7 @@
 //! read through rusqlite ([`crate::store::sqlite_scan`]), whose deadline
 //! interrupts the statement.
 use super::rollup::{HourSplit, TrafficRollup};
-use super::sql::{Param, Tables};
+use super::sql::{Param, Statement, Tables};
 use super::{finish_impressions, finish_royalties, finish_traffic, ReportEngine, RoyaltyAggregate};
 use crate::error::EngineError;
 use crate::report::{
@@ -22,6 +22,9 @@ use crate::store::{sqlite_scan, Store};
 use async_trait::async_trait;
 use hb_common::raw::{hour_ms, HOUR_MS};
 use hb_common::shutdown::CancellationToken;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::FromRow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -99,6 +102,36 @@ impl DirectEngine {
         }
     }
 
+    /// Every row of `statement` within `left`: on SQLite read through
+    /// rusqlite, each row mapped by `from_row` (large answers cost less
+    /// than through sqlx), on PostgreSQL through sqlx.
+    async fn fetch_rows<T>(
+        &self,
+        statement: &Statement,
+        left: Duration,
+        from_row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, EngineError>
+    where
+        T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static,
+    {
+        match &self.store {
+            Store::Sqlite(pool) => {
+                sqlite_scan(pool, statement, left, move |stored| {
+                    let mut rows = Vec::new();
+                    while let Some(row) = stored.next()? {
+                        rows.push(from_row(row)?);
+                    }
+                    Ok(rows)
+                })
+                .await
+            }
+            Store::Postgres(_) => {
+                self.within_deadline(left, self.store.fetch_all(statement))
+                    .await
+            }
+        }
+    }
+
     async fn within_deadline<T, E, F>(&self, left: Duration, work: F) -> Result<T, EngineError>
     where
         F: std::future::Future<Output = Result<T, E>>,
@@ -129,32 +162,20 @@ impl ReportEngine for DirectEngine {
         let statement = self
             .tables
             .royalties(window.from_ms(), window.to_ms(), license_holder);
-        let rows: Vec<RoyaltyAggregate> = match &self.store {
-            // Up to one row per title (20 k): read through rusqlite, whose
-            // rows cost a fraction of sqlx's per-row hand-over (measured
-            // about half of a day's request on 1 M sessions).
-            Store::Sqlite(pool) => {
-                sqlite_scan(pool, &statement, left, |stored| {
-                    let mut rows = Vec::new();
-                    while let Some(row) = stored.next()? {
-                        rows.push(RoyaltyAggregate {
-                            license_holder_id: row.get(0)?,
-                            video_id: row.get(1)?,
-                            sessions: row.get(2)?,
-                            viewers: row.get(3)?,
-                            watch_ms: row.get(4)?,
-                            rate_micros_per_hour: row.get(5)?,
-                        });
-                    }
-                    Ok(rows)
+        // Up to one row per title (20 k): on SQLite, sqlx's per-row
+        // hand-over was about half of a day's request on 1 M sessions.
+        let rows = self
+            .fetch_rows(&statement, left, |row| {
+                Ok(RoyaltyAggregate {
+                    license_holder_id: row.get(0)?,
+                    video_id: row.get(1)?,
+                    sessions: row.get(2)?,
+                    viewers: row.get(3)?,
+                    watch_ms: row.get(4)?,
+                    rate_micros_per_hour: row.get(5)?,
                 })
-                .await?
-            }
-            Store::Postgres(_) => {
-                self.within_deadline(left, self.store.fetch_all(&statement))
-                    .await?
-            }
-        };
+            })
+            .await?;
         finish_royalties(rows)
     }
 
@@ -236,30 +257,18 @@ impl ReportEngine for DirectEngine {
             self.within_deadline(left, self.rollup.refresh(&self.store, start, end))
                 .await?;
             let statement = TrafficRollup::read(start, end, license_holder);
-            rows = match &self.store {
-                // A month is ~144 k stored rows: read through rusqlite,
-                // like concurrency (sqlx's per-row hand-over cost more
-                // than the read).
-                Store::Sqlite(pool) => {
-                    sqlite_scan(pool, &statement, left, |stored| {
-                        let mut rows = Vec::new();
-                        while let Some(row) = stored.next()? {
-                            rows.push(TrafficRow {
-                                hour_start_ms: row.get(0)?,
-                                license_holder_id: row.get(1)?,
-                                heartbeats: row.get(2)?,
-                                devices: row.get(3)?,
-                            });
-                        }
-                        Ok(rows)
+            // A month is ~144 k stored rows (on SQLite, sqlx's per-row
+            // hand-over cost more than the read).
+            rows = self
+                .fetch_rows(&statement, left, |row| {
+                    Ok(TrafficRow {
+                        hour_start_ms: row.get(0)?,
+                        license_holder_id: row.get(1)?,
+                        heartbeats: row.get(2)?,
+                        devices: row.get(3)?,
                     })
-                    .await?
-                }
-                Store::Postgres(_) => {
-                    self.within_deadline(left, self.store.fetch_all(&statement))
-                        .await?
-                }
-            };
+                })
+                .await?;
         }
         for (from, to) in [split.head, split.tail].into_iter().flatten() {
             let statement = self.tables.traffic(from, to, license_holder);
