@@ -1,6 +1,6 @@
 //! svc-stream: consumes accepted heartbeats, sessionizes them exactly (SPEC 5)
 //! and writes session changes, offsets and the raw mirror.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod embedded;

@@ -85,7 +85,7 @@ impl KeyTable {
     /// Loads the entry where this fingerprint's lookup starts (a hint).
     #[inline]
     pub(super) fn touch(&self, fingerprint: u64) {
-        std::hint::black_box(self.entries[stored(fingerprint) as usize & self.mask()].0);
+        super::prefetch::line(&self.entries[stored(fingerprint) as usize & self.mask()]);
     }
 
     /// Records a slot (its key is not in the table yet).
@@ -252,7 +252,7 @@ impl IdTable {
     /// Loads the entry where this fingerprint's lookup starts (a hint).
     #[inline]
     pub(super) fn touch(&self, fingerprint: u64) {
-        std::hint::black_box(self.entries[self.home(stored(fingerprint))].fingerprint);
+        super::prefetch::line(&self.entries[self.home(stored(fingerprint))]);
     }
 
     /// Records the id of a heartbeat held in `slot`. `horizon_ms` (no later

@@ -56,6 +56,7 @@ mod coverage;
 mod fxhash;
 mod id;
 mod ids;
+mod prefetch;
 #[cfg(test)]
 mod tests;
 
@@ -1318,9 +1319,10 @@ impl Sessionizer {
             })
     }
 
-    /// Loads (without using) what a push to the key with this fingerprint will
-    /// read: the slot and its last session, or with `tail`, the session's
-    /// last held heartbeat. A hint only: a wrong or missing slot costs nothing.
+    /// Asks for what a push to the key with this fingerprint will read: the
+    /// slot (with its first session inline), or with `tail`, the lines where
+    /// its last session's tail ends. A hint only: a wrong or missing slot
+    /// costs nothing.
     #[inline]
     fn touch_slot(&self, key_fingerprint: u64, tail: bool) {
         let Some(slot) = self
@@ -1330,33 +1332,20 @@ impl Sessionizer {
         else {
             return;
         };
-        let Some(session) = slot.sessions.as_slice().last() else {
-            std::hint::black_box(slot.user_id.as_bytes().first());
+        if !tail {
+            prefetch::lines(slot, std::mem::size_of::<KeySlot>());
             return;
-        };
-        let loaded = if tail {
-            session.tail.back().map_or(0, |held| held.time_ms)
-        } else {
-            // One field per cache line of the hot part.
-            (slot.last_push_ms as u64)
-                .wrapping_add(u64::from(
-                    slot.user_id.as_bytes().first().copied().unwrap_or(0),
-                ))
-                .wrapping_add(session.start_ms as u64)
-                .wrapping_add(session.tail.len() as u64)
-                .wrapping_add(session.uid)
-                .wrapping_add(session.coverage.covered_ms() as u64)
-                .wrapping_add(u64::from(
-                    session
-                        .devices
-                        .first
-                        .as_bytes()
-                        .first()
-                        .copied()
-                        .unwrap_or(0),
-                )) as i64
-        };
-        std::hint::black_box(loaded);
+        }
+        if let Some(held) = slot
+            .sessions
+            .as_slice()
+            .last()
+            .and_then(|session| session.tail.back())
+        {
+            let held: *const HeldEvent = held;
+            prefetch::line(held);
+            prefetch::line(held.wrapping_add(1));
+        }
     }
 
     /// The slot of `(user_id, video_id)`, created if needed.
