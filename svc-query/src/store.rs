@@ -56,12 +56,35 @@ impl Store {
         }
     }
 
-    /// Runs `statement` with its parameters bound and decodes every row.
+    /// Runs `statement` with its parameters bound and decodes every row; on
+    /// PostgreSQL the statement stays prepared on the connection (point
+    /// look-ups and the roll-up, whose plan does not depend on the values).
     pub async fn fetch_all<T>(&self, statement: &Statement) -> Result<Vec<T>, sqlx::Error>
     where
         T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
+        self.fetch(statement, true).await
+    }
+
+    /// Like [`Store::fetch_all`], planned for its own parameters on every
+    /// run. A report's best plan depends on its period (a day reads a range
+    /// of the start index, a month the per-title one); a prepared statement
+    /// on PostgreSQL switches to one generic plan after five runs, and a
+    /// month then sorted a million rows on disk with the day's plan (2.3 s
+    /// instead of 0.6 s).
+    pub async fn fetch_report<T>(&self, statement: &Statement) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        self.fetch(statement, false).await
+    }
+
+    async fn fetch<T>(&self, statement: &Statement, prepared: bool) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
         match self {
+            // SQLite plans without looking at bound values: keep it prepared.
             Store::Sqlite(pool) => {
                 let mut query = sqlx::query_as::<_, T>(&statement.sql);
                 for param in &statement.params {
@@ -73,7 +96,7 @@ impl Store {
                 query.fetch_all(pool).await
             }
             Store::Postgres(pool) => {
-                let mut query = sqlx::query_as::<_, T>(&statement.sql);
+                let mut query = sqlx::query_as::<_, T>(&statement.sql).persistent(prepared);
                 for param in &statement.params {
                     query = match param {
                         Param::Int(value) => query.bind(*value),

@@ -126,7 +126,7 @@ impl DirectEngine {
                 .await
             }
             Store::Postgres(_) => {
-                self.within_deadline(left, self.store.fetch_all(statement))
+                self.within_deadline(left, self.store.fetch_report(statement))
                     .await
             }
         }
@@ -189,7 +189,7 @@ impl ReportEngine for DirectEngine {
             .tables
             .impressions(window.from_ms(), window.to_ms(), advertiser);
         let rows = self
-            .within_deadline(left, self.store.fetch_all(&statement))
+            .within_deadline(left, self.store.fetch_report(&statement))
             .await?;
         Ok(finish_impressions(rows))
     }
@@ -223,7 +223,8 @@ impl ReportEngine for DirectEngine {
                 let count = async {
                     use futures::TryStreamExt as _;
                     use sqlx::Row as _;
-                    let mut query = sqlx::query(&statement.sql);
+                    // Planned per period, see `Store::fetch_report`.
+                    let mut query = sqlx::query(&statement.sql).persistent(false);
                     for param in &statement.params {
                         query = match param {
                             Param::Int(value) => query.bind(*value),
@@ -273,7 +274,7 @@ impl ReportEngine for DirectEngine {
         for (from, to) in [split.head, split.tail].into_iter().flatten() {
             let statement = self.tables.traffic(from, to, license_holder);
             let partial: Vec<TrafficRow> = self
-                .within_deadline(left, self.store.fetch_all(&statement))
+                .within_deadline(left, self.store.fetch_report(&statement))
                 .await?;
             rows.extend(partial);
         }
