@@ -13,8 +13,28 @@ use svc_query::QueryListeners;
 use svc_stream::config::StreamConfig;
 use tokio_util::sync::CancellationToken;
 
+/// `hbmesh up`'s command line: its own options and the services' settings,
+/// in any order.
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Every setting of svc-ingest, svc-stream and svc-query is also a --flag \
+here (see each service's --help; a setting two services share, such as --auth-secret, \
+goes to both), besides its HB_* environment variable."
+)]
 pub struct UpArgs {
+    /// `--demo`, `--demo-duration` and the services' `--settings`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 0..,
+        value_name = "--SETTING [VALUE]"
+    )]
+    pub settings: Vec<String>,
+}
+
+/// `hbmesh up`'s own options (read from [`UpArgs::settings`]).
+#[derive(clap::Args, Debug)]
+pub struct UpOptions {
     /// Seed a small catalog, run a simulated fleet against the mesh, print live
     /// figures and the reports, then keep serving.
     #[arg(long)]
@@ -23,6 +43,18 @@ pub struct UpArgs {
     /// Length of the demo's simulated traffic.
     #[arg(long, default_value = "20s", value_parser = hb_common::duration::parse_duration)]
     pub demo_duration: Duration,
+}
+
+/// The settings of `up`'s command line, checked against every flag it knows.
+pub fn shared_flags(settings: &[String]) -> Result<hb_common::SharedFlags, String> {
+    use clap::Args;
+    let commands = [
+        UpOptions::augment_args(clap::Command::new("up")),
+        IngestConfig::augment_args(clap::Command::new("ingest")),
+        StreamConfig::augment_args(clap::Command::new("stream")),
+        QueryConfig::augment_args(clap::Command::new("query")),
+    ];
+    hb_common::SharedFlags::parse(settings, &commands)
 }
 
 pub use hb_common::config_from_env;
@@ -55,9 +87,17 @@ pub fn validate(
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     hb_common::install_crypto_provider();
     hb_common::telemetry::init();
-    let ingest_config: IngestConfig = config_from_env()?;
-    let stream_config: StreamConfig = config_from_env()?;
-    let query_config: QueryConfig = config_from_env()?;
+    let flags = match shared_flags(&args.settings) {
+        Ok(flags) => flags,
+        Err(err) => {
+            eprintln!("hbmesh up: {err} (see hbmesh up --help)");
+            std::process::exit(hb_common::EXIT_CONFIG);
+        }
+    };
+    let options: UpOptions = flags.config()?;
+    let ingest_config: IngestConfig = flags.config()?;
+    let stream_config: StreamConfig = flags.config()?;
+    let query_config: QueryConfig = flags.config()?;
     if let Err(err) = validate(&ingest_config, &stream_config, &query_config) {
         eprintln!("hbmesh up: {err}");
         std::process::exit(hb_common::EXIT_CONFIG);
@@ -73,8 +113,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         addrs.ingest, addrs.query_http, addrs.query_grpc
     );
     let mut mesh = std::pin::pin!(mesh);
-    if args.demo {
-        let demo = crate::demo::run(&addrs, args.demo_duration, secret.as_deref());
+    if options.demo {
+        let demo = crate::demo::run(&addrs, options.demo_duration, secret.as_deref());
         tokio::select! {
             result = demo => {
                 if let Err(err) = result {
@@ -203,5 +243,41 @@ async fn supervise(
         Ok(())
     } else {
         Err(anyhow::anyhow!(failures.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn up_hands_each_service_its_flags_and_shared_ones_to_all() {
+        let flags = shared_flags(&line(
+            "--data-dir /srv/hb --auth-secret s3cret --demo --ingest-addr 127.0.0.1:0 \
+             --http-addr=127.0.0.1:0 --demo-duration 5s",
+        ))
+        .unwrap();
+        let options: UpOptions = flags.config().unwrap();
+        let ingest: IngestConfig = flags.config().unwrap();
+        let stream: StreamConfig = flags.config().unwrap();
+        let query: QueryConfig = flags.config().unwrap();
+        assert!(options.demo);
+        assert_eq!(options.demo_duration, Duration::from_secs(5));
+        assert_eq!(ingest.addr.port(), 0);
+        assert_eq!(ingest.auth_secret.as_deref(), Some("s3cret"));
+        assert_eq!(query.secret(), Some("s3cret"));
+        assert_eq!(query.http_addr.port(), 0);
+        assert_eq!(stream.data_dir, std::path::PathBuf::from("/srv/hb"));
+        assert_eq!(query.data_dir, std::path::PathBuf::from("/srv/hb"));
+    }
+
+    #[test]
+    fn up_refuses_a_setting_no_service_has() {
+        let err = shared_flags(&line("--demo --no-such-setting 1")).unwrap_err();
+        assert_eq!(err, "unknown setting --no-such-setting");
     }
 }
