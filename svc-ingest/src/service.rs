@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use tonic_types::StatusExt as _;
 
 /// Rejections carried by one summary.
 pub const MAX_REPORTED_REJECTIONS: usize = 100;
@@ -309,15 +310,23 @@ impl IngestHandler {
             None => Ok(totals),
             Some(Stop::Malformed(status)) => Err(status),
             Some(Stop::RateLimited(retry_after)) => {
-                let mut status = Status::resource_exhausted(format!(
-                    "device rate limit exceeded; retry after {} ms (heartbeats up to index {} were acknowledged)",
-                    retry_after.as_millis(),
-                    totals.acked_index
-                ));
+                // The advice three ways: `google.rpc.RetryInfo` in the
+                // status details (what gRPC clients and proxies read), a
+                // `retry-after-ms` trailer and the message.
+                let mut metadata = tonic::metadata::MetadataMap::new();
                 if let Ok(value) = retry_after.as_millis().to_string().parse() {
-                    status.metadata_mut().insert("retry-after-ms", value);
+                    metadata.insert("retry-after-ms", value);
                 }
-                Err(status)
+                Err(Status::with_error_details_and_metadata(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "device rate limit exceeded; retry after {} ms (heartbeats up to index {} were acknowledged)",
+                        retry_after.as_millis(),
+                        totals.acked_index
+                    ),
+                    tonic_types::ErrorDetails::with_retry_info(Some(retry_after)),
+                    metadata,
+                ))
             }
             Some(Stop::ShuttingDown) => Err(Status::unavailable(format!(
                 "server shutting down; heartbeats up to index {} were acknowledged, resend the rest",

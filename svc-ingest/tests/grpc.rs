@@ -255,6 +255,10 @@ async fn a_device_over_its_rate_gets_resource_exhausted_with_retry_advice_after_
         (500..=1_000).contains(&retry_ms),
         "one token at 1/s: {retry_ms} ms"
     );
+    let retry_info = tonic_types::StatusExt::get_details_retry_info(&status)
+        .expect("google.rpc.RetryInfo in the status details");
+    let delay = retry_info.retry_delay.expect("a retry delay");
+    assert_eq!(delay.as_millis() as u64, retry_ms);
     assert_eq!(publisher.heartbeats().len(), 3);
 }
 
