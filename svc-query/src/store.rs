@@ -58,7 +58,7 @@ impl Store {
 
     /// Runs `statement` with its parameters bound and decodes every row; on
     /// PostgreSQL the statement stays prepared on the connection (point
-    /// look-ups and the roll-up, whose plan does not depend on the values).
+    /// look-ups by user, whose plan does not depend on the values).
     pub async fn fetch_all<T>(&self, statement: &Statement) -> Result<Vec<T>, sqlx::Error>
     where
         T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin,

@@ -82,8 +82,10 @@ impl TrafficRollup {
                 let rows = match &store {
                     Store::Sqlite(pool) => count_raw_sqlite(pool, first, last + HOUR_MS).await?,
                     Store::Postgres(_) => {
+                        // The traffic report's statement over a run of 1 to
+                        // 24 hours: planned per run, like the report itself.
                         let statement = Tables::postgres().traffic(first, last + HOUR_MS, None);
-                        store.fetch_all(&statement).await?
+                        store.fetch_report(&statement).await?
                     }
                 };
                 store
