@@ -41,6 +41,12 @@ impl From<sqlx::Error> for EngineError {
     }
 }
 
+impl From<crate::pg_copy::CopyError> for EngineError {
+    fn from(error: crate::pg_copy::CopyError) -> EngineError {
+        EngineError::Internal(format!("sessions store sent unreadable rows: {error}"))
+    }
+}
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

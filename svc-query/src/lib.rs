@@ -16,6 +16,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+mod pg_copy;
 pub mod report;
 pub mod service;
 pub mod store;

@@ -76,6 +76,41 @@ async fn check_reports(backend: Backend) {
     }
     assert!(non_empty >= 3, "the seed must exercise non-empty results");
 
+    // Many requests at once, identical ones among them (which may share a
+    // run while they wait for a slot): each still gets its own exact answer.
+    let day = Window::new(T0, T0 + DAY).unwrap();
+    let spec = ConcurrencySpec::new(day, 3_600).unwrap();
+    let at_once: Vec<_> = (0..12)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let holder = ["L1", "L3"].get(i % 3).copied();
+                let royalties = engine.royalties(day, holder).await.unwrap();
+                let concurrency = engine.concurrency(spec).await.unwrap();
+                let traffic = engine.traffic(day, holder).await.unwrap();
+                (holder, royalties, concurrency, traffic)
+            })
+        })
+        .collect();
+    for request in at_once {
+        let (holder, royalties, concurrency, traffic) = request.await.unwrap();
+        assert_eq!(
+            royalties,
+            seed.royalties(T0, T0 + DAY, holder),
+            "royalties {holder:?} at once"
+        );
+        assert_eq!(
+            concurrency,
+            seed.concurrency(T0, T0 + DAY, 3_600),
+            "concurrency at once"
+        );
+        assert_eq!(
+            traffic,
+            seed.traffic(T0, T0 + DAY, holder),
+            "traffic {holder:?} at once"
+        );
+    }
+
     // The edge sessions: start == from counts, start == to does not.
     let day = Window::new(T0, T0 + DAY).unwrap();
     let v1 = engine.royalties(day, Some("L1")).await.unwrap();

@@ -11,10 +11,12 @@
 //! exceptions are royalties, concurrency and the traffic roll-up on SQLite,
 //! read through rusqlite ([`crate::store::sqlite_scan`]), whose deadline
 //! interrupts the statement.
+use super::coalesce::Coalesced;
 use super::rollup::{HourSplit, TrafficRollup};
-use super::sql::{Param, Statement, Tables};
+use super::sql::{Statement, Tables};
 use super::{finish_impressions, finish_royalties, finish_traffic, ReportEngine, RoyaltyAggregate};
 use crate::error::EngineError;
+use crate::pg_copy;
 use crate::report::{
     ConcurrencyRow, ConcurrencySpec, ImpressionRow, RoyaltyRow, TrafficRow, Window,
 };
@@ -26,8 +28,8 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::FromRow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// How often recent traffic hours are counted in the background.
 const ROLLUP_REFRESH_EVERY: Duration = Duration::from_secs(300);
@@ -43,6 +45,22 @@ pub struct DirectEngine {
     rollup: TrafficRollup,
     /// Reports running at once, the rest wait in line (see [`DirectEngine::new`]).
     running: Arc<Semaphore>,
+    /// Identical requests waiting in that line share one run.
+    waiting: Waiting,
+}
+
+/// The requests waiting for a slot, per report.
+#[derive(Clone, Debug, Default)]
+struct Waiting {
+    royalties: Coalesced<Vec<RoyaltyRow>>,
+    impressions: Coalesced<Vec<ImpressionRow>>,
+    concurrency: Coalesced<Vec<ConcurrencyRow>>,
+    traffic: Coalesced<Vec<TrafficRow>>,
+}
+
+/// A shared answer as the caller's own (the last request takes it without a copy).
+fn owned<T: Clone>(answer: Arc<Vec<T>>) -> Vec<T> {
+    Arc::try_unwrap(answer).unwrap_or_else(|shared| shared.as_ref().clone())
 }
 
 impl DirectEngine {
@@ -53,6 +71,10 @@ impl DirectEngine {
     /// royalties on SQLite took 94 ms of CPU alone and 128 ms each with 16
     /// at once (threads and SQLite's allocator contending). What the bound
     /// itself saves was not measured apart from the other changes.
+    ///
+    /// Requests identical to one still waiting for a slot join it and share
+    /// its answer ([`Coalesced`]): read after each of them arrived, so as
+    /// exact as a run of their own.
     pub fn new(store: Store, timeout: Duration) -> DirectEngine {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let tables = match store {
@@ -65,6 +87,7 @@ impl DirectEngine {
             timeout,
             rollup: TrafficRollup::default(),
             running: Arc::new(Semaphore::new(cores)),
+            waiting: Waiting::default(),
         }
     }
 
@@ -88,17 +111,6 @@ impl DirectEngine {
                     tracing::warn!(%err, "counting recent traffic hours failed; retried later");
                 }
             }
-        }
-    }
-
-    /// Waits for a slot to run a report in; with it, the time left of the
-    /// request's deadline.
-    async fn slot(&self) -> Result<(SemaphorePermit<'_>, Duration), EngineError> {
-        let started = Instant::now();
-        match tokio::time::timeout(self.timeout, self.running.acquire()).await {
-            Ok(Ok(permit)) => Ok((permit, self.timeout.saturating_sub(started.elapsed()))),
-            Ok(Err(closed)) => Err(EngineError::Internal(format!("report slots: {closed}"))),
-            Err(_) => Err(EngineError::Deadline(self.timeout)),
         }
     }
 
@@ -144,21 +156,13 @@ impl DirectEngine {
     }
 }
 
-#[async_trait]
-impl ReportEngine for DirectEngine {
-    fn name(&self) -> &'static str {
-        match self.store {
-            Store::Sqlite(_) => "direct-sqlite",
-            Store::Postgres(_) => "direct-postgres",
-        }
-    }
-
-    async fn royalties(
+impl DirectEngine {
+    async fn royalties_now(
         &self,
         window: Window,
         license_holder: Option<&str>,
+        left: Duration,
     ) -> Result<Vec<RoyaltyRow>, EngineError> {
-        let (_slot, left) = self.slot().await?;
         let statement = self
             .tables
             .royalties(window.from_ms(), window.to_ms(), license_holder);
@@ -179,12 +183,12 @@ impl ReportEngine for DirectEngine {
         finish_royalties(rows)
     }
 
-    async fn impressions(
+    async fn impressions_now(
         &self,
         window: Window,
         advertiser: Option<&str>,
+        left: Duration,
     ) -> Result<Vec<ImpressionRow>, EngineError> {
-        let (_slot, left) = self.slot().await?;
         let statement = self
             .tables
             .impressions(window.from_ms(), window.to_ms(), advertiser);
@@ -194,8 +198,11 @@ impl ReportEngine for DirectEngine {
         Ok(finish_impressions(rows))
     }
 
-    async fn concurrency(&self, spec: ConcurrencySpec) -> Result<Vec<ConcurrencyRow>, EngineError> {
-        let (_slot, left) = self.slot().await?;
+    async fn concurrency_now(
+        &self,
+        spec: ConcurrencySpec,
+        left: Duration,
+    ) -> Result<Vec<ConcurrencyRow>, EngineError> {
         let statement = self
             .tables
             .concurrency(spec.window().from_ms(), spec.upper_ms());
@@ -218,25 +225,21 @@ impl ReportEngine for DirectEngine {
                 })
                 .await
             }
-            // Counted as the rows arrive, the user id borrowed from the row.
+            // Counted as the rows arrive, read as binary COPY data (sqlx's
+            // per-row hand-over was ~40% of a month; see `pg_copy`).
             Store::Postgres(pool) => {
                 let count = async {
-                    use futures::TryStreamExt as _;
-                    use sqlx::Row as _;
-                    // Planned per period, see `Store::fetch_report`.
-                    let mut query = sqlx::query(&statement.sql).persistent(false);
-                    for param in &statement.params {
-                        query = match param {
-                            Param::Int(value) => query.bind(*value),
-                            Param::Text(value) => query.bind(value.clone()),
-                        };
-                    }
-                    let mut rows = query.fetch(pool);
                     let mut counter = spec.counter();
-                    while let Some(row) = rows.try_next().await? {
-                        counter.add(row.try_get::<&str, _>(0)?, row.try_get(1)?, row.try_get(2)?);
-                    }
-                    Ok::<_, sqlx::Error>(counter.finish())
+                    pg_copy::each_row(pool, &statement, |row| {
+                        counter.add(
+                            pg_copy::text(row, 0)?,
+                            pg_copy::int8(row, 1)?,
+                            pg_copy::int8(row, 2)?,
+                        );
+                        Ok::<_, EngineError>(())
+                    })
+                    .await?;
+                    Ok::<_, EngineError>(counter.finish())
                 };
                 self.within_deadline(left, count).await
             }
@@ -245,12 +248,12 @@ impl ReportEngine for DirectEngine {
 
     /// Whole hours from the stored per-hour results (recounted first where
     /// stale), partial hours at the ends from the raw rows.
-    async fn traffic(
+    async fn traffic_now(
         &self,
         window: Window,
         license_holder: Option<&str>,
+        left: Duration,
     ) -> Result<Vec<TrafficRow>, EngineError> {
-        let (_slot, left) = self.slot().await?;
         let split = HourSplit::of(window.from_ms(), window.to_ms());
         let (start, end) = split.whole;
         let mut rows = Vec::new();
@@ -279,5 +282,78 @@ impl ReportEngine for DirectEngine {
             rows.extend(partial);
         }
         Ok(finish_traffic(rows))
+    }
+}
+
+#[async_trait]
+impl ReportEngine for DirectEngine {
+    fn name(&self) -> &'static str {
+        match self.store {
+            Store::Sqlite(_) => "direct-sqlite",
+            Store::Postgres(_) => "direct-postgres",
+        }
+    }
+
+    async fn royalties(
+        &self,
+        window: Window,
+        license_holder: Option<&str>,
+    ) -> Result<Vec<RoyaltyRow>, EngineError> {
+        let key = format!("{window:?} {license_holder:?}");
+        let (this, scope) = (self.clone(), license_holder.map(str::to_string));
+        let work =
+            move |left| async move { this.royalties_now(window, scope.as_deref(), left).await };
+        let answer = self
+            .waiting
+            .royalties
+            .run(key, &self.running, self.timeout, work)
+            .await?;
+        Ok(owned(answer))
+    }
+
+    async fn impressions(
+        &self,
+        window: Window,
+        advertiser: Option<&str>,
+    ) -> Result<Vec<ImpressionRow>, EngineError> {
+        let key = format!("{window:?} {advertiser:?}");
+        let (this, scope) = (self.clone(), advertiser.map(str::to_string));
+        let work =
+            move |left| async move { this.impressions_now(window, scope.as_deref(), left).await };
+        let answer = self
+            .waiting
+            .impressions
+            .run(key, &self.running, self.timeout, work)
+            .await?;
+        Ok(owned(answer))
+    }
+
+    async fn concurrency(&self, spec: ConcurrencySpec) -> Result<Vec<ConcurrencyRow>, EngineError> {
+        let key = format!("{spec:?}");
+        let this = self.clone();
+        let work = move |left| async move { this.concurrency_now(spec, left).await };
+        let answer = self
+            .waiting
+            .concurrency
+            .run(key, &self.running, self.timeout, work)
+            .await?;
+        Ok(owned(answer))
+    }
+
+    async fn traffic(
+        &self,
+        window: Window,
+        license_holder: Option<&str>,
+    ) -> Result<Vec<TrafficRow>, EngineError> {
+        let key = format!("{window:?} {license_holder:?}");
+        let (this, scope) = (self.clone(), license_holder.map(str::to_string));
+        let work =
+            move |left| async move { this.traffic_now(window, scope.as_deref(), left).await };
+        let answer = self
+            .waiting
+            .traffic
+            .run(key, &self.running, self.timeout, work)
+            .await?;
+        Ok(owned(answer))
     }
 }

@@ -4,6 +4,7 @@
 //! return the raw aggregates; the shared finishing below (amounts, bucket
 //! counting, ordering) makes their answers identical by construction.
 
+mod coalesce;
 pub mod direct;
 pub mod rollup;
 pub mod sql;

@@ -13,8 +13,9 @@
 //!
 //! Partial hours at the ends of a period are always read from the raw rows.
 
-use super::sql::{Param, Statement, Tables};
+use super::sql::{Param, Statement};
 use crate::error::EngineError;
+use crate::pg_copy;
 use crate::report::TrafficRow;
 use crate::store::{sqlite_scan, Store};
 use hb_common::raw::HOUR_MS;
@@ -79,15 +80,7 @@ impl TrafficRollup {
             let (catalog_version, stale) = store.stale_traffic_hours(start, end).await?;
             for run in runs(&stale) {
                 let (first, last) = (run[0].0, run[run.len() - 1].0);
-                let rows = match &store {
-                    Store::Sqlite(pool) => count_raw_sqlite(pool, first, last + HOUR_MS).await?,
-                    Store::Postgres(_) => {
-                        // The traffic report's statement over a run of 1 to
-                        // 24 hours: planned per run, like the report itself.
-                        let statement = Tables::postgres().traffic(first, last + HOUR_MS, None);
-                        store.fetch_report(&statement).await?
-                    }
-                };
+                let rows = count_raw(&store, first, last + HOUR_MS).await?;
                 store
                     .save_traffic_hours(run, catalog_version, &rows)
                     .await?;
@@ -123,53 +116,107 @@ impl TrafficRollup {
 /// How long counting one run of hours from the raw rows may take.
 const RAW_COUNT_DEADLINE: Duration = Duration::from_secs(600);
 
-/// The traffic report of `[from, to)` (whole hours) from the raw rows,
-/// counted in Rust as SQLite steps them: the report's SQL sorts every raw row
-/// twice (per hour, title and device, then per hour and holder for the
-/// distinct devices), ~4 µs a row; here each row is one catalog probe and
-/// two hash look-ups. Rows may come in any order. Same definition as
-/// [`Tables::traffic`]: raw heartbeats of titles in the catalog, per hour and
-/// license holder, with the distinct devices among them.
-async fn count_raw_sqlite(
-    pool: &sqlx::SqlitePool,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<TrafficRow>, EngineError> {
-    let statement = Statement {
+/// The raw heartbeats of `[from, to)` with their title's license holder:
+/// (event_time_ms, license_holder_id, device_id), in any order.
+fn raw_with_holders(from_ms: i64, to_ms: i64) -> Statement {
+    Statement {
         sql: "SELECT r.event_time_ms, v.license_holder_id, r.device_id\n\
               FROM raw_heartbeats r JOIN videos v ON v.video_id = r.video_id\n\
               WHERE r.event_time_ms >= $1 AND r.event_time_ms < $2"
             .to_string(),
         params: vec![Param::Int(from_ms), Param::Int(to_ms)],
-    };
-    sqlite_scan(pool, &statement, RAW_COUNT_DEADLINE, |rows| {
-        let mut holders = Interner::default();
-        let mut devices = Interner::default();
-        let mut heartbeats: HashMap<(i64, u32), i64> = HashMap::new();
-        let mut seen: HashSet<(i64, u32, u32)> = HashSet::new();
-        while let Some(row) = rows.next()? {
-            let time: i64 = row.get(0)?;
-            let hour = time - time.rem_euclid(HOUR_MS);
-            let holder = holders.id(text(row.get_ref(1)?, 1)?);
-            let device = devices.id(text(row.get_ref(2)?, 2)?);
-            *heartbeats.entry((hour, holder)).or_insert(0) += 1;
-            seen.insert((hour, holder, device));
+    }
+}
+
+/// The traffic report of `[from, to)` (whole hours) from the raw rows,
+/// counted in Rust as the store hands them over: the report's SQL sorts
+/// every raw row twice (per hour, title and device, then per hour and
+/// holder for the distinct devices; ~4 µs a row on SQLite, and on
+/// PostgreSQL the sorts spill to disk at the default `work_mem`); here each
+/// row is two hash look-ups. Same definition as
+/// [`Tables::traffic`](super::sql::Tables::traffic): raw
+/// heartbeats of titles in the catalog, per hour and license holder, with
+/// the distinct devices among them.
+async fn count_raw(
+    store: &Store,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<TrafficRow>, EngineError> {
+    let statement = raw_with_holders(from_ms, to_ms);
+    match store {
+        Store::Sqlite(pool) => {
+            sqlite_scan(pool, &statement, RAW_COUNT_DEADLINE, |rows| {
+                let mut counter = RawCounter::default();
+                while let Some(row) = rows.next()? {
+                    counter.add(
+                        row.get(0)?,
+                        text(row.get_ref(1)?, 1)?,
+                        text(row.get_ref(2)?, 2)?,
+                    );
+                }
+                Ok(counter.finish())
+            })
+            .await
         }
+        // Binary COPY, see `pg_copy`.
+        Store::Postgres(pool) => {
+            let count = async {
+                let mut counter = RawCounter::default();
+                pg_copy::each_row(pool, &statement, |row| {
+                    counter.add(
+                        pg_copy::int8(row, 0)?,
+                        pg_copy::text(row, 1)?,
+                        pg_copy::text(row, 2)?,
+                    );
+                    Ok::<_, EngineError>(())
+                })
+                .await?;
+                Ok::<_, EngineError>(counter.finish())
+            };
+            match tokio::time::timeout(RAW_COUNT_DEADLINE, count).await {
+                Ok(counted) => counted,
+                Err(_) => Err(EngineError::Deadline(RAW_COUNT_DEADLINE)),
+            }
+        }
+    }
+}
+
+/// Heartbeats and distinct devices per (hour, license holder), fed one raw
+/// row at a time; holders and devices interned so the sets hold integers
+/// (foldhash instead of SipHash was tried: no difference in the total).
+#[derive(Default)]
+struct RawCounter {
+    holders: Interner,
+    devices: Interner,
+    heartbeats: HashMap<(i64, u32), i64>,
+    seen: HashSet<(i64, u32, u32)>,
+}
+
+impl RawCounter {
+    fn add(&mut self, event_time_ms: i64, holder: &str, device: &str) {
+        let hour = event_time_ms - event_time_ms.rem_euclid(HOUR_MS);
+        let holder = self.holders.id(holder);
+        let device = self.devices.id(device);
+        *self.heartbeats.entry((hour, holder)).or_insert(0) += 1;
+        self.seen.insert((hour, holder, device));
+    }
+
+    fn finish(self) -> Vec<TrafficRow> {
         let mut distinct: HashMap<(i64, u32), i64> = HashMap::new();
-        for (hour, holder, _) in seen {
+        for (hour, holder, _) in self.seen {
             *distinct.entry((hour, holder)).or_insert(0) += 1;
         }
-        Ok(heartbeats
+        let names = self.holders.names;
+        self.heartbeats
             .into_iter()
             .map(|((hour, holder), count)| TrafficRow {
                 hour_start_ms: hour,
-                license_holder_id: holders.names[holder as usize].clone(),
+                license_holder_id: names[holder as usize].clone(),
                 heartbeats: count,
                 devices: distinct.get(&(hour, holder)).copied().unwrap_or(0),
             })
-            .collect())
-    })
-    .await
+            .collect()
+    }
 }
 
 /// A text column as a borrowed `&str`.
