@@ -12,7 +12,6 @@
 
 use crate::engine::sql::Statement;
 use futures::TryStreamExt as _;
-use sqlx::postgres::PgPoolCopyExt as _;
 use thiserror::Error;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -33,7 +32,7 @@ pub enum CopyError {
 /// printed into it as literals from their types ([`Statement::render`]),
 /// and like an unnamed statement it is planned for them on every run.
 pub async fn each_row<E>(
-    pool: &sqlx::PgPool,
+    connection: &mut sqlx::PgConnection,
     statement: &Statement,
     mut row: impl FnMut(&[Option<&[u8]>]) -> Result<(), E>,
 ) -> Result<(), E>
@@ -44,7 +43,7 @@ where
         "COPY (\n{}\n) TO STDOUT (FORMAT binary)",
         statement.render()
     );
-    let mut data = pool.copy_out_raw(&copy).await?;
+    let mut data = connection.copy_out_raw(&copy).await?;
     let mut rows = BinaryRows::default();
     while let Some(chunk) = data.try_next().await? {
         rows.feed(&chunk, &mut row)?;

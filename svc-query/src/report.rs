@@ -170,7 +170,7 @@ impl ConcurrencySpec {
     pub fn counter(&self) -> BucketCounter {
         BucketCounter {
             spec: *self,
-            users: UserIds::default(),
+            users: DenseIds::default(),
             ranges: Vec::new(),
         }
     }
@@ -192,7 +192,7 @@ impl ConcurrencySpec {
 #[derive(Debug)]
 pub struct BucketCounter {
     spec: ConcurrencySpec,
-    users: UserIds,
+    users: DenseIds,
     ranges: Vec<u64>,
 }
 
@@ -262,35 +262,57 @@ impl BucketCounter {
     }
 }
 
-/// Longest user id kept inline in [`UserIds`] (the byte after it is the length).
+/// Longest id kept inline in [`DenseIds`] (the byte after it is the length).
 const INLINE_ID_BYTES: usize = 23;
 
-/// User ids to dense integers. Ids up to [`INLINE_ID_BYTES`] (the usual
-/// case) are keys by value; longer ones go to a map of owned strings.
+/// Ids (of users, of titles) to dense integers, 0, 1, 2, ... in order of
+/// first sight. Ids up to [`INLINE_ID_BYTES`] (the usual case) are keys by
+/// value; longer ones go to a map of owned strings.
 #[derive(Debug, Default)]
-struct UserIds {
+pub(crate) struct DenseIds {
     short: std::collections::HashMap<[u8; INLINE_ID_BYTES + 1], u32>,
     long: std::collections::HashMap<String, u32>,
 }
 
-impl UserIds {
-    fn id(&mut self, user: &str) -> u32 {
-        let next = (self.short.len() + self.long.len()) as u32;
-        let bytes = user.as_bytes();
-        if bytes.len() <= INLINE_ID_BYTES {
-            let mut key = [0u8; INLINE_ID_BYTES + 1];
-            key[..bytes.len()].copy_from_slice(bytes);
-            key[INLINE_ID_BYTES] = bytes.len() as u8;
-            return *self.short.entry(key).or_insert(next);
-        }
-        match self.long.get(user) {
-            Some(&id) => id,
-            None => {
-                self.long.insert(user.to_owned(), next);
-                next
-            }
+impl DenseIds {
+    /// The integer of `id`, given it the first time it is seen.
+    pub(crate) fn id(&mut self, id: &str) -> u32 {
+        let next = self.len() as u32;
+        match inline_key(id) {
+            Some(key) => *self.short.entry(key).or_insert(next),
+            None => match self.long.get(id) {
+                Some(&n) => n,
+                None => {
+                    self.long.insert(id.to_owned(), next);
+                    next
+                }
+            },
         }
     }
+
+    /// The integer of `id` if it was seen.
+    pub(crate) fn get(&self, id: &str) -> Option<u32> {
+        match inline_key(id) {
+            Some(key) => self.short.get(&key).copied(),
+            None => self.long.get(id).copied(),
+        }
+    }
+
+    /// How many ids were seen.
+    pub(crate) fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+}
+
+/// `id` as an inline key, when it is short enough.
+fn inline_key(id: &str) -> Option<[u8; INLINE_ID_BYTES + 1]> {
+    let bytes = id.as_bytes();
+    (bytes.len() <= INLINE_ID_BYTES).then(|| {
+        let mut key = [0u8; INLINE_ID_BYTES + 1];
+        key[..bytes.len()].copy_from_slice(bytes);
+        key[INLINE_ID_BYTES] = bytes.len() as u8;
+        key
+    })
 }
 
 /// A user id from a path: non-empty, at most 128 bytes, no control characters.

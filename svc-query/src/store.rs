@@ -353,6 +353,26 @@ where
     R: Send + 'static,
     F: FnOnce(&mut rusqlite::Rows<'_>) -> rusqlite::Result<R> + Send + 'static,
 {
+    let statement = statement.clone();
+    sqlite_read(pool, deadline, move |connection| {
+        let mut prepared = prepare_bound(connection, &statement)?;
+        let mut rows = prepared.raw_query();
+        consume(&mut rows)
+    })
+    .await
+}
+
+/// Like [`sqlite_scan`], for work that runs more than one statement: `read`
+/// gets the connection (a read transaction on it reads one snapshot).
+pub async fn sqlite_read<R, F>(
+    pool: &SqlitePool,
+    deadline: std::time::Duration,
+    read: F,
+) -> Result<R, EngineError>
+where
+    R: Send + 'static,
+    F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+{
     use rusqlite::OpenFlags;
     let path = pool.connect_options().get_filename().to_path_buf();
     let connection = rusqlite::Connection::open_with_flags(
@@ -366,22 +386,7 @@ where
         .and_then(|()| connection.pragma_update(None, "temp_store", "memory"))
         .map_err(scan_error)?;
     let interrupt = connection.get_interrupt_handle();
-    let statement = statement.clone();
-    let work = tokio::task::spawn_blocking(move || -> rusqlite::Result<R> {
-        let mut prepared = connection.prepare(&statement.sql)?;
-        for (i, param) in statement.params.iter().enumerate() {
-            // `$n` may appear twice; SQLite gives both the same index.
-            let Some(index) = prepared.parameter_index(&format!("${}", i + 1))? else {
-                continue;
-            };
-            match param {
-                Param::Int(value) => prepared.raw_bind_parameter(index, value)?,
-                Param::Text(value) => prepared.raw_bind_parameter(index, value)?,
-            }
-        }
-        let mut rows = prepared.raw_query();
-        consume(&mut rows)
-    });
+    let work = tokio::task::spawn_blocking(move || read(&connection));
     match tokio::time::timeout(deadline, work).await {
         Ok(Ok(result)) => result.map_err(scan_error),
         Ok(Err(join)) => Err(EngineError::Internal(format!("report task failed: {join}"))),
@@ -390,6 +395,32 @@ where
             Err(EngineError::Deadline(deadline))
         }
     }
+}
+
+/// `statement` prepared (cached on the connection) with its values bound.
+pub fn prepare_bound<'c>(
+    connection: &'c rusqlite::Connection,
+    statement: &Statement,
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let mut prepared = connection.prepare_cached(&statement.sql)?;
+    for (i, param) in statement.params.iter().enumerate() {
+        // `$n` may appear twice; SQLite gives both the same index.
+        let Some(index) = prepared.parameter_index(&format!("${}", i + 1))? else {
+            continue;
+        };
+        match param {
+            Param::Int(value) => prepared.raw_bind_parameter(index, value)?,
+            Param::Text(value) => prepared.raw_bind_parameter(index, value)?,
+        }
+    }
+    Ok(prepared)
+}
+
+/// Text column `column` of a row, borrowed from SQLite's buffer.
+pub fn sqlite_text<'r>(row: &'r rusqlite::Row<'_>, column: usize) -> rusqlite::Result<&'r str> {
+    row.get_ref(column)?.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn scan_error(error: rusqlite::Error) -> EngineError {

@@ -13,14 +13,18 @@
 //! interrupts the statement.
 use super::coalesce::Coalesced;
 use super::rollup::{HourSplit, TrafficRollup};
+use super::sql::SHORT_ROYALTIES_MS;
 use super::sql::{Statement, Tables};
-use super::{finish_impressions, finish_royalties, finish_traffic, ReportEngine, RoyaltyAggregate};
+use super::{
+    finish_impressions, finish_royalties, finish_traffic, ReportEngine, RoyaltyAggregate,
+    RoyaltyCounter,
+};
 use crate::error::EngineError;
 use crate::pg_copy;
 use crate::report::{
     ConcurrencyRow, ConcurrencySpec, ImpressionRow, RoyaltyRow, TrafficRow, Window,
 };
-use crate::store::{sqlite_scan, Store};
+use crate::store::{prepare_bound, sqlite_read, sqlite_scan, sqlite_text, Store};
 use async_trait::async_trait;
 use hb_common::raw::{hour_ms, HOUR_MS};
 use hb_common::shutdown::CancellationToken;
@@ -163,6 +167,19 @@ impl DirectEngine {
         license_holder: Option<&str>,
         left: Duration,
     ) -> Result<Vec<RoyaltyRow>, EngineError> {
+        if window.to_ms() - window.from_ms() <= SHORT_ROYALTIES_MS {
+            let rows = match &self.store {
+                Store::Sqlite(pool) => {
+                    self.royalties_counted_sqlite(pool, window, license_holder, left)
+                        .await?
+                }
+                Store::Postgres(pool) => {
+                    self.royalties_counted_postgres(pool, window, license_holder, left)
+                        .await?
+                }
+            };
+            return finish_royalties(rows);
+        }
         let statement = self
             .tables
             .royalties(window.from_ms(), window.to_ms(), license_holder);
@@ -181,6 +198,114 @@ impl DirectEngine {
             })
             .await?;
         finish_royalties(rows)
+    }
+
+    /// A short period's royalties on the store: the period's sessions
+    /// counted per title in Rust ([`RoyaltyCounter`]), then joined with the
+    /// catalog, in one read transaction (one snapshot). Measured on a day of
+    /// 33 k sessions (12.7 k titles): SQLite's grouping with a distinct
+    /// count went through two temporary B-trees, PostgreSQL's sorted the
+    /// rows per title; the scan alone is a fraction of either.
+    ///
+    /// On SQLite the catalog is read title by title when few titles were
+    /// watched, else whole (one scan instead of thousands of look-ups).
+    async fn royalties_counted_sqlite(
+        &self,
+        pool: &sqlx::SqlitePool,
+        window: Window,
+        license_holder: Option<&str>,
+        left: Duration,
+    ) -> Result<Vec<RoyaltyAggregate>, EngineError> {
+        const TITLE_LOOK_UPS: usize = 500;
+        let tables = self.tables.clone();
+        let sessions = tables.royalty_sessions(window.from_ms(), window.to_ms(), license_holder);
+        let holder = license_holder.map(str::to_string);
+        sqlite_read(pool, left, move |connection| {
+            let snapshot = connection.unchecked_transaction()?;
+            let mut counter = RoyaltyCounter::default();
+            {
+                let mut prepared = prepare_bound(connection, &sessions)?;
+                let mut rows = prepared.raw_query();
+                while let Some(row) = rows.next()? {
+                    let added =
+                        counter.add(sqlite_text(row, 0)?, sqlite_text(row, 1)?, row.get(2)?);
+                    if let Err(err) = added {
+                        return Ok(Err(err));
+                    }
+                }
+            }
+            let counts = counter.finish();
+            let mut out = Vec::with_capacity(counts.len());
+            if counts.len() <= TITLE_LOOK_UPS {
+                for count in counts.into_counts() {
+                    let title = tables.royalty_title(&count.video_id, holder.as_deref());
+                    let mut prepared = prepare_bound(connection, &title)?;
+                    let mut rows = prepared.raw_query();
+                    if let Some(row) = rows.next()? {
+                        let (holder, rate) = (row.get(1)?, row.get(2)?);
+                        out.push(count.priced(holder, rate));
+                    }
+                }
+            } else {
+                let mut counts = counts;
+                let titles = tables.royalty_titles(holder.as_deref());
+                let mut prepared = prepare_bound(connection, &titles)?;
+                let mut rows = prepared.raw_query();
+                while let Some(row) = rows.next()? {
+                    if let Some(count) = counts.take(sqlite_text(row, 0)?) {
+                        out.push(count.priced(row.get(1)?, row.get(2)?));
+                    }
+                }
+            }
+            snapshot.commit()?;
+            Ok(Ok(out))
+        })
+        .await?
+    }
+
+    /// [`DirectEngine::royalties_counted_sqlite`] on PostgreSQL: both reads
+    /// as binary COPY rows (see `pg_copy`) in one repeatable-read
+    /// transaction, the (scoped) catalog whole.
+    async fn royalties_counted_postgres(
+        &self,
+        pool: &sqlx::PgPool,
+        window: Window,
+        license_holder: Option<&str>,
+        left: Duration,
+    ) -> Result<Vec<RoyaltyAggregate>, EngineError> {
+        let sessions =
+            self.tables
+                .royalty_sessions(window.from_ms(), window.to_ms(), license_holder);
+        let work = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+            let mut counter = RoyaltyCounter::default();
+            pg_copy::each_row(&mut tx, &sessions, |row| {
+                counter.add(
+                    pg_copy::text(row, 0)?,
+                    pg_copy::text(row, 1)?,
+                    pg_copy::int8(row, 2)?,
+                )
+            })
+            .await?;
+            let mut counts = counter.finish();
+            let mut out = Vec::with_capacity(counts.len());
+            let titles = self.tables.royalty_titles(license_holder);
+            pg_copy::each_row(&mut tx, &titles, |row| {
+                if let Some(count) = counts.take(pg_copy::text(row, 0)?) {
+                    out.push(
+                        count.priced(pg_copy::text(row, 1)?.to_string(), pg_copy::int8(row, 2)?),
+                    );
+                }
+                Ok::<_, EngineError>(())
+            })
+            .await?;
+            tx.commit().await?;
+            Ok::<_, EngineError>(out)
+        };
+        self.within_deadline(left, work).await
     }
 
     async fn impressions_now(
@@ -212,13 +337,7 @@ impl DirectEngine {
                 sqlite_scan(pool, &statement, left, move |rows| {
                     let mut counter = spec.counter();
                     while let Some(row) = rows.next()? {
-                        let user = row.get_ref(0)?.as_str().map_err(|e| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                0,
-                                rusqlite::types::Type::Text,
-                                Box::new(e),
-                            )
-                        })?;
+                        let user = sqlite_text(row, 0)?;
                         counter.add(user, row.get(1)?, row.get(2)?);
                     }
                     Ok(counter.finish())
@@ -229,8 +348,9 @@ impl DirectEngine {
             // per-row hand-over was ~40% of a month; see `pg_copy`).
             Store::Postgres(pool) => {
                 let count = async {
+                    let mut connection = pool.acquire().await?;
                     let mut counter = spec.counter();
-                    pg_copy::each_row(pool, &statement, |row| {
+                    pg_copy::each_row(&mut connection, &statement, |row| {
                         counter.add(
                             pg_copy::text(row, 0)?,
                             pg_copy::int8(row, 1)?,

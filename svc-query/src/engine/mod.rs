@@ -11,6 +11,7 @@ pub mod sql;
 pub mod trino;
 
 use crate::error::EngineError;
+use crate::report::DenseIds;
 use crate::report::{
     amount_micros, ConcurrencyRow, ConcurrencySpec, ImpressionRow, RoyaltyRow, TrafficRow, Window,
 };
@@ -57,6 +58,110 @@ pub struct RoyaltyAggregate {
     pub viewers: i64,
     pub watch_ms: i64,
     pub rate_micros_per_hour: i64,
+}
+
+/// Sessions, distinct viewers and watch time per title, fed one session at
+/// a time (for a short period on the embedded store, see
+/// [`sql::Tables::royalty_sessions`]). Titles and users are interned to
+/// integers (ids kept inline, no allocation per session), each session
+/// becomes one `u64` (title, user), and viewers are the distinct pairs per
+/// title after one sort.
+#[derive(Debug, Default)]
+pub struct RoyaltyCounter {
+    titles: DenseIds,
+    counts: Vec<TitleCount>,
+    users: DenseIds,
+    pairs: Vec<u64>,
+}
+
+/// One title's counted sessions, before the catalog join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TitleCount {
+    pub video_id: String,
+    pub sessions: i64,
+    pub viewers: i64,
+    pub watch_ms: i64,
+}
+
+impl TitleCount {
+    /// The royalties aggregate of this title under its catalog row.
+    pub fn priced(self, license_holder_id: String, rate_micros_per_hour: i64) -> RoyaltyAggregate {
+        RoyaltyAggregate {
+            license_holder_id,
+            video_id: self.video_id,
+            sessions: self.sessions,
+            viewers: self.viewers,
+            watch_ms: self.watch_ms,
+            rate_micros_per_hour,
+        }
+    }
+}
+
+impl RoyaltyCounter {
+    /// Adds one session.
+    pub fn add(&mut self, video_id: &str, user_id: &str, watch_ms: i64) -> Result<(), EngineError> {
+        let title = self.titles.id(video_id);
+        if title as usize == self.counts.len() {
+            self.counts.push(TitleCount {
+                video_id: video_id.to_string(),
+                sessions: 0,
+                viewers: 0,
+                watch_ms: 0,
+            });
+        }
+        let user = self.users.id(user_id);
+        let count = &mut self.counts[title as usize];
+        count.sessions += 1;
+        count.watch_ms = count.watch_ms.checked_add(watch_ms).ok_or_else(|| {
+            EngineError::Internal(format!(
+                "royalty watch time of video {video_id} exceeds 64 bits"
+            ))
+        })?;
+        self.pairs.push(u64::from(title) << 32 | u64::from(user));
+        Ok(())
+    }
+
+    /// Every title seen, with its distinct viewers.
+    pub fn finish(mut self) -> RoyaltyCounts {
+        self.pairs.sort_unstable();
+        self.pairs.dedup();
+        for pair in &self.pairs {
+            self.counts[(pair >> 32) as usize].viewers += 1;
+        }
+        RoyaltyCounts {
+            titles: self.titles,
+            counts: self.counts.into_iter().map(Some).collect(),
+        }
+    }
+}
+
+/// The counted titles, each taken once by the catalog join.
+#[derive(Debug)]
+pub struct RoyaltyCounts {
+    titles: DenseIds,
+    counts: Vec<Option<TitleCount>>,
+}
+
+impl RoyaltyCounts {
+    /// How many titles were watched.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// The count of `video_id`, if it was watched and not taken yet.
+    pub fn take(&mut self, video_id: &str) -> Option<TitleCount> {
+        let title = self.titles.get(video_id)?;
+        self.counts[title as usize].take()
+    }
+
+    /// The counts not taken yet.
+    pub fn into_counts(self) -> impl Iterator<Item = TitleCount> {
+        self.counts.into_iter().flatten()
+    }
 }
 
 /// Adds up the rows of a title (the store answers final and open sessions
@@ -128,4 +233,58 @@ pub fn finish_traffic(mut rows: Vec<TrafficRow>) -> Vec<TrafficRow> {
         (a.hour_start_ms, &a.license_holder_id).cmp(&(b.hour_start_ms, &b.license_holder_id))
     });
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_watching_a_title_twice_is_one_viewer_of_it() {
+        let mut counter = RoyaltyCounter::default();
+        for (video, user, watch) in [
+            ("v1", "ann", 1_000),
+            ("v1", "ann", 2_000),
+            ("v1", "bob", 500),
+            ("v2", "ann", 10),
+            (
+                "a-title-id-longer-than-twenty-three-bytes",
+                "a-user-id-longer-than-twenty-three-bytes",
+                7,
+            ),
+            (
+                "a-title-id-longer-than-twenty-three-bytes",
+                "a-user-id-longer-than-twenty-three-bytes",
+                8,
+            ),
+        ] {
+            counter.add(video, user, watch).unwrap();
+        }
+        let mut counts = counter.finish();
+        assert_eq!(counts.len(), 3);
+        let count = |video_id: &str, sessions, viewers, watch_ms| TitleCount {
+            video_id: video_id.to_string(),
+            sessions,
+            viewers,
+            watch_ms,
+        };
+        assert_eq!(counts.take("v1"), Some(count("v1", 3, 2, 3_500)));
+        assert_eq!(counts.take("v1"), None, "a title is taken once");
+        assert_eq!(counts.take("v3"), None, "an unwatched title has no count");
+        let rest: Vec<TitleCount> = counts.into_counts().collect();
+        assert_eq!(
+            rest,
+            vec![
+                count("v2", 1, 1, 10),
+                count("a-title-id-longer-than-twenty-three-bytes", 2, 1, 15),
+            ]
+        );
+    }
+
+    #[test]
+    fn watch_time_past_64_bits_is_an_error_not_a_wrapped_sum() {
+        let mut counter = RoyaltyCounter::default();
+        counter.add("v1", "ann", i64::MAX).unwrap();
+        assert!(counter.add("v1", "bob", 1).is_err());
+    }
 }

@@ -17,7 +17,7 @@ use super::sql::{Param, Statement};
 use crate::error::EngineError;
 use crate::pg_copy;
 use crate::report::TrafficRow;
-use crate::store::{sqlite_scan, Store};
+use crate::store::{sqlite_scan, sqlite_text, Store};
 use hb_common::raw::HOUR_MS;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -148,11 +148,7 @@ async fn count_raw(
             sqlite_scan(pool, &statement, RAW_COUNT_DEADLINE, |rows| {
                 let mut counter = RawCounter::default();
                 while let Some(row) = rows.next()? {
-                    counter.add(
-                        row.get(0)?,
-                        text(row.get_ref(1)?, 1)?,
-                        text(row.get_ref(2)?, 2)?,
-                    );
+                    counter.add(row.get(0)?, sqlite_text(row, 1)?, sqlite_text(row, 2)?);
                 }
                 Ok(counter.finish())
             })
@@ -161,8 +157,9 @@ async fn count_raw(
         // Binary COPY, see `pg_copy`.
         Store::Postgres(pool) => {
             let count = async {
+                let mut connection = pool.acquire().await?;
                 let mut counter = RawCounter::default();
-                pg_copy::each_row(pool, &statement, |row| {
+                pg_copy::each_row(&mut connection, &statement, |row| {
                     counter.add(
                         pg_copy::int8(row, 0)?,
                         pg_copy::text(row, 1)?,
@@ -217,13 +214,6 @@ impl RawCounter {
             })
             .collect()
     }
-}
-
-/// A text column as a borrowed `&str`.
-fn text(value: rusqlite::types::ValueRef<'_>, column: usize) -> rusqlite::Result<&str> {
-    value.as_str().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
-    })
 }
 
 /// Small integers for repeated strings, copied once each.
