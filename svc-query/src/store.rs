@@ -335,6 +335,19 @@ impl Store {
     }
 }
 
+/// A read transaction on PostgreSQL whose statements all see one snapshot
+/// (repeatable read; YugabyteDB's snapshot isolation), for a report read
+/// in more than one statement.
+pub async fn pg_snapshot(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Address space SQLite may memory-map per connection (virtual, not resident).
 const SQLITE_MMAP_BYTES: u64 = 1 << 30;
 

@@ -24,7 +24,7 @@ use crate::pg_copy;
 use crate::report::{
     ConcurrencyRow, ConcurrencySpec, ImpressionRow, RoyaltyRow, TrafficRow, Window,
 };
-use crate::store::{prepare_bound, sqlite_read, sqlite_scan, sqlite_text, Store};
+use crate::store::{pg_snapshot, prepare_bound, sqlite_read, sqlite_scan, sqlite_text, Store};
 use async_trait::async_trait;
 use hb_common::raw::{hour_ms, HOUR_MS};
 use hb_common::shutdown::CancellationToken;
@@ -277,10 +277,7 @@ impl DirectEngine {
             self.tables
                 .royalty_sessions(window.from_ms(), window.to_ms(), license_holder);
         let work = async {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .execute(&mut *tx)
-                .await?;
+            let mut tx = pg_snapshot(pool).await?;
             let mut counter = RoyaltyCounter::default();
             pg_copy::each_row(&mut tx, &sessions, |row| {
                 counter.add(

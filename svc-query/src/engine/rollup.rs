@@ -18,7 +18,7 @@ use crate::error::EngineError;
 use crate::pg_copy;
 use crate::report::DenseIds;
 use crate::report::TrafficRow;
-use crate::store::{prepare_bound, sqlite_read, sqlite_text, Store};
+use crate::store::{pg_snapshot, prepare_bound, sqlite_read, sqlite_text, Store};
 use hb_common::raw::HOUR_MS;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -178,10 +178,7 @@ async fn count_raw(
         // Binary COPY (see `pg_copy`), both reads in one snapshot.
         Store::Postgres(pool) => {
             let count = async {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    .execute(&mut *tx)
-                    .await?;
+                let mut tx = pg_snapshot(pool).await?;
                 let mut counter = RawCounter::default();
                 pg_copy::each_row(&mut tx, &titles, |row| {
                     counter.title(pg_copy::text(row, 0)?, pg_copy::text(row, 1)?);
