@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 /// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`.
-/// A bare integer is read as seconds.
+/// A bare integer other than `0` is refused: `HB_RAW_TTL=30` meant as days
+/// would otherwise keep raw rows for 30 seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -15,7 +16,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 10m, 7d"))?;
     let millis = match unit {
         "ms" => Some(value),
-        "" | "s" => value.checked_mul(1_000),
+        "" if value == 0 => Some(0),
+        "" => {
+            return Err(format!(
+                "duration {text:?} has no unit: write e.g. {text}s, {text}m or {text}d"
+            ))
+        }
+        "s" => value.checked_mul(1_000),
         "m" => value.checked_mul(60_000),
         "h" => value.checked_mul(3_600_000),
         "d" => value.checked_mul(86_400_000),
@@ -59,7 +66,7 @@ mod tests {
             parse_duration("7d").unwrap(),
             Duration::from_secs(7 * 86_400)
         );
-        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
     }
 
     #[test]
@@ -67,6 +74,8 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("10x").unwrap_err().contains("unit"));
         assert!(parse_duration("m").is_err());
+        let bare = parse_duration("30").unwrap_err();
+        assert!(bare.contains("no unit") && bare.contains("30s"), "{bare}");
         assert!(parse_duration("99999999999999999999d").is_err());
     }
 
