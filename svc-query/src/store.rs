@@ -232,6 +232,16 @@ impl Store {
         Ok(ads.len())
     }
 
+    /// The event time of the oldest raw heartbeat held, if any (one end of
+    /// the time index).
+    pub async fn oldest_raw_ms(&self) -> Result<Option<i64>, EngineError> {
+        const OLDEST: &str = "SELECT MIN(event_time_ms) FROM raw_heartbeats";
+        Ok(match self {
+            Store::Sqlite(pool) => sqlx::query_scalar(OLDEST).fetch_one(pool).await?,
+            Store::Postgres(pool) => sqlx::query_scalar(OLDEST).fetch_one(pool).await?,
+        })
+    }
+
     /// The catalog version and the whole hours of `[start, end)` whose stored
     /// traffic is missing or was computed from other versions, with their
     /// current raw version, ascending (see `engine::rollup`).

@@ -518,19 +518,24 @@ async fn traffic_rollup_follows_raw_and_catalog_changes_postgres() {
 }
 
 #[tokio::test]
-async fn the_service_counts_recent_traffic_hours_before_anyone_asks() {
+async fn the_service_counts_recent_and_imported_traffic_hours_before_anyone_asks() {
     let test = TestStore::new(Backend::Sqlite).await;
     let mut seed = Seed::generate(3);
     let now = hb_common::time::now_ms();
     let last_hour = hb_common::raw::hour_ms(now) - HOUR_MS;
+    // Half the raw rows in the hour that just ended, half in an hour of an
+    // imported history a year and more back.
+    let old_hour = T0 - 400 * DAY;
+    let half = seed.raw.len() / 2;
     for (i, r) in seed.raw.iter_mut().enumerate() {
-        r.event_time_ms = last_hour + i as i64;
+        let hour = if i < half { last_hour } else { old_hour };
+        r.event_time_ms = hour + i as i64;
     }
     seed.load(&test.store).await;
     assert_eq!(Seed::count(&test.store, "traffic_hours").await, 0);
     let _app = common::TestApp::spawn(test.config.clone()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while Seed::count(&test.store, "traffic_hours").await == 0 {
+    while Seed::count(&test.store, "traffic_hours").await < 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "the hour was never counted"
@@ -542,9 +547,9 @@ async fn the_service_counts_recent_traffic_hours_before_anyone_asks() {
         "SELECT COALESCE(SUM(heartbeats), 0) FROM traffic_rollup",
     )
     .await;
-    let expected: i64 = seed
-        .traffic(last_hour, last_hour + HOUR_MS, None)
+    let expected: i64 = [old_hour, last_hour]
         .iter()
+        .flat_map(|&hour| seed.traffic(hour, hour + HOUR_MS, None))
         .map(|r| r.heartbeats)
         .sum();
     assert!(expected > 0);

@@ -26,7 +26,7 @@ use crate::report::{
 };
 use crate::store::{pg_snapshot, prepare_bound, sqlite_read, sqlite_scan, sqlite_text, Store};
 use async_trait::async_trait;
-use hb_common::raw::{hour_ms, HOUR_MS};
+use hb_common::raw::hour_ms;
 use hb_common::shutdown::CancellationToken;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
@@ -37,8 +37,6 @@ use tokio::sync::Semaphore;
 
 /// How often recent traffic hours are counted in the background.
 const ROLLUP_REFRESH_EVERY: Duration = Duration::from_secs(300);
-/// How far back they are kept counted: a month, plus a day of slack.
-const ROLLUP_KEPT_MS: i64 = 31 * 24 * HOUR_MS;
 
 /// The direct SQL engine.
 #[derive(Clone, Debug)]
@@ -95,9 +93,12 @@ impl DirectEngine {
         }
     }
 
-    /// Every few minutes, counts the whole hours of the last month whose
-    /// traffic is missing or stale (the hour that just ended, or every hour
-    /// after a title moved holder), until `stop`.
+    /// Every few minutes, counts the whole hours whose traffic is missing
+    /// or stale (the hour that just ended, every hour after a title moved
+    /// holder, the hours of an import), until `stop`: every hour from the
+    /// oldest raw heartbeat the store holds to the current one. Expiry keeps
+    /// that to the raw TTL on a live store, and an imported history is
+    /// counted here rather than by its first reader.
     pub async fn keep_traffic_counted(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(ROLLUP_REFRESH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,8 +107,15 @@ impl DirectEngine {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = hb_common::time::now_ms();
-            let (start, end) = (hour_ms(now - ROLLUP_KEPT_MS), hour_ms(now));
+            let oldest = match self.store.oldest_raw_ms().await {
+                Ok(Some(oldest)) => oldest,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(%err, "reading the oldest raw heartbeat failed; retried later");
+                    continue;
+                }
+            };
+            let (start, end) = (hour_ms(oldest), hour_ms(hb_common::time::now_ms()));
             let refresh = self.rollup.refresh(&self.store, start, end);
             tokio::select! {
                 _ = stop.cancelled() => return,
