@@ -33,7 +33,15 @@ enum Command {
 #[tokio::main]
 async fn main() {
     hb_common::install_crypto_provider();
-    let cli = match Cli::try_parse() {
+    // `up --help` lists every service setting it routes (built at run time
+    // from the services' own configs, so it cannot drift from them).
+    let command = <Cli as clap::CommandFactory>::command().mut_subcommand("up", |up_command| {
+        up_command.after_long_help(up::settings_help())
+    });
+    let parsed = command
+        .try_get_matches()
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) if err.use_stderr() => {
             let _ = err.print();

@@ -45,6 +45,55 @@ pub struct UpOptions {
     pub demo_duration: Duration,
 }
 
+/// `up --help`'s list of every setting it takes: its own options, then each
+/// service's, each with its environment variable and default (a shared
+/// setting such as `--auth-secret` is listed under every service it goes to).
+pub fn settings_help() -> String {
+    use clap::Args;
+    let mut out = String::from(
+        "Every setting below is a --flag here and an environment variable; a flag wins over \
+         its variable, and a setting listed under two services goes to both.\n",
+    );
+    for (title, command) in [
+        (
+            "hbmesh up",
+            UpOptions::augment_args(clap::Command::new("up")),
+        ),
+        (
+            "svc-ingest",
+            IngestConfig::augment_args(clap::Command::new("ingest")),
+        ),
+        (
+            "svc-stream",
+            StreamConfig::augment_args(clap::Command::new("stream")),
+        ),
+        (
+            "svc-query",
+            QueryConfig::augment_args(clap::Command::new("query")),
+        ),
+    ] {
+        out.push_str(&format!("\n{title}:\n"));
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else {
+                continue;
+            };
+            let mut line = format!("  --{long}");
+            if let Some(env) = arg.get_env() {
+                line.push_str(&format!(" [{}]", env.to_string_lossy()));
+            }
+            if let Some(default) = arg.get_default_values().first() {
+                line.push_str(&format!(" (default {})", default.to_string_lossy()));
+            }
+            if let Some(help) = arg.get_help() {
+                line.push_str(&format!(": {help}"));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The settings of `up`'s command line, checked against every flag it knows.
 pub fn shared_flags(settings: &[String]) -> Result<hb_common::SharedFlags, String> {
     use clap::Args;
@@ -252,6 +301,31 @@ mod tests {
 
     fn line(text: &str) -> Vec<String> {
         text.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn up_help_lists_every_service_setting_with_its_variable() {
+        let help = settings_help();
+        for expected in [
+            "--demo-duration",
+            "--ingest-addr [HB_INGEST_ADDR]",
+            "--http-addr [HB_QUERY_HTTP_ADDR]",
+            "--auth-secret [HB_AUTH_SECRET]",
+            "svc-stream:",
+        ] {
+            assert!(help.contains(expected), "{expected} missing from:\n{help}");
+        }
+        // A shared setting is listed under each service it goes to.
+        assert_eq!(
+            help.matches("--auth-secret").count(),
+            2,
+            "ingest and query: {help}"
+        );
+        assert_eq!(
+            help.matches("--data-dir").count(),
+            2,
+            "stream and query: {help}"
+        );
     }
 
     #[test]
