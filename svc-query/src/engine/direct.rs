@@ -60,11 +60,6 @@ struct Waiting {
     traffic: Coalesced<Vec<TrafficRow>>,
 }
 
-/// A shared answer as the caller's own (the last request takes it without a copy).
-fn owned<T: Clone>(answer: Arc<Vec<T>>) -> Vec<T> {
-    Arc::try_unwrap(answer).unwrap_or_else(|shared| shared.as_ref().clone())
-}
-
 impl DirectEngine {
     /// At most one report per core runs at once; others wait for a slot
     /// within their deadline. A report is CPU work on this machine (SQLite)
@@ -124,6 +119,30 @@ impl DirectEngine {
                 }
             }
         }
+    }
+
+    /// `work` run in a report slot with the time left of the deadline, or
+    /// the answer of an identical request (`key`) still waiting for one;
+    /// the shared answer becomes the caller's own (the last request takes
+    /// it without a copy).
+    async fn in_slot<T, F, Fut>(
+        &self,
+        waiting: &Coalesced<Vec<T>>,
+        key: String,
+        work: F,
+    ) -> Result<Vec<T>, EngineError>
+    where
+        T: Clone + Send + Sync + 'static,
+        F: FnOnce(DirectEngine, Duration) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Vec<T>, EngineError>> + Send + 'static,
+    {
+        let this = self.clone();
+        let answer = waiting
+            .run(key, &self.running, self.timeout, move |left| {
+                work(this, left)
+            })
+            .await?;
+        Ok(Arc::try_unwrap(answer).unwrap_or_else(|shared| shared.as_ref().clone()))
     }
 
     /// Every row of `statement` within `left`: on SQLite read through
@@ -424,16 +443,12 @@ impl ReportEngine for DirectEngine {
         window: Window,
         license_holder: Option<&str>,
     ) -> Result<Vec<RoyaltyRow>, EngineError> {
-        let key = format!("{window:?} {license_holder:?}");
-        let (this, scope) = (self.clone(), license_holder.map(str::to_string));
-        let work =
-            move |left| async move { this.royalties_now(window, scope.as_deref(), left).await };
-        let answer = self
-            .waiting
-            .royalties
-            .run(key, &self.running, self.timeout, work)
-            .await?;
-        Ok(owned(answer))
+        let scope = license_holder.map(str::to_string);
+        let key = format!("{window:?} {scope:?}");
+        self.in_slot(&self.waiting.royalties, key, move |this, left| async move {
+            this.royalties_now(window, scope.as_deref(), left).await
+        })
+        .await
     }
 
     async fn impressions(
@@ -441,28 +456,22 @@ impl ReportEngine for DirectEngine {
         window: Window,
         advertiser: Option<&str>,
     ) -> Result<Vec<ImpressionRow>, EngineError> {
-        let key = format!("{window:?} {advertiser:?}");
-        let (this, scope) = (self.clone(), advertiser.map(str::to_string));
-        let work =
-            move |left| async move { this.impressions_now(window, scope.as_deref(), left).await };
-        let answer = self
-            .waiting
-            .impressions
-            .run(key, &self.running, self.timeout, work)
-            .await?;
-        Ok(owned(answer))
+        let scope = advertiser.map(str::to_string);
+        let key = format!("{window:?} {scope:?}");
+        self.in_slot(&self.waiting.impressions, key, move |this, left| async move {
+            this.impressions_now(window, scope.as_deref(), left).await
+        })
+        .await
     }
 
     async fn concurrency(&self, spec: ConcurrencySpec) -> Result<Vec<ConcurrencyRow>, EngineError> {
         let key = format!("{spec:?}");
-        let this = self.clone();
-        let work = move |left| async move { this.concurrency_now(spec, left).await };
-        let answer = self
-            .waiting
-            .concurrency
-            .run(key, &self.running, self.timeout, work)
-            .await?;
-        Ok(owned(answer))
+        self.in_slot(
+            &self.waiting.concurrency,
+            key,
+            move |this, left| async move { this.concurrency_now(spec, left).await },
+        )
+        .await
     }
 
     async fn traffic(
@@ -470,15 +479,11 @@ impl ReportEngine for DirectEngine {
         window: Window,
         license_holder: Option<&str>,
     ) -> Result<Vec<TrafficRow>, EngineError> {
-        let key = format!("{window:?} {license_holder:?}");
-        let (this, scope) = (self.clone(), license_holder.map(str::to_string));
-        let work =
-            move |left| async move { this.traffic_now(window, scope.as_deref(), left).await };
-        let answer = self
-            .waiting
-            .traffic
-            .run(key, &self.running, self.timeout, work)
-            .await?;
-        Ok(owned(answer))
+        let scope = license_holder.map(str::to_string);
+        let key = format!("{window:?} {scope:?}");
+        self.in_slot(&self.waiting.traffic, key, move |this, left| async move {
+            this.traffic_now(window, scope.as_deref(), left).await
+        })
+        .await
     }
 }
