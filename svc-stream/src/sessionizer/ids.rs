@@ -336,6 +336,51 @@ impl IdTable {
     }
 }
 
+/// A set of slot indexes, walked in increasing order.
+#[derive(Debug, Default)]
+pub(super) struct SlotSet {
+    words: Vec<u64>,
+    /// Members, so an empty set is known without a scan.
+    len: usize,
+}
+
+impl SlotSet {
+    #[inline]
+    pub(super) fn insert(&mut self, slot: SlotIndex) {
+        let (word, bit) = (slot as usize / 64, slot % 64);
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let before = self.words[word];
+        self.words[word] = before | 1 << bit;
+        self.len += usize::from(before & 1 << bit == 0);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.words.fill(0);
+        self.len = 0;
+    }
+
+    /// Hands every member to `visit` in increasing order and empties the set.
+    pub(super) fn drain(&mut self, mut visit: impl FnMut(SlotIndex)) {
+        if self.len == 0 {
+            return;
+        }
+        for (index, word) in self.words.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                visit((index * 64) as SlotIndex + bits.trailing_zeros());
+                bits &= bits - 1;
+            }
+        }
+        self.len = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +474,25 @@ mod tests {
             }
         }
         assert!(table.entries.len() <= 16 * 301, "{}", table.entries.len());
+    }
+
+    #[test]
+    fn a_slot_set_hands_its_members_back_in_order_once() {
+        let mut set = SlotSet::default();
+        assert!(set.is_empty());
+        for slot in [130, 3, 64, 3, 0, 63] {
+            set.insert(slot);
+        }
+        assert!(!set.is_empty());
+        let mut members = Vec::new();
+        set.drain(|slot| members.push(slot));
+        assert_eq!(members, [0, 3, 63, 64, 130]);
+        assert!(set.is_empty());
+        set.drain(|_| panic!("drained already"));
+        set.insert(5);
+        set.clear();
+        assert!(set.is_empty());
+        set.drain(|_| panic!("cleared"));
     }
 
     #[test]

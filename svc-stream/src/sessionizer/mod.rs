@@ -68,7 +68,7 @@ use hb_proto::v1::Heartbeat;
 use coverage::Coverage;
 use fxhash::{fingerprint, key_fingerprint, FxBuildHasher};
 use id::Id;
-use ids::{IdTable, KeyTable, SlotIndex};
+use ids::{IdTable, KeyTable, SlotIndex, SlotSet};
 
 /// Player state of a heartbeat. `PLAYBACK_STATE_UNSPECIFIED` is rejected at
 /// ingest, so it has no variant here.
@@ -532,13 +532,14 @@ struct OpenSession {
     watch_ms: i64,
     /// Identifies the session in the finalization queue and the change list.
     uid: u64,
-    /// Listed in `Sessionizer::changed`.
+    /// Changed since the last drain (its slot is in `Sessionizer::changed`).
     dirty: bool,
     coverage: Coverage,
     devices: Devices,
     /// Sorted, distinct.
     ads: Vec<String>,
-    /// Start under which the store holds this session (as of the last drain).
+    /// Start under which the store holds this session (as of the last drain;
+    /// `None` again once the start moved and that row's delete is queued).
     stored_start_ms: Option<i64>,
     frozen: Frozen,
 }
@@ -818,10 +819,10 @@ struct KeySlot {
     idle_scheduled: bool,
     /// Processing time of the last push.
     last_push_ms: i64,
-    sessions: SessionList,
     /// `[start, end]` of idle-flushed sessions an accepted heartbeat could
-    /// still reach.
+    /// still reach (before `sessions`: every push reads its length).
     closed: Vec<(i64, i64)>,
+    sessions: SessionList,
 }
 
 impl KeySlot {
@@ -840,11 +841,7 @@ impl KeySlot {
     }
 
     fn key(&self, start_ms: i64) -> SessionKey {
-        SessionKey {
-            user_id: self.user_id.as_str().to_owned(),
-            video_id: self.video_id.as_str().to_owned(),
-            start_ms,
-        }
+        session_key(&self.user_id, &self.video_id, start_ms)
     }
 
     fn position_of(&self, uid: u64) -> Option<usize> {
@@ -852,6 +849,14 @@ impl KeySlot {
             .as_slice()
             .iter()
             .position(|session| session.uid == uid)
+    }
+}
+
+fn session_key(user_id: &Id, video_id: &Id, start_ms: i64) -> SessionKey {
+    SessionKey {
+        user_id: user_id.as_str().to_owned(),
+        video_id: video_id.as_str().to_owned(),
+        start_ms,
     }
 }
 
@@ -879,9 +884,16 @@ const SPARE_TAILS: usize = 4_096;
 /// most tails never regrow.
 const TAIL_CAPACITY: usize = 32;
 
-/// Heartbeats whose state `push_batch` loads together: enough misses to
-/// overlap, few enough that what was loaded is still cached when used.
-const GROUP: usize = 16;
+/// Distance in heartbeats between the stages of `push_batch`'s look-ahead:
+/// enough pushes for a load to arrive, few enough that what was loaded is
+/// still cached when used.
+const AHEAD: usize = 8;
+
+/// The part of a slot an in-order push reads: the key, the closed spans'
+/// length and the first session up to its devices. (A hint's length: the
+/// enum's tag, if it has one, may shift it by a few bytes.)
+const SLOT_HOT_BYTES: usize =
+    std::mem::offset_of!(KeySlot, sessions) + std::mem::offset_of!(OpenSession, ads);
 
 /// Marker uid of a watermark-queue entry that expires a slot's closed spans.
 const CLOSED_SPANS: u64 = u64::MAX;
@@ -910,10 +922,9 @@ pub struct Sessionizer {
     idle_queue: BinaryHeap<Reverse<(i64, SlotIndex, u32)>>,
     /// Record upserts (off for the offline batch, which only wants finals).
     track_upserts: bool,
-    /// Sessions changed since the last drain, in order of first change.
-    changed: Vec<(SlotIndex, u32, u64)>,
-    /// Scratch of `drain_changes_with`: `(slot, session index)` to upsert.
-    upserts: Vec<(SlotIndex, u32)>,
+    /// Slots holding a session changed since the last drain: the drain walks
+    /// them in slot order without sorting a list of changes.
+    changed: SlotSet,
     deleted: Vec<SessionKey>,
     finals: Vec<Session>,
     open_sessions: usize,
@@ -941,8 +952,7 @@ impl Sessionizer {
             watermark_queue: BinaryHeap::new(),
             idle_queue: BinaryHeap::new(),
             track_upserts: true,
-            changed: Vec::new(),
-            upserts: Vec::new(),
+            changed: SlotSet::default(),
             deleted: Vec::new(),
             finals: Vec::new(),
             open_sessions: 0,
@@ -993,24 +1003,38 @@ impl Sessionizer {
             .map(|event| Fingerprints::of(&event.event_ref()))
             .collect();
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut events = events.iter().map(AsEventRef::event_ref);
-        // In groups: each stage issues the loads of a whole group back to
-        // back, so their misses overlap instead of each stalling the core.
-        for group in fingerprints.chunks(GROUP) {
-            for ahead in group {
-                self.keys.touch(ahead.key);
-                self.ids.touch(ahead.id);
+        // A software pipeline: while heartbeat `i` is pushed, the slot's tail
+        // of `i + AHEAD` is asked for (its slot arrived meanwhile), the slot of
+        // `i + 2 * AHEAD` (its table entry arrived), and the table entries of
+        // `i + 3 * AHEAD`. Every load has a few pushes' time to arrive, and
+        // the requests are spread out instead of flooding the miss buffers.
+        let stage = |sessionizer: &Self, at: usize, step: usize| {
+            let Some(ahead) = fingerprints.get(at) else {
+                return;
+            };
+            match step {
+                0 => {
+                    sessionizer.keys.touch(ahead.key);
+                    sessionizer.ids.touch(ahead.id);
+                }
+                1 => sessionizer.touch_slot(ahead.key, false),
+                _ => sessionizer.touch_slot(ahead.key, true),
             }
-            for ahead in group {
-                self.touch_slot(ahead.key, false);
-            }
-            for ahead in group {
-                self.touch_slot(ahead.key, true);
-            }
-            for &fingerprints in group {
-                let event = events.next().expect("one fingerprint per event");
-                outcomes.push(self.push_fingerprinted(event, fingerprints, now_ms));
-            }
+        };
+        for at in 0..3 * AHEAD {
+            stage(self, at, 0);
+        }
+        for at in 0..2 * AHEAD {
+            stage(self, at, 1);
+        }
+        for at in 0..AHEAD {
+            stage(self, at, 2);
+        }
+        for (at, event) in events.iter().enumerate() {
+            stage(self, at + 3 * AHEAD, 0);
+            stage(self, at + 2 * AHEAD, 1);
+            stage(self, at + AHEAD, 2);
+            outcomes.push(self.push_fingerprinted(event.event_ref(), fingerprints[at], now_ms));
         }
         outcomes
     }
@@ -1063,7 +1087,7 @@ impl Sessionizer {
     /// same batch), then the `Upsert`s (ordered by internal key slot), then the
     /// `Final`s in order of finalization. Deterministic for a given input.
     pub fn drain_changes(&mut self) -> Vec<Change> {
-        let mut changes = Vec::with_capacity(self.changed.len() + self.finals.len());
+        let mut changes = Vec::with_capacity(self.finals.len());
         self.drain_changes_with(|change| {
             changes.push(match change {
                 ChangeRef::Upsert(session) => Change::Upsert(session.to_session()),
@@ -1078,40 +1102,12 @@ impl Sessionizer {
     /// to `visit` one by one with each open session borrowed from the state:
     /// nothing is copied for an upsert the consumer only reads.
     pub fn drain_changes_with(&mut self, mut visit: impl FnMut(ChangeRef<'_>)) {
-        let mut upserts = std::mem::take(&mut self.upserts);
-        upserts.clear();
-        // By slot: a walk through memory in order rather than at random.
-        self.changed.sort_unstable();
-        for (slot_index, generation, uid) in self.changed.drain(..) {
-            let slot = &mut self.slots[slot_index as usize];
-            if !slot.live || slot.generation != generation {
-                continue;
-            }
-            let Some(index) = slot.position_of(uid) else {
-                continue;
-            };
-            let session = &mut slot.sessions.as_mut_slice()[index];
-            session.dirty = false;
-            let (start_ms, stored) = (session.start_ms, session.stored_start_ms);
-            session.stored_start_ms = Some(start_ms);
-            if let Some(stored_ms) = stored.filter(|&stored_ms| stored_ms != start_ms) {
-                self.deleted.push(slot.key(stored_ms));
-            }
-            upserts.push((slot_index, index as u32));
-        }
-        let slots = &self.slots;
-        let upserted = |&(slot_index, index): &(SlotIndex, u32)| {
-            let slot = &slots[slot_index as usize];
-            let session = &slot.sessions.as_slice()[index as usize];
-            session.to_session_ref(&slot.user_id, &slot.video_id)
-        };
         let mut deleted = std::mem::take(&mut self.deleted);
         if !deleted.is_empty() {
             deleted.sort_unstable();
             deleted.dedup();
             // A key written again in this drain is no delete: one of the
-            // finals, or an upsert of the key's live slot (`upserts` is
-            // sorted by slot), found without hashing every upsert.
+            // finals, or a changed session of the key's live slot.
             let finals: HashSet<(&str, &str, i64), FxBuildHasher> = self
                 .finals
                 .iter()
@@ -1123,7 +1119,7 @@ impl Sessionizer {
                     )
                 })
                 .collect();
-            let keys = &self.keys;
+            let (keys, slots) = (&self.keys, &self.slots);
             deleted.retain(|key| {
                 let (user_id, video_id) = (key.user_id.as_str(), key.video_id.as_str());
                 if finals.contains(&(user_id, video_id, key.start_ms)) {
@@ -1137,25 +1133,37 @@ impl Sessionizer {
                 else {
                     return true;
                 };
-                let from =
-                    upserts.partition_point(|&(upserted_slot, _)| upserted_slot < slot_index);
-                !upserts[from..]
+                !slots[slot_index as usize]
+                    .sessions
+                    .as_slice()
                     .iter()
-                    .take_while(|&&(upserted_slot, _)| upserted_slot == slot_index)
-                    .any(|upsert| upserted(upsert).start_ms == key.start_ms)
+                    .any(|session| session.dirty && session.start_ms == key.start_ms)
             });
             for key in deleted.drain(..) {
                 visit(ChangeRef::Delete(key));
             }
         }
         self.deleted = deleted;
-        for upsert in &upserts {
-            visit(ChangeRef::Upsert(upserted(upsert)));
-        }
+        // One pass by slot, a walk through memory in order rather than at
+        // random. Sessions that were changed and then merged away or
+        // finalized are no longer in their slot; a released slot holds none.
+        // (Keys the store holds under an older start were queued for delete
+        // when the start moved.)
+        let slots = &mut self.slots;
+        self.changed.drain(|slot_index| {
+            let slot = &mut slots[slot_index as usize];
+            let (user_id, video_id) = (&slot.user_id, &slot.video_id);
+            for session in slot.sessions.as_mut_slice() {
+                if session.dirty {
+                    session.dirty = false;
+                    session.stored_start_ms = Some(session.start_ms);
+                    visit(ChangeRef::Upsert(session.to_session_ref(user_id, video_id)));
+                }
+            }
+        });
         for session in self.finals.drain(..) {
             visit(ChangeRef::Final(session));
         }
-        self.upserts = upserts;
     }
 
     /// Finalizes every open session: the end of a batch run. (A service
@@ -1333,7 +1341,7 @@ impl Sessionizer {
             return;
         };
         if !tail {
-            prefetch::lines(slot, std::mem::size_of::<KeySlot>());
+            prefetch::lines(slot, SLOT_HOT_BYTES);
             return;
         }
         if let Some(held) = slot
@@ -1436,7 +1444,13 @@ impl Sessionizer {
                 after - 1
             }
             (false, false, true) => {
-                slot.sessions.as_mut_slice()[after].prepend(held);
+                let session = &mut slot.sessions.as_mut_slice()[after];
+                session.prepend(held);
+                // The store holds it under its old start (queued once: the
+                // start only moves earlier).
+                if let Some(stored_ms) = session.stored_start_ms.take() {
+                    self.deleted.push(slot.key(stored_ms));
+                }
                 after
             }
             (false, false, false) => {
@@ -1465,8 +1479,7 @@ impl Sessionizer {
         session.add_ad(ad_id);
         if self.track_upserts && !session.dirty {
             session.dirty = true;
-            self.changed
-                .push((slot_index, slot.generation, session.uid));
+            self.changed.insert(slot_index);
         }
         if !slot.idle_scheduled {
             slot.idle_scheduled = true;
