@@ -286,8 +286,11 @@ impl IdTable {
 
     /// Drops dead entries: in place (sequential passes, no allocation)
     /// while the live ones fill between a sixteenth and a third of the
-    /// table, else into a table they fill a quarter of. With sweeps due at
-    /// half full, one comes every `size / 4` inserts or so.
+    /// table, else into a new table: twice the size when growing (a new
+    /// table's pages are fresh, and faulting them in costs more than the
+    /// sweep, so growth goes in few large steps), a quarter full when
+    /// shrinking. With sweeps due at half full, one comes every `size / 6`
+    /// inserts or more.
     fn sweep(&mut self, horizon_ms: i64) {
         let mut live = 0;
         for entry in &mut self.entries {
@@ -302,8 +305,15 @@ impl IdTable {
         }
         self.occupied = live;
         let size = self.entries.len();
-        if live * 3 > size || (live * 16 < size && size > 64) {
-            let old = std::mem::replace(&mut self.entries, vec![EMPTY_ID; (live * 4).max(64)]);
+        let resized = if live * 3 > size {
+            Some((size * 2).max(live * 4))
+        } else if live * 16 < size && size > 64 {
+            Some((live * 4).max(64))
+        } else {
+            None
+        };
+        if let Some(resized) = resized {
+            let old = std::mem::replace(&mut self.entries, vec![EMPTY_ID; resized]);
             for entry in old {
                 if entry.fingerprint != EMPTY {
                     self.place(entry);

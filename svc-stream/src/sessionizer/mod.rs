@@ -534,13 +534,13 @@ struct OpenSession {
     uid: u64,
     /// Changed since the last drain (its slot is in `Sessionizer::changed`).
     dirty: bool,
+    /// Start under which the store holds this session (as of the last drain;
+    /// `None` again once the start moved and that row's delete is queued).
+    stored_start_ms: Option<i64>,
     coverage: Coverage,
     devices: Devices,
     /// Sorted, distinct.
     ads: Vec<String>,
-    /// Start under which the store holds this session (as of the last drain;
-    /// `None` again once the start moved and that row's delete is queued).
-    stored_start_ms: Option<i64>,
     frozen: Frozen,
 }
 
@@ -895,6 +895,13 @@ const AHEAD: usize = 8;
 const SLOT_HOT_BYTES: usize =
     std::mem::offset_of!(KeySlot, sessions) + std::mem::offset_of!(OpenSession, ads);
 
+/// What the drain reads of a slot: up to the first session's frozen summary.
+const SLOT_DRAIN_BYTES: usize =
+    std::mem::offset_of!(KeySlot, sessions) + std::mem::offset_of!(OpenSession, frozen);
+
+/// Changed slots the drain asks for ahead of the one it writes out.
+const DRAIN_AHEAD: usize = 8;
+
 /// Marker uid of a watermark-queue entry that expires a slot's closed spans.
 const CLOSED_SPANS: u64 = u64::MAX;
 
@@ -925,6 +932,8 @@ pub struct Sessionizer {
     /// Slots holding a session changed since the last drain: the drain walks
     /// them in slot order without sorting a list of changes.
     changed: SlotSet,
+    /// Scratch of `drain_changes_with`: the changed slots, in order.
+    drained: Vec<SlotIndex>,
     deleted: Vec<SessionKey>,
     finals: Vec<Session>,
     open_sessions: usize,
@@ -953,6 +962,7 @@ impl Sessionizer {
             idle_queue: BinaryHeap::new(),
             track_upserts: true,
             changed: SlotSet::default(),
+            drained: Vec::new(),
             deleted: Vec::new(),
             finals: Vec::new(),
             open_sessions: 0,
@@ -1149,9 +1159,17 @@ impl Sessionizer {
         // finalized are no longer in their slot; a released slot holds none.
         // (Keys the store holds under an older start were queued for delete
         // when the start moved.)
-        let slots = &mut self.slots;
-        self.changed.drain(|slot_index| {
-            let slot = &mut slots[slot_index as usize];
+        let mut changed = std::mem::take(&mut self.drained);
+        changed.clear();
+        self.changed.drain(|slot_index| changed.push(slot_index));
+        for (at, &slot_index) in changed.iter().enumerate() {
+            if let Some(slot) = changed
+                .get(at + DRAIN_AHEAD)
+                .and_then(|&ahead| self.slots.get(ahead as usize))
+            {
+                prefetch::lines(slot, SLOT_DRAIN_BYTES);
+            }
+            let slot = &mut self.slots[slot_index as usize];
             let (user_id, video_id) = (&slot.user_id, &slot.video_id);
             for session in slot.sessions.as_mut_slice() {
                 if session.dirty {
@@ -1160,7 +1178,8 @@ impl Sessionizer {
                     visit(ChangeRef::Upsert(session.to_session_ref(user_id, video_id)));
                 }
             }
-        });
+        }
+        self.drained = changed;
         for session in self.finals.drain(..) {
             visit(ChangeRef::Final(session));
         }
