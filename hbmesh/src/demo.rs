@@ -1,12 +1,14 @@
 //! `hbmesh up --demo`: seeds a small catalog, runs a simulated fleet against
 //! the mesh just started, and prints the reports, so a newcomer sees the whole
 //! product in one command. With `HB_AUTH_SECRET` set the demo mints its own
-//! tokens: admin for the catalog and the reports, gateway for the fleet.
+//! tokens: admin for the catalog and the reports, gateway for the fleet. When
+//! the mesh serves TLS the demo's clients speak it, trusting the CA given.
 
 use crate::up::MeshAddrs;
 use anyhow::Context;
 use hb_common::auth::{Role, TokenKey};
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 const LICENSE_HOLDERS: [&str; 4] = ["studio-north", "studio-south", "indie-films", "archive-co"];
@@ -16,13 +18,15 @@ const VIDEOS: usize = 2_000;
 const ADS: usize = 200;
 
 /// Runs the demo against the mesh at `addrs`, printing on stdout; `secret`
-/// is the mesh's `HB_AUTH_SECRET`, if any.
+/// is the mesh's `HB_AUTH_SECRET`, if any, and `ca_cert` the PEM CA to trust
+/// when the mesh serves TLS (`None`: plaintext).
 pub async fn run(
     addrs: &MeshAddrs,
     duration: Duration,
     secret: Option<&str>,
+    ca_cert: Option<&Path>,
 ) -> anyhow::Result<()> {
-    run_to(addrs, duration, secret, &mut std::io::stdout()).await
+    run_to(addrs, duration, secret, ca_cert, &mut std::io::stdout()).await
 }
 
 /// [`run`], printing the figures and reports on `out`.
@@ -30,6 +34,7 @@ pub async fn run_to(
     addrs: &MeshAddrs,
     duration: Duration,
     secret: Option<&str>,
+    ca_cert: Option<&Path>,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
     let secret = secret.filter(|s| !s.is_empty());
@@ -37,9 +42,23 @@ pub async fn run_to(
         let exp = hb_common::time::now_ms() / 1_000 + duration.as_secs() as i64 + 86_400;
         TokenKey::new(secret).mint("hbmesh-demo", &Role::Admin, exp)
     });
+    let (scheme, client) = match ca_cert {
+        None => ("http", reqwest::Client::new()),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the demo's CA {}", path.display()))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            let client = reqwest::Client::builder()
+                .add_root_certificate(ca)
+                .build()
+                .context("the demo's HTTPS client")?;
+            ("https", client)
+        }
+    };
     let http = Api {
-        client: reqwest::Client::new(),
-        base: format!("http://{}", addrs.query_http),
+        client,
+        base: format!("{scheme}://{}", addrs.query_http),
         token: admin,
     };
     let base = http.base.clone();
@@ -51,7 +70,7 @@ pub async fn run_to(
     )?;
 
     let started = hb_common::time::now_ms();
-    let target = format!("http://{}", addrs.ingest);
+    let target = format!("{scheme}://{}", addrs.ingest);
     let seconds = format!("{}s", duration.as_secs().max(1));
     let mut args: crate::simulate::SimulateArgs = parse_args(&[
         "--devices",
@@ -67,6 +86,7 @@ pub async fn run_to(
     // from whatever HB_TOKEN / HB_AUTH_SECRET the environment holds.
     args.token = None;
     args.auth_secret = secret.map(str::to_string);
+    args.ca_cert = ca_cert.map(Path::to_path_buf);
     crate::simulate::run(args).await?;
     // Sessions become visible within a flush; give the pipeline a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;

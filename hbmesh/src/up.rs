@@ -43,6 +43,11 @@ pub struct UpOptions {
     /// Length of the demo's simulated traffic.
     #[arg(long, default_value = "20s", value_parser = hb_common::duration::parse_duration)]
     pub demo_duration: Duration,
+
+    /// PEM CA certificate that signed HB_TLS_CERT: the demo's fleet and report
+    /// client trust it when the mesh serves TLS (needed then).
+    #[arg(long, env = "HB_DEMO_CA_CERT")]
+    pub demo_ca_cert: Option<std::path::PathBuf>,
 }
 
 /// `up --help`'s list of every setting it takes: its own options, then each
@@ -155,15 +160,28 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .auth_secret
         .clone()
         .or_else(|| query_config.secret().map(str::to_string));
+    let tls = ingest_config.tls_cert.is_some() || query_config.tls_cert.is_some();
+    if options.demo && tls && options.demo_ca_cert.is_none() {
+        eprintln!(
+            "hbmesh up: the mesh serves TLS (HB_TLS_CERT), so --demo needs --demo-ca-cert \
+             (HB_DEMO_CA_CERT), the CA that signed the certificate"
+        );
+        std::process::exit(hb_common::EXIT_CONFIG);
+    }
     let shutdown = hb_common::shutdown::on_signal();
     let (addrs, mesh) = start(ingest_config, stream_config, query_config, shutdown.clone()).await?;
     println!(
-        "heartbeat mesh up: ingest gRPC {}, query HTTP http://{}, query gRPC {}",
-        addrs.ingest, addrs.query_http, addrs.query_grpc
+        "heartbeat mesh up: ingest gRPC {}, query HTTP {}://{}, query gRPC {}{}",
+        addrs.ingest,
+        if tls { "https" } else { "http" },
+        addrs.query_http,
+        addrs.query_grpc,
+        if tls { " (TLS)" } else { "" }
     );
     let mut mesh = std::pin::pin!(mesh);
     if options.demo {
-        let demo = crate::demo::run(&addrs, options.demo_duration, secret.as_deref());
+        let ca_cert = options.demo_ca_cert.as_deref().filter(|_| tls);
+        let demo = crate::demo::run(&addrs, options.demo_duration, secret.as_deref(), ca_cert);
         tokio::select! {
             result = demo => {
                 if let Err(err) = result {

@@ -8,10 +8,21 @@ use std::time::{Duration, Instant};
 /// no secret, and a fresh data directory; returns its exit code and stderr,
 /// or None when it was still running after `limit` (then it is killed).
 fn up_with(overrides: &[(&str, &str)], limit: Duration) -> Option<(i32, String)> {
+    up_with_args(&[], overrides, limit)
+}
+
+/// [`up_with`], with `args` after `up`.
+fn up_with_args(
+    args: &[&str],
+    overrides: &[(&str, &str)],
+    limit: Duration,
+) -> Option<(i32, String)> {
     let data = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_hbmesh"));
     command
         .arg("up")
+        .args(args)
+        .env_remove("HB_DEMO_CA_CERT")
         .env("HB_DATA_DIR", data.path())
         .env_remove("HB_AUTH_SECRET")
         .env_remove("HB_KAFKA_BROKERS")
@@ -68,4 +79,21 @@ fn a_non_loopback_listener_without_a_secret_is_refused_at_once_with_exit_64() {
             "{name}: {stderr}"
         );
     }
+}
+
+#[test]
+fn a_demo_against_a_mesh_serving_tls_without_the_ca_to_trust_is_refused_with_exit_64() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls");
+    let (cert, key) = (
+        format!("{fixtures}/server.pem"),
+        format!("{fixtures}/server.key"),
+    );
+    let (code, stderr) = up_with_args(
+        &["--demo"],
+        &[("HB_TLS_CERT", &cert), ("HB_TLS_KEY", &key)],
+        Duration::from_secs(20),
+    )
+    .expect("`hbmesh up --demo` with TLS and no CA kept running");
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--demo-ca-cert"), "{stderr}");
 }

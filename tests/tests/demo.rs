@@ -2,9 +2,21 @@
 //! simulated, the reports printed, with and without `HB_AUTH_SECRET`.
 
 use hb_e2e_tests::{spawn_app_configured, Tier};
+use std::path::PathBuf;
 use std::time::Duration;
 
 async fn demo_output(secret: Option<&str>) -> String {
+    demo_output_with(secret, false).await
+}
+
+/// `fixtures/tls/`: a test CA and a certificate for `localhost` / `127.0.0.1`.
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls")
+        .join(name)
+}
+
+async fn demo_output_with(secret: Option<&str>, tls: bool) -> String {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app_configured(
         dir.path().to_path_buf(),
@@ -12,13 +24,27 @@ async fn demo_output(secret: Option<&str>) -> String {
         |ingest, _, query| {
             ingest.auth_secret = secret.map(str::to_string);
             query.auth_secret = secret.map(svc_query::config::Secret::new);
+            if tls {
+                ingest.tls_cert = Some(fixture("server.pem"));
+                ingest.tls_key = Some(fixture("server.key"));
+                query.tls_cert = Some(fixture("server.pem"));
+                query.tls_key = Some(fixture("server.key"));
+            }
         },
     )
     .await;
+    let ca = fixture("ca.pem");
+    let ca_cert = tls.then_some(ca.as_path());
     let mut out = Vec::new();
-    hbmesh::demo::run_to(&app.addrs, Duration::from_secs(2), secret, &mut out)
-        .await
-        .expect("the demo runs to its end");
+    hbmesh::demo::run_to(
+        &app.addrs,
+        Duration::from_secs(2),
+        secret,
+        ca_cert,
+        &mut out,
+    )
+    .await
+    .expect("the demo runs to its end");
     app.stop().await;
     String::from_utf8(out).unwrap()
 }
@@ -29,5 +55,14 @@ async fn the_demo_runs_against_a_mesh_with_a_secret_using_its_own_tokens() {
     assert!(out.contains("== royalties ("), "{out}");
     assert!(out.contains("== traffic ("), "{out}");
     assert!(out.contains("== concurrency ("), "{out}");
+    assert!(out.contains("bucket_start_ms"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_speaks_tls_to_a_mesh_that_serves_it_trusting_the_ca_given() {
+    let out = demo_output_with(Some("demo-secret"), true).await;
+    assert!(out.contains("https://127.0.0.1:"), "{out}");
+    assert!(out.contains("== royalties ("), "{out}");
+    assert!(out.contains("== traffic ("), "{out}");
     assert!(out.contains("bucket_start_ms"), "{out}");
 }
