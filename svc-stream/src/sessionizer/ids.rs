@@ -284,27 +284,38 @@ impl IdTable {
         self.entries[at] = entry;
     }
 
-    /// Drops dead entries: in place (sequential passes, no allocation)
+    /// Drops dead entries: in place, in one sequential pass (no allocation),
     /// while the live ones fill between a sixteenth and a third of the
-    /// table, else into a new table: twice the size when growing (a new
+    /// table, else (after that pass) into a new table: twice the size when growing (a new
     /// table's pages are fresh, and faulting them in costs more than the
     /// sweep, so growth goes in few large steps), a quarter full when
     /// shrinking. With sweeps due at half full, one comes every `size / 6`
     /// inserts or more.
     fn sweep(&mut self, horizon_ms: i64) {
-        let mut live = 0;
-        for entry in &mut self.entries {
+        // From an empty entry (sweeps come at half full), every entry is
+        // taken out and, if live, placed again: dropping entries may have
+        // cut probe runs, and an entry can only move back towards its home,
+        // into a part of its run already swept.
+        let size = self.entries.len();
+        let start = self
+            .entries
+            .iter()
+            .position(|entry| entry.fingerprint == EMPTY)
+            .expect("sweeps come at half full");
+        let (mut at, mut live) = (start, 0);
+        for _ in 0..size {
+            at = self.next(at);
+            let entry = self.entries[at];
             if entry.fingerprint == EMPTY {
                 continue;
             }
+            self.entries[at] = EMPTY_ID;
             if entry.is_live(horizon_ms) {
                 live += 1;
-            } else {
-                *entry = EMPTY_ID;
+                self.place(entry);
             }
         }
         self.occupied = live;
-        let size = self.entries.len();
         let resized = if live * 3 > size {
             Some((size * 2).max(live * 4))
         } else if live * 16 < size && size > 64 {
@@ -318,23 +329,6 @@ impl IdTable {
                 if entry.fingerprint != EMPTY {
                     self.place(entry);
                 }
-            }
-            return;
-        }
-        // Removing entries may have cut probe runs: re-place every entry, in
-        // order from an empty one, so each moves back towards its home.
-        let start = self
-            .entries
-            .iter()
-            .position(|entry| entry.fingerprint == EMPTY)
-            .expect("at most a third is live");
-        let mut at = start;
-        for _ in 0..size {
-            at = self.next(at);
-            let entry = self.entries[at];
-            if entry.fingerprint != EMPTY {
-                self.entries[at] = EMPTY_ID;
-                self.place(entry);
             }
         }
     }

@@ -1072,11 +1072,9 @@ impl Sessionizer {
             .map_or(event.time_ms, |wm| wm.max(event.time_ms));
         self.watermark_ms = Some(watermark_ms);
         let target = self.merge(slot_index, event, id_fingerprint, now_ms);
-        // Freeze in runs (an eighth of the lateness at a time): the tail's
-        // front is then read once per run, not once per heartbeat.
-        let horizon_ms = watermark_ms.saturating_sub(self.config.lateness_ms);
+        let (horizon_ms, freeze_before_ms) = (self.horizon_ms(), self.freeze_before_ms());
         let session = &mut self.slots[slot_index as usize].sessions.as_mut_slice()[target];
-        if session.tail_front_ms < horizon_ms.saturating_sub(self.config.lateness_ms / 8) {
+        if session.tail_front_ms < freeze_before_ms {
             self.held -= session.freeze_before(horizon_ms);
         }
         Outcome::Merged
@@ -1363,16 +1361,31 @@ impl Sessionizer {
             prefetch::lines(slot, SLOT_HOT_BYTES);
             return;
         }
-        if let Some(held) = slot
-            .sessions
-            .as_slice()
-            .last()
-            .and_then(|session| session.tail.back())
-        {
+        let Some(session) = slot.sessions.as_slice().last() else {
+            return;
+        };
+        if let Some(held) = session.tail.back() {
             let held: *const HeldEvent = held;
             prefetch::line(held);
             prefetch::line(held.wrapping_add(1));
         }
+        // A push that will freeze a run reads the tail's front and the
+        // frozen summary too, both cold by then.
+        if session.tail_front_ms < self.freeze_before_ms() {
+            if let Some(front) = session.tail.front() {
+                prefetch::lines(front, 3 * std::mem::size_of::<HeldEvent>());
+            }
+            prefetch::lines(&session.frozen, std::mem::size_of::<Frozen>());
+        }
+    }
+
+    /// A push freezes its session's tail once the front is older than this:
+    /// an eighth of the lateness behind the horizon, so runs are frozen at
+    /// once and the tail's front is read once per run.
+    #[inline]
+    fn freeze_before_ms(&self) -> i64 {
+        self.horizon_ms()
+            .saturating_sub(self.config.lateness_ms / 8)
     }
 
     /// The slot of `(user_id, video_id)`, created if needed.
