@@ -284,13 +284,13 @@ impl IdTable {
         self.entries[at] = entry;
     }
 
-    /// Drops dead entries: in place, in one sequential pass (no allocation),
-    /// while the live ones fill between a sixteenth and a third of the
-    /// table, else (after that pass) into a new table: twice the size when growing (a new
-    /// table's pages are fresh, and faulting them in costs more than the
-    /// sweep, so growth goes in few large steps), a quarter full when
-    /// shrinking. With sweeps due at half full, one comes every `size / 6`
-    /// inserts or more.
+    /// Drops dead entries in place, in one sequential pass (no allocation).
+    /// When the live ones then fill more than a third or less than a
+    /// sixteenth of the table, they move to a new one: twice the size when
+    /// growing (a new table's pages are fresh, and faulting them in costs
+    /// more than the sweep, so growth goes in few large steps), a quarter
+    /// full when shrinking. With sweeps due at half full, one comes every
+    /// `size / 6` inserts or more.
     fn sweep(&mut self, horizon_ms: i64) {
         // From an empty entry (sweeps come at half full), every entry is
         // taken out and, if live, placed again: dropping entries may have
