@@ -31,6 +31,15 @@ pub struct TestApp {
     done: Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>>,
 }
 
+/// A file of `fixtures/tls/`: a test CA (`ca.pem`) and a certificate for
+/// `localhost` / `127.0.0.1` it signed (`server.pem`, `server.key`), valid
+/// until 2126.
+pub fn tls_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls")
+        .join(name)
+}
+
 /// Starts the embedded mesh on a fresh data directory.
 pub async fn spawn_app(data_dir: PathBuf) -> TestApp {
     spawn_app_with(data_dir, Tier::default()).await

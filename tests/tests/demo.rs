@@ -1,19 +1,11 @@
 //! `hbmesh up --demo` against the mesh it started: catalog seeded, a fleet
 //! simulated, the reports printed, with and without `HB_AUTH_SECRET`.
 
-use hb_e2e_tests::{spawn_app_configured, Tier};
-use std::path::PathBuf;
+use hb_e2e_tests::{spawn_app_configured, tls_fixture as fixture, Tier};
 use std::time::Duration;
 
 async fn demo_output(secret: Option<&str>) -> String {
     demo_output_with(secret, false).await
-}
-
-/// `fixtures/tls/`: a test CA and a certificate for `localhost` / `127.0.0.1`.
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tls")
-        .join(name)
 }
 
 async fn demo_output_with(secret: Option<&str>, tls: bool) -> String {

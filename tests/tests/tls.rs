@@ -8,16 +8,9 @@
 //! `127.0.0.1` it signed (`server.pem`, `server.key`), valid until 2126.
 
 use hb_common::workload::{Fleet, FleetConfig};
-use hb_e2e_tests::{spawn_app_configured, Tier};
+use hb_e2e_tests::{spawn_app_configured, tls_fixture as fixture, Tier};
 use hb_proto::v1::ingest_service_client::IngestServiceClient;
-use std::path::PathBuf;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tls")
-        .join(name)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_with_a_certificate_acknowledges_heartbeats_pushed_over_tls() {

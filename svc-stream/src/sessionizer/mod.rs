@@ -530,7 +530,7 @@ struct OpenSession {
     /// Totals over frozen part and tail.
     heartbeats: u64,
     watch_ms: i64,
-    /// Identifies the session in the finalization queue and the change list.
+    /// Identifies the session in the finalization queue.
     uid: u64,
     /// Changed since the last drain (its slot is in `Sessionizer::changed`).
     dirty: bool,
@@ -1013,38 +1013,30 @@ impl Sessionizer {
             .map(|event| Fingerprints::of(&event.event_ref()))
             .collect();
         let mut outcomes = Vec::with_capacity(events.len());
-        // A software pipeline: while heartbeat `i` is pushed, the slot's tail
-        // of `i + AHEAD` is asked for (its slot arrived meanwhile), the slot of
-        // `i + 2 * AHEAD` (its table entry arrived), and the table entries of
-        // `i + 3 * AHEAD`. Every load has a few pushes' time to arrive, and
-        // the requests are spread out instead of flooding the miss buffers.
-        let stage = |sessionizer: &Self, at: usize, step: usize| {
-            let Some(ahead) = fingerprints.get(at) else {
-                return;
-            };
-            match step {
-                0 => {
-                    sessionizer.keys.touch(ahead.key);
-                    sessionizer.ids.touch(ahead.id);
-                }
-                1 => sessionizer.touch_slot(ahead.key, false),
-                _ => sessionizer.touch_slot(ahead.key, true),
+        // A software pipeline: step `at` asks for the table entries of
+        // heartbeat `at`, the slot of `at - AHEAD` (its table entry arrived
+        // meanwhile) and the tail of `at - 2 * AHEAD` (its slot arrived), and
+        // pushes `at - 3 * AHEAD`. Every load has a few pushes' time to
+        // arrive, and the requests are spread out instead of flooding the
+        // miss buffers.
+        for at in 0..events.len() + 3 * AHEAD {
+            if let Some(ahead) = fingerprints.get(at) {
+                self.keys.touch(ahead.key);
+                self.ids.touch(ahead.id);
             }
-        };
-        for at in 0..3 * AHEAD {
-            stage(self, at, 0);
-        }
-        for at in 0..2 * AHEAD {
-            stage(self, at, 1);
-        }
-        for at in 0..AHEAD {
-            stage(self, at, 2);
-        }
-        for (at, event) in events.iter().enumerate() {
-            stage(self, at + 3 * AHEAD, 0);
-            stage(self, at + 2 * AHEAD, 1);
-            stage(self, at + AHEAD, 2);
-            outcomes.push(self.push_fingerprinted(event.event_ref(), fingerprints[at], now_ms));
+            if let Some(ahead) = at.checked_sub(AHEAD).and_then(|at| fingerprints.get(at)) {
+                self.touch_slot(ahead.key, false);
+            }
+            if let Some(ahead) = at
+                .checked_sub(2 * AHEAD)
+                .and_then(|at| fingerprints.get(at))
+            {
+                self.touch_slot(ahead.key, true);
+            }
+            if let Some(push) = at.checked_sub(3 * AHEAD).filter(|&at| at < events.len()) {
+                let event = events[push].event_ref();
+                outcomes.push(self.push_fingerprinted(event, fingerprints[push], now_ms));
+            }
         }
         outcomes
     }
