@@ -55,19 +55,75 @@ pub async fn open_sqlite(data_dir: &Path, max_connections: u32) -> anyhow::Resul
         .pragma("temp_store", "memory");
     let pool = SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))
+        // A file cannot hang up; the ping is a trip to the connection's thread.
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
     migrate_sqlite(&pool).await?;
     Ok(pool)
 }
 
+/// Idle time after which a pooled PostgreSQL connection is pinged before use.
+pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Connects to PostgreSQL/YugabyteDB at `url` and migrates it.
 pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings every connection it hands out by default: one more
+        // round trip per query (a progress look-up's p99 at 16 clients
+        // 3.9-4.3 -> 3.2-3.4 ms without it). A connection idle for a second
+        // or more is still pinged, so one cut while the pool sat idle (a
+        // restarted server, a proxy's idle timeout) is replaced unseen;
+        // one cut within the last second fails its query like a query in
+        // flight at the cut would.
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IDLE_AFTER {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect(url)
         .await?;
     migrate_postgres(&pool).await?;
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PING_IDLE_AFTER;
+    use crate::testing::TestDb;
+    use sqlx::Connection as _;
+
+    #[tokio::test]
+    async fn connections_the_server_cut_while_the_pool_sat_idle_are_replaced_unseen() {
+        let (db, pool) = TestDb::create().await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(pool.acquire().await.unwrap());
+        }
+        drop(held);
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert!(cut >= 4, "cut {cut} connections");
+        tokio::time::sleep(PING_IDLE_AFTER + std::time::Duration::from_millis(100)).await;
+        for _ in 0..8 {
+            let one: i32 = sqlx::query_scalar("SELECT 1")
+                .fetch_one(&pool)
+                .await
+                .expect("a connection idle a second is pinged before use");
+            assert_eq!(one, 1);
+        }
+        admin.close().await.unwrap();
+    }
 }

@@ -483,6 +483,8 @@ async fn open_sqlite(
         .pragma("mmap_size", SQLITE_MMAP_BYTES.to_string());
     let pool = SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))
+        // A file cannot hang up; the ping is a trip to the connection's thread.
+        .test_before_acquire(false)
         .connect_with(options)
         .await?;
     hb_common::schema::migrate_sqlite(&pool).await?;

@@ -517,6 +517,59 @@ async fn traffic_rollup_follows_raw_and_catalog_changes_postgres() {
     check_traffic_rollup_follows_changes(Backend::Postgres).await;
 }
 
+/// Requests over overlapping periods at once split the stale hours between
+/// them: each hour is counted and saved by one of them (two saving the same
+/// hour would collide on its rows), and every answer is the definition's.
+async fn check_overlapping_traffic_requests(backend: Backend) {
+    let test = TestStore::new(backend).await;
+    let seed = Seed::generate(11);
+    seed.load(&test.store).await;
+    let engine = DirectEngine::new(test.store.clone(), Duration::from_secs(30));
+    let periods = [
+        (T0 - HOUR_MS, T0 + DAY + HOUR_MS / 2),
+        (T0, T0 + DAY),
+        (T0 + 5 * HOUR_MS, T0 + 30 * HOUR_MS),
+        (T0 - 2 * HOUR_MS, T0 + 3 * HOUR_MS),
+        (T0 + 12 * HOUR_MS, T0 + 13 * HOUR_MS),
+        (T0 - HOUR_MS, T0 + DAY + HOUR_MS / 2),
+    ];
+    let answers = futures::future::join_all(periods.iter().map(|&(from, to)| {
+        let engine = engine.clone();
+        async move { engine.traffic(Window::new(from, to).unwrap(), None).await }
+    }))
+    .await;
+    for (&(from, to), answer) in periods.iter().zip(answers) {
+        assert_eq!(
+            answer.expect("no request fails"),
+            seed.traffic(from, to, None),
+            "traffic {from}..{to}"
+        );
+    }
+    let counted = Seed::scalar(
+        &test.store,
+        "SELECT CAST(COALESCE(SUM(heartbeats), 0) AS BIGINT) FROM traffic_rollup",
+    )
+    .await;
+    let whole = (T0 - 2 * HOUR_MS, T0 + 30 * HOUR_MS);
+    let expected: i64 = seed
+        .traffic(whole.0, whole.1, None)
+        .iter()
+        .map(|r| r.heartbeats)
+        .sum();
+    assert!(expected > 0);
+    assert_eq!(counted, expected, "every hour stored once");
+}
+
+#[tokio::test]
+async fn overlapping_traffic_requests_split_the_counting_sqlite() {
+    check_overlapping_traffic_requests(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn overlapping_traffic_requests_split_the_counting_postgres() {
+    check_overlapping_traffic_requests(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn the_service_counts_recent_and_imported_traffic_hours_before_anyone_asks() {
     let test = TestStore::new(Backend::Sqlite).await;

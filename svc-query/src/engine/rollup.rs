@@ -20,19 +20,22 @@ use crate::report::DenseIds;
 use crate::report::TrafficRow;
 use crate::store::{pg_snapshot, prepare_bound, sqlite_read, sqlite_text, Store};
 use hb_common::raw::HOUR_MS;
+use hb_common::shutdown::CancellationToken;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::Mutex;
 
 /// Hours recounted per transaction, so a long refresh keeps its progress.
 const HOURS_PER_SAVE: usize = 24;
 
-/// Keeps the stored hours of a store fresh; one refresh at a time, so
-/// concurrent requests for the same month do not count it twice.
+/// Keeps the stored hours of a store fresh. Refreshes run side by side and
+/// split the work per hour: an hour is counted by one of them at a time
+/// (two saving the same hour at once would collide on its rows), and a
+/// request for a day counts that day itself instead of queueing behind the
+/// start-up count of a whole imported month.
 #[derive(Clone, Debug, Default)]
 pub struct TrafficRollup {
-    refreshing: Arc<Mutex<()>>,
+    counting: Arc<Counting>,
 }
 
 /// `[from, to)` cut into whole hours and the partial hours around them.
@@ -73,20 +76,31 @@ impl TrafficRollup {
     /// Recounts every whole hour of `[start, end)` whose stored result is
     /// missing or stale. Runs on its own task: a request that gives up at
     /// its deadline does not throw the work away.
+    ///
+    /// Hours another refresh is counting are waited for and then read
+    /// again, so a write that landed before this call but after the other
+    /// refresh read its versions is still counted here.
     pub async fn refresh(&self, store: &Store, start: i64, end: i64) -> Result<(), EngineError> {
-        let this = self.clone();
+        let counting = self.counting.clone();
         let store = store.clone();
         tokio::spawn(async move {
-            let _one_at_a_time = this.refreshing.lock().await;
-            let (catalog_version, stale) = store.stale_traffic_hours(start, end).await?;
-            for run in runs(&stale) {
-                let (first, last) = (run[0].0, run[run.len() - 1].0);
-                let rows = count_raw(&store, first, last + HOUR_MS).await?;
-                store
-                    .save_traffic_hours(run, catalog_version, &rows)
-                    .await?;
+            loop {
+                let (_, stale) = store.stale_traffic_hours(start, end).await?;
+                let mut busy = None;
+                // Claimed a run at a time, as the count reaches it, so a
+                // long refresh leaves the hours ahead of it to others.
+                for run in runs(&stale) {
+                    let (claim, others) = counting.claim(run);
+                    busy = busy.or(others);
+                    if !claim.is_empty() {
+                        count_claimed(&store, &claim).await?;
+                    }
+                }
+                match busy {
+                    Some(done) => done.cancelled().await,
+                    None => return Ok::<(), EngineError>(()),
+                }
             }
-            Ok::<(), EngineError>(())
         })
         .await
         .map_err(|err| EngineError::Internal(format!("traffic refresh task: {err}")))?
@@ -111,6 +125,97 @@ impl TrafficRollup {
             ),
             params,
         }
+    }
+}
+
+/// Counts and saves the claimed hours that are still stale: another
+/// refresh may have counted some of them since this one listed them. The
+/// catalog version is read here, before the raw rows it labels.
+async fn count_claimed(store: &Store, claim: &Claim) -> Result<(), EngineError> {
+    let (first, last) = claim.span();
+    let (catalog_version, stale) = store.stale_traffic_hours(first, last + HOUR_MS).await?;
+    let mine: Vec<(i64, i64)> = stale.into_iter().filter(|(h, _)| claim.holds(*h)).collect();
+    for run in runs(&mine) {
+        let (first, last) = (run[0].0, run[run.len() - 1].0);
+        let rows = count_raw(store, first, last + HOUR_MS).await?;
+        store
+            .save_traffic_hours(run, catalog_version, &rows)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The hours being counted right now, each with a token cancelled when its
+/// counter is done with it (saved, failed or dropped).
+#[derive(Debug, Default)]
+struct Counting {
+    hours: Mutex<HashMap<i64, CancellationToken>>,
+}
+
+impl Counting {
+    fn hours(&self) -> MutexGuard<'_, HashMap<i64, CancellationToken>> {
+        // Nothing panics while holding it; a poisoned map is still whole.
+        self.hours
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Claims the hours of `wanted` that nobody is counting; also returns
+    /// the token of one hour somebody else is counting, to wait for.
+    fn claim(self: &Arc<Self>, wanted: &[(i64, i64)]) -> (Claim, Option<CancellationToken>) {
+        let done = CancellationToken::new();
+        let mut hours = Vec::new();
+        let mut busy = None;
+        let mut counting = self.hours();
+        for &(hour, _) in wanted {
+            match counting.get(&hour) {
+                Some(other) => busy = busy.or_else(|| Some(other.clone())),
+                None => {
+                    counting.insert(hour, done.clone());
+                    hours.push(hour);
+                }
+            }
+        }
+        let claim = Claim {
+            counting: self.clone(),
+            hours,
+            done,
+        };
+        (claim, busy)
+    }
+}
+
+/// Hours one refresh counts; let go (and waiters woken) when dropped.
+struct Claim {
+    counting: Arc<Counting>,
+    /// Ascending, as claimed from a run.
+    hours: Vec<i64>,
+    done: CancellationToken,
+}
+
+impl Claim {
+    fn is_empty(&self) -> bool {
+        self.hours.is_empty()
+    }
+
+    fn holds(&self, hour: i64) -> bool {
+        self.hours.binary_search(&hour).is_ok()
+    }
+
+    /// First and last claimed hour; call on a claim that is not empty.
+    fn span(&self) -> (i64, i64) {
+        (self.hours[0], self.hours[self.hours.len() - 1])
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut counting = self.counting.hours();
+        for hour in &self.hours {
+            counting.remove(hour);
+        }
+        drop(counting);
+        self.done.cancel();
     }
 }
 
@@ -331,6 +436,36 @@ mod tests {
             }
         );
         assert_eq!(HourSplit::of(h, h).head, None);
+    }
+
+    fn hours(of: &[i64]) -> Vec<(i64, i64)> {
+        of.iter().map(|&i| (i * HOUR_MS, 1)).collect()
+    }
+
+    #[test]
+    fn an_hour_is_counted_by_one_refresh_at_a_time() {
+        let counting = Arc::new(Counting::default());
+        let (month, busy) = counting.claim(&hours(&[0, 1, 2]));
+        assert!(busy.is_none());
+        assert_eq!(month.span(), (0, 2 * HOUR_MS));
+
+        // A request for other hours gets them at once; for the same hours
+        // it gets the other counter's token to wait for.
+        let (day, busy) = counting.claim(&hours(&[2, 3, 4]));
+        assert!(day.holds(3 * HOUR_MS) && day.holds(4 * HOUR_MS));
+        assert!(!day.holds(2 * HOUR_MS));
+        let busy = busy.expect("hour 2 is being counted");
+        assert!(!busy.is_cancelled());
+
+        // Letting go (on success, error or a dropped task alike) wakes the
+        // waiter and frees the hours.
+        drop(month);
+        assert!(busy.is_cancelled());
+        let (again, busy) = counting.claim(&hours(&[0, 1, 2, 3]));
+        assert!(busy.is_some(), "hour 3 is still the day's");
+        assert!(again.holds(0) && again.holds(2 * HOUR_MS) && !again.holds(3 * HOUR_MS));
+        drop((day, again));
+        assert!(counting.hours().is_empty());
     }
 
     #[test]
