@@ -78,6 +78,11 @@ struct Args {
     /// Measure only the reports whose name contains this (e.g. `royalties_day`).
     #[arg(long)]
     only: Option<String>,
+    /// Ask this report (e.g. `traffic_30d`) first, right after the service
+    /// starts, before any warm-up: on a store whose traffic was never
+    /// counted, it races the service's start-up count from the beginning.
+    #[arg(long)]
+    cold_first: Option<String>,
 }
 
 struct Session {
@@ -694,6 +699,24 @@ async fn main() -> anyhow::Result<()> {
         "| request | clients | n | p50 ms | p99 ms | max ms | cpu ms/req | rows |".to_string(),
         "|---|---|---|---|---|---|---|---|".to_string(),
     ];
+    if let Some(first) = &args.cold_first {
+        let (name, path) = report_paths()
+            .into_iter()
+            .find(|(name, _)| name == first)
+            .ok_or_else(|| anyhow::anyhow!("--cold-first: no report named {first}"))?;
+        let started = Instant::now();
+        http.get(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        lines.push(format!(
+            "| {name} (first request right after start) | 1 | 1 | {:.1} | | | | |",
+            started.elapsed().as_secs_f64() * 1_000.0
+        ));
+    }
     // Warm caches once per report so the first sample is not a cold read.
     // The first traffic request of a fresh store also counts its whole
     // hours into the roll-up: reported on its own line.

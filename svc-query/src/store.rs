@@ -242,14 +242,14 @@ impl Store {
         })
     }
 
-    /// The catalog version and the whole hours of `[start, end)` whose stored
-    /// traffic is missing or was computed from other versions, with their
-    /// current raw version, ascending (see `engine::rollup`).
+    /// The whole hours of `[start, end)` whose stored traffic is missing or
+    /// was computed from other versions, with their current raw version,
+    /// ascending (see `engine::rollup`).
     pub async fn stale_traffic_hours(
         &self,
         start: i64,
         end: i64,
-    ) -> Result<(i64, Vec<(i64, i64)>), EngineError> {
+    ) -> Result<Vec<(i64, i64)>, EngineError> {
         const CATALOG: &str = "SELECT version FROM catalog_version WHERE id = 1";
         const STALE: &str = "SELECT v.hour_ms, v.version FROM raw_hour_versions v \
              LEFT JOIN traffic_hours t ON t.hour_ms = v.hour_ms \
@@ -265,7 +265,7 @@ impl Store {
                     .bind(catalog)
                     .fetch_all($pool)
                     .await?;
-                (catalog, stale)
+                stale
             }};
         }
         Ok(match self {
@@ -286,8 +286,11 @@ impl Store {
             return Ok(());
         };
         macro_rules! run {
-            ($pool:expr) => {{
+            ($pool:expr, $setting:expr) => {{
                 let mut tx = $pool.begin().await?;
+                if !$setting.is_empty() {
+                    sqlx::query($setting).execute(&mut *tx).await?;
+                }
                 sqlx::query("DELETE FROM traffic_rollup WHERE hour_ms >= $1 AND hour_ms <= $2")
                     .bind(first.0)
                     .bind(last.0)
@@ -314,24 +317,35 @@ impl Store {
                     }
                     query.execute(&mut *tx).await?;
                 }
-                for (hour, version) in hours {
-                    sqlx::query(
-                        "INSERT INTO traffic_hours (hour_ms, raw_version, catalog_version) VALUES ($1, $2, $3) \
-                         ON CONFLICT (hour_ms) DO UPDATE SET raw_version = excluded.raw_version, \
-                         catalog_version = excluded.catalog_version",
-                    )
-                    .bind(hour)
-                    .bind(version)
-                    .bind(catalog_version)
-                    .execute(&mut *tx)
-                    .await?;
+                // One statement for the run's labels (at most a day's hours).
+                let mut text = String::from(
+                    "INSERT INTO traffic_hours (hour_ms, raw_version, catalog_version) VALUES ",
+                );
+                for i in 0..hours.len() {
+                    let n = i * 2 + 2;
+                    if i > 0 {
+                        text.push_str(", ");
+                    }
+                    text.push_str(&format!("(${}, ${}, $1)", n, n + 1));
                 }
+                text.push_str(
+                    " ON CONFLICT (hour_ms) DO UPDATE SET raw_version = excluded.raw_version, \
+                     catalog_version = excluded.catalog_version",
+                );
+                let mut query = sqlx::query(&text).bind(catalog_version);
+                for (hour, version) in hours {
+                    query = query.bind(hour).bind(version);
+                }
+                query.execute(&mut *tx).await?;
                 tx.commit().await?;
             }};
         }
         match self {
-            Store::Sqlite(pool) => run!(pool),
-            Store::Postgres(pool) => run!(pool),
+            Store::Sqlite(pool) => run!(pool, ""),
+            // What is saved here can always be counted again from the raw
+            // rows (a save lost in a crash is seen as stale and recounted),
+            // so its commit does not wait for the disk.
+            Store::Postgres(pool) => run!(pool, "SET LOCAL synchronous_commit = off"),
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ const HOURS_PER_SAVE: usize = 24;
 #[derive(Clone, Debug, Default)]
 pub struct TrafficRollup {
     counting: Arc<Counting>,
+    owners: OwnersCache,
 }
 
 /// `[from, to)` cut into whole hours and the partial hours around them.
@@ -81,11 +82,11 @@ impl TrafficRollup {
     /// again, so a write that landed before this call but after the other
     /// refresh read its versions is still counted here.
     pub async fn refresh(&self, store: &Store, start: i64, end: i64) -> Result<(), EngineError> {
-        let counting = self.counting.clone();
+        let (counting, owners) = (self.counting.clone(), self.owners.clone());
         let store = store.clone();
         tokio::spawn(async move {
             loop {
-                let (_, stale) = store.stale_traffic_hours(start, end).await?;
+                let stale = store.stale_traffic_hours(start, end).await?;
                 let mut busy = None;
                 // Claimed a run at a time, as the count reaches it, so a
                 // long refresh leaves the hours ahead of it to others.
@@ -93,7 +94,7 @@ impl TrafficRollup {
                     let (claim, others) = counting.claim(run);
                     busy = busy.or(others);
                     if !claim.is_empty() {
-                        count_claimed(&store, &claim).await?;
+                        count_claimed(&store, &owners, &claim).await?;
                     }
                 }
                 match busy {
@@ -129,20 +130,79 @@ impl TrafficRollup {
 }
 
 /// Counts and saves the claimed hours that are still stale: another
-/// refresh may have counted some of them since this one listed them. The
-/// catalog version is read here, before the raw rows it labels.
-async fn count_claimed(store: &Store, claim: &Claim) -> Result<(), EngineError> {
+/// refresh may have counted some of them since this one listed them. Each
+/// run is labelled with the catalog version read with its rows.
+async fn count_claimed(
+    store: &Store,
+    owners: &OwnersCache,
+    claim: &Claim,
+) -> Result<(), EngineError> {
     let (first, last) = claim.span();
-    let (catalog_version, stale) = store.stale_traffic_hours(first, last + HOUR_MS).await?;
+    let stale = store.stale_traffic_hours(first, last + HOUR_MS).await?;
     let mine: Vec<(i64, i64)> = stale.into_iter().filter(|(h, _)| claim.holds(*h)).collect();
     for run in runs(&mine) {
         let (first, last) = (run[0].0, run[run.len() - 1].0);
-        let rows = count_raw(store, first, last + HOUR_MS).await?;
+        let (catalog_version, rows) = count_raw(store, owners, first, last + HOUR_MS).await?;
         store
             .save_traffic_hours(run, catalog_version, &rows)
             .await?;
     }
     Ok(())
+}
+
+/// Every title's license holder as of one catalog version: read once per
+/// version instead of once per counted run (20 k titles, a month is 30
+/// runs). The version is bumped by any change to who holds which title, in
+/// the transaction making it, so a map read in one snapshot with its
+/// version stays exact for every snapshot showing that version.
+#[derive(Debug, Default)]
+struct Owners {
+    version: i64,
+    titles: DenseIds,
+    holder_of_title: Vec<u32>,
+    holders: Interner,
+}
+
+impl Owners {
+    fn new(version: i64) -> Owners {
+        Owners {
+            version,
+            ..Owners::default()
+        }
+    }
+
+    /// Names a catalog title's holder.
+    fn title(&mut self, video_id: &str, holder: &str) {
+        let title = self.titles.id(video_id) as usize;
+        let holder = self.holders.id(holder);
+        if title == self.holder_of_title.len() {
+            self.holder_of_title.push(holder);
+        } else {
+            self.holder_of_title[title] = holder;
+        }
+    }
+
+    /// The holder of a catalog title; `None` for a title not in it.
+    fn holder(&self, video_id: &str) -> Option<u32> {
+        let title = self.titles.get(video_id)?;
+        Some(self.holder_of_title[title as usize])
+    }
+}
+
+/// The last [`Owners`] read, shared by the refreshes of one engine.
+#[derive(Clone, Debug, Default)]
+struct OwnersCache(Arc<Mutex<Option<Arc<Owners>>>>);
+
+impl OwnersCache {
+    /// The owners of `version`, if they are the ones kept.
+    fn of(&self, version: i64) -> Option<Arc<Owners>> {
+        let kept = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        kept.as_ref().filter(|o| o.version == version).cloned()
+    }
+
+    fn keep(&self, owners: Arc<Owners>) {
+        *self.0.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(owners);
+    }
 }
 
 /// The hours being counted right now, each with a token cancelled when its
@@ -241,6 +301,9 @@ fn title_holders() -> Statement {
     }
 }
 
+/// The catalog version, read in the snapshot of the rows it labels.
+const CATALOG_VERSION: &str = "SELECT version FROM catalog_version WHERE id = 1";
+
 /// The traffic report of `[from, to)` (whole hours) from the raw rows,
 /// counted in Rust as the store hands them over: the report's SQL sorts
 /// every raw row twice (per hour, title and device, then per hour and
@@ -252,23 +315,36 @@ fn title_holders() -> Statement {
 /// read in 27 ms alone, 123 ms joined). Same definition as
 /// [`Tables::traffic`](super::sql::Tables::traffic): raw heartbeats of
 /// titles in the catalog, per hour and license holder, with the distinct
-/// devices among them.
+/// devices among them. Returns the catalog version the rows were counted
+/// with.
 async fn count_raw(
     store: &Store,
+    cache: &OwnersCache,
     from_ms: i64,
     to_ms: i64,
-) -> Result<Vec<TrafficRow>, EngineError> {
+) -> Result<(i64, Vec<TrafficRow>), EngineError> {
     let (titles, raw) = (title_holders(), raw_rows(from_ms, to_ms));
+    let cache = cache.clone();
     match store {
         Store::Sqlite(pool) => {
             sqlite_read(pool, RAW_COUNT_DEADLINE, move |connection| {
                 let snapshot = connection.unchecked_transaction()?;
-                let mut counter = RawCounter::default();
-                let mut catalog = prepare_bound(connection, &titles)?;
-                let mut rows = catalog.raw_query();
-                while let Some(row) = rows.next()? {
-                    counter.title(sqlite_text(row, 0)?, sqlite_text(row, 1)?);
-                }
+                let version: i64 = connection.query_row(CATALOG_VERSION, [], |row| row.get(0))?;
+                let owners = match cache.of(version) {
+                    Some(owners) => owners,
+                    None => {
+                        let mut owners = Owners::new(version);
+                        let mut catalog = prepare_bound(connection, &titles)?;
+                        let mut rows = catalog.raw_query();
+                        while let Some(row) = rows.next()? {
+                            owners.title(sqlite_text(row, 0)?, sqlite_text(row, 1)?);
+                        }
+                        let owners = Arc::new(owners);
+                        cache.keep(owners.clone());
+                        owners
+                    }
+                };
+                let mut counter = RawCounter::new(owners);
                 let mut scan = prepare_bound(connection, &raw)?;
                 let mut rows = scan.raw_query();
                 while let Some(row) = rows.next()? {
@@ -276,20 +352,32 @@ async fn count_raw(
                 }
                 drop(rows);
                 snapshot.commit()?;
-                Ok(counter.finish())
+                Ok((version, counter.finish()))
             })
             .await
         }
-        // Binary COPY (see `pg_copy`), both reads in one snapshot.
+        // Binary COPY (see `pg_copy`), every read in one snapshot.
         Store::Postgres(pool) => {
             let count = async {
                 let mut tx = pg_snapshot(pool).await?;
-                let mut counter = RawCounter::default();
-                pg_copy::each_row(&mut tx, &titles, |row| {
-                    counter.title(pg_copy::text(row, 0)?, pg_copy::text(row, 1)?);
-                    Ok::<_, EngineError>(())
-                })
-                .await?;
+                let version: i64 = sqlx::query_scalar(CATALOG_VERSION)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let owners = match cache.of(version) {
+                    Some(owners) => owners,
+                    None => {
+                        let mut owners = Owners::new(version);
+                        pg_copy::each_row(&mut tx, &titles, |row| {
+                            owners.title(pg_copy::text(row, 0)?, pg_copy::text(row, 1)?);
+                            Ok::<_, EngineError>(())
+                        })
+                        .await?;
+                        let owners = Arc::new(owners);
+                        cache.keep(owners.clone());
+                        owners
+                    }
+                };
+                let mut counter = RawCounter::new(owners);
                 pg_copy::each_row(&mut tx, &raw, |row| {
                     counter.add(
                         pg_copy::int8(row, 0)?,
@@ -300,7 +388,7 @@ async fn count_raw(
                 })
                 .await?;
                 tx.commit().await?;
-                Ok::<_, EngineError>(counter.finish())
+                Ok::<_, EngineError>((version, counter.finish()))
             };
             match tokio::time::timeout(RAW_COUNT_DEADLINE, count).await {
                 Ok(counted) => counted,
@@ -310,39 +398,33 @@ async fn count_raw(
     }
 }
 
-/// Heartbeats and distinct devices per (hour, license holder), fed the
-/// catalog's titles first and then one raw row at a time; titles, holders
-/// and devices interned so the sets hold integers (foldhash instead of
-/// SipHash was tried: no difference in the total).
-#[derive(Default)]
+/// Heartbeats and distinct devices per (hour, license holder), fed one raw
+/// row at a time; titles, holders and devices interned so the sets hold
+/// integers (foldhash instead of SipHash was tried: no difference in the
+/// total).
 struct RawCounter {
-    titles: DenseIds,
-    holder_of_title: Vec<u32>,
-    holders: Interner,
+    owners: Arc<Owners>,
     devices: DenseIds,
     heartbeats: HashMap<(i64, u32), i64>,
     seen: HashSet<(i64, u32, u32)>,
 }
 
 impl RawCounter {
-    /// Names a catalog title's holder.
-    fn title(&mut self, video_id: &str, holder: &str) {
-        let title = self.titles.id(video_id) as usize;
-        let holder = self.holders.id(holder);
-        if title == self.holder_of_title.len() {
-            self.holder_of_title.push(holder);
-        } else {
-            self.holder_of_title[title] = holder;
+    fn new(owners: Arc<Owners>) -> RawCounter {
+        RawCounter {
+            owners,
+            devices: DenseIds::default(),
+            heartbeats: HashMap::new(),
+            seen: HashSet::new(),
         }
     }
 
     /// Counts one raw heartbeat; those of titles missing from the catalog
     /// are left out (as the report's join leaves them out).
     fn add(&mut self, event_time_ms: i64, video_id: &str, device: &str) {
-        let Some(title) = self.titles.get(video_id) else {
+        let Some(holder) = self.owners.holder(video_id) else {
             return;
         };
-        let holder = self.holder_of_title[title as usize];
         let hour = event_time_ms - event_time_ms.rem_euclid(HOUR_MS);
         let device = self.devices.id(device);
         *self.heartbeats.entry((hour, holder)).or_insert(0) += 1;
@@ -354,7 +436,7 @@ impl RawCounter {
         for (hour, holder, _) in self.seen {
             *distinct.entry((hour, holder)).or_insert(0) += 1;
         }
-        let names = self.holders.names;
+        let names = &self.owners.holders.names;
         self.heartbeats
             .into_iter()
             .map(|((hour, holder), count)| TrafficRow {
@@ -368,7 +450,7 @@ impl RawCounter {
 }
 
 /// Small integers for repeated strings, copied once each.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Interner {
     ids: HashMap<String, u32>,
     names: Vec<String>,
