@@ -126,10 +126,14 @@ fn flag_name(token: &str) -> Result<(&str, bool), String> {
     })
 }
 
+/// The argument whose long name, or one of its aliases, is `name`.
 fn long_arg<'a>(command: &'a clap::Command, name: &str) -> Option<&'a clap::Arg> {
-    command
-        .get_arguments()
-        .find(|arg| arg.get_long() == Some(name))
+    command.get_arguments().find(|arg| {
+        arg.get_long() == Some(name)
+            || arg
+                .get_all_aliases()
+                .is_some_and(|aliases| aliases.contains(&name))
+    })
 }
 
 #[cfg(test)]

@@ -327,7 +327,7 @@ mod tests {
         for expected in [
             "--demo-duration",
             "--ingest-addr [HB_INGEST_ADDR]",
-            "--http-addr [HB_QUERY_HTTP_ADDR]",
+            "--query-http-addr [HB_QUERY_HTTP_ADDR]",
             "--auth-secret [HB_AUTH_SECRET]",
             "svc-stream:",
         ] {
@@ -350,7 +350,7 @@ mod tests {
     fn up_hands_each_service_its_flags_and_shared_ones_to_all() {
         let flags = shared_flags(&line(
             "--data-dir /srv/hb --auth-secret s3cret --demo --ingest-addr 127.0.0.1:0 \
-             --http-addr=127.0.0.1:0 --demo-duration 5s",
+             --query-http-addr=127.0.0.1:0 --grpc-addr 127.0.0.1:0 --demo-duration 5s",
         ))
         .unwrap();
         let options: UpOptions = flags.config().unwrap();
@@ -363,6 +363,8 @@ mod tests {
         assert_eq!(ingest.auth_secret.as_deref(), Some("s3cret"));
         assert_eq!(query.secret(), Some("s3cret"));
         assert_eq!(query.http_addr.port(), 0);
+        // The name of earlier releases still works.
+        assert_eq!(query.grpc_addr.port(), 0);
         assert_eq!(stream.data_dir, std::path::PathBuf::from("/srv/hb"));
         assert_eq!(query.data_dir, std::path::PathBuf::from("/srv/hb"));
     }

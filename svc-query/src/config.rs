@@ -38,19 +38,36 @@ impl FromStr for Secret {
     }
 }
 
-/// Settings of the query service.
+/// Settings of the query service. Flags are named after their variables
+/// (`--query-http-addr`, as ingest's `--ingest-addr`); the unprefixed
+/// names of earlier releases are kept as aliases.
 #[derive(clap::Args, Clone, Debug)]
 pub struct QueryConfig {
     /// HTTP JSON API address; port 0 picks a free port.
-    #[arg(long, env = "HB_QUERY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "query-http-addr",
+        alias = "http-addr",
+        env = "HB_QUERY_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub http_addr: SocketAddr,
 
     /// gRPC `ReportService` address; port 0 picks a free port.
-    #[arg(long, env = "HB_QUERY_GRPC_ADDR", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long = "query-grpc-addr",
+        alias = "grpc-addr",
+        env = "HB_QUERY_GRPC_ADDR",
+        default_value = "127.0.0.1:50052"
+    )]
     pub grpc_addr: SocketAddr,
 
     /// `/metrics`, `/healthz`, `/readyz` address (plain HTTP, even with TLS on).
-    #[arg(long, env = "HB_QUERY_METRICS_ADDR", default_value = "127.0.0.1:9103")]
+    #[arg(
+        long = "query-metrics-addr",
+        alias = "metrics-addr",
+        env = "HB_QUERY_METRICS_ADDR",
+        default_value = "127.0.0.1:9103"
+    )]
     pub metrics_addr: SocketAddr,
 
     /// Directory of the embedded store (SQLite file), used when no YugabyteDB URL is set.
