@@ -63,6 +63,21 @@ pub async fn open_sqlite(data_dir: &Path, max_connections: u32) -> anyhow::Resul
     Ok(pool)
 }
 
+/// Whether `error` says the connection to the store was lost or refused
+/// (so the same work may succeed on another connection, or later): an IO or
+/// TLS failure, or a server's connection exception (SQLSTATE class 08) or
+/// shutdown (57P01 admin, 57P02 crash, 57P03 cannot connect now), as a
+/// restarted or failed-over PostgreSQL/YugabyteDB node sends.
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// Idle time after which a pooled PostgreSQL connection is pinged before use.
 pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
@@ -77,7 +92,7 @@ pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<Pg
         // or more is still pinged, so one cut while the pool sat idle (a
         // restarted server, a proxy's idle timeout) is replaced unseen;
         // one cut within the last second fails its query like a query in
-        // flight at the cut would.
+        // flight at the cut would, with an error `connection_lost` knows.
         .test_before_acquire(false)
         .before_acquire(|connection, meta| {
             Box::pin(async move {
@@ -124,6 +139,34 @@ mod tests {
                 .expect("a connection idle a second is pinged before use");
             assert_eq!(one, 1);
         }
+        admin.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_query_on_a_connection_the_server_cut_fails_as_connection_lost() {
+        let (db, pool) = TestDb::create().await.unwrap();
+        let mut held = pool.acquire().await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *held)
+            .await
+            .unwrap();
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let error = sqlx::query("SELECT 1")
+            .execute(&mut *held)
+            .await
+            .expect_err("the connection was cut");
+        assert!(super::connection_lost(&error), "{error:?}");
+        // A bad statement is not a lost connection.
+        let error = sqlx::query("SELECT * FROM no_such_table")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert!(!super::connection_lost(&error), "{error:?}");
         admin.close().await.unwrap();
     }
 }

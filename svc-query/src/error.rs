@@ -32,11 +32,12 @@ pub enum EngineError {
 
 impl From<sqlx::Error> for EngineError {
     fn from(error: sqlx::Error) -> EngineError {
-        match &error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                EngineError::Unavailable(format!("sessions store unavailable: {error}"))
-            }
-            _ => EngineError::Internal(format!("sessions store error: {error}")),
+        let unavailable = hb_common::schema::connection_lost(&error)
+            || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed);
+        if unavailable {
+            EngineError::Unavailable(format!("sessions store unavailable: {error}"))
+        } else {
+            EngineError::Internal(format!("sessions store error: {error}"))
         }
     }
 }

@@ -235,3 +235,42 @@ async fn postgres_raw_writes_and_expiry_bump_their_hours() {
     let (_db, store) = postgres(DAY).await;
     check_raw_writes_bump_their_hours!(store);
 }
+
+/// A PostgreSQL restart or failover cuts the pool's connections; one used
+/// within a second of its last use is not pinged first, so its write fails,
+/// and it must fail as worth retrying (the flush retries it) rather than as
+/// a rejected write.
+#[tokio::test]
+async fn a_write_on_a_connection_the_server_cut_fails_as_retryable() {
+    let (db, store) = postgres(30 * DAY).await;
+    let now = hb_common::time::now_ms();
+    commit_raw(&*store, vec![raw("before", "u-1", "v-1", now)]).await;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let after = Arc::new(Flush {
+        raw: vec![raw("after", "u-1", "v-1", now + 1)],
+        ..Flush::default()
+    });
+    let mut failures = 0;
+    while let Err(err) = store.commit(after.clone()).await {
+        assert!(
+            matches!(err, svc_stream::sink::SinkError::Unavailable(_)),
+            "{err}"
+        );
+        failures += 1;
+        assert!(failures < 10, "the pool never replaced the cut connections");
+    }
+    let replayed = store
+        .replay("u-1", "v-1", now - DAY, now + DAY)
+        .await
+        .unwrap();
+    assert_eq!(ids(&replayed), vec!["before", "after"]);
+}

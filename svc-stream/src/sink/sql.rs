@@ -19,12 +19,13 @@ use std::sync::Arc;
 const CHUNK: usize = 1_000;
 
 fn map_err(err: sqlx::Error) -> SinkError {
+    if hb_common::schema::connection_lost(&err) {
+        return SinkError::Unavailable(err.to_string());
+    }
     match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => SinkError::Unavailable(err.to_string()),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            SinkError::Unavailable(err.to_string())
+        }
         sqlx::Error::Database(db) => {
             // Serialization failures, deadlocks and busy files are transient.
             let transient = db.code().is_some_and(|c| {
