@@ -286,11 +286,8 @@ impl Store {
             return Ok(());
         };
         macro_rules! run {
-            ($pool:expr, $setting:expr) => {{
+            ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
-                if !$setting.is_empty() {
-                    sqlx::query($setting).execute(&mut *tx).await?;
-                }
                 sqlx::query("DELETE FROM traffic_rollup WHERE hour_ms >= $1 AND hour_ms <= $2")
                     .bind(first.0)
                     .bind(last.0)
@@ -341,11 +338,8 @@ impl Store {
             }};
         }
         match self {
-            Store::Sqlite(pool) => run!(pool, ""),
-            // What is saved here can always be counted again from the raw
-            // rows (a save lost in a crash is seen as stale and recounted),
-            // so its commit does not wait for the disk.
-            Store::Postgres(pool) => run!(pool, "SET LOCAL synchronous_commit = off"),
+            Store::Sqlite(pool) => run!(pool),
+            Store::Postgres(pool) => run!(pool),
         }
         Ok(())
     }
