@@ -122,14 +122,7 @@ mod tests {
             held.push(pool.acquire().await.unwrap());
         }
         drop(held);
-        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        let cut: i64 = sqlx::query_scalar(
-            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
+        let cut = db.cut_connections().await.unwrap();
         assert!(cut >= 4, "cut {cut} connections");
         tokio::time::sleep(PING_IDLE_AFTER + std::time::Duration::from_millis(100)).await;
         for _ in 0..8 {
@@ -139,7 +132,6 @@ mod tests {
                 .expect("a connection idle a second is pinged before use");
             assert_eq!(one, 1);
         }
-        admin.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -50,6 +50,22 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Terminates every connection to this database but the one asking, as
+    /// a server restart or failover would; returns how many were cut.
+    pub async fn cut_connections(&self) -> anyhow::Result<i64> {
+        let mut admin = PgConnection::connect(&self.url).await?;
+        let cut = sqlx::query_scalar(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut admin)
+        .await?;
+        admin.close().await?;
+        Ok(cut)
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let admin_url = self.admin_url.clone();

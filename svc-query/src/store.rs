@@ -315,23 +315,14 @@ impl Store {
                     query.execute(&mut *tx).await?;
                 }
                 // One statement for the run's labels (at most a day's hours).
-                let mut text = String::from(
-                    "INSERT INTO traffic_hours (hour_ms, raw_version, catalog_version) VALUES ",
+                let text = upsert_sql(
+                    "traffic_hours",
+                    &["hour_ms", "raw_version", "catalog_version"],
+                    hours.len(),
                 );
-                for i in 0..hours.len() {
-                    let n = i * 2 + 2;
-                    if i > 0 {
-                        text.push_str(", ");
-                    }
-                    text.push_str(&format!("(${}, ${}, $1)", n, n + 1));
-                }
-                text.push_str(
-                    " ON CONFLICT (hour_ms) DO UPDATE SET raw_version = excluded.raw_version, \
-                     catalog_version = excluded.catalog_version",
-                );
-                let mut query = sqlx::query(&text).bind(catalog_version);
+                let mut query = sqlx::query(&text);
                 for (hour, version) in hours {
-                    query = query.bind(hour).bind(version);
+                    query = query.bind(hour).bind(version).bind(catalog_version);
                 }
                 query.execute(&mut *tx).await?;
                 tx.commit().await?;

@@ -245,16 +245,7 @@ async fn a_write_on_a_connection_the_server_cut_fails_as_retryable() {
     let (db, store) = postgres(30 * DAY).await;
     let now = hb_common::time::now_ms();
     commit_raw(&*store, vec![raw("before", "u-1", "v-1", now)]).await;
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
-        .await
-        .unwrap();
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    db.cut_connections().await.unwrap();
     let after = Arc::new(Flush {
         raw: vec![raw("after", "u-1", "v-1", now + 1)],
         ..Flush::default()

@@ -99,10 +99,7 @@ impl<T: Send + Sync + 'static> Coalesced<T> {
         F: FnOnce(Duration) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, EngineError>> + Send + 'static,
     {
-        let mut waiting = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut waiting = super::lock(&self.waiting);
         if let Some(run) = waiting.get(&key).and_then(|(_, run)| run.upgrade()) {
             return run;
         }
@@ -115,7 +112,7 @@ impl<T: Send + Sync + 'static> Coalesced<T> {
             let slot = tokio::time::timeout(timeout, slots.acquire_owned()).await;
             // Off the list before the first read: later requests run anew.
             {
-                let mut waiting = list.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut waiting = super::lock(&list);
                 if waiting.get(&mine).is_some_and(|(listed, _)| *listed == id) {
                     waiting.remove(&mine);
                 }

@@ -17,6 +17,14 @@ use crate::report::{
 };
 use async_trait::async_trait;
 
+/// Locks a mutex of the engine's bookkeeping, poisoned or not: nothing
+/// panics while holding one, so the data behind a poisoned one is whole.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A backend that computes the aggregate reports. Scope filters are applied
 /// inside the query (never by filtering rows afterwards).
 #[async_trait]

@@ -13,6 +13,7 @@
 //!
 //! Partial hours at the ends of a period are always read from the raw rows.
 
+use super::lock;
 use super::sql::{Param, Statement};
 use crate::error::EngineError;
 use crate::pg_copy;
@@ -196,12 +197,15 @@ struct OwnersCache(Arc<Mutex<Option<Arc<Owners>>>>);
 impl OwnersCache {
     /// The owners of `version`, if they are the ones kept.
     fn of(&self, version: i64) -> Option<Arc<Owners>> {
-        let kept = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        let kept = lock(&self.0);
         kept.as_ref().filter(|o| o.version == version).cloned()
     }
 
-    fn keep(&self, owners: Arc<Owners>) {
-        *self.0.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(owners);
+    /// Keeps `owners` (just read) in place of the last ones.
+    fn keep(&self, owners: Owners) -> Arc<Owners> {
+        let owners = Arc::new(owners);
+        *lock(&self.0) = Some(owners.clone());
+        owners
     }
 }
 
@@ -214,10 +218,7 @@ struct Counting {
 
 impl Counting {
     fn hours(&self) -> MutexGuard<'_, HashMap<i64, CancellationToken>> {
-        // Nothing panics while holding it; a poisoned map is still whole.
-        self.hours
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        lock(&self.hours)
     }
 
     /// Claims the hours of `wanted` that nobody is counting; also returns
@@ -339,9 +340,7 @@ async fn count_raw(
                         while let Some(row) = rows.next()? {
                             owners.title(sqlite_text(row, 0)?, sqlite_text(row, 1)?);
                         }
-                        let owners = Arc::new(owners);
-                        cache.keep(owners.clone());
-                        owners
+                        cache.keep(owners)
                     }
                 };
                 let mut counter = RawCounter::new(owners);
@@ -372,9 +371,7 @@ async fn count_raw(
                             Ok::<_, EngineError>(())
                         })
                         .await?;
-                        let owners = Arc::new(owners);
-                        cache.keep(owners.clone());
-                        owners
+                        cache.keep(owners)
                     }
                 };
                 let mut counter = RawCounter::new(owners);
