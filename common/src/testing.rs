@@ -19,6 +19,14 @@ fn admin_url() -> String {
 impl TestDb {
     /// Creates `hb_test_<random>` and migrates it.
     pub async fn create() -> anyhow::Result<(TestDb, PgPool)> {
+        let db = TestDb::create_empty().await?;
+        let pool = crate::schema::open_postgres(&db.url, 8).await?;
+        Ok((db, pool))
+    }
+
+    /// Creates `hb_test_<random>` with nothing in it (not migrated), for
+    /// tests of what the first start on a fresh database does.
+    pub async fn create_empty() -> anyhow::Result<TestDb> {
         let admin_url = admin_url();
         let name = format!(
             "hb_test_{}_{}",
@@ -38,15 +46,11 @@ impl TestDb {
             .map(|(base, _)| base.to_string())
             .unwrap_or(admin_url.clone());
         let url = format!("{base}/{name}");
-        let pool = crate::schema::open_postgres(&url, 8).await?;
-        Ok((
-            TestDb {
-                name,
-                url,
-                admin_url,
-            },
-            pool,
-        ))
+        Ok(TestDb {
+            name,
+            url,
+            admin_url,
+        })
     }
 }
 
