@@ -99,7 +99,7 @@ fn start_all_at_once(store_url: Option<&str>, data_dir: &Path) -> Vec<Process> {
         });
     }
     drop(up_tx);
-    let mut up = vec![false; PROCESSES];
+    let mut up = [false; PROCESSES];
     while up.iter().any(|up| !up) {
         let (index, outcome) = up_rx
             .recv_timeout(PATIENCE)
