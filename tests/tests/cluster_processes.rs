@@ -321,8 +321,15 @@ fn expected_royalties(
     sessions: &[Session],
     catalog: &[serde_json::Value],
 ) -> Vec<serde_json::Value> {
-    let mut by_video: BTreeMap<(String, String), (i64, BTreeSet<String>, i64, i64)> =
-        BTreeMap::new();
+    /// Sessions, viewers, watch time and rate of one (license holder, video).
+    #[derive(Default)]
+    struct Row {
+        sessions: i64,
+        viewers: BTreeSet<String>,
+        watch_ms: i64,
+        rate: i64,
+    }
+    let mut by_video: BTreeMap<(String, String), Row> = BTreeMap::new();
     for session in sessions {
         let entry = catalog
             .iter()
@@ -332,21 +339,22 @@ fn expected_royalties(
         let rate = entry["rate_micros_per_hour"].as_i64().unwrap();
         let row = by_video
             .entry((holder, session.video_id.clone()))
-            .or_insert((0, BTreeSet::new(), 0, rate));
-        row.0 += 1;
-        row.1.insert(session.user_id.clone());
-        row.2 += session.watch_ms;
+            .or_default();
+        row.sessions += 1;
+        row.viewers.insert(session.user_id.clone());
+        row.watch_ms += session.watch_ms;
+        row.rate = rate;
     }
     by_video
         .into_iter()
-        .map(|((holder, video), (sessions, viewers, watch_ms, rate))| {
+        .map(|((holder, video), row)| {
             serde_json::json!({
                 "license_holder_id": holder,
                 "video_id": video,
-                "sessions": sessions,
-                "viewers": viewers.len(),
-                "watch_ms": watch_ms,
-                "amount_micros": (watch_ms as i128 * rate as i128 / 3_600_000) as i64,
+                "sessions": row.sessions,
+                "viewers": row.viewers.len(),
+                "watch_ms": row.watch_ms,
+                "amount_micros": (row.watch_ms as i128 * row.rate as i128 / 3_600_000) as i64,
             })
         })
         .collect()
