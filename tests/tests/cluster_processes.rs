@@ -24,14 +24,19 @@ const HEARTBEATS: usize = 6_000;
 const CHUNK: usize = 100;
 const PATIENCE: Duration = Duration::from_secs(40);
 
-/// The built service binaries, next to this test's executable's directory
-/// (`target/debug/deps/..`). `cargo test --workspace` builds them (their
-/// packages have integration tests); when one is missing or older than the
-/// sources, `cargo build` is run for them first.
+/// The built service binaries: `HB_TEST_BIN_DIR` when set (e.g. when other
+/// checkouts share this `target/` and overwrite its binaries), else next to
+/// this test's executable's directory (`target/debug/deps/..`).
+/// `cargo test --workspace` builds them (their packages have integration
+/// tests); when one is missing or older than the sources, `cargo build` is
+/// run for them first.
 fn service_binaries() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("HB_TEST_BIN_DIR") {
+                return PathBuf::from(dir);
+            }
             let exe = std::env::current_exe().expect("test executable");
             let dir = exe
                 .parent()
