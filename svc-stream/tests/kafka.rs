@@ -90,8 +90,13 @@ fn consumer(
     tokio::spawn(svc_stream::kafka::run(
         source,
         pipeline,
-        Duration::from_millis(50),
-        500,
+        svc_stream::pipeline::StageSettings {
+            tick: Duration::from_millis(50),
+            flush_max: 500,
+            session_write_interval: Duration::from_secs(2),
+            defer_from: 200,
+        },
+        hb_common::health::Health::default().register("consumer"),
         shutdown.clone(),
     ))
 }
