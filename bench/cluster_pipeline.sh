@@ -79,11 +79,13 @@ cpu_ticks() { # utime+stime of the given pids, in clock ticks
 }
 pg_pids() { pgrep -f "postgres: .* $db " || true; }
 
-# The store's progress, sampled every 0.25 s from the start of the load.
+# The store's progress, sampled every 0.25 s from the start of the load: the
+# messages committed (raw rows durable) and those whose sessions are written,
+# summed over partitions (cheap reads of stream_offsets, not table counts).
 (
   start=$(date +%s.%N)
   while true; do
-    n=$(psql -qtA "$url" -c "SELECT (SELECT COUNT(*) FROM raw_heartbeats), (SELECT COALESCE(SUM(heartbeats),0) FROM sessions)" 2>/dev/null || echo "0|0")
+    n=$(psql -qtA "$url" -c "SELECT COALESCE(SUM(next_offset),0), COALESCE(SUM(session_offset),0) FROM stream_offsets" 2>/dev/null || echo "0|0")
     echo "$(echo "$(date +%s.%N) - $start" | bc) $n"
     sleep 0.25
   done
@@ -99,17 +101,13 @@ load_start=$(date +%s.%N)
 load_end=$(date +%s.%N)
 accepted=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['accepted'])" "$dir/sim.json")
 
-# Caught up: raw rows and session heartbeats stop moving and agree.
+# Caught up: every accepted message is committed and in the written sessions
+# (every message ingest accepted is on the topic, duplicates included).
 caught=""
 for _ in $(seq 1200); do
-  n=$(psql -qtA "$url" -c "SELECT (SELECT COUNT(*) FROM raw_heartbeats), (SELECT COALESCE(SUM(heartbeats),0) FROM sessions)")
-  raw=${n%|*}; sess=${n#*|}
-  if [[ $raw == "$sess" && $raw -ge $((accepted * 99 / 100)) ]]; then
-    sleep 1
-    again=$(psql -qtA "$url" -c "SELECT (SELECT COUNT(*) FROM raw_heartbeats), (SELECT COALESCE(SUM(heartbeats),0) FROM sessions)")
-    if [[ $again == "$n" ]]; then caught=$(date +%s.%N); break; fi
-  fi
-  sleep 0.1
+  n=$(psql -qtA "$url" -c "SELECT COALESCE(SUM(next_offset),0), COALESCE(SUM(session_offset),0) FROM stream_offsets")
+  if [[ ${n%|*} -ge $accepted && ${n#*|} -ge $accepted ]]; then caught=$(date +%s.%N); break; fi
+  sleep 0.05
 done
 kill $sampler 2>/dev/null || true
 stream_cpu=$(( $(cpu_ticks "${stream_pids[@]}") - stream_cpu0 ))
@@ -126,9 +124,8 @@ rows = []
 for line in open(f"{d}/progress.txt"):
     parts = line.split()
     if len(parts) == 2 and "|" in parts[1]:
-        raw, sess = parts[1].split("|")
-        rows.append((float(parts[0]), int(raw), int(sess)))
-raw, sess = (rows[-1][1], rows[-1][2]) if rows else (0, 0)
+        committed, sessions = parts[1].split("|")
+        rows.append((float(parts[0]), int(committed), int(sessions)))
 lat = sim["ack_latency_ms"]
 load_s = load_end - load_start
 print(f"offered {sim['offered_rate']:.0f}/s for {sim['duration_s']:.0f} s, {sim['devices']} devices; "
@@ -146,8 +143,9 @@ if caught:
         during = (r1 - r0) / (t1 - t0) if t1 > t0 else 0
     else:
         during = 0
-    print(f"stream: {during:.0f} hb/s into the store during the load; caught up {behind:.1f} s after "
-          f"the load ended ({raw / total:.0f} hb/s from first send to caught up)")
+    print(f"stream: {during:.0f} hb/s committed during the load; caught up (every message's raw row "
+          f"and session written) {behind:.1f} s after the load ended ({sim['accepted'] / total:.0f} hb/s "
+          f"from first send to caught up)")
 else:
     print("stream: NOT caught up within 120 s of the load's end")
 ticks = 100.0

@@ -1,10 +1,10 @@
-//! The PostgreSQL/YugabyteDB write path of a flush: one statement per table
-//! and kind of change, whatever the flush's size, with the rows passed as
-//! one array per column and expanded by `UNNEST`. A multi-row `VALUES` list
-//! binds 13-14 parameters a row, each parsed, planned and type-checked
-//! once per chunk; arrays are a fixed statement the server prepares once per
-//! connection and fed in binary. `UNNEST` over arrays is plain SQL that
-//! YugabyteDB's YSQL (PostgreSQL 11/15 front end) accepts as it is.
+//! The PostgreSQL/YugabyteDB write path of a flush. Raw rows go in by
+//! binary `COPY` (no statement to parse, no per-row executor pass); the
+//! other tables take one statement per kind of change, whatever the flush's
+//! size, with the rows passed as one array per column and expanded by
+//! `UNNEST` (a multi-row `VALUES` list binds 13-14 parameters a row, each
+//! parsed and planned once per chunk). `COPY FROM STDIN` in binary and
+//! `UNNEST` over arrays are both accepted by YugabyteDB's YSQL.
 
 use super::sql::{ads_json, map_err, IMPRESSION_CONFLICT, OFFSET_UPSERT};
 use super::{DeadLetter, Flush};
@@ -50,42 +50,168 @@ impl PgWriter {
         Self { pool, raw_ttl_ms }
     }
 
-    /// Commits `flush` in one transaction.
+    /// Commits `flush` in one transaction. Raw rows go in by binary `COPY`,
+    /// which has no `ON CONFLICT`: should one already be stored, the
+    /// transaction fails and is redone with the conflict-tolerant insert.
     pub async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
-        commit(&self.pool, &flush, self.raw_ttl_ms).await
+        match commit(&self.pool, &flush, self.raw_ttl_ms, true).await {
+            Err(RawConflict::Stored) => {
+                tracing::debug!("a raw row was stored already; flush redone without COPY");
+                commit(&self.pool, &flush, self.raw_ttl_ms, false)
+                    .await
+                    .map_err(RawConflict::into_sink)
+            }
+            other => other.map_err(RawConflict::into_sink),
+        }
     }
 }
 
-async fn commit(pool: &PgPool, flush: &Flush, raw_ttl_ms: i64) -> Result<(), SinkError> {
+/// A flush's failure, telling apart a raw row that was already stored.
+enum RawConflict {
+    Stored,
+    Other(SinkError),
+}
+
+impl RawConflict {
+    fn into_sink(self) -> SinkError {
+        match self {
+            RawConflict::Stored => SinkError::Fatal("raw row stored twice".into()),
+            RawConflict::Other(err) => err,
+        }
+    }
+}
+
+impl From<SinkError> for RawConflict {
+    fn from(err: SinkError) -> Self {
+        RawConflict::Other(err)
+    }
+}
+
+fn copy_err(err: sqlx::Error) -> RawConflict {
+    let unique = matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"));
+    if unique {
+        RawConflict::Stored
+    } else {
+        RawConflict::Other(map_err(err))
+    }
+}
+
+const RAW_COPY: &str = "COPY raw_heartbeats (event_id, user_id, video_id, device_id, \
+     event_time_ms, position_ms, state, ad_id, platform, app_version, country, bitrate_kbps, \
+     late, expires_ms) FROM STDIN (FORMAT binary)";
+
+/// Writes raw rows: by binary `COPY` (`copy`), or by the insert that skips
+/// rows already stored. A heartbeat the sessionizer merged was never seen
+/// before within the lateness, so it cannot be stored already; only late
+/// ones can (a device resending long after), and those take the insert.
+async fn write_raw(
+    tx: &mut sqlx::PgConnection,
+    raw: &[super::RawHeartbeat],
+    raw_ttl_ms: i64,
+    copy: bool,
+) -> Result<(), RawConflict> {
+    if raw.is_empty() {
+        return Ok(());
+    }
+    if !copy {
+        return insert_raw(tx, raw, raw_ttl_ms).await.map_err(Into::into);
+    }
+    let (late, merged): (Vec<_>, Vec<_>) = raw.iter().partition(|r| r.late);
+    if !merged.is_empty() {
+        let mut copy_in = tx.copy_in_raw(RAW_COPY).await.map_err(copy_err)?;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        for r in merged {
+            encode_raw(&mut buf, r, raw_ttl_ms);
+            if buf.len() >= 60 * 1024 {
+                copy_in.send(buf.as_slice()).await.map_err(copy_err)?;
+                buf.clear();
+            }
+        }
+        buf.extend_from_slice(&(-1i16).to_be_bytes());
+        copy_in.send(buf.as_slice()).await.map_err(copy_err)?;
+        copy_in.finish().await.map_err(copy_err)?;
+    }
+    if !late.is_empty() {
+        let late: Vec<_> = late.into_iter().cloned().collect();
+        insert_raw(tx, &late, raw_ttl_ms).await?;
+    }
+    Ok(())
+}
+
+/// One row of `RAW_COPY` in PostgreSQL's binary copy format.
+fn encode_raw(buf: &mut Vec<u8>, r: &super::RawHeartbeat, raw_ttl_ms: i64) {
+    fn text(buf: &mut Vec<u8>, value: &str) {
+        buf.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        buf.extend_from_slice(value.as_bytes());
+    }
+    fn int8(buf: &mut Vec<u8>, value: i64) {
+        buf.extend_from_slice(&8i32.to_be_bytes());
+        buf.extend_from_slice(&value.to_be_bytes());
+    }
+    buf.extend_from_slice(&14i16.to_be_bytes());
+    text(buf, &r.event_id);
+    text(buf, &r.user_id);
+    text(buf, &r.video_id);
+    text(buf, &r.device_id);
+    int8(buf, r.event_time_ms);
+    int8(buf, r.position_ms);
+    buf.extend_from_slice(&4i32.to_be_bytes());
+    buf.extend_from_slice(&r.state.to_be_bytes());
+    text(buf, &r.ad_id);
+    text(buf, &r.platform);
+    text(buf, &r.app_version);
+    text(buf, &r.country);
+    int8(buf, r.bitrate_kbps);
+    buf.extend_from_slice(&1i32.to_be_bytes());
+    buf.push(u8::from(r.late));
+    int8(buf, r.event_time_ms.saturating_add(raw_ttl_ms));
+}
+
+/// Raw rows by one array-bound insert that skips rows already stored.
+async fn insert_raw(
+    tx: &mut sqlx::PgConnection,
+    raw: &[super::RawHeartbeat],
+    raw_ttl_ms: i64,
+) -> Result<(), SinkError> {
+    let text = |f: fn(&super::RawHeartbeat) -> &str| raw.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(RAW_INSERT)
+        .bind(text(|r| &r.event_id))
+        .bind(text(|r| &r.user_id))
+        .bind(text(|r| &r.video_id))
+        .bind(text(|r| &r.device_id))
+        .bind(raw.iter().map(|r| r.event_time_ms).collect::<Vec<_>>())
+        .bind(raw.iter().map(|r| r.position_ms).collect::<Vec<_>>())
+        .bind(raw.iter().map(|r| r.state).collect::<Vec<_>>())
+        .bind(text(|r| &r.ad_id))
+        .bind(text(|r| &r.platform))
+        .bind(text(|r| &r.app_version))
+        .bind(text(|r| &r.country))
+        .bind(raw.iter().map(|r| r.bitrate_kbps).collect::<Vec<_>>())
+        .bind(raw.iter().map(|r| r.late).collect::<Vec<_>>())
+        .bind(
+            raw.iter()
+                .map(|r| r.event_time_ms.saturating_add(raw_ttl_ms))
+                .collect::<Vec<_>>(),
+        )
+        .execute(tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+async fn commit(
+    pool: &PgPool,
+    flush: &Flush,
+    raw_ttl_ms: i64,
+    copy_raw: bool,
+) -> Result<(), RawConflict> {
     let started = std::time::Instant::now();
     let mut tx = pool.begin().await.map_err(map_err)?;
 
-    if !flush.raw.is_empty() {
-        let raw = &flush.raw;
-        let text = |f: fn(&super::RawHeartbeat) -> &str| raw.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(RAW_INSERT)
-            .bind(text(|r| &r.event_id))
-            .bind(text(|r| &r.user_id))
-            .bind(text(|r| &r.video_id))
-            .bind(text(|r| &r.device_id))
-            .bind(raw.iter().map(|r| r.event_time_ms).collect::<Vec<_>>())
-            .bind(raw.iter().map(|r| r.position_ms).collect::<Vec<_>>())
-            .bind(raw.iter().map(|r| r.state).collect::<Vec<_>>())
-            .bind(text(|r| &r.ad_id))
-            .bind(text(|r| &r.platform))
-            .bind(text(|r| &r.app_version))
-            .bind(text(|r| &r.country))
-            .bind(raw.iter().map(|r| r.bitrate_kbps).collect::<Vec<_>>())
-            .bind(raw.iter().map(|r| r.late).collect::<Vec<_>>())
-            .bind(
-                raw.iter()
-                    .map(|r| r.event_time_ms.saturating_add(raw_ttl_ms))
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-    }
+    write_raw(&mut tx, &flush.raw, raw_ttl_ms, copy_raw).await?;
     let raw_done = started.elapsed();
 
     for chunk in flush.dead_letters.chunks(1_000) {
