@@ -1,38 +1,171 @@
 //! The sessions store schema (sessions, catalog, offsets, raw mirror, dead
 //! letters), shipped as migrations that every service runs on start.
 //!
-//! Locking is off: sqlx would take a PostgreSQL advisory lock, which
-//! YugabyteDB does not support. Migrations are written to be idempotent
-//! (`IF NOT EXISTS`), so two services starting together are harmless.
+//! Any number of processes may start at once on a fresh database: see
+//! [`migrate_postgres`] for how they take turns without advisory locks, and
+//! [`migrate_sqlite`] for the embedded file. Migrations are also written to
+//! be idempotent (`IF NOT EXISTS`), so a turn that was cut short is harmless.
 
+use sqlx::migrate::MigrateError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{Connection as _, Executor as _, PgConnection, PgPool, SqlitePool};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Runs the PostgreSQL/YugabyteDB migrations.
+/// Table whose single row serialises migrations between processes.
+const MIGRATION_LOCK_TABLE: &str = "hb_migration_lock";
+
+/// Attempts at migrating before a race-shaped error is reported.
+const MIGRATION_ATTEMPTS: u32 = 20;
+
+/// Runs the PostgreSQL/YugabyteDB migrations; any number of processes may
+/// call this at once on a fresh database.
+///
+/// sqlx's own migration lock is a PostgreSQL advisory lock, which
+/// YugabyteDB does not support, so it is off. Without a lock, concurrent
+/// `CREATE TABLE IF NOT EXISTS` race inside PostgreSQL's catalog (the loser
+/// fails with a unique violation on `pg_type`), and two migrators both apply
+/// a version and collide on `_sqlx_migrations`. Instead, processes take
+/// turns on a row lock, the portable stand-in for an advisory lock:
+///
+/// 1. `CREATE TABLE IF NOT EXISTS hb_migration_lock` and insert its one row
+///    (`ON CONFLICT DO NOTHING`); the creation itself can race, which is
+///    retried (below).
+/// 2. On a dedicated connection, `BEGIN` and `SELECT … FOR UPDATE` that row:
+///    whoever holds it migrates, the others wait.
+/// 3. The migrator runs on the pool (another connection), reading which
+///    versions are applied only once it holds the turn, so a process that
+///    waited finds the work done.
+/// 4. The turn ends with the lock transaction's commit, or when the process
+///    dies: the server rolls back a connection's transaction when it closes.
+///
+/// Every attempt that fails with an error a concurrent start can cause
+/// (SQLSTATE 23505 unique violation, 42P07 duplicate table, 42710 duplicate
+/// object, 40001 serialisation failure, 40P01 deadlock, or a lost
+/// connection) is retried from step 1 after a short random pause; the
+/// retry re-reads the applied versions, so it never applies one twice.
+///
+/// On YugabyteDB: row locks with `SELECT … FOR UPDATE` are supported by
+/// YSQL; a table, `INSERT … ON CONFLICT DO NOTHING` and `FOR UPDATE` is the
+/// pattern YugabyteDB's engineers publish in place of advisory locks.
+/// With wait-on-conflict (`enable_wait_queues`, the default of recent
+/// releases) or READ COMMITTED isolation a second process waits for the row
+/// like on PostgreSQL. With the older fail-on-conflict policy the waiter
+/// instead fails at once with 40001 and retries (a spin lock with pauses);
+/// there a waiter of higher priority may even abort the holder's lock
+/// transaction, letting two migrators overlap: that is what the retry on
+/// unique violations and duplicate objects, and the idempotent migrations,
+/// are for. YugabyteDB's DDL-concurrency errors (catalog version mismatch)
+/// are SQLSTATE 40001 too, and are retried the same way.
 pub async fn migrate_postgres(pool: &PgPool) -> anyhow::Result<()> {
     let mut migrator = sqlx::migrate!("migrations/postgres");
     migrator.set_locking(false);
-    migrator.run(pool).await?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match migrate_postgres_in_turn(pool, &migrator).await {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < MIGRATION_ATTEMPTS && concurrent_start_race(&error) => {
+                tracing::debug!(%error, attempt, "migration raced another process; retrying");
+                tokio::time::sleep(retry_pause(attempt)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
-/// Runs the SQLite migrations.
-/// Two services opening the same file at once may race on the migrations
-/// table; the loser retries and finds the work done.
+/// One attempt: takes the migration turn on a dedicated connection, runs
+/// the migrator on `pool`, ends the turn.
+async fn migrate_postgres_in_turn(
+    pool: &PgPool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), MigrateError> {
+    let mut lock_connection = PgConnection::connect_with(&pool.connect_options()).await?;
+    let outcome = async {
+        lock_connection
+            .execute(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {MIGRATION_LOCK_TABLE} (id INTEGER PRIMARY KEY)"
+                )
+                .as_str(),
+            )
+            .await?;
+        lock_connection
+            .execute(
+                format!(
+                    "INSERT INTO {MIGRATION_LOCK_TABLE} (id) VALUES (1) ON CONFLICT (id) DO NOTHING"
+                )
+                .as_str(),
+            )
+            .await?;
+        let mut turn = lock_connection.begin().await?;
+        sqlx::query(&format!(
+            "SELECT id FROM {MIGRATION_LOCK_TABLE} WHERE id = 1 FOR UPDATE"
+        ))
+        .fetch_one(&mut *turn)
+        .await?;
+        migrator.run(pool).await?;
+        // The migrations are in; a failure to end the turn cleanly (a
+        // YugabyteDB conflict that aborted the lock transaction, a cut
+        // connection) changes nothing: closing the connection ends it too.
+        let _ = turn.commit().await;
+        Ok(())
+    }
+    .await;
+    let _ = lock_connection.close().await;
+    outcome
+}
+
+/// Whether `error` is one a concurrent start of another process can cause
+/// (see [`migrate_postgres`]), so that trying again may succeed.
+fn concurrent_start_race(error: &MigrateError) -> bool {
+    let error = match error {
+        MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _) => error,
+        _ => return false,
+    };
+    if connection_lost(error) {
+        return true;
+    }
+    error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| matches!(&*code, "23505" | "42P07" | "42710" | "40001" | "40P01"))
+}
+
+/// Pause before attempt `attempt + 1`: growing, capped at a second, and
+/// random so that processes that collided do not collide again.
+fn retry_pause(attempt: u32) -> Duration {
+    let ceiling_ms = (25 * u64::from(attempt) * u64::from(attempt)).min(1_000);
+    Duration::from_millis(rand::random_range(ceiling_ms / 2..=ceiling_ms))
+}
+
+/// Runs the SQLite migrations; any number of processes may call this at
+/// once on the same file.
+///
+/// SQLite has no row locks to take turns on, and holding its write lock on
+/// one connection would block the migrator's own. It needs none: its
+/// schema changes are serialised by the database's write lock (a writer
+/// waits up to the pool's busy timeout), and each migration is one
+/// transaction. What can still collide is two processes applying the same
+/// version (the loser's `_sqlx_migrations` insert violates the primary key)
+/// or a transaction that read before another wrote (`SQLITE_BUSY`): the
+/// loser rolls back, pauses and retries, re-reading the applied versions,
+/// and finds the work done. Only execution errors are retried; a changed
+/// or missing migration fails at once.
 pub async fn migrate_sqlite(pool: &SqlitePool) -> anyhow::Result<()> {
     let migrator = sqlx::migrate!("migrations/sqlite");
     let mut attempt = 0;
     loop {
+        attempt += 1;
         match migrator.run(pool).await {
             Ok(()) => return Ok(()),
-            Err(_) if attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            Err(MigrateError::Execute(_) | MigrateError::ExecuteMigration(..))
+                if attempt < MIGRATION_ATTEMPTS =>
+            {
+                tokio::time::sleep(retry_pause(attempt)).await;
             }
-            Err(err) => return Err(err.into()),
+            Err(error) => return Err(error.into()),
         }
     }
 }
@@ -113,6 +246,59 @@ mod tests {
     use super::PING_IDLE_AFTER;
     use crate::testing::TestDb;
     use sqlx::Connection as _;
+
+    #[tokio::test]
+    async fn eight_pools_migrating_one_fresh_database_at_once_all_succeed_with_every_version_once()
+    {
+        let db = TestDb::create_empty().await.unwrap();
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                let url = db.url.clone();
+                tokio::spawn(async move { super::open_postgres(&url, 2).await })
+            })
+            .collect();
+        for start in starts {
+            start
+                .await
+                .unwrap()
+                .expect("every start migrates or finds it done");
+        }
+        let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let versions: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+        let shipped: Vec<i64> = sqlx::migrate!("migrations/postgres")
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(versions, shipped);
+        connection.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_migration_waits_while_another_process_holds_the_turn() {
+        let (db, _pool) = TestDb::create().await.unwrap();
+        let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let mut turn = holder.begin().await.unwrap();
+        sqlx::query("SELECT id FROM hb_migration_lock WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *turn)
+            .await
+            .unwrap();
+        let url = db.url.clone();
+        let mut waiter = tokio::spawn(async move { super::open_postgres(&url, 1).await });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(500), &mut waiter).await;
+        assert!(waited.is_err(), "migrated while another held the turn");
+        turn.commit().await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("migrates once the turn is free")
+            .unwrap()
+            .expect("finds the work done");
+        holder.close().await.unwrap();
+    }
 
     #[tokio::test]
     async fn connections_the_server_cut_while_the_pool_sat_idle_are_replaced_unseen() {

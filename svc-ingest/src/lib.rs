@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod limiter;
 pub mod metrics;
 pub mod publisher;
+pub mod readiness;
 pub mod service;
 pub mod validate;
 
@@ -122,7 +123,13 @@ pub async fn run(
     let health = Health::default();
     let publisher_health = health.register("publisher");
     if publisher.is_production() {
-        publisher_health.healthy();
+        // Ready only while the publisher can take writes: checked every
+        // second, unready as soon as a check fails (or stops reporting).
+        tokio::spawn(readiness::watch(
+            Arc::clone(&publisher),
+            publisher_health,
+            shutdown.clone(),
+        ));
     } else {
         tracing::warn!(
             publisher = publisher.name(),

@@ -1,14 +1,16 @@
 //! svc-ingest with the Kafka publisher, end to end: against librdkafka's mock
-//! cluster always, and against a real broker when `HB_TEST_KAFKA=host:port`
-//! is set (fresh topics per test, deleted afterwards).
+//! cluster (which also injects errors) and against a real broker, the one of
+//! `hb_common::testing::test_broker` (`HB_TEST_KAFKA`, or found or started on
+//! the test port), with fresh topics per test, deleted afterwards.
 
 mod helpers;
 
+use hb_common::testing;
 use hb_proto::v1::{Heartbeat, PlaybackState};
 use helpers::*;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -55,37 +57,22 @@ impl TestBroker {
         }
     }
 
-    /// The broker of `HB_TEST_KAFKA`, with uniquely named topics; `None`
-    /// (after saying so) when it is not set.
-    async fn real(test: &str) -> Option<TestBroker> {
-        let Ok(brokers) = std::env::var("HB_TEST_KAFKA") else {
-            println!("skipped {test}: set HB_TEST_KAFKA=host:port to run it against a real broker");
-            return None;
-        };
-        let suffix = format!("{}-{}", std::process::id(), event_id());
-        let topic = format!("hb-test-{suffix}");
-        let dlq_topic = format!("hb-test-dlq-{suffix}");
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("admin client");
-        let topics = [
-            NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1)),
-            NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1)),
-        ];
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for result in admin
-            .create_topics(&topics, &options)
+    /// The test broker (found or started), with uniquely named topics.
+    async fn real() -> TestBroker {
+        let brokers = testing::test_broker().await.expect("a Kafka broker");
+        let topic = testing::unique_topic("hb-test");
+        let dlq_topic = testing::unique_topic("hb-test-dlq");
+        testing::create_topic(&brokers, &topic, PARTITIONS)
             .await
-            .expect("create topics")
-        {
-            result.expect("topic created");
-        }
-        Some(TestBroker {
+            .expect("topic");
+        testing::create_topic(&brokers, &dlq_topic, 1)
+            .await
+            .expect("dlq topic");
+        TestBroker {
             cluster: Cluster::Real(brokers),
             topic,
             dlq_topic,
-        })
+        }
     }
 
     fn bootstrap(&self) -> String {
@@ -359,9 +346,7 @@ macro_rules! on_both_tiers {
 
         #[tokio::test]
         async fn $real() {
-            if let Some(broker) = TestBroker::real(stringify!($real)).await {
-                $scenario(&broker).await;
-            }
+            $scenario(&TestBroker::real().await).await;
         }
     };
 }

@@ -2,13 +2,14 @@
 //! protocol, consumer groups): heartbeats -> topic -> consumer group ->
 //! PostgreSQL, including a rebalance when a second consumer joins mid-stream.
 //! The store must equal the batch definition: no loss, no double count.
-//! With `HB_TEST_KAFKA=host:port` the same scenario runs on a real broker.
+//! The same scenario runs on a real broker: `hb_common::testing::test_broker`
+//! (`HB_TEST_KAFKA`, or found or started on the test port).
 
+use hb_common::testing;
 use hb_common::workload::{Fleet, FleetConfig};
 use hb_proto::v1::Heartbeat;
 use prometheus_client::registry::Registry;
 use prost::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -193,27 +194,12 @@ async fn a_consumer_group_with_a_rebalance_loses_and_doubles_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_scenario_on_a_real_broker_when_configured() {
-    let Ok(brokers) = std::env::var("HB_TEST_KAFKA") else {
-        eprintln!("skipped: HB_TEST_KAFKA not set");
-        return;
-    };
-    let topic = format!("hb-test-{}", uuid_like());
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                PARTITIONS,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
+async fn the_same_scenario_on_a_real_broker() {
+    let brokers = testing::test_broker().await.expect("a Kafka broker");
+    let topic = testing::unique_topic("hb-test");
+    testing::create_topic(&brokers, &topic, PARTITIONS)
         .await
-        .unwrap();
+        .expect("topic");
     rebalance_scenario(&brokers, &topic).await;
-    let _ = admin.delete_topics(&[&topic], &AdminOptions::new()).await;
+    testing::delete_topics(&brokers, &[&topic]).await;
 }

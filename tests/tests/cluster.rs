@@ -1,10 +1,11 @@
 //! The cluster tier end to end on this machine: gRPC ingest -> Kafka (librdkafka's
 //! mock cluster, real protocol) -> stream consumer group -> PostgreSQL (standing
-//! in for YugabyteDB) -> query API. With `HB_TEST_KAFKA=host:port` the same test
-//! runs against a real broker.
+//! in for YugabyteDB) -> query API. The same test runs against a real broker:
+//! `hb_common::testing::test_broker` (`HB_TEST_KAFKA`, or found or started on
+//! the test port), on topics of its own.
 
 use hb_common::workload::{Fleet, FleetConfig};
-use hb_e2e_tests::{spawn_app_with, Tier};
+use hb_e2e_tests::{spawn_app_configured, Tier};
 use hb_proto::v1::Heartbeat;
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
@@ -24,14 +25,20 @@ fn workload(count: usize) -> Vec<Heartbeat> {
     fleet.heartbeats(count).collect()
 }
 
-async fn cluster_round_trip(brokers: String) {
+async fn cluster_round_trip(brokers: String, topic: &str, dlq_topic: &str) {
     let (db, pool) = hb_common::testing::TestDb::create().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let app = spawn_app_with(
+    let app = spawn_app_configured(
         dir.path().to_path_buf(),
         Tier {
             kafka_brokers: Some(brokers),
             yugabyte_url: Some(db.url.clone()),
+        },
+        |ingest, stream, _| {
+            ingest.kafka_topic = topic.to_string();
+            ingest.dlq_topic = dlq_topic.to_string();
+            stream.kafka_topic = topic.to_string();
+            stream.kafka_group = format!("{topic}-group");
         },
     )
     .await;
@@ -84,15 +91,23 @@ async fn heartbeats_flow_through_kafka_into_postgres_sessions() {
     let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
     mock.create_topic("heartbeats", 4, 1).unwrap();
     mock.create_topic("heartbeats-dlq", 1, 1).unwrap();
-    cluster_round_trip(mock.bootstrap_servers()).await;
+    cluster_round_trip(mock.bootstrap_servers(), "heartbeats", "heartbeats-dlq").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cluster_round_trip_on_a_real_broker_when_configured() {
-    let Ok(brokers) = std::env::var("HB_TEST_KAFKA") else {
-        eprintln!("skipped: HB_TEST_KAFKA not set");
-        return;
-    };
-    // Uses the default topics `heartbeats` and `heartbeats-dlq`, which must exist.
-    cluster_round_trip(brokers).await;
+async fn the_cluster_round_trip_on_a_real_broker() {
+    use hb_common::testing;
+    let brokers = testing::test_broker().await.expect("a Kafka broker");
+    let (topic, dlq_topic) = (
+        testing::unique_topic("hb-test"),
+        testing::unique_topic("hb-test-dlq"),
+    );
+    testing::create_topic(&brokers, &topic, 4)
+        .await
+        .expect("topic");
+    testing::create_topic(&brokers, &dlq_topic, 1)
+        .await
+        .expect("dlq topic");
+    cluster_round_trip(brokers.clone(), &topic, &dlq_topic).await;
+    testing::delete_topics(&brokers, &[&topic, &dlq_topic]).await;
 }

@@ -7,6 +7,12 @@
 //! carries the batch's [`BatchDelivery`] as its delivery opaque, librdkafka's
 //! report for each message counts it down, and the last one wakes the caller.
 //! (A future per message cost more than the rest of the produce path.)
+//!
+//! Readiness: [`Publisher::check`] asks the brokers for the topics' metadata
+//! (on a blocking thread, librdkafka's call blocks). While the last check
+//! failed (no broker answered, or a topic is gone), `publish` fails at once with UNAVAILABLE instead of holding the
+//! device for the whole delivery timeout; the next check that succeeds
+//! lets batches through again.
 
 use super::{DeadLetter, PublishError, Publisher};
 use crate::metrics::IngestMetrics;
@@ -19,7 +25,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -103,6 +109,9 @@ pub struct KafkaPublisher {
     producer: ThreadedProducer<DeliveryContext>,
     settings: KafkaSettings,
     metrics: IngestMetrics,
+    /// The last [`Publisher::check`] failed: no broker answered, or a
+    /// topic is gone.
+    last_check_failed: AtomicBool,
 }
 
 impl KafkaPublisher {
@@ -126,43 +135,35 @@ impl KafkaPublisher {
             .set(
                 "message.timeout.ms",
                 settings.timeout.as_millis().max(1).to_string(),
-            );
+            )
+            // A broker back from an outage is reconnected to within a
+            // second (librdkafka's default backs off up to 10 s), so
+            // readiness and traffic recover with it.
+            .set("reconnect.backoff.max.ms", "1000");
         for (key, value) in &settings.extra {
             config.set(key, value);
         }
         let producer: ThreadedProducer<DeliveryContext> = config
             .create_with_context(DeliveryContext)
             .map_err(|e| PublishError::Unavailable(format!("kafka producer: {e}")))?;
-        let check = producer.clone();
-        let topics = [settings.topic.clone(), settings.dlq_topic.clone()];
-        let timeout = settings.timeout;
-        tokio::task::spawn_blocking(move || {
-            for topic in &topics {
-                let metadata = check
-                    .client()
-                    .fetch_metadata(Some(topic), Timeout::After(timeout))
-                    .map_err(|e| {
-                        PublishError::Unavailable(format!("kafka brokers unreachable: {e}"))
-                    })?;
-                let missing = metadata.topics().iter().any(|t| {
-                    t.name() == topic && (t.error().is_some() || t.partitions().is_empty())
-                });
-                if missing {
-                    return Err(PublishError::Unavailable(format!(
-                        "kafka topic {topic:?} does not exist"
-                    )));
-                }
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| PublishError::Unavailable(e.to_string()))??;
+        check_topics(&producer, &settings, settings.timeout).await?;
         tracing::info!(brokers = %settings.brokers, topic = %settings.topic, "kafka publisher connected");
         Ok(KafkaPublisher {
             producer,
             settings,
             metrics,
+            last_check_failed: AtomicBool::new(false),
         })
+    }
+
+    /// Fails at once while the last check failed.
+    fn refuse_while_down(&self) -> Result<(), PublishError> {
+        if self.last_check_failed.load(Ordering::Relaxed) {
+            return Err(PublishError::Unavailable(
+                "kafka unavailable: the last broker check failed".to_string(),
+            ));
+        }
+        Ok(())
     }
 
     /// Enqueues one message, waiting while librdkafka's local queue is full
@@ -191,6 +192,39 @@ impl KafkaPublisher {
     }
 }
 
+/// Asks the brokers for the metadata of both topics within `timeout` each,
+/// off the async workers: an error when none answers or a topic is missing.
+async fn check_topics(
+    producer: &ThreadedProducer<DeliveryContext>,
+    settings: &KafkaSettings,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let check = producer.clone();
+    let topics = [settings.topic.clone(), settings.dlq_topic.clone()];
+    tokio::task::spawn_blocking(move || {
+        for topic in &topics {
+            let metadata = check
+                .client()
+                .fetch_metadata(Some(topic), Timeout::After(timeout))
+                .map_err(|e| {
+                    PublishError::Unavailable(format!("kafka brokers unreachable: {e}"))
+                })?;
+            let missing = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && (t.error().is_some() || t.partitions().is_empty()));
+            if missing {
+                return Err(PublishError::Unavailable(format!(
+                    "kafka topic {topic:?} does not exist"
+                )));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| PublishError::Unavailable(e.to_string()))?
+}
+
 /// Broker-side size refusals never succeed on retry; everything else might.
 fn map_error(err: &KafkaError) -> PublishError {
     match err.rdkafka_error_code() {
@@ -206,6 +240,7 @@ impl Publisher for KafkaPublisher {
         if batch.is_empty() {
             return Ok(());
         }
+        self.refuse_while_down()?;
         let started = Instant::now();
         let deadline = started + self.settings.timeout;
         let (delivery, done_rx) = BatchDelivery::new(batch.len());
@@ -236,6 +271,7 @@ impl Publisher for KafkaPublisher {
         if letters.is_empty() {
             return Ok(());
         }
+        self.refuse_while_down()?;
         let deadline = Instant::now() + self.settings.timeout;
         let (delivery, done_rx) = BatchDelivery::new(letters.len());
         for letter in &letters {
@@ -276,6 +312,13 @@ impl Publisher for KafkaPublisher {
             .await
             .map_err(|e| PublishError::Unavailable(e.to_string()))?
             .map_err(|e| map_error(&e))
+    }
+
+    async fn check(&self, timeout: Duration) -> Result<(), PublishError> {
+        let outcome = check_topics(&self.producer, &self.settings, timeout).await;
+        self.last_check_failed
+            .store(outcome.is_err(), Ordering::Relaxed);
+        outcome
     }
 
     fn name(&self) -> &'static str {

@@ -8,6 +8,7 @@ pub mod kafka;
 use async_trait::async_trait;
 pub use hb_common::handoff::DeadLetter;
 use hb_proto::v1::Heartbeat;
+use std::time::Duration;
 
 /// Why heartbeats could not be made durable. Every variant means the device
 /// must resend: nothing in the failed batch is reported as accepted.
@@ -34,6 +35,15 @@ pub trait Publisher: Send + Sync + 'static {
 
     /// Flushes whatever is buffered; called on shutdown.
     async fn flush(&self) -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    /// Whether the destination can take writes now, answered within
+    /// `timeout` (it may block a thread that long, never an async worker).
+    /// Asked every second for readiness (`crate::readiness`); a publisher
+    /// with nothing to check says yes.
+    async fn check(&self, timeout: Duration) -> Result<(), PublishError> {
+        let _ = timeout;
         Ok(())
     }
 
