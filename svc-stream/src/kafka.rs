@@ -8,7 +8,9 @@
 //! committed offsets are only a hint (written after each store commit), and
 //! messages below the store's offset are skipped, so replays never double count.
 
-use crate::pipeline::{prepare_next, FlushStats, Pipeline, PreparedFlush, SessionWrites, StageSettings};
+use crate::pipeline::{
+    prepare_next, FlushStats, Pipeline, PreparedFlush, SessionWrites, StageSettings,
+};
 use crate::sink::{DeadLetter, SinkError};
 use hb_common::health::HealthHandle;
 use hb_common::time::now_ms;
@@ -31,6 +33,9 @@ pub struct KafkaSource {
     pub topic: String,
     pub group: String,
     pub session_timeout: Duration,
+    /// How long the loop may go without a tick, or a commit may hang,
+    /// before readiness lapses (`HB_STREAM_STALL_TIMEOUT`).
+    pub stall_after: Duration,
     /// Extra librdkafka properties (tests).
     pub extra: Vec<(String, String)>,
 }
@@ -97,16 +102,11 @@ impl ConsumerContext for RebalanceContext {
 /// retries pass within a second when a connection was merely cut).
 const FAILED_WRITES_UNREADY: u32 = 3;
 
-/// How long the loop may go without a tick before it counts as stalled:
-/// a restore or a rebalance may legitimately hold it for a few seconds.
-pub fn stall_after(flush_interval: Duration) -> Duration {
-    (flush_interval * 20).max(Duration::from_secs(10))
-}
-
 /// A commit under way and the offsets it makes durable.
 struct InFlight {
     task: tokio::task::JoinHandle<Result<FlushStats, SinkError>>,
     offsets: TopicPartitionList,
+    started: Instant,
 }
 
 /// Runs the consumer and the pipeline until `shutdown`; then leaves the group
@@ -118,9 +118,9 @@ struct InFlight {
 /// each commit takes everything that arrived during the one before (group
 /// commit). A rebalance first waits for the commit in flight, then flushes.
 ///
-/// Readiness (`ready`) is renewed on every tick while no write is failing:
-/// it lapses when the loop stalls (for [`stall_after`] of `flush_interval`)
-/// and drops while the store refuses writes, which are retried until they pass.
+/// Readiness (`ready`) is renewed on every tick for `source.stall_after`: it
+/// lapses when the loop stalls, and drops while a commit hangs that long or
+/// while the store refuses writes (retried until they pass).
 ///
 /// Under load, commits leave session writes to `settings.session_write_interval`
 /// (see [`SessionWrites`]): Kafka delivers a partition again from its
@@ -141,7 +141,7 @@ pub async fn run(
     pipeline.retry_forever();
     pipeline.defer_sessions_to_source();
     let mut writes = SessionWrites::new(session_write_interval, defer_from);
-    let stall = stall_after(flush_interval);
+    let stall = source.stall_after;
     let (tx, mut rx) = mpsc::channel::<Input>(flush_max.max(1024));
     let (commit_tx, commit_rx) = std_mpsc::channel::<TopicPartitionList>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -206,7 +206,8 @@ pub async fn run(
             _ = ticker.tick() => {
                 pipeline.tick(now_ms());
                 flush_due = true;
-                if pipeline.failing_writes() >= FAILED_WRITES_UNREADY {
+                let hung = in_flight.as_ref().is_some_and(|f| f.started.elapsed() >= stall);
+                if hung || pipeline.failing_writes() >= FAILED_WRITES_UNREADY {
                     ready.unhealthy();
                 } else {
                     ready.healthy_for(stall);
@@ -237,7 +238,8 @@ pub async fn run(
             match input {
                 Input::Revoke(partitions, done) => {
                     if healthy {
-                        let _ = flush_now(&mut pipeline, &mut in_flight, &source.topic, &commit_tx).await;
+                        let _ = flush_now(&mut pipeline, &mut in_flight, &source.topic, &commit_tx)
+                            .await;
                     }
                     for partition in partitions {
                         pipeline.revoke(partition);
@@ -262,7 +264,10 @@ fn absorb(pipeline: &mut Pipeline, partition: i32, offset: i64, payload: Vec<u8>
     if !pipeline.owns(partition) {
         return;
     }
-    if pipeline.next_offset(partition).is_some_and(|next| offset < next) {
+    if pipeline
+        .next_offset(partition)
+        .is_some_and(|next| offset < next)
+    {
         return; // already committed in the store
     }
     match Heartbeat::decode(payload.as_slice()) {
@@ -334,6 +339,7 @@ fn start_flush(pipeline: &Pipeline, prepared: PreparedFlush, topic: &str) -> InF
     InFlight {
         task: tokio::spawn(prepared.commit()),
         offsets,
+        started: Instant::now(),
     }
 }
 

@@ -164,6 +164,7 @@ pub async fn run(
                 topic: config.kafka_topic.clone(),
                 group: config.kafka_group.clone(),
                 session_timeout: config.kafka_session_timeout,
+                stall_after: config.stall_timeout,
                 extra: Vec::new(),
             };
             let settings = pipeline::StageSettings {

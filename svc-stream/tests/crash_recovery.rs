@@ -513,8 +513,7 @@ async fn session_writes_left_to_kafka_redelivery_survive_crashes_on_postgres() {
     let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
-    run_source_deferred_with_crashes(store, &heartbeats, &[450, 1_201, 1_202, 1_950, 2_650])
-        .await;
+    run_source_deferred_with_crashes(store, &heartbeats, &[450, 1_201, 1_202, 1_950, 2_650]).await;
 
     assert_store_exact!(&pool, &heartbeats);
 }

@@ -86,6 +86,7 @@ fn consumer(
         topic: topic.to_string(),
         group: group.to_string(),
         session_timeout: Duration::from_secs(6),
+        stall_after: Duration::from_secs(30),
         extra: vec![("heartbeat.interval.ms".into(), "300".into())],
     };
     tokio::spawn(svc_stream::kafka::run(

@@ -240,8 +240,18 @@ async fn commit(
     if !deleted.is_empty() {
         for sql in [SESSION_DELETE, IMPRESSION_DELETE] {
             sqlx::query(sql)
-                .bind(deleted.iter().map(|k| k.user_id.as_str()).collect::<Vec<_>>())
-                .bind(deleted.iter().map(|k| k.video_id.as_str()).collect::<Vec<_>>())
+                .bind(
+                    deleted
+                        .iter()
+                        .map(|k| k.user_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    deleted
+                        .iter()
+                        .map(|k| k.video_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
                 .bind(deleted.iter().map(|k| k.start_ms).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
@@ -269,8 +279,16 @@ async fn commit(
         }
         let int = |f: fn(&Session) -> i64| rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
         sqlx::query(&format!("{SESSION_INSERT}{set}"))
-            .bind(rows.iter().map(|(_, s)| s.user_id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, s)| s.video_id.as_str()).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|(_, s)| s.user_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|(_, s)| s.video_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .bind(int(|s| s.start_ms))
             .bind(int(|s| s.end_ms))
             .bind(int(|s| s.heartbeats as i64))
@@ -295,9 +313,24 @@ async fn commit(
         .collect();
     if !impressions.is_empty() {
         sqlx::query(&format!("{IMPRESSION_INSERT}{IMPRESSION_CONFLICT}"))
-            .bind(impressions.iter().map(|(s, _)| s.user_id.as_str()).collect::<Vec<_>>())
-            .bind(impressions.iter().map(|(s, _)| s.video_id.as_str()).collect::<Vec<_>>())
-            .bind(impressions.iter().map(|(s, _)| s.start_ms).collect::<Vec<_>>())
+            .bind(
+                impressions
+                    .iter()
+                    .map(|(s, _)| s.user_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                impressions
+                    .iter()
+                    .map(|(s, _)| s.video_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                impressions
+                    .iter()
+                    .map(|(s, _)| s.start_ms)
+                    .collect::<Vec<_>>(),
+            )
             .bind(impressions.iter().map(|(_, ad)| *ad).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await

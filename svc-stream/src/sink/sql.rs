@@ -28,9 +28,14 @@ pub(super) fn map_err(err: sqlx::Error) -> SinkError {
             SinkError::Unavailable(err.to_string())
         }
         sqlx::Error::Database(db) => {
-            // Serialization failures, deadlocks and busy files are transient.
+            // Serialization failures, deadlocks, lock time-outs, a server
+            // short of resources (class 53: connections, memory, disk) and
+            // busy files are transient.
             let transient = db.code().is_some_and(|c| {
-                matches!(c.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "261")
+                matches!(
+                    c.as_ref(),
+                    "40001" | "40P01" | "55P03" | "5" | "6" | "517" | "261"
+                ) || c.starts_with("53")
             });
             if transient {
                 SinkError::Unavailable(db.to_string())
@@ -525,4 +530,3 @@ where
     };
     read().map_err(map_err)
 }
-
