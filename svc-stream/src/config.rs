@@ -77,17 +77,24 @@ pub struct StreamConfig {
     #[arg(long, env = "HB_FLUSH_MAX", default_value_t = 100_000, value_parser = positive_count)]
     pub flush_max: usize,
 
-    /// Embedded tier under load: how long an open session's row may lag the
-    /// committed (and acknowledged) raw heartbeats. Once a commit holds
+    /// Under load: how long an open session's row may lag the committed
+    /// raw heartbeats (acknowledged ones, in the embedded tier). Once a commit holds
     /// 20,000 heartbeats or more, commits write only their raw rows until
     /// this much time has passed since sessions were last written or the
     /// stage is quiet; each session write then covers several heartbeats of
     /// every playing session instead of one, which is most of the writer's
     /// cost at 100k hb/s (docs/benchmarks.md). Under light load, and at
     /// shutdown, every commit writes sessions. A restart rebuilds the deferred
-    /// changes from the raw rows. `0s` writes sessions with every commit.
+    /// changes: the embedded tier from the raw rows, the Kafka consumer by
+    /// reading its partitions again from the sessions' offset (their raw rows
+    /// are not written twice). `0s` writes sessions with every commit.
     #[arg(long, env = "HB_SESSION_WRITE_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub session_write_interval: Duration,
+
+    /// Kafka consumer: how long its loop may go without a tick, or a commit
+    /// may hang, before `/readyz` reports it stalled.
+    #[arg(long, env = "HB_STREAM_STALL_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub stall_timeout: Duration,
 
     /// Only run the schema migrations, then exit (the Helm migration Job).
     #[arg(long, env = "HB_MIGRATE_ONLY", default_value_t = false)]

@@ -3,7 +3,7 @@
 //! transaction holding it commits. Group commit: one transaction takes every
 //! batch that arrived while the previous one was committing.
 
-use crate::pipeline::{FlushStats, Pipeline};
+use crate::pipeline::{prepare_next, FlushStats, Pipeline, SessionWrites};
 use crate::sink::SinkError;
 use hb_common::handoff::{HandoffBatch, HandoffError, HandoffRx};
 use hb_common::time::now_ms;
@@ -22,24 +22,7 @@ type InFlight = (
     Vec<HandoffBatch>,
 );
 
-/// A commit this large means the writer is the bottleneck: from it on, until
-/// the stage is quiet again, sessions are written once per interval. Below
-/// it (light load) every commit writes its sessions.
-pub const DEFER_FROM: usize = 20_000;
-
-/// How the embedded stage batches its commits.
-#[derive(Clone, Copy, Debug)]
-pub struct StageSettings {
-    /// Finalization and idle-flush timer.
-    pub tick: Duration,
-    /// Most heartbeats one group commit takes.
-    pub flush_max: usize,
-    /// Longest a large commit may leave session writes for later
-    /// (`HB_SESSION_WRITE_INTERVAL`; zero: never).
-    pub session_write_interval: Duration,
-    /// Commit size that starts deferring ([`DEFER_FROM`]).
-    pub defer_from: usize,
-}
+pub use crate::pipeline::{StageSettings, DEFER_FROM};
 
 /// Runs until every sender of `rx` is gone (ingest has drained), then makes a
 /// last flush. Sessions stay open in the store across restarts.
@@ -65,10 +48,13 @@ pub async fn run(
         session_write_interval,
         defer_from,
     } = settings;
-    let deferring = !session_write_interval.is_zero() && pipeline.defer_sessions();
+    let interval = if pipeline.defer_sessions() {
+        session_write_interval
+    } else {
+        Duration::ZERO
+    };
+    let mut writes = SessionWrites::new(interval, defer_from);
     pipeline.assign(EMBEDDED_PARTITION).await?;
-    let mut sessions_written = Instant::now();
-    let mut loaded = false;
     // Absorbed into the sessionizer, not yet part of a flush.
     let mut waiting: Vec<HandoffBatch> = Vec::new();
     let mut in_flight: Option<InFlight> = None;
@@ -132,25 +118,8 @@ pub async fn run(
                     Err(_) => break,
                 }
             }
-            // A large commit starts a loaded stretch; it lasts until a
-            // session write finds the stage quiet again. Within it, commits
-            // (even small ones: they follow a quick raw-only commit) leave
-            // sessions to the interval; nothing pending at all counts as quiet.
-            if pipeline.pending() >= defer_from {
-                loaded = true;
-            }
-            let write_sessions = !deferring
-                || !open
-                || !loaded
-                || (pipeline.pending() == 0 && rx.is_empty())
-                || sessions_written.elapsed() >= session_write_interval;
-            let prepared = if write_sessions {
-                sessions_written = Instant::now();
-                loaded = pipeline.pending() >= defer_from;
-                pipeline.prepare_flush()
-            } else {
-                pipeline.prepare_raw_flush()
-            };
+            let quiet = pipeline.pending() == 0 && rx.is_empty();
+            let prepared = prepare_next(&mut pipeline, &mut writes, quiet, !open);
             match prepared {
                 Some(prepared) => {
                     in_flight = Some((

@@ -8,8 +8,11 @@
 //! committed offsets are only a hint (written after each store commit), and
 //! messages below the store's offset are skipped, so replays never double count.
 
-use crate::pipeline::Pipeline;
-use crate::sink::DeadLetter;
+use crate::pipeline::{
+    prepare_next, FlushStats, Pipeline, PreparedFlush, SessionWrites, StageSettings,
+};
+use crate::sink::{DeadLetter, SinkError};
+use hb_common::health::HealthHandle;
 use hb_common::time::now_ms;
 use hb_proto::v1::Heartbeat;
 use prost::Message as _;
@@ -30,6 +33,9 @@ pub struct KafkaSource {
     pub topic: String,
     pub group: String,
     pub session_timeout: Duration,
+    /// How long the loop may go without a tick, or a commit may hang,
+    /// before readiness lapses (`HB_STREAM_STALL_TIMEOUT`).
+    pub stall_after: Duration,
     /// Extra librdkafka properties (tests).
     pub extra: Vec<(String, String)>,
 }
@@ -92,16 +98,50 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
+/// Failed write attempts in a row that make the stage unready (the first
+/// retries pass within a second when a connection was merely cut).
+const FAILED_WRITES_UNREADY: u32 = 3;
+
+/// A commit under way and the offsets it makes durable.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<FlushStats, SinkError>>,
+    offsets: TopicPartitionList,
+    started: Instant,
+}
+
 /// Runs the consumer and the pipeline until `shutdown`; then leaves the group
 /// after a last flush. Returns an error if a flush cannot be committed (the
 /// process should exit; a restart resumes exactly from the store).
+///
+/// One commit is in flight at a time and the next messages are sessionized
+/// while it runs, so the store and the sessionizer work at once; under load
+/// each commit takes everything that arrived during the one before (group
+/// commit). A rebalance first waits for the commit in flight, then flushes.
+///
+/// Readiness (`ready`) is renewed on every tick for `source.stall_after`: it
+/// lapses when the loop stalls, and drops while a commit hangs that long or
+/// while the store refuses writes (retried until they pass).
+///
+/// Under load, commits leave session writes to `settings.session_write_interval`
+/// (see [`SessionWrites`]): Kafka delivers a partition again from its
+/// sessions' offset after a restart or rebalance.
 pub async fn run(
     source: KafkaSource,
     mut pipeline: Pipeline,
-    flush_interval: Duration,
-    flush_max: usize,
+    settings: StageSettings,
+    ready: HealthHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let StageSettings {
+        tick: flush_interval,
+        flush_max,
+        session_write_interval,
+        defer_from,
+    } = settings;
+    pipeline.retry_forever();
+    pipeline.defer_sessions_to_source();
+    let mut writes = SessionWrites::new(session_write_interval, defer_from);
+    let stall = source.stall_after;
     let (tx, mut rx) = mpsc::channel::<Input>(flush_max.max(1024));
     let (commit_tx, commit_rx) = std_mpsc::channel::<TopicPartitionList>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,70 +156,61 @@ pub async fn run(
 
     let mut ticker = tokio::time::interval(flush_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut in_flight: Option<InFlight> = None;
+    let mut flush_due = false;
     let mut stopping = false;
     let result: anyhow::Result<()> = loop {
         tokio::select! {
-            input = rx.recv() => {
+            input = rx.recv(), if pipeline.pending() < flush_max => {
                 let Some(input) = input else { break Ok(()) };
                 match input {
                     Input::Message { partition, offset, payload } => {
-                        if !pipeline.owns(partition) {
-                            continue;
+                        absorb(&mut pipeline, partition, offset, payload);
+                        // Take whatever else the consumer already handed over.
+                        let mut next = None;
+                        while pipeline.pending() < flush_max {
+                            match rx.try_recv() {
+                                Ok(Input::Message { partition, offset, payload }) => {
+                                    absorb(&mut pipeline, partition, offset, payload);
+                                }
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
                         }
-                        if pipeline.next_offset(partition).is_some_and(|next| offset < next) {
-                            continue; // already committed in the store
-                        }
-                        match Heartbeat::decode(payload.as_slice()) {
-                            Ok(hb) => pipeline.ingest(partition, Some(offset), &hb, now_ms()),
-                            Err(err) => pipeline.skip(partition, offset, DeadLetter {
-                                received_ms: now_ms(),
-                                event_id: String::new(),
-                                device_id: String::new(),
-                                reason: format!("undecodable kafka message at {partition}/{offset}: {err}"),
-                                payload,
-                            }),
-                        }
-                        if pipeline.pending() >= flush_max {
-                            if let Err(err) = flush(&mut pipeline, &source.topic, &commit_tx).await {
+                        if let Some(other) = next {
+                            if let Err(err) = rebalance_or_lag(
+                                other, &mut pipeline, &mut in_flight, &source.topic, &commit_tx,
+                            ).await {
                                 break Err(err);
                             }
                         }
                     }
-                    Input::Assign(partitions, done) => {
-                        let mut failed = None;
-                        for partition in partitions {
-                            if let Err(err) = pipeline.assign(partition).await {
-                                failed = Some(err);
-                                break;
-                            }
-                        }
-                        let _ = done.send(());
-                        if let Some(err) = failed {
-                            break Err(anyhow::anyhow!("restoring assigned partitions: {err}"));
-                        }
-                    }
-                    Input::Revoke(partitions, done) => {
-                        let flushed = flush(&mut pipeline, &source.topic, &commit_tx).await;
-                        for partition in &partitions {
-                            pipeline.revoke(*partition);
-                        }
-                        let _ = done.send(());
-                        tracing::info!(?partitions, "partitions revoked");
-                        if let Err(err) = flushed {
+                    other => {
+                        if let Err(err) = rebalance_or_lag(
+                            other, &mut pipeline, &mut in_flight, &source.topic, &commit_tx,
+                        ).await {
                             break Err(err);
-                        }
-                    }
-                    Input::Lag(lags) => {
-                        for (partition, lag) in lags {
-                            pipeline.set_lag(partition, lag);
                         }
                     }
                 }
             }
+            outcome = async { (&mut in_flight.as_mut().expect("guarded").task).await }, if in_flight.is_some() => {
+                let done = in_flight.take().expect("guarded");
+                if let Err(err) = committed(outcome, done.offsets, &commit_tx) {
+                    break Err(err);
+                }
+            }
             _ = ticker.tick() => {
                 pipeline.tick(now_ms());
-                if let Err(err) = flush(&mut pipeline, &source.topic, &commit_tx).await {
-                    break Err(err);
+                flush_due = true;
+                let hung = in_flight.as_ref().is_some_and(|f| f.started.elapsed() >= stall);
+                if hung || pipeline.failing_writes() >= FAILED_WRITES_UNREADY {
+                    ready.unhealthy();
+                } else {
+                    ready.healthy_for(stall);
                 }
             }
             () = shutdown.cancelled(), if !stopping => {
@@ -189,15 +220,26 @@ pub async fn run(
                 stop.store(true, Ordering::SeqCst);
             }
         }
+        if in_flight.is_none() && (flush_due || pipeline.pending() >= flush_max) {
+            flush_due = false;
+            let quiet = pipeline.pending() == 0 && rx.is_empty();
+            let prepared = prepare_next(&mut pipeline, &mut writes, quiet, false);
+            in_flight = prepared.map(|prepared| start_flush(&pipeline, prepared, &source.topic));
+        }
     };
     stop.store(true, Ordering::SeqCst);
     // Keep answering handshakes until the thread is gone.
+    let healthy = result.is_ok();
     let drain = async {
+        if healthy {
+            let _ = finish(&mut in_flight, &commit_tx).await;
+        }
         while let Some(input) = rx.recv().await {
             match input {
                 Input::Revoke(partitions, done) => {
-                    if result.is_ok() {
-                        let _ = flush(&mut pipeline, &source.topic, &commit_tx).await;
+                    if healthy {
+                        let _ = flush_now(&mut pipeline, &mut in_flight, &source.topic, &commit_tx)
+                            .await;
                     }
                     for partition in partitions {
                         pipeline.revoke(partition);
@@ -217,24 +259,129 @@ pub async fn run(
     result
 }
 
-/// Flushes the pipeline and, once committed, tells Kafka the offsets too.
-async fn flush(
+/// Feeds one message to the pipeline (or dead-letters it).
+fn absorb(pipeline: &mut Pipeline, partition: i32, offset: i64, payload: Vec<u8>) {
+    if !pipeline.owns(partition) {
+        return;
+    }
+    if pipeline
+        .next_offset(partition)
+        .is_some_and(|next| offset < next)
+    {
+        return; // already committed in the store
+    }
+    match Heartbeat::decode(payload.as_slice()) {
+        Ok(hb) => pipeline.ingest(partition, Some(offset), &hb, now_ms()),
+        Err(err) => pipeline.skip(
+            partition,
+            offset,
+            DeadLetter {
+                received_ms: now_ms(),
+                event_id: String::new(),
+                device_id: String::new(),
+                reason: format!("undecodable kafka message at {partition}/{offset}: {err}"),
+                payload,
+            },
+        ),
+    }
+}
+
+/// Handles a rebalance handshake or a lag report.
+async fn rebalance_or_lag(
+    input: Input,
     pipeline: &mut Pipeline,
+    in_flight: &mut Option<InFlight>,
     topic: &str,
     commit_tx: &std_mpsc::Sender<TopicPartitionList>,
 ) -> anyhow::Result<()> {
-    let committed = pipeline
-        .flush()
-        .await
-        .map_err(|e| anyhow::anyhow!("flush failed: {e}"))?;
-    if committed.raw > 0 || committed.changes > 0 {
-        let mut tpl = TopicPartitionList::new();
-        for (partition, next) in pipeline.offsets() {
-            let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+    match input {
+        Input::Message { .. } => unreachable!("messages are absorbed by the caller"),
+        Input::Assign(partitions, done) => {
+            // A restore reads the store: let the commit in flight land first.
+            let finished = finish(in_flight, commit_tx).await;
+            let mut failed = finished.err();
+            if failed.is_none() {
+                for partition in partitions {
+                    if let Err(err) = pipeline.assign(partition).await {
+                        failed = Some(anyhow::anyhow!("restoring assigned partitions: {err}"));
+                        break;
+                    }
+                }
+            }
+            let _ = done.send(());
+            failed.map_or(Ok(()), Err)
         }
-        let _ = commit_tx.send(tpl);
+        Input::Revoke(partitions, done) => {
+            let flushed = flush_now(pipeline, in_flight, topic, commit_tx).await;
+            for partition in &partitions {
+                pipeline.revoke(*partition);
+            }
+            let _ = done.send(());
+            tracing::info!(?partitions, "partitions revoked");
+            flushed
+        }
+        Input::Lag(lags) => {
+            for (partition, lag) in lags {
+                pipeline.set_lag(partition, lag);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Starts `prepared` in the background. Once it commits, Kafka is told the
+/// sessions' offsets (where a new owner resumes), not the committed ones.
+fn start_flush(pipeline: &Pipeline, prepared: PreparedFlush, topic: &str) -> InFlight {
+    let mut offsets = TopicPartitionList::new();
+    for (partition, next) in pipeline.session_offsets() {
+        let _ = offsets.add_partition_offset(topic, partition, Offset::Offset(next));
+    }
+    InFlight {
+        task: tokio::spawn(prepared.commit()),
+        offsets,
+        started: Instant::now(),
+    }
+}
+
+/// After a commit: on success, tells Kafka the offsets it covered (a hint;
+/// the store's offsets are the truth).
+fn committed(
+    outcome: Result<Result<FlushStats, SinkError>, tokio::task::JoinError>,
+    offsets: TopicPartitionList,
+    commit_tx: &std_mpsc::Sender<TopicPartitionList>,
+) -> anyhow::Result<()> {
+    let stats = outcome
+        .map_err(|join| anyhow::anyhow!("flush task: {join}"))?
+        .map_err(|e| anyhow::anyhow!("flush failed: {e}"))?;
+    if stats.raw > 0 || stats.changes > 0 {
+        let _ = commit_tx.send(offsets);
     }
     Ok(())
+}
+
+/// Waits for the commit in flight, if any.
+async fn finish(
+    in_flight: &mut Option<InFlight>,
+    commit_tx: &std_mpsc::Sender<TopicPartitionList>,
+) -> anyhow::Result<()> {
+    match in_flight.take() {
+        Some(done) => committed(done.task.await, done.offsets, commit_tx),
+        None => Ok(()),
+    }
+}
+
+/// Commits everything: the commit in flight, then what is pending.
+async fn flush_now(
+    pipeline: &mut Pipeline,
+    in_flight: &mut Option<InFlight>,
+    topic: &str,
+    commit_tx: &std_mpsc::Sender<TopicPartitionList>,
+) -> anyhow::Result<()> {
+    finish(in_flight, commit_tx).await?;
+    *in_flight = pipeline
+        .prepare_flush()
+        .map(|prepared| start_flush(pipeline, prepared, topic));
+    finish(in_flight, commit_tx).await
 }
 
 fn create_consumer(

@@ -122,7 +122,7 @@ pub async fn run(
     let ops = tokio::spawn(hb_common::metrics_http::serve(
         metrics_listener,
         Arc::new(registry),
-        health,
+        health.clone(),
         ops_shutdown.clone(),
     ));
     let session_config = config.session_config();
@@ -136,13 +136,13 @@ pub async fn run(
                 sinks.mirror_in_store,
                 metrics,
             );
-            let settings = embedded::StageSettings {
+            let settings = pipeline::StageSettings {
                 tick: config
                     .flush_interval
                     .max(std::time::Duration::from_millis(50)),
                 flush_max: config.flush_max,
                 session_write_interval: config.session_write_interval,
-                defer_from: embedded::DEFER_FROM,
+                defer_from: pipeline::DEFER_FROM,
             };
             embedded::run(pipeline, rx, settings).await
         }
@@ -164,13 +164,20 @@ pub async fn run(
                 topic: config.kafka_topic.clone(),
                 group: config.kafka_group.clone(),
                 session_timeout: config.kafka_session_timeout,
+                stall_after: config.stall_timeout,
                 extra: Vec::new(),
+            };
+            let settings = pipeline::StageSettings {
+                tick: config.flush_interval,
+                flush_max: config.flush_max,
+                session_write_interval: config.session_write_interval,
+                defer_from: pipeline::DEFER_FROM,
             };
             kafka::run(
                 source,
                 pipeline,
-                config.flush_interval,
-                config.flush_max,
+                settings,
+                health.register("consumer"),
                 shutdown.clone(),
             )
             .await

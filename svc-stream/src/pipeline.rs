@@ -12,14 +12,26 @@ use crate::sink::{
 use hb_common::time::{now_ms, timestamp_to_ms};
 use hb_proto::v1::Heartbeat;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Attempts of a flush write before giving up: writes are idempotent (upserts,
-/// first-copy-wins raw rows, absolute offsets), so retrying is always safe.
+/// Attempts of a flush write before giving up (see [`Pipeline::retry_forever`]):
+/// writes are idempotent (upserts, first-copy-wins raw rows, absolute
+/// offsets), so retrying is always safe.
 const WRITE_ATTEMPTS: u32 = 5;
 
-async fn retry<'a, F, Fut>(mut write: F) -> Result<(), SinkError>
+/// Longest wait between two attempts of a failing write.
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `write` until it succeeds, fails for good, or has failed `attempts`
+/// times (`None`: while the failure is transient, forever). `failing` counts
+/// the attempts failed in a row, for readiness.
+async fn retry<'a, F, Fut>(
+    attempts: Option<u32>,
+    failing: &AtomicU32,
+    mut write: F,
+) -> Result<(), SinkError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), SinkError>> + 'a,
@@ -28,14 +40,21 @@ where
     let mut attempt = 1;
     loop {
         match write().await {
-            Ok(()) => return Ok(()),
-            Err(SinkError::Unavailable(reason)) if attempt < WRITE_ATTEMPTS => {
+            Ok(()) => {
+                failing.store(0, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(SinkError::Unavailable(reason)) if attempts.is_none_or(|n| attempt < n) => {
+                failing.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(attempt, %reason, "flush write failed, retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 attempt += 1;
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                failing.fetch_add(1, Ordering::Relaxed);
+                return Err(err);
+            }
         }
     }
 }
@@ -46,6 +65,13 @@ struct PartitionState {
     /// Offset of the next message to process (None in the embedded tier
     /// before the first one).
     next_offset: Option<i64>,
+    /// Messages below this offset were committed before the partition was
+    /// assigned (raw rows, dead letters): a source that re-delivers them
+    /// (see [`Pipeline::defer_sessions_to_source`]) has them sessionized
+    /// again and nothing else.
+    committed_until: i64,
+    /// Offset up to which the flushes prepared so far write the sessions.
+    session_offset: Option<i64>,
     /// Has something to commit (events or finalizations).
     dirty: bool,
 }
@@ -75,6 +101,13 @@ pub struct Pipeline {
     /// Flushes may leave session writes for later (see
     /// [`Pipeline::defer_sessions`]); restores then replay recent raw rows.
     defer_sessions: bool,
+    /// The source re-delivers a partition from its sessions' offset, so a
+    /// restore replays nothing itself.
+    source_replays: bool,
+    /// Attempts of each write (`None`: retry transient failures forever).
+    write_attempts: Option<u32>,
+    /// Write attempts failed in a row, across flushes.
+    failing: Arc<AtomicU32>,
 }
 
 fn raw_row(hb: &Heartbeat, late: bool) -> RawHeartbeat {
@@ -132,7 +165,23 @@ impl Pipeline {
             pending_raw: Vec::new(),
             pending_dead: Vec::new(),
             defer_sessions: false,
+            source_replays: false,
+            write_attempts: Some(WRITE_ATTEMPTS),
+            failing: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// Retries a flush's transient write failures until they pass instead of
+    /// giving up after a few: for a source that waits (Kafka keeps the
+    /// messages) rather than one whose callers wait for an answer.
+    pub fn retry_forever(&mut self) {
+        self.write_attempts = None;
+    }
+
+    /// Write attempts that failed in a row (0 once a write succeeds): the
+    /// store is unreachable or refusing while this grows.
+    pub fn failing_writes(&self) -> u32 {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// Lets [`Pipeline::prepare_raw_flush`] commit raw rows without the
@@ -148,8 +197,21 @@ impl Pipeline {
         self.defer_sessions
     }
 
+    /// Lets [`Pipeline::prepare_raw_flush`] commit raw rows and offsets
+    /// without the session changes they cause, for a source that can
+    /// deliver a partition again from any offset (Kafka): a restore resumes
+    /// from the stored sessions' offset, and the messages between it and the
+    /// committed offset are sessionized again without being written again.
+    /// Exact wherever the raw mirror lives.
+    pub fn defer_sessions_to_source(&mut self) {
+        self.defer_sessions = true;
+        self.source_replays = true;
+    }
+
     /// Takes ownership of `partition`: restores its open sessions from the
-    /// store and the raw mirror. Returns the offset to resume from.
+    /// store and the raw mirror. Returns the offset to resume from: the
+    /// stored sessions' offset (the committed one when sessions are never
+    /// deferred, where the two are equal).
     pub async fn assign(&mut self, partition: i32) -> Result<Option<i64>, SinkError> {
         let snapshot = self.store.load_partition(&self.topic, partition).await?;
         let rows = self.mirror.replay_open(&snapshot.open).await?;
@@ -176,7 +238,7 @@ impl Pipeline {
                 span.end_ms,
             )
         }));
-        let replayed = if self.defer_sessions {
+        let replayed = if self.defer_sessions && !self.source_replays {
             self.replay_deferred(since_ms, &finals, &mut sessionizer)
                 .await?
         } else {
@@ -189,18 +251,26 @@ impl Pipeline {
             replayed,
             "partition assigned and restored"
         );
+        // With no sessions written yet, every message is read again.
+        let resume = match (snapshot.session_offset, snapshot.next_offset) {
+            (Some(sessions), _) => Some(sessions),
+            (None, Some(_)) => Some(0),
+            (None, None) => None,
+        };
         self.partitions.insert(
             partition,
             PartitionState {
                 sessionizer,
-                next_offset: snapshot.next_offset,
+                next_offset: resume,
+                committed_until: snapshot.next_offset.unwrap_or(0),
+                session_offset: resume,
                 dirty: false,
             },
         );
         // Known from the start, so the lag series exists before the first report.
         self.set_lag(partition, 0);
         self.update_gauges();
-        Ok(snapshot.next_offset)
+        Ok(resume)
     }
 
     /// Last step of a restore with deferred session writes: the store's
@@ -275,6 +345,15 @@ impl Pipeline {
             .collect()
     }
 
+    /// Per owned partition, the offset its sessions are written up to once
+    /// the flushes prepared so far commit: where a new owner resumes.
+    pub fn session_offsets(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(p, s)| s.session_offset.map(|o| (*p, o)))
+            .collect()
+    }
+
     /// Records the consumer lag of `partition`.
     pub fn set_lag(&self, partition: i32, lag: i64) {
         self.metrics
@@ -288,6 +367,7 @@ impl Pipeline {
         let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
+        let replayed = offset.is_some_and(|offset| offset < state.committed_until);
         if let Some(offset) = offset {
             state.next_offset = Some(offset + 1);
         }
@@ -295,6 +375,9 @@ impl Pipeline {
         let event = match EventRef::from_proto(hb) {
             Ok(event) => event,
             Err(reason) => {
+                if replayed {
+                    return; // dead-lettered when first read
+                }
                 // Ingest validated it; reaching here means a foreign producer.
                 self.metrics.undecodable.inc();
                 self.pending_dead.push(DeadLetter {
@@ -307,7 +390,11 @@ impl Pipeline {
                 return;
             }
         };
-        match state.sessionizer.push_ref(event, now_ms) {
+        let outcome = state.sessionizer.push_ref(event, now_ms);
+        if replayed {
+            return; // its raw row and counts were committed when first read
+        }
+        match outcome {
             Outcome::Merged => {
                 self.metrics.heartbeats.inc();
                 self.pending_raw.push(raw_row(hb, false));
@@ -325,9 +412,13 @@ impl Pipeline {
 
     /// Marks an undecodable message at `offset` as consumed.
     pub fn skip(&mut self, partition: i32, offset: i64, dead_letter: DeadLetter) {
-        if let Some(state) = self.partitions.get_mut(&partition) {
-            state.next_offset = Some(offset + 1);
-            state.dirty = true;
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        state.next_offset = Some(offset + 1);
+        state.dirty = true;
+        if offset < state.committed_until {
+            return; // dead-lettered when first read
         }
         self.metrics.undecodable.inc();
         self.pending_dead.push(dead_letter);
@@ -379,7 +470,11 @@ impl Pipeline {
         if !self.defer_sessions {
             return self.take_flush(true);
         }
-        if self.pending_raw.is_empty() && self.pending_dead.is_empty() {
+        let replay_only = self
+            .partitions
+            .values()
+            .all(|p| p.next_offset.is_none_or(|next| next <= p.committed_until));
+        if self.pending_raw.is_empty() && self.pending_dead.is_empty() && replay_only {
             return None;
         }
         self.metrics.deferred_flushes.inc();
@@ -390,20 +485,37 @@ impl Pipeline {
         let started = Instant::now();
         let mut changes = Vec::new();
         let mut offsets = Vec::new();
-        let partitions = self.partitions.iter_mut().filter(|_| with_sessions);
-        for (partition, state) in partitions {
+        for (partition, state) in self.partitions.iter_mut() {
+            // A replayed message leaves the committed offset where it was.
+            let committed = state.next_offset.map(|o| o.max(state.committed_until));
+            if !with_sessions {
+                // Raw rows only: the committed offset moves, the sessions'
+                // offset and watermark stay; `dirty` stays for the sessions.
+                if let (true, Some(next_offset)) = (state.dirty, committed) {
+                    offsets.push(OffsetRow {
+                        topic: self.topic.clone(),
+                        partition: *partition,
+                        next_offset,
+                        watermark_ms: None,
+                        session_offset: None,
+                    });
+                }
+                continue;
+            }
             let drained = state.sessionizer.drain_changes();
             if drained.is_empty() && !state.dirty {
                 continue;
             }
             changes.extend(drained.into_iter().map(|c| (*partition, c)));
-            if let Some(next_offset) = state.next_offset {
+            if let Some(next_offset) = committed {
                 offsets.push(OffsetRow {
                     topic: self.topic.clone(),
                     partition: *partition,
                     next_offset,
                     watermark_ms: state.sessionizer.watermark_ms(),
+                    session_offset: state.next_offset,
                 });
+                state.session_offset = state.next_offset;
             } else if state.dirty {
                 // Embedded tier: no offsets, but the watermark must survive.
                 offsets.push(OffsetRow {
@@ -411,6 +523,7 @@ impl Pipeline {
                     partition: *partition,
                     next_offset: 0,
                     watermark_ms: state.sessionizer.watermark_ms(),
+                    session_offset: Some(0),
                 });
             }
             state.dirty = false;
@@ -448,6 +561,8 @@ impl Pipeline {
                 now_ms: now_ms(),
             }),
             metrics: self.metrics.clone(),
+            attempts: self.write_attempts,
+            failing: Arc::clone(&self.failing),
         })
     }
 
@@ -493,6 +608,8 @@ pub struct PreparedFlush {
     store: Arc<dyn SessionStore>,
     flush: Arc<Flush>,
     metrics: StreamMetrics,
+    attempts: Option<u32>,
+    failing: Arc<AtomicU32>,
 }
 
 impl PreparedFlush {
@@ -500,10 +617,16 @@ impl PreparedFlush {
     /// store transaction; each retried while the failure is transient.
     pub async fn commit(self) -> Result<FlushStats, SinkError> {
         if let Some(mirror) = &self.mirror {
-            retry(|| mirror.write(&self.mirror_raw)).await?;
+            retry(self.attempts, &self.failing, || {
+                mirror.write(&self.mirror_raw)
+            })
+            .await?;
         }
         let store_started = Instant::now();
-        retry(|| self.store.commit(Arc::clone(&self.flush))).await?;
+        retry(self.attempts, &self.failing, || {
+            self.store.commit(Arc::clone(&self.flush))
+        })
+        .await?;
         self.metrics
             .store_write_latency
             .observe(store_started.elapsed().as_secs_f64());
@@ -513,5 +636,87 @@ impl PreparedFlush {
         self.metrics.flush_batch_size.observe(self.stats.raw as f64);
         self.metrics.finalized.inc_by(self.stats.finalized as u64);
         Ok(self.stats)
+    }
+}
+
+/// A commit this large means the writer is the bottleneck (see
+/// [`SessionWrites`]).
+pub const DEFER_FROM: usize = 20_000;
+
+/// How a stage batches its commits.
+#[derive(Clone, Copy, Debug)]
+pub struct StageSettings {
+    /// Finalization and flush timer.
+    pub tick: std::time::Duration,
+    /// Most heartbeats one commit takes.
+    pub flush_max: usize,
+    /// Longest a large commit may leave session writes for later
+    /// (`HB_SESSION_WRITE_INTERVAL`; zero: never).
+    pub session_write_interval: std::time::Duration,
+    /// Commit size that starts deferring (see [`SessionWrites`]).
+    pub defer_from: usize,
+}
+
+/// When a flush also writes the session changes (stages whose pipeline
+/// defers them, see [`Pipeline::defer_sessions`]). A flush this large means
+/// the writer is the bottleneck: from it on, until the stage is quiet again,
+/// sessions are written once per interval (an open session's row is then
+/// rewritten once per few seconds instead of once per commit). Below it
+/// every flush writes its sessions.
+#[derive(Clone, Debug)]
+pub struct SessionWrites {
+    interval: std::time::Duration,
+    defer_from: usize,
+    loaded: bool,
+    written: Instant,
+}
+
+impl SessionWrites {
+    /// Sessions at most `interval` behind under load (zero: always written),
+    /// a load being a flush of `defer_from` heartbeats or more.
+    pub fn new(interval: std::time::Duration, defer_from: usize) -> Self {
+        Self {
+            interval,
+            defer_from,
+            loaded: false,
+            written: Instant::now(),
+        }
+    }
+
+    /// Whether the flush about to be taken, of `pending` heartbeats, writes
+    /// sessions. `quiet`: nothing pending or waiting at all; `closing`: the
+    /// stage's last flush.
+    pub fn due(&mut self, pending: usize, quiet: bool, closing: bool) -> bool {
+        // A large flush starts a loaded stretch; it lasts until a session
+        // write finds the stage quiet again. Within it, flushes (even small
+        // ones: they follow a quick raw-only one) leave sessions to the interval.
+        if pending >= self.defer_from {
+            self.loaded = true;
+        }
+        let due = self.interval.is_zero()
+            || closing
+            || !self.loaded
+            || quiet
+            || self.written.elapsed() >= self.interval;
+        if due {
+            self.written = Instant::now();
+            self.loaded = pending >= self.defer_from;
+        }
+        due
+    }
+}
+
+/// Takes the next flush: with the session changes when `writes` says so,
+/// else raw rows and offsets only.
+pub fn prepare_next(
+    pipeline: &mut Pipeline,
+    writes: &mut SessionWrites,
+    quiet: bool,
+    closing: bool,
+) -> Option<PreparedFlush> {
+    if writes.due(pipeline.pending(), quiet, closing) {
+        pipeline.prepare_flush()
+    } else {
+        pipeline.prepare_raw_flush()
     }
 }

@@ -444,3 +444,88 @@ async fn without_deferral_a_restart_on_postgres_keeps_an_idle_flushed_session_cl
         .unwrap();
     assert_eq!(late, 1, "the resend is mirrored and counted late");
 }
+
+/// The Kafka stage with deferred session writes: most flushes commit raw
+/// rows and the committed offset only (every third writes the sessions and
+/// their offset too), and the process dies right after a raw-only flush with
+/// more work unflushed. Kafka then delivers the partition again from a little
+/// before the sessions' offset (its committed offset is only a hint); the
+/// restart skips what the sessions hold and sessionizes the rest, writing
+/// raw rows only for what was never committed.
+async fn run_source_deferred_with_crashes<S: SessionStore + RawMirror + 'static>(
+    store: Arc<S>,
+    heartbeats: &[Heartbeat],
+    crash_at: &[usize],
+) {
+    let mut crashes = crash_at.iter().copied().peekable();
+    loop {
+        let mut stage = pipeline(store.clone());
+        stage.defer_sessions_to_source();
+        let resume = stage.assign(PARTITION).await.unwrap().unwrap_or(0) as usize;
+        let mut offset = resume.saturating_sub(50);
+        let crash = crashes.next();
+        let stop = crash.map_or(heartbeats.len(), |c| c.min(heartbeats.len()));
+        let mut flushes = 0;
+        while offset < stop {
+            // What the sessions already hold is skipped, as the consumer does.
+            if stage
+                .next_offset(PARTITION)
+                .is_none_or(|next| offset as i64 >= next)
+            {
+                let now = hb_common::time::now_ms();
+                stage.ingest(PARTITION, Some(offset as i64), &heartbeats[offset], now);
+            }
+            offset += 1;
+            if offset.is_multiple_of(100) {
+                flushes += 1;
+                let prepared = if flushes % 3 == 0 {
+                    stage.prepare_flush()
+                } else {
+                    stage.prepare_raw_flush()
+                };
+                if let Some(prepared) = prepared {
+                    prepared.commit().await.unwrap();
+                }
+            }
+        }
+        match crash {
+            Some(_) => {
+                if let Some(prepared) = stage.prepare_raw_flush() {
+                    prepared.commit().await.unwrap();
+                }
+                let end = (offset + 37).min(heartbeats.len());
+                for (i, hb) in heartbeats.iter().enumerate().take(end).skip(offset) {
+                    stage.ingest(PARTITION, Some(i as i64), hb, hb_common::time::now_ms());
+                }
+                drop(stage);
+            }
+            None => {
+                stage.flush().await.unwrap();
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn session_writes_left_to_kafka_redelivery_survive_crashes_on_postgres() {
+    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
+    let heartbeats = workload(3_000);
+
+    run_source_deferred_with_crashes(store, &heartbeats, &[450, 1_201, 1_202, 1_950, 2_650]).await;
+
+    assert_store_exact!(&pool, &heartbeats);
+}
+
+#[tokio::test]
+async fn session_writes_left_to_kafka_redelivery_survive_crashes_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
+    let heartbeats = workload(3_000);
+
+    run_source_deferred_with_crashes(store, &heartbeats, &[300, 999, 2_000, 2_001]).await;
+
+    assert_store_exact!(&pool, &heartbeats);
+}

@@ -86,13 +86,19 @@ fn consumer(
         topic: topic.to_string(),
         group: group.to_string(),
         session_timeout: Duration::from_secs(6),
+        stall_after: Duration::from_secs(30),
         extra: vec![("heartbeat.interval.ms".into(), "300".into())],
     };
     tokio::spawn(svc_stream::kafka::run(
         source,
         pipeline,
-        Duration::from_millis(50),
-        500,
+        svc_stream::pipeline::StageSettings {
+            tick: Duration::from_millis(50),
+            flush_max: 500,
+            session_write_interval: Duration::from_secs(2),
+            defer_from: 200,
+        },
+        hb_common::health::Health::default().register("consumer"),
         shutdown.clone(),
     ))
 }

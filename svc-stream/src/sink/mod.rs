@@ -2,6 +2,7 @@
 //! catalog) and the raw heartbeat mirror, each behind a small trait with the
 //! real adapter and the embedded one.
 
+mod pg_writer;
 pub mod scylla;
 pub mod sql;
 pub mod sqlite_writer;
@@ -95,7 +96,12 @@ pub trait RawMirror: Send + Sync {
 /// sessions it still had open.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionSnapshot {
+    /// Messages below it are committed (their raw rows, dead letters).
     pub next_offset: Option<i64>,
+    /// Messages below it are in the stored sessions (at most `next_offset`;
+    /// `None` with a `next_offset`: no sessions written yet).
+    pub session_offset: Option<i64>,
+    /// Newest event time of the stored sessions' messages.
     pub watermark_ms: Option<i64>,
     pub open: Vec<OpenSession>,
 }
@@ -116,6 +122,10 @@ pub struct OffsetRow {
     pub partition: i32,
     pub next_offset: i64,
     pub watermark_ms: Option<i64>,
+    /// `Some`: this flush holds the partition's session changes up to this
+    /// offset, and `watermark_ms` is theirs. `None`: raw rows only; the
+    /// stored sessions and watermark stay as they are.
+    pub session_offset: Option<i64>,
 }
 
 /// Everything one flush commits, in one transaction.

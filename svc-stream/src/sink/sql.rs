@@ -4,6 +4,7 @@
 //! transaction holding raw rows, dead letters, session changes and offsets.
 //! The store also serves as the raw mirror when no ScyllaDB is configured.
 
+use super::pg_writer::PgWriter;
 use super::sqlite_writer::SqliteWriter;
 use super::{
     DeadLetter, Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore,
@@ -18,7 +19,7 @@ use std::sync::Arc;
 /// Rows per multi-row INSERT: well under both engines' bind-parameter limits.
 const CHUNK: usize = 1_000;
 
-fn map_err(err: sqlx::Error) -> SinkError {
+pub(super) fn map_err(err: sqlx::Error) -> SinkError {
     if hb_common::schema::connection_lost(&err) {
         return SinkError::Unavailable(err.to_string());
     }
@@ -27,9 +28,14 @@ fn map_err(err: sqlx::Error) -> SinkError {
             SinkError::Unavailable(err.to_string())
         }
         sqlx::Error::Database(db) => {
-            // Serialization failures, deadlocks and busy files are transient.
+            // Serialization failures, deadlocks, lock time-outs, a server
+            // short of resources (class 53: connections, memory, disk) and
+            // busy files are transient.
             let transient = db.code().is_some_and(|c| {
-                matches!(c.as_ref(), "40001" | "40P01" | "5" | "6" | "517" | "261")
+                matches!(
+                    c.as_ref(),
+                    "40001" | "40P01" | "55P03" | "5" | "6" | "517" | "261"
+                ) || c.starts_with("53")
             });
             if transient {
                 SinkError::Unavailable(db.to_string())
@@ -65,10 +71,15 @@ pub(super) const SESSION_COLUMNS: &str =
 pub(super) const DEAD_LETTER_COLUMNS: &str = "received_ms, event_id, device_id, reason, payload";
 pub(super) const IMPRESSION_CONFLICT: &str =
     " ON CONFLICT (user_id, video_id, start_ms, ad_id) DO NOTHING";
+/// A flush without its partition's sessions (`session_offset` NULL) moves
+/// only `next_offset`; the watermark stays that of the stored sessions.
 pub(super) const OFFSET_UPSERT: &str =
-    "INSERT INTO stream_offsets (topic, partition, next_offset, watermark_ms) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (topic, partition) DO UPDATE SET \
-     next_offset = excluded.next_offset, watermark_ms = excluded.watermark_ms";
+    "INSERT INTO stream_offsets (topic, partition, next_offset, watermark_ms, session_offset) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (topic, partition) DO UPDATE SET \
+     next_offset = excluded.next_offset, \
+     watermark_ms = CASE WHEN excluded.session_offset IS NULL \
+     THEN stream_offsets.watermark_ms ELSE excluded.watermark_ms END, \
+     session_offset = COALESCE(excluded.session_offset, stream_offsets.session_offset)";
 
 /// Debug log of one flush's phases (raw rows, sessions, the rest, commit);
 /// The array holds the elapsed times at the end of the first three.
@@ -96,14 +107,14 @@ pub(super) fn ads_json(session: &Session) -> String {
 
 /// Implements the store for one sqlx database; the SQL is shared text.
 macro_rules! sql_store {
-    ($name:ident, $db:ty, $pool:ty $(, replay_open = $replay_open:path)?) => {
+    ($name:ident, $db:ty, $pool:ty, $writer:ty) => {
         /// The sessions store on this engine.
         #[derive(Clone)]
         pub struct $name {
             pool: $pool,
             raw_ttl_ms: i64,
             /// A faster write path for this engine, when it has one.
-            writer: Option<Arc<SqliteWriter>>,
+            writer: Option<Arc<$writer>>,
         }
 
         impl $name {
@@ -255,6 +266,7 @@ macro_rules! sql_store {
                     .bind(offset.partition)
                     .bind(offset.next_offset)
                     .bind(offset.watermark_ms)
+                    .bind(offset.session_offset)
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
@@ -272,19 +284,21 @@ macro_rules! sql_store {
                 partition: i32,
             ) -> Result<PartitionSnapshot, SinkError> {
                 let offset = sqlx::query(
-                    "SELECT next_offset, watermark_ms FROM stream_offsets WHERE topic = $1 AND partition = $2",
+                    "SELECT next_offset, watermark_ms, session_offset FROM stream_offsets \
+                     WHERE topic = $1 AND partition = $2",
                 )
                 .bind(topic)
                 .bind(partition)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(map_err)?;
-                let (next_offset, watermark_ms) = match offset {
+                let (next_offset, watermark_ms, session_offset) = match offset {
                     Some(row) => (
                         Some(row.try_get::<i64, _>(0).map_err(map_err)?),
                         row.try_get::<Option<i64>, _>(1).map_err(map_err)?,
+                        row.try_get::<Option<i64>, _>(2).map_err(map_err)?,
                     ),
-                    None => (None, None),
+                    None => (None, None, None),
                 };
                 let rows = sqlx::query(
                     "SELECT user_id, video_id, start_ms, end_ms FROM sessions \
@@ -298,6 +312,7 @@ macro_rules! sql_store {
                 let open = rows.iter().map(span_of_row).collect::<Result<Vec<_>, _>>()?;
                 Ok(PartitionSnapshot {
                     next_offset,
+                    session_offset,
                     watermark_ms,
                     open,
                 })
@@ -351,14 +366,49 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl RawMirror for $name {
-            $(
-                async fn replay_open(
-                    &self,
-                    open: &[OpenSession],
-                ) -> Result<Vec<RawHeartbeat>, SinkError> {
-                    $replay_open(&self.pool, open).await
-                }
-            )?
+            /// The raw table is clustered by event time (SQLite migration
+            /// 0002, PostgreSQL 0006), so the open sessions of a partition
+            /// are restored from one range scan over `[earliest start,
+            /// latest end]`, keeping each session's own rows.
+            async fn replay_open(
+                &self,
+                open: &[OpenSession],
+            ) -> Result<Vec<RawHeartbeat>, SinkError> {
+                let (Some(from_ms), Some(to_ms)) = (
+                    open.iter().map(|s| s.start_ms).min(),
+                    open.iter().map(|s| s.end_ms).max(),
+                ) else {
+                    return Ok(Vec::new());
+                };
+                let spans: std::collections::HashMap<(&str, &str), Vec<(i64, i64)>> =
+                    open.iter().fold(Default::default(), |mut spans, s| {
+                        spans
+                            .entry((s.user_id.as_str(), s.video_id.as_str()))
+                            .or_default()
+                            .push((s.start_ms, s.end_ms));
+                        spans
+                    });
+                let sql = format!(
+                    "{RAW_SELECT} WHERE event_time_ms >= $1 AND event_time_ms <= $2 ORDER BY event_time_ms, event_id"
+                );
+                let mut rows = sqlx::query(&sql).bind(from_ms).bind(to_ms).fetch(&self.pool);
+                let mut kept = Vec::new();
+                while let Some(row) = futures::TryStreamExt::try_next(&mut rows)
+                    .await
+                    .map_err(map_err)?
+                {
+                    let user_id: &str = row.try_get(1).map_err(map_err)?;
+                    let video_id: &str = row.try_get(2).map_err(map_err)?;
+                    let time_ms: i64 = row.try_get(4).map_err(map_err)?;
+                    let wanted = spans
+                        .get(&(user_id, video_id))
+                        .is_some_and(|s| s.iter().any(|(from, to)| (*from..=*to).contains(&time_ms)));
+                    if wanted {
+                        kept.push(raw_of_row(&row)?);
+                    }
+            }
+            Ok(kept)
+            }
 
             async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
                 let rows = sqlx::query(&format!("{RAW_SELECT} WHERE event_time_ms >= $1"))
@@ -401,11 +451,12 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(PgStore, sqlx::Postgres, PgPool);
+sql_store!(PgStore, sqlx::Postgres, PgPool, PgWriter);
 
 impl PgStore {
-    fn open_writer(_pool: &PgPool, _raw_ttl_ms: i64) -> Option<SqliteWriter> {
-        None
+    /// Every flush takes the array-bound statements of `pg_writer`.
+    fn open_writer(pool: &PgPool, raw_ttl_ms: i64) -> Option<PgWriter> {
+        Some(PgWriter::new(pool.clone(), raw_ttl_ms))
     }
 }
 
@@ -428,12 +479,7 @@ impl SqliteStore {
         }
     }
 }
-sql_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    SqlitePool,
-    replay_open = replay_open_by_time
-);
+sql_store!(SqliteStore, sqlx::Sqlite, SqlitePool, SqliteWriter);
 
 const RAW_SELECT: &str =
     "SELECT event_id, user_id, video_id, device_id, event_time_ms, position_ms, \
@@ -483,47 +529,4 @@ where
         })
     };
     read().map_err(map_err)
-}
-
-/// The embedded raw table is clustered by event time (migration 0002), so
-/// the open sessions of a partition are restored from one range scan over
-/// `[earliest start, latest end]`, keeping each session's own rows.
-async fn replay_open_by_time(
-    pool: &SqlitePool,
-    open: &[OpenSession],
-) -> Result<Vec<RawHeartbeat>, SinkError> {
-    let (Some(from_ms), Some(to_ms)) = (
-        open.iter().map(|s| s.start_ms).min(),
-        open.iter().map(|s| s.end_ms).max(),
-    ) else {
-        return Ok(Vec::new());
-    };
-    let spans: std::collections::HashMap<(&str, &str), Vec<(i64, i64)>> =
-        open.iter().fold(Default::default(), |mut spans, s| {
-            spans
-                .entry((s.user_id.as_str(), s.video_id.as_str()))
-                .or_default()
-                .push((s.start_ms, s.end_ms));
-            spans
-        });
-    let sql = format!(
-        "{RAW_SELECT} WHERE event_time_ms >= $1 AND event_time_ms <= $2 ORDER BY event_time_ms, event_id"
-    );
-    let mut rows = sqlx::query(&sql).bind(from_ms).bind(to_ms).fetch(pool);
-    let mut kept = Vec::new();
-    while let Some(row) = futures::TryStreamExt::try_next(&mut rows)
-        .await
-        .map_err(map_err)?
-    {
-        let user_id: &str = row.try_get(1).map_err(map_err)?;
-        let video_id: &str = row.try_get(2).map_err(map_err)?;
-        let time_ms: i64 = row.try_get(4).map_err(map_err)?;
-        let wanted = spans
-            .get(&(user_id, video_id))
-            .is_some_and(|s| s.iter().any(|(from, to)| (*from..=*to).contains(&time_ms)));
-        if wanted {
-            kept.push(raw_of_row(&row)?);
-        }
-    }
-    Ok(kept)
 }

@@ -231,7 +231,8 @@ fn write(connection: &mut Connection, flush: &Flush, raw_ttl_ms: i64) -> rusqlit
                 offset.topic,
                 offset.partition,
                 offset.next_offset,
-                offset.watermark_ms
+                offset.watermark_ms,
+                offset.session_offset
             ])?;
         }
     }
