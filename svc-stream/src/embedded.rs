@@ -48,7 +48,8 @@ pub async fn run(
         session_write_interval,
         defer_from,
     } = settings;
-    let interval = if pipeline.defer_sessions() {
+    let deferring = !session_write_interval.is_zero() && pipeline.defer_sessions();
+    let interval = if deferring {
         session_write_interval
     } else {
         Duration::ZERO
