@@ -413,3 +413,118 @@ fn install_wheel(venv: &std::path::Path) -> anyhow::Result<()> {
         ],
     )
 }
+
+/// A Kafka-protocol broker of one test's own: its own process on its own
+/// port, killed on drop. For tests that do to a broker what the shared one
+/// must not suffer (freeze it, kill it).
+pub struct PrivateBroker {
+    /// Bootstrap servers (`127.0.0.1:PORT`).
+    pub addr: String,
+    child: std::process::Child,
+}
+
+impl PrivateBroker {
+    /// Starts the project's `tansu` (see [`test_broker`] for where it comes
+    /// from) with memory storage on a free port.
+    pub async fn tansu() -> anyhow::Result<PrivateBroker> {
+        tokio::task::spawn_blocking(|| {
+            let binary = tansu_binary()?;
+            PrivateBroker::start(&binary, "memory://tansu/", None)
+        })
+        .await?
+    }
+
+    /// Starts `binary broker` (tansu's command line) with `storage` on
+    /// `port` (a free one when `None`) and waits until it answers.
+    pub fn start(
+        binary: &std::path::Path,
+        storage: &str,
+        port: Option<u16>,
+    ) -> anyhow::Result<PrivateBroker> {
+        use anyhow::Context as _;
+        let port = match port {
+            Some(port) => port,
+            None => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        };
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = broker_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log_path = dir.join(format!("private-{port}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let url = format!("tcp://{addr}");
+        let mut child = std::process::Command::new(binary)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !answers(addr) {
+            if let Ok(Some(status)) = child.try_wait() {
+                anyhow::bail!(
+                    "{} exited with {status} (log: {})",
+                    binary.display(),
+                    log_path.display()
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!(
+                    "{} did not answer on {addr} within 10 s (log: {})",
+                    binary.display(),
+                    log_path.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(PrivateBroker {
+            addr: addr.to_string(),
+            child,
+        })
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Freezes the broker (SIGSTOP): its connections stay open and it keeps
+    /// its data, but nothing answers, as in a partition or a stalled node.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Lets a frozen broker run again (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} {}: {status}", self.child.id());
+        Ok(())
+    }
+
+    /// Kills the broker (SIGKILL, frozen or not) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

