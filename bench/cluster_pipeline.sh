@@ -55,11 +55,14 @@ export HB_KAFKA_BROKERS=127.0.0.1:$port HB_YUGABYTE_URL=$url HB_DEVICE_RATE=0 HB
 HB_INGEST_ADDR=127.0.0.1:51061 HB_INGEST_METRICS_ADDR=127.0.0.1:59111 \
   "$bin/svc-ingest" > "$dir/ingest.log" 2>&1 &
 pids+=($!)
-stream_pids=()
-for i in $(seq 1 "$streams"); do
-  HB_STREAM_METRICS_ADDR=127.0.0.1:$((59120 + i)) "$bin/svc-stream" > "$dir/stream$i.log" 2>&1 &
-  pids+=($!); stream_pids+=($!)
-done
+start_streams() {
+  stream_pids=()
+  for i in $(seq 1 "$streams"); do
+    HB_STREAM_METRICS_ADDR=127.0.0.1:$((59120 + i)) "$bin/svc-stream" >> "$dir/stream$i.log" 2>&1 &
+    pids+=($!); stream_pids+=($!)
+  done
+}
+start_streams
 # Every stream process has its partitions (the group has settled) and ingest answers.
 for _ in $(seq 300); do
   ready=0
@@ -69,7 +72,19 @@ for _ in $(seq 300); do
   [[ $ready == "$streams" ]] && curl -sf http://127.0.0.1:59111/readyz > /dev/null && break
   sleep 0.1
 done
+# HB_BENCH_DRAIN=1: the stream processes stop before the load and start again
+# after it, so they drain a backlog with the box to themselves (their
+# throughput then counts from their start, restore and group join included).
+if [[ -n ${HB_BENCH_DRAIN:-} ]]; then
+  kill -TERM "${stream_pids[@]}"; wait "${stream_pids[@]}" 2>/dev/null || true
+fi
 sleep 1
+
+# Builds from before stream_offsets.session_offset wrote sessions with every
+# commit: there the committed offset is the sessions' offset too.
+sessions_col=$(psql -qtA "$url" -c "SELECT CASE WHEN EXISTS (SELECT 1 FROM information_schema.columns \
+  WHERE table_name = 'stream_offsets' AND column_name = 'session_offset') THEN 'session_offset' ELSE 'next_offset' END" 2>/dev/null || echo next_offset)
+progress_sql="SELECT COALESCE(SUM(next_offset),0), COALESCE(SUM($sessions_col),0) FROM stream_offsets"
 
 cpu_ticks() { # utime+stime of the given pids, in clock ticks
   local total=0
@@ -86,7 +101,7 @@ pg_pids() { pgrep -f "postgres: .* $db " || true; }
 (
   start=$(date +%s.%N)
   while true; do
-    n=$(psql -qtA "$url" -c "SELECT COALESCE(SUM(next_offset),0), COALESCE(SUM(session_offset),0) FROM stream_offsets" 2>/dev/null || echo "0|0")
+    n=$(psql -qtA "$url" -c "$progress_sql" 2>/dev/null || echo "0|0")
     echo "$(echo "$(date +%s.%N) - $start" | bc) $n"
     sleep 0.25
   done
@@ -100,13 +115,18 @@ load_start=$(date +%s.%N)
 "$bin/hbmesh" simulate --devices "$devices" --rate "$rate" --duration "$duration" \
   --target http://127.0.0.1:51061 --pregenerate --json > "$dir/sim.json"
 load_end=$(date +%s.%N)
+if [[ -n ${HB_BENCH_DRAIN:-} ]]; then
+  drain_start=$(date +%s.%N)
+  start_streams
+  stream_cpu0=0
+fi
 accepted=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['accepted'])" "$dir/sim.json")
 
 # Caught up: every accepted message is committed and in the written sessions
 # (every message ingest accepted is on the topic, duplicates included).
 caught=""
 for _ in $( ((streams > 0)) && seq 1200); do
-  n=$(psql -qtA "$url" -c "SELECT COALESCE(SUM(next_offset),0), COALESCE(SUM(session_offset),0) FROM stream_offsets")
+  n=$(psql -qtA "$url" -c "$progress_sql")
   if [[ ${n%|*} -ge $accepted && ${n#*|} -ge $accepted ]]; then caught=$(date +%s.%N); break; fi
   sleep 0.05
 done
@@ -114,12 +134,18 @@ kill $sampler 2>/dev/null || true
 stream_cpu=$(( $(cpu_ticks "${stream_pids[@]}") - stream_cpu0 ))
 ingest_cpu=$(( $(cpu_ticks "${pids[1]}") - ingest_cpu0 ))
 broker_cpu=$(( $(cpu_ticks "${pids[0]}") - broker_cpu0 ))
+if [[ -n ${HB_BENCH_DRAIN:-} ]]; then
+  # Every backend of the database now serves the restarted stream processes.
+  mapfile -t backends < <(pg_pids)
+  pg_cpu0=0
+fi
 pg_cpu=$(( $(cpu_ticks "${backends[@]}") - pg_cpu0 ))
 
-python3 - "$dir" "$load_start" "$load_end" "${caught:-0}" "$stream_cpu" "$ingest_cpu" "$broker_cpu" "$pg_cpu" "$streams" "$partitions" <<'PY'
+python3 - "$dir" "$load_start" "$load_end" "${caught:-0}" "$stream_cpu" "$ingest_cpu" "$broker_cpu" "$pg_cpu" "$streams" "$partitions" "${drain_start:-0}" <<'PY'
 import json, os, subprocess, sys
 d, load_start, load_end, caught = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 stream_cpu, ingest_cpu, broker_cpu, pg_cpu, streams, partitions = (int(x) for x in sys.argv[5:11])
+drain_start = float(sys.argv[11])
 sim = json.load(open(f"{d}/sim.json"))
 rows = []
 for line in open(f"{d}/progress.txt"):
@@ -136,6 +162,9 @@ print(f"ingest: acked {sim['throughput_acked_per_s']:.0f}/s, ack p50 {lat['p50']
       f"unacknowledged {sim['unacknowledged']}, call errors {sim['call_errors']}")
 if streams == 0:
     pass
+elif caught and drain_start:
+    print(f"stream: drained the backlog at {sim['accepted'] / (caught - drain_start):.0f} hb/s "
+          f"({caught - drain_start:.1f} s from the processes' start to caught up)")
 elif caught:
     behind = caught - load_end
     # The load starts after the simulator has drawn it (--pregenerate): count
