@@ -117,6 +117,8 @@ HB_IDLE_TIMEOUT: {{ $v.stream.config.idleTimeout | quote }}
 HB_RAW_TTL: {{ $v.stream.config.rawTtl | quote }}
 HB_FLUSH_INTERVAL: {{ $v.stream.config.flushInterval | quote }}
 HB_FLUSH_MAX: {{ $v.stream.config.flushMax | quote }}
+HB_SESSION_WRITE_INTERVAL: {{ $v.stream.config.sessionWriteInterval | quote }}
+HB_STREAM_STALL_TIMEOUT: {{ $v.stream.config.stallTimeout | quote }}
 {{- else if eq .component "query" }}
 HB_QUERY_HTTP_ADDR: {{ printf "0.0.0.0:%v" $v.query.ports.http | quote }}
 HB_QUERY_GRPC_ADDR: {{ printf "0.0.0.0:%v" $v.query.ports.grpc | quote }}
