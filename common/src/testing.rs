@@ -512,7 +512,11 @@ impl PrivateBroker {
             .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status()?;
-        anyhow::ensure!(status.success(), "kill -{name} {}: {status}", self.child.id());
+        anyhow::ensure!(
+            status.success(),
+            "kill -{name} {}: {status}",
+            self.child.id()
+        );
         Ok(())
     }
 
