@@ -72,6 +72,8 @@ struct PartitionState {
     committed_until: i64,
     /// Offset up to which the flushes prepared so far write the sessions.
     session_offset: Option<i64>,
+    /// This process's take-over of the partition, checked by every commit.
+    owner_epoch: i64,
     /// Has something to commit (events or finalizations).
     dirty: bool,
 }
@@ -264,6 +266,7 @@ impl Pipeline {
                 next_offset: resume,
                 committed_until: snapshot.next_offset.unwrap_or(0),
                 session_offset: resume,
+                owner_epoch: snapshot.owner_epoch,
                 dirty: false,
             },
         );
@@ -498,6 +501,7 @@ impl Pipeline {
                         next_offset,
                         watermark_ms: None,
                         session_offset: None,
+                        owner_epoch: state.owner_epoch,
                     });
                 }
                 continue;
@@ -514,6 +518,7 @@ impl Pipeline {
                     next_offset,
                     watermark_ms: state.sessionizer.watermark_ms(),
                     session_offset: state.next_offset,
+                    owner_epoch: state.owner_epoch,
                 });
                 state.session_offset = state.next_offset;
             } else if state.dirty {
@@ -524,6 +529,7 @@ impl Pipeline {
                     next_offset: 0,
                     watermark_ms: state.sessionizer.watermark_ms(),
                     session_offset: Some(0),
+                    owner_epoch: state.owner_epoch,
                 });
             }
             state.dirty = false;

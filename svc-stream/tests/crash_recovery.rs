@@ -529,3 +529,79 @@ async fn session_writes_left_to_kafka_redelivery_survive_crashes_on_sqlite() {
 
     assert_store_exact!(&pool, &heartbeats);
 }
+
+/// A process that lost its partition without knowing it (paused past the
+/// group's session timeout) wakes up and flushes what it had read: its commit
+/// is refused whole, and the new owner's results stand.
+async fn a_stale_owner_cannot_commit_over_the_new_one<S: SessionStore + RawMirror + 'static>(
+    store: Arc<S>,
+    heartbeats: &[Heartbeat],
+) {
+    let mut stale = pipeline(store.clone());
+    stale.assign(PARTITION).await.unwrap();
+    for (offset, hb) in heartbeats.iter().enumerate().take(1_000) {
+        stale.ingest(
+            PARTITION,
+            Some(offset as i64),
+            hb,
+            hb_common::time::now_ms(),
+        );
+    }
+    stale.flush().await.unwrap();
+
+    let mut owner = pipeline(store.clone());
+    let resume = owner.assign(PARTITION).await.unwrap().unwrap() as usize;
+    assert_eq!(resume, 1_000);
+    for (offset, hb) in heartbeats.iter().enumerate().take(1_500).skip(resume) {
+        owner.ingest(
+            PARTITION,
+            Some(offset as i64),
+            hb,
+            hb_common::time::now_ms(),
+        );
+    }
+    owner.flush().await.unwrap();
+
+    for (offset, hb) in heartbeats.iter().enumerate().take(1_200).skip(1_000) {
+        stale.ingest(
+            PARTITION,
+            Some(offset as i64),
+            hb,
+            hb_common::time::now_ms(),
+        );
+    }
+    let refused = stale
+        .flush()
+        .await
+        .expect_err("the partition was taken over");
+    assert!(refused.to_string().contains("taken over"), "{refused}");
+
+    for (offset, hb) in heartbeats.iter().enumerate().skip(1_500) {
+        owner.ingest(
+            PARTITION,
+            Some(offset as i64),
+            hb,
+            hb_common::time::now_ms(),
+        );
+    }
+    owner.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_owner_cannot_commit_over_the_new_one_on_postgres() {
+    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
+    let heartbeats = workload(2_000);
+    a_stale_owner_cannot_commit_over_the_new_one(store, &heartbeats).await;
+    assert_store_exact!(&pool, &heartbeats);
+}
+
+#[tokio::test]
+async fn a_stale_owner_cannot_commit_over_the_new_one_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
+    let heartbeats = workload(2_000);
+    a_stale_owner_cannot_commit_over_the_new_one(store, &heartbeats).await;
+    assert_store_exact!(&pool, &heartbeats);
+}

@@ -101,6 +101,8 @@ pub struct PartitionSnapshot {
     /// Messages below it are in the stored sessions (at most `next_offset`;
     /// `None` with a `next_offset`: no sessions written yet).
     pub session_offset: Option<i64>,
+    /// This process's take-over of the partition (see `OffsetRow::owner_epoch`).
+    pub owner_epoch: i64,
     /// Newest event time of the stored sessions' messages.
     pub watermark_ms: Option<i64>,
     pub open: Vec<OpenSession>,
@@ -126,6 +128,10 @@ pub struct OffsetRow {
     /// offset, and `watermark_ms` is theirs. `None`: raw rows only; the
     /// stored sessions and watermark stay as they are.
     pub session_offset: Option<i64>,
+    /// The take-over this flush belongs to (from the partition's
+    /// assignment): the offsets, and so the whole flush, are written only
+    /// while no other process has taken the partition over since.
+    pub owner_epoch: i64,
 }
 
 /// Everything one flush commits, in one transaction.

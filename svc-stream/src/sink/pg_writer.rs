@@ -6,7 +6,7 @@
 //! parsed and planned once per chunk). `COPY FROM STDIN` in binary and
 //! `UNNEST` over arrays are both accepted by YugabyteDB's YSQL.
 
-use super::sql::{ads_json, map_err, IMPRESSION_CONFLICT, OFFSET_UPSERT};
+use super::sql::{ads_json, map_err, offsets_written, IMPRESSION_CONFLICT, OFFSET_UPSERT};
 use super::{DeadLetter, Flush};
 use crate::sessionizer::{Change, Session};
 use crate::sink::SinkError;
@@ -349,15 +349,17 @@ async fn commit(
     }
 
     for offset in &flush.offsets {
-        sqlx::query(OFFSET_UPSERT)
+        let done = sqlx::query(OFFSET_UPSERT)
             .bind(&offset.topic)
             .bind(offset.partition)
             .bind(offset.next_offset)
             .bind(offset.watermark_ms)
             .bind(offset.session_offset)
+            .bind(offset.owner_epoch)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        offsets_written(offset, done.rows_affected())?;
     }
 
     let before_commit = started.elapsed();

@@ -73,13 +73,34 @@ pub(super) const IMPRESSION_CONFLICT: &str =
     " ON CONFLICT (user_id, video_id, start_ms, ad_id) DO NOTHING";
 /// A flush without its partition's sessions (`session_offset` NULL) moves
 /// only `next_offset`; the watermark stays that of the stored sessions.
+/// It changes nothing (no row affected) once another process took the
+/// partition over (`owner_epoch`): see [`offsets_written`].
 pub(super) const OFFSET_UPSERT: &str =
-    "INSERT INTO stream_offsets (topic, partition, next_offset, watermark_ms, session_offset) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (topic, partition) DO UPDATE SET \
+    "INSERT INTO stream_offsets (topic, partition, next_offset, watermark_ms, session_offset, \
+     owner_epoch) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (topic, partition) DO UPDATE SET \
      next_offset = excluded.next_offset, \
      watermark_ms = CASE WHEN excluded.session_offset IS NULL \
      THEN stream_offsets.watermark_ms ELSE excluded.watermark_ms END, \
-     session_offset = COALESCE(excluded.session_offset, stream_offsets.session_offset)";
+     session_offset = COALESCE(excluded.session_offset, stream_offsets.session_offset) \
+     WHERE stream_offsets.owner_epoch = excluded.owner_epoch";
+
+/// Takes a partition over: counts its owner up and returns the new count.
+pub(super) const CLAIM_PARTITION: &str =
+    "INSERT INTO stream_offsets (topic, partition, next_offset, owner_epoch) VALUES ($1, $2, 0, 1) \
+     ON CONFLICT (topic, partition) DO UPDATE SET owner_epoch = stream_offsets.owner_epoch + 1 \
+     RETURNING owner_epoch";
+
+/// The outcome of one offsets upsert: an error when the row no longer names
+/// this process's take-over, so the whole flush is rolled back.
+pub(super) fn offsets_written(offset: &super::OffsetRow, rows: u64) -> Result<(), SinkError> {
+    if rows == 1 {
+        return Ok(());
+    }
+    Err(SinkError::Fatal(format!(
+        "partition {} of {} was taken over by another stream process (this one took it as owner {})",
+        offset.partition, offset.topic, offset.owner_epoch
+    )))
+}
 
 /// Debug log of one flush's phases (raw rows, sessions, the rest, commit);
 /// The array holds the elapsed times at the end of the first three.
@@ -261,15 +282,17 @@ macro_rules! sql_store {
                 }
 
                 for offset in &flush.offsets {
-                    sqlx::query(OFFSET_UPSERT)
+                    let done = sqlx::query(OFFSET_UPSERT)
                     .bind(&offset.topic)
                     .bind(offset.partition)
                     .bind(offset.next_offset)
                     .bind(offset.watermark_ms)
                     .bind(offset.session_offset)
+                    .bind(offset.owner_epoch)
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
+                    offsets_written(offset, done.rows_affected())?;
                 }
 
                 let before_commit = started.elapsed();
@@ -310,9 +333,16 @@ macro_rules! sql_store {
                 .await
                 .map_err(map_err)?;
                 let open = rows.iter().map(span_of_row).collect::<Result<Vec<_>, _>>()?;
+                let owner_epoch: i64 = sqlx::query_scalar(CLAIM_PARTITION)
+                    .bind(topic)
+                    .bind(partition)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err)?;
                 Ok(PartitionSnapshot {
                     next_offset,
                     session_offset,
+                    owner_epoch,
                     watermark_ms,
                     open,
                 })

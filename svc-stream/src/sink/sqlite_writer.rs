@@ -100,7 +100,9 @@ impl SqliteWriter {
         let written = tokio::task::spawn_blocking(move || {
             // A panic mid-write rolled its transaction back; the connection is fine.
             let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
-            write(&mut connection, &flush, raw_ttl_ms).map_err(map_err)
+            write(&mut connection, &flush, raw_ttl_ms)
+                .map_err(map_err)
+                .and_then(|written| written)
         })
         .await
         .map_err(|err| SinkError::Unavailable(format!("sqlite writer task: {err}")))?;
@@ -124,7 +126,12 @@ fn insert(table: &str, columns: &str, tail: &str) -> String {
     )
 }
 
-fn write(connection: &mut Connection, flush: &Flush, raw_ttl_ms: i64) -> rusqlite::Result<()> {
+/// The inner error: the partition was taken over (the transaction is rolled back).
+fn write(
+    connection: &mut Connection,
+    flush: &Flush,
+    raw_ttl_ms: i64,
+) -> rusqlite::Result<Result<(), SinkError>> {
     let started = std::time::Instant::now();
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
@@ -227,13 +234,17 @@ fn write(connection: &mut Connection, flush: &Flush, raw_ttl_ms: i64) -> rusqlit
     {
         let mut statement = tx.prepare_cached(OFFSET_UPSERT)?;
         for offset in &flush.offsets {
-            statement.execute(params![
+            let rows = statement.execute(params![
                 offset.topic,
                 offset.partition,
                 offset.next_offset,
                 offset.watermark_ms,
-                offset.session_offset
+                offset.session_offset,
+                offset.owner_epoch
             ])?;
+            if let Err(taken) = super::sql::offsets_written(offset, rows as u64) {
+                return Ok(Err(taken));
+            }
         }
     }
     let before_commit = started.elapsed();
@@ -244,5 +255,5 @@ fn write(connection: &mut Connection, flush: &Flush, raw_ttl_ms: i64) -> rusqlit
         [raw_done, sessions_done, before_commit],
         "rusqlite",
     );
-    Ok(())
+    Ok(Ok(()))
 }
