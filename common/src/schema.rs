@@ -186,14 +186,40 @@ pub async fn open_sqlite(data_dir: &Path, max_connections: u32) -> anyhow::Resul
         .busy_timeout(Duration::from_secs(10))
         .pragma("cache_size", "-262144")
         .pragma("temp_store", "memory");
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max_connections.max(1))
-        // A file cannot hang up; the ping is a trip to the connection's thread.
-        .test_before_acquire(false)
-        .connect_with(options)
-        .await?;
+    // Turning a new file to WAL takes it whole, and SQLite answers "database
+    // is locked" at once (no busy wait) when another process is doing the
+    // same: processes starting together retry, as for the migrations.
+    let mut attempt = 0;
+    let pool = loop {
+        attempt += 1;
+        let connected = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            // A file cannot hang up; the ping is a trip to the connection's thread.
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await;
+        match connected {
+            Ok(pool) => break pool,
+            Err(error) if sqlite_busy(&error) && attempt < MIGRATION_ATTEMPTS => {
+                tokio::time::sleep(retry_pause(attempt)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
     migrate_sqlite(&pool).await?;
     Ok(pool)
+}
+
+/// SQLite's busy and locked answers (primary codes 5 and 6, with their
+/// extended forms).
+fn sqlite_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        _ => false,
+    }
 }
 
 /// Whether `error` says the connection to the store was lost or refused
