@@ -340,14 +340,6 @@ impl Pipeline {
         self.partitions.get(&partition).and_then(|p| p.next_offset)
     }
 
-    /// Next offsets of every owned partition that has one.
-    pub fn offsets(&self) -> Vec<(i32, i64)> {
-        self.partitions
-            .iter()
-            .filter_map(|(p, s)| s.next_offset.map(|o| (*p, o)))
-            .collect()
-    }
-
     /// Per owned partition, the offset its sessions are written up to once
     /// the flushes prepared so far commit: where a new owner resumes.
     pub fn session_offsets(&self) -> Vec<(i32, i64)> {

@@ -114,7 +114,8 @@ async fn write_raw(
         return Ok(());
     }
     if !copy {
-        return insert_raw(tx, raw, raw_ttl_ms).await.map_err(Into::into);
+        let all: Vec<_> = raw.iter().collect();
+        return insert_raw(tx, &all, raw_ttl_ms).await.map_err(Into::into);
     }
     let (late, merged): (Vec<_>, Vec<_>) = raw.iter().partition(|r| r.late);
     if !merged.is_empty() {
@@ -135,7 +136,6 @@ async fn write_raw(
         copy_in.finish().await.map_err(copy_err)?;
     }
     if !late.is_empty() {
-        let late: Vec<_> = late.into_iter().cloned().collect();
         insert_raw(tx, &late, raw_ttl_ms).await?;
     }
     Ok(())
@@ -173,10 +173,10 @@ fn encode_raw(buf: &mut Vec<u8>, r: &super::RawHeartbeat, raw_ttl_ms: i64) {
 /// Raw rows by one array-bound insert that skips rows already stored.
 async fn insert_raw(
     tx: &mut sqlx::PgConnection,
-    raw: &[super::RawHeartbeat],
+    raw: &[&super::RawHeartbeat],
     raw_ttl_ms: i64,
 ) -> Result<(), SinkError> {
-    let text = |f: fn(&super::RawHeartbeat) -> &str| raw.iter().map(f).collect::<Vec<_>>();
+    let text = |f: fn(&super::RawHeartbeat) -> &str| raw.iter().map(|r| f(r)).collect::<Vec<_>>();
     sqlx::query(RAW_INSERT)
         .bind(text(|r| &r.event_id))
         .bind(text(|r| &r.user_id))
