@@ -255,7 +255,7 @@ pub async fn start(
     } else {
         services.push((
             "ingest/stream",
-            tokio::spawn(svc_ingest::embedded::run(
+            tokio::spawn(run_embedded(
                 ingest_config,
                 stream_config,
                 ingest_listeners,
@@ -275,6 +275,40 @@ pub async fn start(
 
     let done = supervise(services, stop);
     Ok((addrs, done))
+}
+
+/// Batches waiting for the stream stage before ingest waits too.
+const HANDOFF_CAPACITY: usize = 1024;
+
+/// The embedded tier: ingest hands its batches to the stream stage in this
+/// process, and a device's ack waits for the SQLite commit (in
+/// `HB_DATA_DIR`) that holds its heartbeats. Runs until `shutdown`: ingest
+/// stops accepting and drains, then the stream stage commits what is left
+/// and stops once ingest has dropped its end of the hand-off.
+async fn run_embedded(
+    ingest_config: IngestConfig,
+    stream_config: StreamConfig,
+    ingest_listeners: IngestListeners,
+    stream_metrics: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (tx, rx) = hb_common::handoff::channel(HANDOFF_CAPACITY);
+    let stream = tokio::spawn(svc_stream::run(
+        stream_config,
+        svc_stream::Source::Embedded(rx),
+        stream_metrics,
+        shutdown.clone(),
+    ));
+    let ingest = svc_ingest::run(
+        ingest_config,
+        PublishTarget::Embedded(tx),
+        ingest_listeners,
+        shutdown,
+    )
+    .await;
+    let stream = stream.await.context("stream stage panicked")?;
+    ingest.context("ingest")?;
+    stream.context("stream")
 }
 
 /// Waits for every service; the first one to fail, or to stop before it was

@@ -36,7 +36,8 @@ pub struct IngestConfig {
     #[arg(long, env = "HB_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
-    /// Kafka bootstrap servers; unset means the embedded hand-off.
+    /// Kafka bootstrap servers, required by the svc-ingest binary (unset:
+    /// only `hbmesh up`, which hands batches to its stream stage in memory).
     #[arg(long, env = "HB_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 

@@ -5,7 +5,6 @@
 
 pub mod admission;
 pub mod config;
-pub mod embedded;
 pub mod limiter;
 pub mod metrics;
 pub mod publisher;

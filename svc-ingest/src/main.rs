@@ -1,9 +1,10 @@
-//! svc-ingest binary: config from env/flags, telemetry, bind, run until SIGTERM.
+//! svc-ingest binary: config from env/flags, telemetry, bind, publish to Kafka
+//! until SIGTERM. Without Kafka there is no stream to publish to: the embedded
+//! tier (ingest handing batches to the stream stage in memory) is `hbmesh up`.
 
 use clap::Parser;
 use svc_ingest::config::IngestConfig;
 use svc_ingest::{IngestListeners, PublishTarget};
-use svc_stream::config::StreamConfig;
 
 #[derive(Parser)]
 #[command(
@@ -35,28 +36,17 @@ async fn main() {
         tracing::error!(error = %err, "invalid configuration");
         std::process::exit(hb_common::EXIT_CONFIG);
     }
+    if cli.config.kafka_brokers.is_none() {
+        tracing::error!(
+            "svc-ingest publishes to Kafka and HB_KAFKA_BROKERS is not set; \
+             to run ingest, stream and query in one process without Kafka, run `hbmesh up`"
+        );
+        std::process::exit(hb_common::EXIT_CONFIG);
+    }
     let shutdown = hb_common::shutdown::on_signal();
     let result = async {
         let listeners = IngestListeners::bind(&cli.config).await?;
-        if cli.config.kafka_brokers.is_some() {
-            return svc_ingest::run(cli.config, PublishTarget::Kafka, listeners, shutdown).await;
-        }
-        // No Kafka: the embedded default, with the stream stage in process.
-        let stream_config: StreamConfig = hb_common::config_from_env()?;
-        if let Err(err) = hb_common::refuse_open_non_loopback(
-            cli.config.auth_secret.as_deref(),
-            &[("HB_STREAM_METRICS_ADDR", stream_config.metrics_addr)],
-        ) {
-            tracing::error!(error = %err, "invalid configuration");
-            std::process::exit(hb_common::EXIT_CONFIG);
-        }
-        tracing::warn!(
-            data_dir = %stream_config.data_dir.display(),
-            "no HB_KAFKA_BROKERS: running the embedded tier (ingest + stream into SQLite) in this process"
-        );
-        let stream_metrics = tokio::net::TcpListener::bind(stream_config.metrics_addr).await?;
-        svc_ingest::embedded::run(cli.config, stream_config, listeners, stream_metrics, shutdown)
-            .await
+        svc_ingest::run(cli.config, PublishTarget::Kafka, listeners, shutdown).await
     }
     .await;
     if let Err(err) = result {

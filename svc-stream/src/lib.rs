@@ -150,7 +150,7 @@ pub async fn run(
             let brokers = config
                 .kafka_brokers
                 .clone()
-                .context("svc-stream needs HB_KAFKA_BROKERS; without Kafka the stream stage runs inside `svc-ingest` or `hbmesh up` (embedded tier)")?;
+                .context("svc-stream needs HB_KAFKA_BROKERS; without Kafka the stream stage runs inside `hbmesh up` (embedded tier)")?;
             let pipeline = Pipeline::new(
                 session_config,
                 &config.kafka_topic,

@@ -92,6 +92,33 @@ async fn pushed_heartbeats_become_exact_sessions_in_the_query_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_means_the_heartbeats_are_already_committed_to_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app(dir.path().to_path_buf()).await;
+    let heartbeats = workload(40, 11);
+    let distinct: HashSet<_> = heartbeats.iter().map(|hb| &hb.event_id).collect();
+
+    let summary = app
+        .push(heartbeats.clone())
+        .await
+        .expect("push succeeds without a token: the embedded default runs open on loopback");
+
+    assert_eq!(summary.rejected, 0, "{:?}", summary.rejections);
+    // Read from the SQLite file right after the ack, while the mesh still runs.
+    assert_eq!(raw_rows(&app).await as usize, distinct.len());
+    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1)
+        .await
+        .unwrap();
+    let in_sessions: i64 = sqlx::query("SELECT COALESCE(SUM(heartbeats), 0) FROM sessions")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_sessions as usize, distinct.len());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_mesh_continues_its_open_sessions_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let heartbeats = workload(1_200, 5);
