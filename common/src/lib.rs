@@ -1,6 +1,10 @@
-//! Plumbing shared by the three services and the `hbmesh` binary: bearer tokens,
-//! config value parsing, telemetry, shutdown, the metrics/health endpoint and the
-//! embedded ingest -> stream hand-off. Nothing domain-specific lives here.
+//! What the three services and the `hbmesh` binary share. Plumbing: bearer
+//! tokens and their roles, config value parsing, telemetry, shutdown, the
+//! metrics/health endpoint. And the contracts between the services: the store
+//! schema with its migrations ([`schema`]), the raw mirror's layout ([`raw`])
+//! and the in-memory ingest -> stream hand-off of the embedded tier
+//! ([`handoff`]). Test support (the simulated fleet, test databases, the test
+//! broker) is in the `hb-testkit` crate, not here.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -12,9 +16,7 @@ pub mod raw;
 pub mod schema;
 pub mod shutdown;
 pub mod telemetry;
-pub mod testing;
 pub mod time;
-pub mod workload;
 
 /// Exit code for a configuration error (EX_USAGE), so orchestrators can tell it
 /// from a crash.

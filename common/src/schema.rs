@@ -270,7 +270,7 @@ pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<Pg
 #[cfg(test)]
 mod tests {
     use super::PING_IDLE_AFTER;
-    use crate::testing::TestDb;
+    use hb_testkit::db::TestDb;
     use sqlx::Connection as _;
 
     #[tokio::test]

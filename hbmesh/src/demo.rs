@@ -13,7 +13,7 @@ use std::time::Duration;
 
 const LICENSE_HOLDERS: [&str; 4] = ["studio-north", "studio-south", "indie-films", "archive-co"];
 const ADVERTISERS: [&str; 3] = ["acme", "globex", "initech"];
-/// The simulator's catalog sizes (hb_common::workload defaults).
+/// The simulator's catalog sizes (hb_testkit::fleet defaults).
 const VIDEOS: usize = 2_000;
 const ADS: usize = 200;
 

@@ -1,5 +1,5 @@
 //! `hbmesh simulate`: the project's load generator (SPEC 10). A deterministic
-//! fleet of players ([`hb_common::workload::Fleet`]: pauses, seeks, ads,
+//! fleet of players ([`hb_testkit::fleet::Fleet`]: pauses, seeks, ads,
 //! device switches, late and resent heartbeats) streams to svc-ingest over
 //! many concurrent calls, and the run ends with a summary: sent,
 //! acknowledged, rejected, duplicates, throughput and ack latency.
@@ -33,8 +33,8 @@ use futures::StreamExt;
 use hb_common::auth::{Role, TokenKey};
 use hb_common::duration::{format_duration, parse_duration};
 use hb_common::time::{now_ms, timestamp_to_ms};
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_proto::v1::{Heartbeat, PushAck, PushSummary};
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use prost::bytes::{BufMut, Bytes, BytesMut};

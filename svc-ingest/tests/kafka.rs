@@ -1,12 +1,12 @@
 //! svc-ingest with the Kafka publisher, end to end: against librdkafka's mock
 //! cluster (which also injects errors) and against a real broker, the one of
-//! `hb_common::testing::test_broker` (`HB_TEST_KAFKA`, or found or started on
+//! `hb_testkit::broker::test_broker` (`HB_TEST_KAFKA`, or found or started on
 //! the test port), with fresh topics per test, deleted afterwards.
 
 mod helpers;
 
-use hb_common::testing;
 use hb_proto::v1::{Heartbeat, PlaybackState};
+use hb_testkit::broker;
 use helpers::*;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
@@ -59,13 +59,13 @@ impl TestBroker {
 
     /// The test broker (found or started), with uniquely named topics.
     async fn real() -> TestBroker {
-        let brokers = testing::test_broker().await.expect("a Kafka broker");
-        let topic = testing::unique_topic("hb-test");
-        let dlq_topic = testing::unique_topic("hb-test-dlq");
-        testing::create_topic(&brokers, &topic, PARTITIONS)
+        let brokers = broker::test_broker().await.expect("a Kafka broker");
+        let topic = broker::unique_topic("hb-test");
+        let dlq_topic = broker::unique_topic("hb-test-dlq");
+        broker::create_topic(&brokers, &topic, PARTITIONS)
             .await
             .expect("topic");
-        testing::create_topic(&brokers, &dlq_topic, 1)
+        broker::create_topic(&brokers, &dlq_topic, 1)
             .await
             .expect("dlq topic");
         TestBroker {

@@ -4,7 +4,7 @@
 //! racing in the catalog. PostgreSQL stands in for YugabyteDB, as in every
 //! test; the embedded SQLite file gets the same treatment.
 
-use hb_common::testing::TestDb;
+use hb_testkit::db::TestDb;
 use sqlx::Connection as _;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;

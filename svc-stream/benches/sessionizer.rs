@@ -1,4 +1,4 @@
-//! Sessionizer benchmark over the realistic workload of `hb_common::workload`.
+//! Sessionizer benchmark over the realistic workload of `hb_testkit::fleet`.
 //!
 //! 1. A criterion group on a small input (push + drain of 50 000 heartbeats).
 //! 2. A throughput run printing heartbeats/s on one core (wall time and the
@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion};
 use hb_common::time::{ms_to_rfc3339, timestamp_to_ms};
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_proto::v1::Heartbeat;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use svc_stream::sessionizer::{
     sessionize_all, Change, ChangeRef, Event, Outcome, PlaybackState, Session, SessionConfig,
     Sessionizer,

@@ -4,7 +4,7 @@
 //! flush latency. `cargo run --release -p svc-stream --example pipeline_bench`
 //! Env: HB_BENCH_EVENTS (default 1_000_000), HB_BENCH_FLUSH (default 20_000).
 
-use hb_common::workload::{Fleet, FleetConfig};
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Instant;

@@ -3,8 +3,8 @@
 //! from the stored offsets and replay. The store must then equal the batch
 //! definition of SPEC 5: nothing lost, nothing counted twice.
 
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_proto::v1::Heartbeat;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use sqlx::Row;
 use std::collections::HashSet;
@@ -184,7 +184,7 @@ async fn sqlite_store_survives_crashes_without_loss_or_double_count() {
 
 #[tokio::test]
 async fn postgres_store_survives_crashes_without_loss_or_double_count() {
-    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let (_db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
     let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
@@ -301,7 +301,7 @@ async fn deferred_session_writes_survive_crashes_on_sqlite() {
 
 #[tokio::test]
 async fn deferred_session_writes_survive_crashes_on_postgres() {
-    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let (_db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
     let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
@@ -398,7 +398,7 @@ async fn a_restart_after_deferred_flushes_does_not_revive_an_idle_flushed_sessio
 async fn without_deferral_a_restart_on_postgres_keeps_an_idle_flushed_session_closed() {
     // The Kafka tier: every flush writes its sessions, the store is
     // PostgreSQL (as YugabyteDB), and the restore reads the finals back.
-    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let (_db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
     let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
     let t = 1_700_000_000_000;
     let now = hb_common::time::now_ms();
@@ -509,7 +509,7 @@ async fn run_source_deferred_with_crashes<S: SessionStore + RawMirror + 'static>
 
 #[tokio::test]
 async fn session_writes_left_to_kafka_redelivery_survive_crashes_on_postgres() {
-    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let (_db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
     let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
@@ -589,7 +589,7 @@ async fn a_stale_owner_cannot_commit_over_the_new_one<S: SessionStore + RawMirro
 
 #[tokio::test]
 async fn a_stale_owner_cannot_commit_over_the_new_one_on_postgres() {
-    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let (_db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
     let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(2_000);
     a_stale_owner_cannot_commit_over_the_new_one(store, &heartbeats).await;

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use hb_common::handoff::{self, HandoffError};
-use hb_common::workload::{Fleet, FleetConfig};
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use sqlx::Row;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,12 +2,12 @@
 //! protocol, consumer groups): heartbeats -> topic -> consumer group ->
 //! PostgreSQL, including a rebalance when a second consumer joins mid-stream.
 //! The store must equal the batch definition: no loss, no double count.
-//! The same scenario runs on a real broker: `hb_common::testing::test_broker`
+//! The same scenario runs on a real broker: `hb_testkit::broker::test_broker`
 //! (`HB_TEST_KAFKA`, or found or started on the test port).
 
-use hb_common::testing;
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_proto::v1::Heartbeat;
+use hb_testkit::broker;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use prost::Message;
 use rdkafka::config::ClientConfig;
@@ -151,7 +151,7 @@ async fn stored_sessions(pool: &PgPool) -> Vec<Session> {
 /// Runs the scenario against `brokers` with `topic` already created.
 async fn rebalance_scenario(brokers: &str, topic: &str) {
     hb_common::telemetry::init_for_tests();
-    let (_db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let (_db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
     let heartbeats = workload(4_000);
     let (first, second) = heartbeats.split_at(2_000);
     let group = format!("hb-test-{}", uuid_like());
@@ -196,11 +196,11 @@ async fn a_consumer_group_with_a_rebalance_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_scenario_on_a_real_broker() {
-    let brokers = testing::test_broker().await.expect("a Kafka broker");
-    let topic = testing::unique_topic("hb-test");
-    testing::create_topic(&brokers, &topic, PARTITIONS)
+    let brokers = broker::test_broker().await.expect("a Kafka broker");
+    let topic = broker::unique_topic("hb-test");
+    broker::create_topic(&brokers, &topic, PARTITIONS)
         .await
         .expect("topic");
     rebalance_scenario(&brokers, &topic).await;
-    testing::delete_topics(&brokers, &[&topic]).await;
+    broker::delete_topics(&brokers, &[&topic]).await;
 }

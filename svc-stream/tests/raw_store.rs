@@ -119,8 +119,8 @@ async fn sqlite(ttl_ms: i64) -> (tempfile::TempDir, Arc<SqliteStore>) {
     (dir, Arc::new(SqliteStore::new(pool, ttl_ms)))
 }
 
-async fn postgres(ttl_ms: i64) -> (hb_common::testing::TestDb, Arc<PgStore>) {
-    let (db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+async fn postgres(ttl_ms: i64) -> (hb_testkit::db::TestDb, Arc<PgStore>) {
+    let (db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
     (db, Arc::new(PgStore::new(pool, ttl_ms)))
 }
 

@@ -4,8 +4,9 @@
 //! The real broker of the tests and a fresh PostgreSQL database.
 
 use hb_common::health::Health;
-use hb_common::testing::{self, TestDb};
-use hb_common::workload::{Fleet, FleetConfig};
+use hb_testkit::broker;
+use hb_testkit::db::TestDb;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use prost::Message;
 use rdkafka::config::ClientConfig;
@@ -72,9 +73,9 @@ async fn hold_offsets_table(url: &str) -> PgConnection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_drops_while_commits_hang_or_fail_and_returns_when_they_pass() {
-    let brokers = testing::test_broker().await.unwrap();
-    let topic = testing::unique_topic("readiness");
-    testing::create_topic(&brokers, &topic, 2).await.unwrap();
+    let brokers = broker::test_broker().await.unwrap();
+    let topic = broker::unique_topic("readiness");
+    broker::create_topic(&brokers, &topic, 2).await.unwrap();
     let (db, pool) = TestDb::create().await.unwrap();
     let store = Arc::new(PgStore::new(pool.clone(), 86_400_000));
     let metrics = StreamMetrics::register(&mut Registry::default());

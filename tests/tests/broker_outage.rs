@@ -18,11 +18,12 @@
 //! them into their sessions, is not implemented; that is its own bug, not an
 //! outage one.)
 
-use hb_common::testing::{create_topic, PrivateBroker, TestDb};
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_e2e_tests::{spawn_app_configured, Tier};
 use hb_proto::v1::ingest_service_client::IngestServiceClient;
 use hb_proto::v1::Heartbeat;
+use hb_testkit::broker::{create_topic, PrivateBroker};
+use hb_testkit::db::TestDb;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

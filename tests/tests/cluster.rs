@@ -1,12 +1,12 @@
 //! The cluster tier end to end on this machine: gRPC ingest -> Kafka (librdkafka's
 //! mock cluster, real protocol) -> stream consumer group -> PostgreSQL (standing
 //! in for YugabyteDB) -> query API. The same test runs against a real broker:
-//! `hb_common::testing::test_broker` (`HB_TEST_KAFKA`, or found or started on
+//! `hb_testkit::broker::test_broker` (`HB_TEST_KAFKA`, or found or started on
 //! the test port), on topics of its own.
 
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_e2e_tests::{spawn_app_configured, Tier};
 use hb_proto::v1::Heartbeat;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ fn workload(count: usize) -> Vec<Heartbeat> {
 }
 
 async fn cluster_round_trip(brokers: String, topic: &str, dlq_topic: &str) {
-    let (db, pool) = hb_common::testing::TestDb::create().await.unwrap();
+    let (db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app_configured(
         dir.path().to_path_buf(),
@@ -96,18 +96,18 @@ async fn heartbeats_flow_through_kafka_into_postgres_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_round_trip_on_a_real_broker() {
-    use hb_common::testing;
-    let brokers = testing::test_broker().await.expect("a Kafka broker");
+    use hb_testkit::broker;
+    let brokers = broker::test_broker().await.expect("a Kafka broker");
     let (topic, dlq_topic) = (
-        testing::unique_topic("hb-test"),
-        testing::unique_topic("hb-test-dlq"),
+        broker::unique_topic("hb-test"),
+        broker::unique_topic("hb-test-dlq"),
     );
-    testing::create_topic(&brokers, &topic, 4)
+    broker::create_topic(&brokers, &topic, 4)
         .await
         .expect("topic");
-    testing::create_topic(&brokers, &dlq_topic, 1)
+    broker::create_topic(&brokers, &dlq_topic, 1)
         .await
         .expect("dlq topic");
     cluster_round_trip(brokers.clone(), &topic, &dlq_topic).await;
-    testing::delete_topics(&brokers, &[&topic, &dlq_topic]).await;
+    broker::delete_topics(&brokers, &[&topic, &dlq_topic]).await;
 }

@@ -7,10 +7,11 @@
 //! again; once quiescent, every user's sessions and the royalties report
 //! equal the batch definition (SPEC 5, SPEC 7).
 
-use hb_common::testing::{create_topic, delete_topics, test_broker, unique_topic, TestDb};
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_proto::v1::ingest_service_client::IngestServiceClient;
 use hb_proto::v1::Heartbeat;
+use hb_testkit::broker::{create_topic, delete_topics, test_broker, unique_topic};
+use hb_testkit::db::TestDb;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};

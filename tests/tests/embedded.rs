@@ -2,9 +2,9 @@
 //! gRPC, sessions and reports over HTTP, compared with SPEC 5's batch
 //! definition. Nothing lost, nothing double counted, across a restart too.
 
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_e2e_tests::{spawn_app, TestApp};
 use hb_proto::v1::Heartbeat;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use svc_stream::sessionizer::{sessionize_all, Event, Session, SessionConfig};

@@ -1,7 +1,7 @@
 //! `hbmesh sessionize`: the whole file is the input, so any line order gives
 //! the exact sessions of SPEC 5, and bad lines are reported, not fatal.
 
-use hb_common::workload::{Fleet, FleetConfig};
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use hbmesh::sessionize::{run, SessionizeArgs};
 use std::io::Write;
 use std::time::Duration;

@@ -7,9 +7,9 @@
 //! `fixtures/tls/`: a test CA (`ca.pem`) and a certificate for `localhost` /
 //! `127.0.0.1` it signed (`server.pem`, `server.key`), valid until 2126.
 
-use hb_common::workload::{Fleet, FleetConfig};
 use hb_e2e_tests::{spawn_app_configured, tls_fixture as fixture, Tier};
 use hb_proto::v1::ingest_service_client::IngestServiceClient;
+use hb_testkit::fleet::{Fleet, FleetConfig};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The test broker helper: finds or starts a Kafka broker, creates topics
 //! with the partitions asked for, and records go through it.
 
-use hb_common::testing::{create_topic, delete_topics, test_broker, unique_topic};
+use hb_testkit::broker::{create_topic, delete_topics, test_broker, unique_topic};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};

@@ -32,7 +32,7 @@ use hb_proto::v1::{Heartbeat, PlaybackState};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::time::ms_to_timestamp;
+use hb_common::time::ms_to_timestamp;
 
 /// Knobs of the simulated fleet. Probabilities "per beat" apply to each
 /// heartbeat sent while playing (not during ads, pauses or buffering).
@@ -647,7 +647,7 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     use super::*;
-    use crate::time::timestamp_to_ms;
+    use hb_common::time::timestamp_to_ms;
 
     fn fleet(devices: usize, seed: u64) -> Fleet {
         Fleet::new(FleetConfig {
