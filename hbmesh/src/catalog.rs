@@ -29,7 +29,7 @@ pub async fn run(args: CatalogArgs) -> anyhow::Result<()> {
             if videos.is_none() && ads.is_none() {
                 anyhow::bail!("nothing to import: give --videos and/or --ads");
             }
-            let config: svc_query::config::QueryConfig = crate::up::config_from_env()?;
+            let config: svc_query::config::QueryConfig = hb_common::config_from_env()?;
             let (v, a) =
                 svc_query::catalog::import_csv(&config, videos.as_deref(), ads.as_deref()).await?;
             println!("imported {v} videos and {a} ads");

@@ -4,7 +4,7 @@
 //! tokens: admin for the catalog and the reports, gateway for the fleet. When
 //! the mesh serves TLS the demo's clients speak it, trusting the CA given.
 
-use crate::up::MeshAddrs;
+use crate::mesh::MeshAddrs;
 use anyhow::Context;
 use hb_common::auth::{Role, TokenKey};
 use std::io::Write;

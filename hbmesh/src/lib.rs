@@ -1,9 +1,10 @@
 //! The `hbmesh` operator binary as a library, so end-to-end tests start the
-//! very same all-in-one mesh (`up::start`) that `hbmesh up` runs.
+//! very same all-in-one mesh ([`mesh::start`]) that `hbmesh up` runs.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
 pub mod demo;
+pub mod mesh;
 pub mod sessionize;
 pub mod simulate;
 pub mod token;

@@ -2,7 +2,8 @@
 //! supervisor) sees it with no terminal: plain progress lines on stderr as
 //! the run goes, and the closing summary on stdout.
 
-use hbmesh::up::{config_from_env, start};
+use hb_common::config_from_env;
+use hbmesh::mesh::start;
 use std::process::Command;
 use svc_ingest::config::IngestConfig;
 use svc_query::config::QueryConfig;

@@ -3,9 +3,10 @@
 //! store, and [`TestApp`] talks to it through its public APIs only.
 #![forbid(unsafe_code)]
 
+use hb_common::config_from_env;
 use hb_proto::v1::ingest_service_client::IngestServiceClient;
 use hb_proto::v1::{Heartbeat, PushSummary};
-use hbmesh::up::{config_from_env, start, MeshAddrs};
+use hbmesh::mesh::{start, MeshAddrs};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;

@@ -2,7 +2,8 @@
 //! (the others are shut down) and reports the failure, instead of serving on
 //! with a part missing until the next signal.
 
-use hbmesh::up::{config_from_env, start};
+use hb_common::config_from_env;
+use hbmesh::mesh::start;
 use std::time::Duration;
 use svc_ingest::config::IngestConfig;
 use svc_query::config::QueryConfig;
