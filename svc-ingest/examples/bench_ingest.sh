@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ingest benchmark (results in docs/benchmarks.md).
+# Ingest benchmark (docs/benchmarks.md, "Server CPU per heartbeat (in-process mock broker)").
 #
 #   svc-ingest/examples/bench_ingest.sh PUBLISHER RATE DURATION [hbmesh simulate flags...]
 #
