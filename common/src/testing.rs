@@ -22,7 +22,7 @@ impl TestDb {
     /// Creates `hb_test_<random>` and migrates it.
     pub async fn create() -> anyhow::Result<(TestDb, PgPool)> {
         let db = TestDb::create_empty().await?;
-        let pool = crate::schema::open_postgres(&db.url, 8).await?;
+        let pool = crate::store::open_postgres(&db.url, 8).await?;
         Ok((db, pool))
     }
 

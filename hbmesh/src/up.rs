@@ -365,8 +365,8 @@ mod tests {
         assert_eq!(query.http_addr.port(), 0);
         // The name of earlier releases still works.
         assert_eq!(query.grpc_addr.port(), 0);
-        assert_eq!(stream.data_dir, std::path::PathBuf::from("/srv/hb"));
-        assert_eq!(query.data_dir, std::path::PathBuf::from("/srv/hb"));
+        assert_eq!(stream.store.data_dir, std::path::PathBuf::from("/srv/hb"));
+        assert_eq!(query.store.data_dir, std::path::PathBuf::from("/srv/hb"));
     }
 
     #[test]

@@ -51,7 +51,7 @@ async fn main() {
             std::process::exit(hb_common::EXIT_CONFIG);
         }
         tracing::warn!(
-            data_dir = %stream_config.data_dir.display(),
+            data_dir = %stream_config.store.data_dir.display(),
             "no HB_KAFKA_BROKERS: running the embedded tier (ingest + stream into SQLite) in this process"
         );
         let stream_metrics = tokio::net::TcpListener::bind(stream_config.metrics_addr).await?;

@@ -22,7 +22,7 @@ async fn without_kafka_acked_heartbeats_are_already_committed_to_the_embedded_st
     ingest.addr = "127.0.0.1:0".parse().unwrap();
     ingest.metrics_addr = "127.0.0.1:0".parse().unwrap();
     let mut stream = StreamConfig::defaults();
-    stream.data_dir = dir.path().to_path_buf();
+    stream.store.data_dir = dir.path().to_path_buf();
     let listeners = IngestListeners {
         grpc: TcpListener::bind(ingest.addr).await.unwrap(),
         metrics: TcpListener::bind(ingest.metrics_addr).await.unwrap(),
@@ -52,7 +52,7 @@ async fn without_kafka_acked_heartbeats_are_already_committed_to_the_embedded_st
     assert_eq!(summary.accepted, 5);
 
     // Read right after the ack, while the service still runs.
-    let pool = hb_common::schema::open_sqlite(dir.path(), 1).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 1).await.unwrap();
     let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
         .fetch_one(&pool)
         .await

@@ -3,6 +3,7 @@
 //! that `Debug` (and therefore any log line) never shows them.
 
 use hb_common::duration::parse_duration;
+use hb_common::store::StoreSettings;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,13 +71,9 @@ pub struct QueryConfig {
     )]
     pub metrics_addr: SocketAddr,
 
-    /// Directory of the embedded store (SQLite file), used when no YugabyteDB URL is set.
-    #[arg(long, env = "HB_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-
-    /// PostgreSQL/YugabyteDB (YSQL) URL of the sessions store; unset = embedded SQLite.
-    #[arg(long, env = "HB_YUGABYTE_URL")]
-    pub yugabyte_url: Option<String>,
+    /// Where the sessions store is (`HB_DATA_DIR`, `HB_YUGABYTE_URL`).
+    #[command(flatten)]
+    pub store: StoreSettings,
 
     /// Trino coordinator URL (`http://host:8080`); unset = reports run as SQL on the store.
     #[arg(long, env = "HB_TRINO_URL")]
@@ -130,8 +127,7 @@ impl Default for QueryConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9103)),
-            data_dir: PathBuf::from("./data"),
-            yugabyte_url: None,
+            store: StoreSettings::default(),
             trino_url: None,
             trino_catalog_yugabyte: "yugabyte".into(),
             trino_schema_yugabyte: "public".into(),

@@ -1,8 +1,8 @@
 //! svc-stream settings: every one an env variable with a default and a flag.
 
 use hb_common::duration::parse_duration;
+use hb_common::store::StoreSettings;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings of svc-stream (also used by the stream stage of `hbmesh up`).
@@ -32,9 +32,9 @@ pub struct StreamConfig {
     #[arg(long, env = "HB_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kafka_session_timeout: Duration,
 
-    /// PostgreSQL URL of YugabyteDB's YSQL; unset means the embedded SQLite file.
-    #[arg(long, env = "HB_YUGABYTE_URL", hide_env_values = true)]
-    pub yugabyte_url: Option<String>,
+    /// Where the sessions store is (`HB_DATA_DIR`, `HB_YUGABYTE_URL`).
+    #[command(flatten)]
+    pub store: StoreSettings,
 
     /// ScyllaDB contact points (`host:port,...`); unset keeps the raw mirror in the sessions store.
     #[arg(long, env = "HB_SCYLLA_NODES")]
@@ -43,10 +43,6 @@ pub struct StreamConfig {
     /// ScyllaDB keyspace replication factor (created on start if missing).
     #[arg(long, env = "HB_SCYLLA_REPLICATION", default_value_t = 3)]
     pub scylla_replication: u32,
-
-    /// Directory of the embedded store.
-    #[arg(long, env = "HB_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
 
     /// Gap G: heartbeats this far apart start a new session.
     #[arg(long, env = "HB_SESSION_GAP", default_value = "10m", value_parser = parse_duration)]

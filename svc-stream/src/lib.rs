@@ -46,21 +46,21 @@ pub struct Sinks {
 pub async fn open_sinks(config: &StreamConfig) -> anyhow::Result<Sinks> {
     let ttl_ms = config.raw_ttl.as_millis() as i64;
     let (store, store_mirror, tier): (Arc<dyn SessionStore>, Arc<dyn RawMirror>, _) =
-        match &config.yugabyte_url {
+        match &config.store.yugabyte_url {
             Some(url) => {
-                let pool = hb_common::schema::open_postgres(url, 8)
+                let pool = hb_common::store::open_postgres(url, 8)
                     .await
                     .context("connecting to YugabyteDB (HB_YUGABYTE_URL)")?;
                 let store = Arc::new(PgStore::new(pool, ttl_ms));
                 (store.clone(), store, "yugabyte")
             }
             None => {
-                let pool = hb_common::schema::open_sqlite(&config.data_dir, 4)
+                let pool = hb_common::store::open_sqlite(&config.store.data_dir, 4)
                     .await
                     .with_context(|| {
                         format!(
                             "opening the embedded store in {}",
-                            config.data_dir.display()
+                            config.store.data_dir.display()
                         )
                     })?;
                 let store = Arc::new(SqliteStore::new(pool, ttl_ms));

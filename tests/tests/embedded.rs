@@ -59,7 +59,7 @@ async fn assert_sessions_match(app: &TestApp, heartbeats: &[Heartbeat]) {
 }
 
 async fn raw_rows(app: &TestApp) -> i64 {
-    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1)
+    let pool = hb_common::store::open_sqlite(&app.data_dir, 1)
         .await
         .unwrap();
     sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
@@ -130,7 +130,7 @@ async fn rejected_heartbeats_are_dead_lettered_with_their_reason() {
             (6, "state_unspecified".to_string())
         ])
     );
-    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1)
+    let pool = hb_common::store::open_sqlite(&app.data_dir, 1)
         .await
         .unwrap();
     let stored: Vec<String> = sqlx::query("SELECT reason FROM dead_letters ORDER BY id")
