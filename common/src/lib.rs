@@ -1,6 +1,8 @@
 //! Plumbing shared by the three services and the `hbmesh` binary: bearer tokens,
-//! config value parsing, telemetry, shutdown, the metrics/health endpoint and the
-//! embedded ingest -> stream hand-off. Nothing domain-specific lives here.
+//! config value parsing and the settings several services read, telemetry,
+//! shutdown, the metrics/health endpoint, the embedded ingest -> stream
+//! hand-off, and the sessions store layer (opening, migrations, errors,
+//! columns) that the stream writes and the query service reads.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -9,6 +11,7 @@ pub mod handoff;
 pub mod health;
 pub mod metrics_http;
 pub mod raw;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -133,7 +133,7 @@ pub fn validate(
     query.validate().map_err(|e| e.to_string())?;
     // The stream stage has no secret of its own: HB_AUTH_SECRET is shared.
     hb_common::refuse_open_non_loopback(
-        ingest.auth_secret.as_deref().or(query.secret()),
+        ingest.auth.secret().or(query.secret()),
         &[("HB_STREAM_METRICS_ADDR", stream.metrics_addr)],
     )
 }
@@ -157,10 +157,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         std::process::exit(hb_common::EXIT_CONFIG);
     }
     let secret = ingest_config
-        .auth_secret
-        .clone()
-        .or_else(|| query_config.secret().map(str::to_string));
-    let tls = ingest_config.tls_cert.is_some() || query_config.tls_cert.is_some();
+        .auth
+        .secret()
+        .or(query_config.secret())
+        .map(str::to_string);
+    let tls = ingest_config.tls.cert.is_some() || query_config.tls.cert.is_some();
     if options.demo && tls && options.demo_ca_cert.is_none() {
         eprintln!(
             "hbmesh up: the mesh serves TLS (HB_TLS_CERT), so --demo needs --demo-ca-cert \
@@ -213,7 +214,7 @@ pub async fn start(
     // The services stop on `stop`: the caller's signal, or a sibling's failure.
     let stop = shutdown.child_token();
     let shutdown = stop.clone();
-    let cluster = stream_config.kafka_brokers.is_some() || ingest_config.kafka_brokers.is_some();
+    let cluster = stream_config.kafka.brokers.is_some() || ingest_config.kafka.brokers.is_some();
     // Migrate once before the services open their own pools.
     svc_stream::open_sinks(&stream_config)
         .await
@@ -360,7 +361,7 @@ mod tests {
         assert!(options.demo);
         assert_eq!(options.demo_duration, Duration::from_secs(5));
         assert_eq!(ingest.addr.port(), 0);
-        assert_eq!(ingest.auth_secret.as_deref(), Some("s3cret"));
+        assert_eq!(ingest.auth.secret(), Some("s3cret"));
         assert_eq!(query.secret(), Some("s3cret"));
         assert_eq!(query.http_addr.port(), 0);
         // The name of earlier releases still works.

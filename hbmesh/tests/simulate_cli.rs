@@ -16,12 +16,12 @@ async fn without_a_terminal_simulate_prints_progress_lines_and_a_summary() {
     let mut ingest: IngestConfig = config_from_env().unwrap();
     ingest.addr = local;
     ingest.metrics_addr = local;
-    ingest.auth_secret = None;
+    ingest.auth.secret = None;
     ingest.device_rate = 0;
     let mut stream: StreamConfig = config_from_env().unwrap();
     stream.metrics_addr = local;
     stream.store.data_dir = dir.path().to_path_buf();
-    stream.kafka_brokers = None;
+    stream.kafka.brokers = None;
     stream.store.yugabyte_url = None;
     stream.scylla_nodes = None;
     let mut query: QueryConfig = config_from_env().unwrap();
@@ -31,7 +31,7 @@ async fn without_a_terminal_simulate_prints_progress_lines_and_a_summary() {
     query.store.data_dir = dir.path().to_path_buf();
     query.store.yugabyte_url = None;
     query.trino_url = None;
-    query.auth_secret = None;
+    query.auth.secret = None;
     let shutdown = CancellationToken::new();
     let (addrs, done) = start(ingest, stream, query, shutdown.clone())
         .await

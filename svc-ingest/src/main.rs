@@ -38,13 +38,13 @@ async fn main() {
     let shutdown = hb_common::shutdown::on_signal();
     let result = async {
         let listeners = IngestListeners::bind(&cli.config).await?;
-        if cli.config.kafka_brokers.is_some() {
+        if cli.config.kafka.brokers.is_some() {
             return svc_ingest::run(cli.config, PublishTarget::Kafka, listeners, shutdown).await;
         }
         // No Kafka: the embedded default, with the stream stage in process.
         let stream_config: StreamConfig = hb_common::config_from_env()?;
         if let Err(err) = hb_common::refuse_open_non_loopback(
-            cli.config.auth_secret.as_deref(),
+            cli.config.auth.secret(),
             &[("HB_STREAM_METRICS_ADDR", stream_config.metrics_addr)],
         ) {
             tracing::error!(error = %err, "invalid configuration");

@@ -12,6 +12,7 @@
 //! ```
 
 use clap::Parser;
+use hb_common::settings::{AuthSettings, Secret};
 use hb_common::store::{Store, StoreSettings};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use svc_query::catalog::{Ad, Video};
-use svc_query::config::{QueryConfig, Secret};
+use svc_query::config::QueryConfig;
 use svc_query::QueryListeners;
 use tokio_util::sync::CancellationToken;
 
@@ -616,7 +617,9 @@ async fn main() -> anyhow::Result<()> {
             data_dir: args.dir.join("sqlite"),
             yugabyte_url: None,
         },
-        auth_secret: Some(Secret::new(SECRET)),
+        auth: AuthSettings {
+            secret: Some(Secret::new(SECRET)),
+        },
         query_timeout: Duration::from_secs(120),
         ..QueryConfig::default()
     };

@@ -70,7 +70,7 @@ struct Tls {
 }
 
 async fn load_tls(config: &QueryConfig) -> anyhow::Result<Option<Tls>> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
         return Ok(None);
     };
     // axum-server and tonic take the process-wide rustls provider; the

@@ -148,12 +148,13 @@ pub async fn run(
         }
         Source::Kafka => {
             let brokers = config
-                .kafka_brokers
+                .kafka
+                .brokers
                 .clone()
                 .context("svc-stream needs HB_KAFKA_BROKERS; without Kafka the stream stage runs inside `svc-ingest` or `hbmesh up` (embedded tier)")?;
             let pipeline = Pipeline::new(
                 session_config,
-                &config.kafka_topic,
+                &config.kafka.topic,
                 sinks.store,
                 sinks.mirror,
                 sinks.mirror_in_store,
@@ -161,7 +162,7 @@ pub async fn run(
             );
             let source = kafka::KafkaSource {
                 brokers,
-                topic: config.kafka_topic.clone(),
+                topic: config.kafka.topic.clone(),
                 group: config.kafka_group.clone(),
                 session_timeout: config.kafka_session_timeout,
                 stall_after: config.stall_timeout,

@@ -62,13 +62,13 @@ pub async fn spawn_app_configured(
     let mut ingest: IngestConfig = config_from_env().unwrap();
     ingest.addr = local;
     ingest.metrics_addr = local;
-    ingest.auth_secret = None;
+    ingest.auth.secret = None;
     ingest.device_rate = 0;
-    ingest.kafka_brokers = tier.kafka_brokers.clone();
+    ingest.kafka.brokers = tier.kafka_brokers.clone();
     let mut stream: StreamConfig = config_from_env().unwrap();
     stream.metrics_addr = local;
     stream.store.data_dir = data_dir.clone();
-    stream.kafka_brokers = tier.kafka_brokers.clone();
+    stream.kafka.brokers = tier.kafka_brokers.clone();
     stream.store.yugabyte_url = tier.yugabyte_url.clone();
     stream.scylla_nodes = None;
     stream.flush_interval = std::time::Duration::from_millis(50);
@@ -79,7 +79,7 @@ pub async fn spawn_app_configured(
     query.store.data_dir = data_dir.clone();
     query.store.yugabyte_url = tier.yugabyte_url.clone();
     query.trino_url = None;
-    query.auth_secret = None;
+    query.auth.secret = None;
     adjust(&mut ingest, &mut stream, &mut query);
     let shutdown = CancellationToken::new();
     let (addrs, done) = start(ingest, stream, query, shutdown.clone())

@@ -6,13 +6,14 @@
 
 use hb_common::auth::{Role, TokenKey};
 use hb_common::raw::{hours_of, BUMP_RAW_HOUR_SQL, HOUR_MS};
+use hb_common::settings::{AuthSettings, Secret};
 use hb_common::store::{Store, StoreSettings};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use svc_query::catalog;
 use svc_query::catalog::{Ad, Video};
-use svc_query::config::{QueryConfig, Secret};
+use svc_query::config::QueryConfig;
 use svc_query::report::{
     ConcurrencyRow, ImpressionRow, ProgressRow, RoyaltyRow, SessionRow, TrafficRow,
 };
@@ -111,7 +112,9 @@ impl TestStore {
                 data_dir: dir.path().to_path_buf(),
                 yugabyte_url: pg.as_ref().map(|db| db.url.clone()),
             },
-            auth_secret: Some(Secret::new(SECRET)),
+            auth: AuthSettings {
+                secret: Some(Secret::new(SECRET)),
+            },
             store_connections: 4,
             ..QueryConfig::default()
         };

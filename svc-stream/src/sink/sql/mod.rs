@@ -233,35 +233,20 @@ type RawRow = (
 );
 
 fn raw_heartbeat(row: RawRow) -> RawHeartbeat {
-    let (
-        event_id,
-        user_id,
-        video_id,
-        device_id,
-        event_time_ms,
-        position_ms,
-        state,
-        ad_id,
-        platform,
-        app_version,
-        country,
-        bitrate_kbps,
-        late,
-    ) = row;
     RawHeartbeat {
-        event_id,
-        user_id,
-        video_id,
-        device_id,
-        event_time_ms,
-        position_ms,
-        state,
-        ad_id,
-        platform,
-        app_version,
-        country,
-        bitrate_kbps,
-        late,
+        event_id: row.0,
+        user_id: row.1,
+        video_id: row.2,
+        device_id: row.3,
+        event_time_ms: row.4,
+        position_ms: row.5,
+        state: row.6,
+        ad_id: row.7,
+        platform: row.8,
+        app_version: row.9,
+        country: row.10,
+        bitrate_kbps: row.11,
+        late: row.12,
     }
 }
 
