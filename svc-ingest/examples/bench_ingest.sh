@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ingest benchmark (issue 2, docs/benchmarks.md "## Ingest (issue 2)").
+# Ingest benchmark (docs/benchmarks.md, "Server CPU per heartbeat (in-process mock broker)").
 #
 #   svc-ingest/examples/bench_ingest.sh PUBLISHER RATE DURATION [hbmesh simulate flags...]
 #

@@ -1,4 +1,4 @@
-//! Benchmark harness for svc-ingest (issue 2, `docs/benchmarks.md`): serves
+//! Benchmark harness for svc-ingest (results in `docs/benchmarks.md`): serves
 //! the real `svc_ingest::run` with either
 //! - `--publisher mock-kafka`: the Kafka publisher (acks=all, idempotent)
 //!   against librdkafka's in-process mock cluster, or

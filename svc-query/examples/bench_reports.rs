@@ -1,9 +1,9 @@
-//! Report latency benchmark (issue 4): seeds a store with N sessions (SQLite
-//! file or a fresh PostgreSQL database), serves it with the real svc-query on
-//! port 0, and measures p50/p99 of every report and of the progress look-up
-//! over HTTP at 1 and 16 concurrent clients. Optionally exports the same
-//! rows as CSV (for `bench/duckdb_reports.py`) and the answers as JSON, so
-//! the DuckDB run can check it computed the same numbers.
+//! Report latency benchmark: seeds a store with N sessions (SQLite file or a
+//! fresh PostgreSQL database), serves it with the real svc-query on port 0,
+//! and measures p50/p99 of every report and of the progress look-up over HTTP
+//! at 1 and 16 concurrent clients. Optionally exports the same rows as CSV
+//! (for `bench/duckdb_reports.py`) and the answers as JSON, so the DuckDB run
+//! can check it computed the same numbers.
 //!
 //! ```sh
 //! cargo run --release -p svc-query --example bench_reports -- --store sqlite --export

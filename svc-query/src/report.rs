@@ -184,11 +184,10 @@ impl ConcurrencySpec {
 ///
 /// A month is ~1 M sessions of ~200 k users, so the per-session work is
 /// what counts: users are interned to integers through a table whose keys
-/// hold short ids inline (one probe, no pointer to chase per session; a
-/// `String`-keyed map spent half the report comparing keys behind
-/// pointers), and each session becomes one `u64` (user, first bucket, last
-/// bucket) so the sort compares integers. O(n log n), memory
-/// O(users + sessions + buckets).
+/// hold short ids inline (one probe, no pointer to chase per session, where
+/// a `String`-keyed map would compare keys behind pointers), and each
+/// session becomes one `u64` (user, first bucket, last bucket) so the sort
+/// compares integers. O(n log n), memory O(users + sessions + buckets).
 #[derive(Debug)]
 pub struct BucketCounter {
     spec: ConcurrencySpec,

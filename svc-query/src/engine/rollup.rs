@@ -2,14 +2,14 @@
 //! (`traffic_rollup`, migration `traffic_rollup`), for the direct engine.
 //!
 //! A month of traffic over the raw mirror reads and sorts every heartbeat of
-//! the month (8 s over 3 M rows on SQLite or PostgreSQL); summed per hour it
-//! reads at most one row per (hour, license holder). The answer stays exact
-//! because an hour's stored result is used only while nothing it depends on
-//! has changed since it was computed: every write of raw rows bumps its
-//! hour's version (`hb_common::raw::BUMP_RAW_HOUR_SQL`) and every catalog
-//! change bumps the catalog version (triggers), each in the transaction
-//! making the change. Versions are read before the raw rows they label, so
-//! a label is never newer than its data; a mismatch only costs a recount.
+//! the month (millions of rows); summed per hour it reads at most one row per
+//! (hour, license holder). The answer stays exact because an hour's stored
+//! result is used only while nothing it depends on has changed since it was
+//! computed: every write of raw rows bumps its hour's version
+//! (`hb_common::raw::BUMP_RAW_HOUR_SQL`) and every catalog change bumps the
+//! catalog version (triggers), each in the transaction making the change.
+//! Versions are read before the raw rows they label, so a label is never
+//! newer than its data; a mismatch only costs a recount.
 //!
 //! Partial hours at the ends of a period are always read from the raw rows.
 
@@ -307,12 +307,11 @@ const CATALOG_VERSION: &str = "SELECT version FROM catalog_version WHERE id = 1"
 /// The traffic report of `[from, to)` (whole hours) from the raw rows,
 /// counted in Rust as the store hands them over: the report's SQL sorts
 /// every raw row twice (per hour, title and device, then per hour and
-/// holder for the distinct devices; ~4 µs a row on SQLite, and on
-/// PostgreSQL the sorts spill to disk at the default `work_mem`); here each
-/// row is three hash look-ups. The catalog is read once, in the same read
-/// transaction as the raw rows, and each row's title looked up in it: on
-/// SQLite joining in SQL cost two B-tree searches a row (a day's 100 k rows
-/// read in 27 ms alone, 123 ms joined). Same definition as
+/// holder for the distinct devices; on PostgreSQL the sorts spill to disk
+/// at the default `work_mem`); here each row is three hash look-ups. The
+/// catalog is read once, in the same read transaction as the raw rows, and
+/// each row's title looked up in it: on SQLite joining in SQL costs two
+/// B-tree searches a row, several times the read itself. Same definition as
 /// [`Tables::traffic`](super::sql::Tables::traffic): raw heartbeats of
 /// titles in the catalog, per hour and license holder, with the distinct
 /// devices among them. Returns the catalog version the rows were counted
@@ -396,8 +395,7 @@ async fn count_raw(
 
 /// Heartbeats and distinct devices per (hour, license holder), fed one raw
 /// row at a time; titles, holders and devices interned so the sets hold
-/// integers (foldhash instead of SipHash was tried: no difference in the
-/// total).
+/// integers.
 struct RawCounter {
     owners: Arc<Owners>,
     devices: DenseIds,

@@ -43,8 +43,8 @@ pub struct Tables {
     /// SQLite: the store is never analyzed, so its planner guesses that any
     /// start range is small; long periods hide `start_ms` from it with
     /// `+ 0`. Not on PostgreSQL, whose statistics see the range as it is
-    /// and whose estimate `+ 0` would blind (measured: a month's royalties
-    /// then sorted on disk instead of reading an index in order, 2.5x slower).
+    /// and whose estimate `+ 0` would blind (a month's royalties would then
+    /// be sorted on disk instead of read from an index in order).
     sqlite_planner: bool,
     sessions: String,
     session_ads: String,
@@ -106,32 +106,32 @@ impl Tables {
     ///
     /// On the store, final and open sessions are read apart, each joined
     /// with the catalog, and a title with both has two rows that
-    /// [`super::finish_royalties`] adds up (merging them in SQL cost an
-    /// aggregation over the union whose size PostgreSQL misjudged, ~30 ms
-    /// of a day). Finals come
-    /// from a partial index of finals alone (no row look-up), chosen by the
-    /// period's length:
+    /// [`super::finish_royalties`] adds up (merging them in SQL would need
+    /// an aggregation over the union, whose size PostgreSQL misjudges).
+    /// Finals come from a partial index of finals alone (no row look-up),
+    /// chosen by the period's length:
     /// - up to [`SHORT_ROYALTIES_MS`], from `(start_ms, video_id, user_id,
     ///   watch_ms, ...) WHERE is_final`: the period is one range of the
     ///   index, sorted by title afterwards (a day is 1/30 of a month's rows).
-    ///   The direct engine no longer sends this statement for such periods:
+    ///   The direct engine does not send this statement for such periods:
     ///   it reads the same range through [`Tables::royalty_sessions`] and
     ///   counts per title in Rust, which is cheaper on both stores;
     /// - longer, from `(video_id, user_id, start_ms, watch_ms) WHERE
     ///   is_final` in group order: a month over 1 M sessions is one index
-    ///   scan with no sort (~30x faster on SQLite than row look-ups). On
-    ///   SQLite `+ 0` keeps the planner off the start-order index, whose
-    ///   range would be most of the table and then need sorting.
+    ///   scan with no sort and no row look-ups. On SQLite `+ 0` keeps the
+    ///   planner off the start-order index, whose range would be most of
+    ///   the table and then need sorting.
     ///
     /// PostgreSQL's planner makes the same choice from its statistics, so
     /// there the text does not change with the length. Both select the same
     /// rows, so the choice never changes the answer.
     /// The indexes hold `watch_ms` but only for finals, so the stream stage's
-    /// upserts of open sessions never rewrite them (a full index did, and cost
-    /// ~20% of the stream stage's throughput). Open sessions are few (those
-    /// playing now) and come from their own partial index; an open session's
-    /// user counts as a new viewer of the title only if no final session of
-    /// the same user and title started in the period.
+    /// upserts of open sessions never rewrite them (an index over every
+    /// session would be rewritten on each upsert, slowing the stream stage).
+    /// Open sessions are few (those playing now) and come from their own
+    /// partial index; an open session's user counts as a new viewer of the
+    /// title only if no final session of the same user and title started in
+    /// the period.
     pub fn royalties(&self, from_ms: i64, to_ms: i64, license_holder: Option<&str>) -> Statement {
         let mut params = vec![Param::Int(from_ms), Param::Int(to_ms)];
         let (inner, outer) = scoped_through_catalog(&mut params, self.titles_of(), license_holder);
@@ -183,8 +183,8 @@ impl Tables {
     /// `[from, to)`, finals from their start-order index and open ones from
     /// theirs, scoped like [`Tables::royalties`]. Counted per title in Rust
     /// ([`super::RoyaltyCounter`]) and joined with the catalog afterwards:
-    /// SQLite's grouping with a distinct count went through two temporary
-    /// B-trees (~85 ms of a day's 33 k sessions, whose scan alone is ~5 ms).
+    /// SQLite's grouping with a distinct count goes through two temporary
+    /// B-trees, many times the cost of the scan itself.
     pub fn royalty_sessions(
         &self,
         from_ms: i64,
@@ -254,8 +254,8 @@ impl Tables {
     /// Impressions: (session, ad) pairs of sessions started in `[from, to)`
     /// per (advertiser, campaign, ad). Aggregated per ad before the catalog
     /// join, like royalties: on the store the `(ad_id, user_id, start_ms)`
-    /// index then delivers each ad's pairs in order (no sort of the month's
-    /// impressions, measured ~30x faster over 30 days on SQLite).
+    /// index then delivers each ad's pairs in order, so the month's
+    /// impressions are never sorted.
     pub fn impressions(&self, from_ms: i64, to_ms: i64, advertiser: Option<&str>) -> Statement {
         let mut params = vec![Param::Int(from_ms), Param::Int(to_ms)];
         let (inner, outer) = scoped_through_catalog(
