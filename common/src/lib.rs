@@ -1,7 +1,9 @@
 //! What the three services and the `hbmesh` binary share. Plumbing: bearer
-//! tokens and their roles, config value parsing, telemetry, shutdown, the
-//! metrics/health endpoint. And the contracts between the services: the store
-//! schema with its migrations ([`schema`]), the raw mirror's layout ([`raw`])
+//! tokens and their roles, config value parsing and the settings several
+//! services read, telemetry, shutdown, the metrics/health endpoint. And the
+//! contracts between the services: the sessions store layer (opening,
+//! migrations, error classification, columns, rows) that the stream writes
+//! and the query service reads ([`store`]), the raw mirror's layout ([`raw`])
 //! and the in-memory ingest -> stream hand-off of the embedded tier
 //! ([`handoff`]). Test support (the simulated fleet, test databases, the test
 //! broker) is in the `hb-testkit` crate, not here.
@@ -13,8 +15,9 @@ pub mod handoff;
 pub mod health;
 pub mod metrics_http;
 pub mod raw;
-pub mod schema;
+pub mod settings;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod time;
 

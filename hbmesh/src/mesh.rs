@@ -37,7 +37,7 @@ pub async fn start(
     // The services stop on `stop`: the caller's signal, or a sibling's failure.
     let stop = shutdown.child_token();
     let shutdown = stop.clone();
-    let cluster = stream_config.kafka_brokers.is_some() || ingest_config.kafka_brokers.is_some();
+    let cluster = stream_config.kafka.brokers.is_some() || ingest_config.kafka.brokers.is_some();
     // Migrate once before the services open their own pools.
     svc_stream::open_sinks(&stream_config)
         .await

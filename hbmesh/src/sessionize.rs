@@ -21,7 +21,7 @@ pub struct SessionizeArgs {
     pub output: Option<PathBuf>,
 
     /// Gap that starts a new session.
-    #[arg(long, env = "HB_SESSION_GAP", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "HB_SESSION_GAP", default_value = svc_stream::config::default_session_gap(), value_parser = parse_duration)]
     pub gap: Duration,
 
     /// Fail on the first bad line instead of skipping it.

@@ -119,7 +119,7 @@ pub fn validate(
     query.validate().map_err(|e| e.to_string())?;
     // The stream stage has no secret of its own: HB_AUTH_SECRET is shared.
     hb_common::refuse_open_non_loopback(
-        ingest.auth_secret.as_deref().or(query.secret()),
+        ingest.auth.secret().or(query.secret()),
         &[("HB_STREAM_METRICS_ADDR", stream.metrics_addr)],
     )
 }
@@ -143,10 +143,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         std::process::exit(hb_common::EXIT_CONFIG);
     }
     let secret = ingest_config
-        .auth_secret
-        .clone()
-        .or_else(|| query_config.secret().map(str::to_string));
-    let tls = ingest_config.tls_cert.is_some() || query_config.tls_cert.is_some();
+        .auth
+        .secret()
+        .or(query_config.secret())
+        .map(str::to_string);
+    let tls = ingest_config.tls.cert.is_some() || query_config.tls.cert.is_some();
     if options.demo && tls && options.demo_ca_cert.is_none() {
         eprintln!(
             "hbmesh up: the mesh serves TLS (HB_TLS_CERT), so --demo needs --demo-ca-cert \
@@ -231,13 +232,13 @@ mod tests {
         assert!(options.demo);
         assert_eq!(options.demo_duration, Duration::from_secs(5));
         assert_eq!(ingest.addr.port(), 0);
-        assert_eq!(ingest.auth_secret.as_deref(), Some("s3cret"));
+        assert_eq!(ingest.auth.secret(), Some("s3cret"));
         assert_eq!(query.secret(), Some("s3cret"));
         assert_eq!(query.http_addr.port(), 0);
         // The name of earlier releases still works.
         assert_eq!(query.grpc_addr.port(), 0);
-        assert_eq!(stream.data_dir, std::path::PathBuf::from("/srv/hb"));
-        assert_eq!(query.data_dir, std::path::PathBuf::from("/srv/hb"));
+        assert_eq!(stream.store.data_dir, std::path::PathBuf::from("/srv/hb"));
+        assert_eq!(query.store.data_dir, std::path::PathBuf::from("/srv/hb"));
     }
 
     #[test]

@@ -61,11 +61,11 @@ async fn main() -> anyhow::Result<()> {
         Which::Counting => Arc::new(CountingPublisher::default()),
         Which::MockKafka => {
             let mock = MockCluster::new(args.mock_brokers)?;
-            mock.create_topic(&config.kafka_topic, args.partitions, args.mock_brokers)?;
+            mock.create_topic(&config.kafka.topic, args.partitions, args.mock_brokers)?;
             mock.create_topic(&config.dlq_topic, 1, args.mock_brokers)?;
             let settings = KafkaSettings {
                 brokers: mock.bootstrap_servers(),
-                topic: config.kafka_topic.clone(),
+                topic: config.kafka.topic.clone(),
                 dlq_topic: config.dlq_topic.clone(),
                 timeout: config.kafka_timeout,
                 extra: Vec::new(),

@@ -1,8 +1,8 @@
 //! svc-ingest settings: every one an env variable with a default and a flag.
 
 use hb_common::duration::parse_duration;
+use hb_common::settings::{AuthSettings, KafkaSettings, TlsSettings};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings of svc-ingest.
@@ -24,26 +24,17 @@ pub struct IngestConfig {
     )]
     pub metrics_addr: SocketAddr,
 
-    /// Secret signing bearer tokens; without it ingest runs open, loopback only.
-    #[arg(long, env = "HB_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<String>,
+    /// Bearer tokens (`HB_AUTH_SECRET`); without a secret ingest runs open, loopback only.
+    #[command(flatten)]
+    pub auth: AuthSettings,
 
-    /// PEM certificate chain; with `HB_TLS_KEY` turns on TLS.
-    #[arg(long, env = "HB_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    /// TLS of the gRPC listener (`HB_TLS_CERT`, `HB_TLS_KEY`).
+    #[command(flatten)]
+    pub tls: TlsSettings,
 
-    /// PEM private key for `HB_TLS_CERT`.
-    #[arg(long, env = "HB_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Kafka bootstrap servers, required by the svc-ingest binary (unset:
-    /// only `hbmesh up`, which hands batches to its stream stage in memory).
-    #[arg(long, env = "HB_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-
-    /// Topic accepted heartbeats are published to (key = user_id).
-    #[arg(long, env = "HB_KAFKA_TOPIC", default_value = "heartbeats")]
-    pub kafka_topic: String,
+    /// Where accepted heartbeats are published (`HB_KAFKA_BROKERS`, `HB_KAFKA_TOPIC`).
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     /// Topic rejected input is dead-lettered to, with its reason.
     #[arg(long, env = "HB_DLQ_TOPIC", default_value = "heartbeats-dlq")]
@@ -82,11 +73,9 @@ pub struct IngestConfig {
 impl IngestConfig {
     /// Checks what clap cannot: TLS halves, and no open listener off loopback.
     pub fn validate(&self) -> Result<(), String> {
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err("HB_TLS_CERT and HB_TLS_KEY must be set together".into());
-        }
+        self.tls.files().map_err(|half| half.to_string())?;
         hb_common::refuse_open_non_loopback(
-            self.auth_secret.as_deref(),
+            self.auth.secret(),
             &[
                 ("HB_INGEST_ADDR", self.addr),
                 ("HB_INGEST_METRICS_ADDR", self.metrics_addr),
@@ -113,13 +102,14 @@ impl IngestConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hb_common::settings::Secret;
 
     #[test]
     fn without_a_secret_the_grpc_and_metrics_addresses_must_be_loopback() {
         let open: SocketAddr = "0.0.0.0:0".parse().unwrap();
         for metrics in [false, true] {
             let mut config = IngestConfig::defaults();
-            config.auth_secret = None;
+            config.auth.secret = None;
             if metrics {
                 config.metrics_addr = open;
             } else {
@@ -130,7 +120,7 @@ mod tests {
                 error.contains("refusing") && error.contains("0.0.0.0"),
                 "{error}"
             );
-            config.auth_secret = Some("s3cret".into());
+            config.auth.secret = Some(Secret::new("s3cret"));
             assert_eq!(config.validate(), Ok(()));
         }
     }

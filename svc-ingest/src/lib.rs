@@ -80,12 +80,12 @@ pub async fn build_publisher(
         PublishTarget::Custom(publisher) => publisher,
         PublishTarget::Embedded(tx) => Arc::new(EmbeddedPublisher::new(tx)),
         PublishTarget::Kafka => {
-            let brokers = config.kafka_brokers.clone().context(
+            let brokers = config.kafka.brokers.clone().context(
                 "svc-ingest needs HB_KAFKA_BROKERS; `hbmesh up` runs the embedded tier without Kafka",
             )?;
             let settings = KafkaSettings {
                 brokers,
-                topic: config.kafka_topic.clone(),
+                topic: config.kafka.topic.clone(),
                 dlq_topic: config.dlq_topic.clone(),
                 timeout: config.kafka_timeout,
                 extra: Vec::new(),
@@ -114,7 +114,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = IngestMetrics::register(&mut registry);
     let publisher = build_publisher(&config, target, &metrics).await?;
-    let authenticator = Authenticator::from_secret(config.auth_secret.as_deref());
+    let authenticator = Authenticator::from_secret(config.auth.secret());
     if authenticator.is_open() {
         tracing::warn!("HB_AUTH_SECRET is not set: ingest is OPEN to any caller on loopback; set a secret before exposing it");
     }
@@ -138,7 +138,7 @@ pub async fn run(
 
     let grpc_addr = listeners.grpc.local_addr()?;
     let metrics_addr = listeners.metrics.local_addr()?;
-    tracing::info!(%grpc_addr, %metrics_addr, publisher = publisher.name(), tls = config.tls_cert.is_some(), "svc-ingest listening");
+    tracing::info!(%grpc_addr, %metrics_addr, publisher = publisher.name(), tls = config.tls.cert.is_some(), "svc-ingest listening");
 
     let handler = Arc::new(IngestHandler {
         publisher: Arc::clone(&publisher),
@@ -197,7 +197,7 @@ pub async fn run(
     let admission = admission::CallLimitLayer::new(config.concurrency, metrics.load_shed.clone());
 
     let mut builder = Server::builder();
-    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
         let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
         let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
         builder =

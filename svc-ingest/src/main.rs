@@ -36,7 +36,7 @@ async fn main() {
         tracing::error!(error = %err, "invalid configuration");
         std::process::exit(hb_common::EXIT_CONFIG);
     }
-    if cli.config.kafka_brokers.is_none() {
+    if cli.config.kafka.brokers.is_none() {
         tracing::error!(
             "svc-ingest publishes to Kafka and HB_KAFKA_BROKERS is not set; \
              to run ingest, stream and query in one process without Kafka, run `hbmesh up`"

@@ -12,6 +12,8 @@
 //! ```
 
 use clap::Parser;
+use hb_common::settings::{AuthSettings, Secret};
+use hb_common::store::{Store, StoreSettings};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -21,8 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use svc_query::catalog::{Ad, Video};
-use svc_query::config::{QueryConfig, Secret};
-use svc_query::store::Store;
+use svc_query::config::QueryConfig;
 use svc_query::QueryListeners;
 use tokio_util::sync::CancellationToken;
 
@@ -612,8 +613,13 @@ async fn main() -> anyhow::Result<()> {
         http_addr: "127.0.0.1:0".parse()?,
         grpc_addr: "127.0.0.1:0".parse()?,
         metrics_addr: "127.0.0.1:0".parse()?,
-        data_dir: args.dir.join("sqlite"),
-        auth_secret: Some(Secret::new(SECRET)),
+        store: StoreSettings {
+            data_dir: args.dir.join("sqlite"),
+            yugabyte_url: None,
+        },
+        auth: AuthSettings {
+            secret: Some(Secret::new(SECRET)),
+        },
         query_timeout: Duration::from_secs(120),
         ..QueryConfig::default()
     };
@@ -626,7 +632,7 @@ async fn main() -> anyhow::Result<()> {
             .rsplit_once('/')
             .map(|(b, _)| b)
             .unwrap_or(&args.pg_url);
-        config.yugabyte_url = Some(format!("{base}/{}", args.pg_db));
+        config.store.yugabyte_url = Some(format!("{base}/{}", args.pg_db));
         if !args.reuse {
             let admin = sqlx::PgPool::connect(&args.pg_url).await?;
             let db = &args.pg_db;
@@ -657,9 +663,9 @@ async fn main() -> anyhow::Result<()> {
             data.raw.len(),
             started.elapsed().as_secs_f64()
         );
-        let store = Store::open(&config).await?;
-        store.upsert_videos(&data.videos).await?;
-        store.upsert_ads(&data.ads).await?;
+        let store = svc_query::store::open(&config).await?;
+        svc_query::catalog::upsert_videos(&store, &data.videos).await?;
+        svc_query::catalog::upsert_ads(&store, &data.ads).await?;
         let started = Instant::now();
         match &store {
             Store::Sqlite(pool) => load_sqlite(pool, &data).await?,

@@ -1,11 +1,15 @@
 //! The content catalog (videos with their license holder and royalty rate,
 //! ads with their campaign and advertiser): validation shared by
-//! `PUT /v1/catalog/{videos,ads}` and `hbmesh catalog import` (CSV).
+//! `PUT /v1/catalog/{videos,ads}` and `hbmesh catalog import` (CSV), and
+//! its writes to the store.
 
 use crate::config::QueryConfig;
+use crate::error::EngineError;
 use crate::report::MAX_ID_BYTES;
-use crate::store::Store;
+use crate::store::upsert_all;
 use anyhow::Context as _;
+use hb_common::store::columns::{ADS, VIDEOS};
+use hb_common::store::{Param, Store};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -117,6 +121,63 @@ where
     Ok(rows)
 }
 
+/// Inserts or replaces videos by `video_id`, all in one transaction.
+pub async fn upsert_videos(store: &Store, videos: &[Video]) -> Result<usize, EngineError> {
+    let rows: Vec<Vec<Param>> = last_wins(videos, |v| &v.video_id)
+        .into_iter()
+        .map(|v| {
+            vec![
+                Param::Text(v.video_id.clone()),
+                Param::Text(v.title.clone()),
+                Param::Text(v.license_holder_id.clone()),
+                Param::Int(v.rate_micros_per_hour),
+            ]
+        })
+        .collect();
+    let columns = [
+        "video_id",
+        "title",
+        "license_holder_id",
+        "rate_micros_per_hour",
+    ];
+    upsert_all(store, VIDEOS, &columns, &rows).await?;
+    Ok(rows.len())
+}
+
+/// Inserts or replaces ads by `ad_id`, all in one transaction.
+pub async fn upsert_ads(store: &Store, ads: &[Ad]) -> Result<usize, EngineError> {
+    let rows: Vec<Vec<Param>> = last_wins(ads, |a| &a.ad_id)
+        .into_iter()
+        .map(|a| {
+            vec![
+                Param::Text(a.ad_id.clone()),
+                Param::Text(a.campaign_id.clone()),
+                Param::Text(a.advertiser_id.clone()),
+            ]
+        })
+        .collect();
+    let columns = ["ad_id", "campaign_id", "advertiser_id"];
+    upsert_all(store, ADS, &columns, &rows).await?;
+    Ok(rows.len())
+}
+
+/// Keeps the last row per key, in first-seen order: one multi-row
+/// `ON CONFLICT DO UPDATE` may not touch the same row twice (PostgreSQL).
+fn last_wins<T, K: Fn(&T) -> &String>(rows: &[T], key: K) -> Vec<&T> {
+    let mut position = std::collections::HashMap::new();
+    let mut out: Vec<&T> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match position.get(key(row)) {
+            Some(&i) => out[i] = row,
+            None => {
+                position.insert(key(row).clone(), out.len());
+                out.push(row);
+            }
+        }
+    }
+    out
+}
+
 /// `hbmesh catalog import --videos F --ads F`: loads both CSV files (header
 /// `video_id,title,license_holder_id,rate_micros_per_hour` and
 /// `ad_id,campaign_id,advertiser_id`) into the sessions store the
@@ -135,12 +196,11 @@ pub async fn import_csv(
         Some(path) => read_csv(path, Ad::validate)?,
         None => Vec::new(),
     };
-    let store = Store::open(config).await?;
-    let written_videos = store
-        .upsert_videos(&videos)
+    let store = crate::store::open(config).await?;
+    let written_videos = upsert_videos(&store, &videos)
         .await
         .context("writing videos")?;
-    let written_ads = store.upsert_ads(&ads).await.context("writing ads")?;
+    let written_ads = upsert_ads(&store, &ads).await.context("writing ads")?;
     store.close().await;
     tracing::info!(
         videos = written_videos,
@@ -162,6 +222,17 @@ mod tests {
             license_holder_id: "L1".into(),
             rate_micros_per_hour: rate,
         }
+    }
+
+    #[test]
+    fn the_last_copy_of_a_key_wins() {
+        let rows = vec![
+            ("a".to_string(), 1),
+            ("b".to_string(), 2),
+            ("a".to_string(), 3),
+        ];
+        let kept = last_wins(&rows, |r| &r.0);
+        assert_eq!(kept, vec![&rows[2], &rows[1]]);
     }
 
     #[test]

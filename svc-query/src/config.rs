@@ -1,46 +1,16 @@
 //! Configuration of svc-query: every setting is a `--flag` and an `HB_*`
-//! environment variable with its default beside it. Secrets are wrapped so
-//! that `Debug` (and therefore any log line) never shows them.
+//! environment variable with its default beside it; the ones other services
+//! read too come from `hb_common::settings` and `hb_common::store`.
 
 use hb_common::duration::parse_duration;
-use std::fmt;
+use hb_common::settings::{AuthSettings, TlsSettings};
+use hb_common::store::StoreSettings;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-/// A secret value (`HB_AUTH_SECRET`): printed as `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it (token verification).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(text: &str) -> Result<Secret, Self::Err> {
-        Ok(Secret(text.to_string()))
-    }
-}
-
 /// Settings of the query service. Flags are named after their variables
-/// (`--query-http-addr`, as ingest's `--ingest-addr`); the unprefixed
-/// names of earlier releases are kept as aliases.
+/// (`--query-http-addr`, as ingest's `--ingest-addr`); the unprefixed names
+/// (`--http-addr`) are accepted as aliases.
 #[derive(clap::Args, Clone, Debug)]
 pub struct QueryConfig {
     /// HTTP JSON API address; port 0 picks a free port.
@@ -70,13 +40,9 @@ pub struct QueryConfig {
     )]
     pub metrics_addr: SocketAddr,
 
-    /// Directory of the embedded store (SQLite file), used when no YugabyteDB URL is set.
-    #[arg(long, env = "HB_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-
-    /// PostgreSQL/YugabyteDB (YSQL) URL of the sessions store; unset = embedded SQLite.
-    #[arg(long, env = "HB_YUGABYTE_URL")]
-    pub yugabyte_url: Option<String>,
+    /// Where the sessions store is (`HB_DATA_DIR`, `HB_YUGABYTE_URL`).
+    #[command(flatten)]
+    pub store: StoreSettings,
 
     /// Trino coordinator URL (`http://host:8080`); unset = reports run as SQL on the store.
     #[arg(long, env = "HB_TRINO_URL")]
@@ -110,17 +76,13 @@ pub struct QueryConfig {
     #[arg(long, env = "HB_QUERY_STORE_CONNECTIONS", default_value_t = 16)]
     pub store_connections: u32,
 
-    /// HMAC secret of bearer tokens; unset = open mode (loopback only). Never logged.
-    #[arg(long, env = "HB_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<Secret>,
+    /// Bearer tokens (`HB_AUTH_SECRET`).
+    #[command(flatten)]
+    pub auth: AuthSettings,
 
-    /// PEM certificate chain; with `HB_TLS_KEY` turns on TLS for HTTP and gRPC.
-    #[arg(long, env = "HB_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM private key matching `HB_TLS_CERT`.
-    #[arg(long, env = "HB_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    /// TLS of the HTTP and gRPC listeners (`HB_TLS_CERT`, `HB_TLS_KEY`).
+    #[command(flatten)]
+    pub tls: TlsSettings,
 }
 
 impl Default for QueryConfig {
@@ -130,8 +92,7 @@ impl Default for QueryConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9103)),
-            data_dir: PathBuf::from("./data"),
-            yugabyte_url: None,
+            store: StoreSettings::default(),
             trino_url: None,
             trino_catalog_yugabyte: "yugabyte".into(),
             trino_schema_yugabyte: "public".into(),
@@ -140,9 +101,8 @@ impl Default for QueryConfig {
             trino_user: "hbmesh".into(),
             query_timeout: Duration::from_secs(30),
             store_connections: 16,
-            auth_secret: None,
-            tls_cert: None,
-            tls_key: None,
+            auth: AuthSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -187,9 +147,7 @@ impl QueryConfig {
                 });
             }
         }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return Err(ConfigError::HalfTls);
-        }
+        self.tls.files().map_err(|_| ConfigError::HalfTls)?;
         if let Some(url) = &self.trino_url {
             TrinoEndpoint::parse(url)?;
         }
@@ -215,10 +173,7 @@ impl QueryConfig {
 
     /// The auth secret, if one is set and non-empty.
     pub fn secret(&self) -> Option<&str> {
-        self.auth_secret
-            .as_ref()
-            .map(Secret::expose)
-            .filter(|s| !s.is_empty())
+        self.auth.secret()
     }
 }
 
@@ -263,6 +218,7 @@ impl TrinoEndpoint {
 mod tests {
     use super::*;
     use clap::Parser;
+    use hb_common::settings::Secret;
 
     #[derive(Parser)]
     struct Cli {
@@ -309,7 +265,7 @@ mod tests {
         ));
         config.trino_catalog_scylla = "scylla_2".into();
         assert_eq!(config.validate(), Ok(()));
-        config.tls_cert = Some("cert.pem".into());
+        config.tls.cert = Some("cert.pem".into());
         assert_eq!(config.validate(), Err(ConfigError::HalfTls));
     }
 
@@ -326,7 +282,7 @@ mod tests {
             let error = config.validate().unwrap_err();
             assert!(matches!(error, ConfigError::OpenNonLoopback { .. }));
             assert!(error.to_string().contains("refusing"), "{error}");
-            config.auth_secret = Some(Secret::new("s3cret"));
+            config.auth.secret = Some(Secret::new("s3cret"));
             assert_eq!(config.validate(), Ok(()));
         }
     }

@@ -8,13 +8,15 @@
 //! | missing/expired/tampered token | 401 `unauthenticated` | `UNAUTHENTICATED` | get a token |
 //! | role not allowed | 403 `forbidden` | `PERMISSION_DENIED` | use another role |
 //! | query deadline passed (query cancelled) | 504 `deadline_exceeded` | `DEADLINE_EXCEEDED` | narrow the period / retry later |
-//! | store or Trino unreachable, Trino 503 after retries, Trino out of resources, connector (EXTERNAL) failure | 503 `unavailable` | `UNAVAILABLE` | retry later |
+//! | store or Trino unreachable, store busy or in conflict (serialisation, deadlock, lock time-out), Trino 503 after retries, Trino out of resources, connector (EXTERNAL) failure | 503 `unavailable` | `UNAVAILABLE` | retry later |
 //! | Trino catalog/schema/table/column missing, Trino denied our user, Trino internal error, unreadable answer | 502 `upstream_error` | `FAILED_PRECONDITION` | page the operator: deployment problem |
 //! | report SQL rejected (SYNTAX_ERROR and other Trino user errors), other store errors | 500 `internal` | `INTERNAL` | report a bug |
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hb_common::auth::AuthError;
+use hb_common::store::pg_copy::CopyError;
+use hb_common::store::Failure;
 use std::time::Duration;
 
 /// A report backend's failure.
@@ -32,18 +34,19 @@ pub enum EngineError {
 
 impl From<sqlx::Error> for EngineError {
     fn from(error: sqlx::Error) -> EngineError {
-        let unavailable = hb_common::schema::connection_lost(&error)
-            || matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed);
-        if unavailable {
-            EngineError::Unavailable(format!("sessions store unavailable: {error}"))
-        } else {
-            EngineError::Internal(format!("sessions store error: {error}"))
+        match hb_common::store::classify(&error) {
+            Failure::Unavailable => {
+                EngineError::Unavailable(format!("sessions store unavailable: {error}"))
+            }
+            Failure::Conflict | Failure::Fatal => {
+                EngineError::Internal(format!("sessions store error: {error}"))
+            }
         }
     }
 }
 
-impl From<crate::pg_copy::CopyError> for EngineError {
-    fn from(error: crate::pg_copy::CopyError) -> EngineError {
+impl From<CopyError> for EngineError {
+    fn from(error: CopyError) -> EngineError {
         EngineError::Internal(format!("sessions store sent unreadable rows: {error}"))
     }
 }

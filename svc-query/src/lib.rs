@@ -5,7 +5,7 @@
 //! Wiring: [`run`] takes already-bound listeners and a shutdown token (so
 //! tests bind port 0 and stop cleanly). Reports run on a [`engine::ReportEngine`]:
 //! Trino when `HB_TRINO_URL` is set, else SQL on the sessions store. Point
-//! look-ups and catalog writes always go to the store ([`store::Store`]).
+//! look-ups and catalog writes always go to the store ([`hb_common::store::Store`]).
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -16,7 +16,6 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
-mod pg_copy;
 pub mod report;
 pub mod service;
 pub mod store;
@@ -25,11 +24,11 @@ use crate::config::QueryConfig;
 use crate::engine::direct::DirectEngine;
 use crate::engine::trino::{TrinoEngine, TrinoSettings};
 use crate::engine::ReportEngine;
-use crate::store::Store;
 use anyhow::Context as _;
 use hb_common::auth::Authenticator;
 use hb_common::health::{Health, HealthHandle};
 use hb_common::shutdown::CancellationToken;
+use hb_common::store::Store;
 use hb_proto::v1::report_service_server::ReportServiceServer;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
@@ -71,7 +70,7 @@ struct Tls {
 }
 
 async fn load_tls(config: &QueryConfig) -> anyhow::Result<Option<Tls>> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
         return Ok(None);
     };
     // axum-server and tonic take the process-wide rustls provider; the
@@ -140,7 +139,7 @@ pub async fn run(
         );
     }
 
-    let store = Store::open(&config).await?;
+    let store = store::open(&config).await?;
     let engine = build_engine(&config, &store, &shutdown)?;
     let tls = load_tls(&config).await?;
 

@@ -11,8 +11,9 @@ use crate::report::{
     ConcurrencyRow, ConcurrencySpec, ImpressionRow, ProgressRow, RoyaltyRow, SessionRow,
     TrafficRow, Window,
 };
-use crate::store::Store;
+use crate::{catalog, store};
 use hb_common::auth::Authenticator;
+use hb_common::store::Store;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,7 +140,8 @@ impl QueryService {
     }
 
     pub async fn progress(&self, user_id: &str) -> Result<Vec<ProgressRow>, ApiError> {
-        self.on_store(self.inner.store.progress(user_id)).await
+        self.on_store(store::progress(&self.inner.store, user_id))
+            .await
     }
 
     pub async fn sessions(
@@ -148,15 +150,17 @@ impl QueryService {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SessionRow>, ApiError> {
-        self.on_store(self.inner.store.sessions(user_id, from_ms, to_ms))
+        self.on_store(store::sessions(&self.inner.store, user_id, from_ms, to_ms))
             .await
     }
 
     pub async fn upsert_videos(&self, videos: &[Video]) -> Result<usize, ApiError> {
-        self.on_store(self.inner.store.upsert_videos(videos)).await
+        self.on_store(catalog::upsert_videos(&self.inner.store, videos))
+            .await
     }
 
     pub async fn upsert_ads(&self, ads: &[Ad]) -> Result<usize, ApiError> {
-        self.on_store(self.inner.store.upsert_ads(ads)).await
+        self.on_store(catalog::upsert_ads(&self.inner.store, ads))
+            .await
     }
 }

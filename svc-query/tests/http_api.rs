@@ -498,7 +498,7 @@ async fn open_mode_serves_everyone_on_loopback_only() {
     let seed = Seed::generate(5);
     seed.load(&test.store).await;
     let mut config = test.config.clone();
-    config.auth_secret = None;
+    config.auth.secret = None;
     let app = TestApp::spawn(config.clone()).await;
     let (status, body) = app
         .get(&format!("/v1/reports/royalties?{}", day_query()), None)

@@ -6,12 +6,14 @@ mod common;
 
 use common::{Backend, Seed, SeedSession, TestStore, MINUTE, T0};
 use hb_common::raw::{BUMP_RAW_HOURS_UNTIL_SQL, BUMP_RAW_HOUR_SQL, HOUR_MS};
+use hb_common::store::Store;
 use std::time::Duration;
+use svc_query::catalog::upsert_videos;
 use svc_query::engine::direct::DirectEngine;
 use svc_query::engine::sql::SHORT_ROYALTIES_MS;
 use svc_query::engine::ReportEngine;
 use svc_query::report::{ConcurrencySpec, Window};
-use svc_query::store::Store;
+use svc_query::store::{progress, sessions};
 
 const DAY: i64 = 24 * HOUR_MS;
 
@@ -157,25 +159,26 @@ async fn check_reports(backend: Backend) {
         .chain(["edge0", "nobody"])
     {
         assert_eq!(
-            test.store.progress(user).await.unwrap(),
+            progress(&test.store, user).await.unwrap(),
             seed.progress(user),
             "progress {user}"
         );
         assert_eq!(
-            test.store.sessions(user, i64::MIN, i64::MAX).await.unwrap(),
+            sessions(&test.store, user, i64::MIN, i64::MAX)
+                .await
+                .unwrap(),
             seed.user_sessions(user, i64::MIN, i64::MAX),
             "sessions {user}"
         );
         assert_eq!(
-            test.store
-                .sessions(user, T0, T0 + 6 * HOUR_MS)
+            sessions(&test.store, user, T0, T0 + 6 * HOUR_MS)
                 .await
                 .unwrap(),
             seed.user_sessions(user, T0, T0 + 6 * HOUR_MS),
             "sessions {user} in a period"
         );
     }
-    assert!(test.store.progress("nobody").await.unwrap().is_empty());
+    assert!(progress(&test.store, "nobody").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -362,7 +365,7 @@ async fn check_catalog_upserts(backend: Backend) {
     // The same key twice in one batch: the last copy wins.
     let mut batch = vec![video.clone(), video.clone()];
     batch[0].rate_micros_per_hour = 1;
-    assert_eq!(test.store.upsert_videos(&batch).await.unwrap(), 1);
+    assert_eq!(upsert_videos(&test.store, &batch).await.unwrap(), 1);
     assert_eq!(
         engine.royalties(day, None).await.unwrap(),
         moved.royalties(T0, T0 + DAY, None)
@@ -418,7 +421,7 @@ async fn check_traffic_rollup_follows_changes(backend: Backend) {
     assert!(stored > 0, "the whole hours were summed and kept");
     // Importing the same catalog again keeps them: nobody's titles moved.
     let catalog = Seed::scalar(&test.store, "SELECT version FROM catalog_version").await;
-    test.store.upsert_videos(&seed.videos).await.unwrap();
+    upsert_videos(&test.store, &seed.videos).await.unwrap();
     assert_eq!(
         Seed::scalar(&test.store, "SELECT version FROM catalog_version").await,
         catalog
@@ -462,8 +465,7 @@ async fn check_traffic_rollup_follows_changes(backend: Backend) {
     // The title moves to another holder: every hour follows.
     let moved = seed.videos.iter_mut().find(|v| v.video_id == "v1").unwrap();
     moved.license_holder_id = "L9".into();
-    test.store
-        .upsert_videos(std::slice::from_ref(moved))
+    upsert_videos(&test.store, std::slice::from_ref(moved))
         .await
         .unwrap();
     assert_eq!(
@@ -658,7 +660,7 @@ async fn csv_import_writes_the_configured_store() {
         .await
         .unwrap_err();
     assert!(format!("{error:#}").contains(":3:"), "{error:#}");
-    let svc_query::store::Store::Sqlite(pool) = &test.store else {
+    let Store::Sqlite(pool) = &test.store else {
         unreachable!()
     };
     let ads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ads")

@@ -175,7 +175,7 @@ async fn six_processes_started_at_once_on_a_fresh_sqlite_file_all_serve_on_a_com
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         drop(processes);
 
-        let file = data_dir.path().join(hb_common::schema::SQLITE_FILE);
+        let file = data_dir.path().join(hb_common::store::SQLITE_FILE);
         let mut connection =
             sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
                 .await

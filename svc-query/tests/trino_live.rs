@@ -79,8 +79,11 @@ async fn reports_on_a_real_trino() {
     );
 
     if let Ok(pg_url) = std::env::var("HB_TEST_TRINO_PG_URL") {
-        let store = svc_query::store::Store::open(&QueryConfig {
-            yugabyte_url: Some(pg_url),
+        let store = svc_query::store::open(&QueryConfig {
+            store: hb_common::store::StoreSettings {
+                yugabyte_url: Some(pg_url),
+                ..Default::default()
+            },
             ..QueryConfig::default()
         })
         .await

@@ -76,10 +76,10 @@ async fn bench<S: SessionStore + RawMirror + 'static>(
 async fn main() -> anyhow::Result<()> {
     hb_common::telemetry::init();
     let dir = tempfile::tempdir()?;
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await?;
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await?;
     bench("sqlite", Arc::new(SqliteStore::new(pool, 30 * 86_400_000))).await?;
     if let Ok(url) = std::env::var("HB_BENCH_PG") {
-        let pool = hb_common::schema::open_postgres(&url, 4).await?;
+        let pool = hb_common::store::open_postgres(&url, 4).await?;
         bench("postgres", Arc::new(PgStore::new(pool, 30 * 86_400_000))).await?;
     }
     Ok(())

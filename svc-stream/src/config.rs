@@ -1,8 +1,11 @@
 //! svc-stream settings: every one an env variable with a default and a flag.
 
-use hb_common::duration::parse_duration;
+use crate::sessionizer::SessionConfig;
+use hb_common::duration::{format_duration, parse_duration};
+use hb_common::settings::KafkaSettings;
+use hb_common::store::StoreSettings;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Settings of svc-stream (also used by the stream stage of `hbmesh up`).
@@ -16,13 +19,9 @@ pub struct StreamConfig {
     )]
     pub metrics_addr: SocketAddr,
 
-    /// Kafka bootstrap servers; unset means the embedded hand-off (`hbmesh up` only).
-    #[arg(long, env = "HB_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-
-    /// Topic of accepted heartbeats.
-    #[arg(long, env = "HB_KAFKA_TOPIC", default_value = "heartbeats")]
-    pub kafka_topic: String,
+    /// Where accepted heartbeats come from (`HB_KAFKA_BROKERS`, `HB_KAFKA_TOPIC`).
+    #[command(flatten)]
+    pub kafka: KafkaSettings,
 
     /// Consumer group of the stream service.
     #[arg(long, env = "HB_KAFKA_GROUP", default_value = "hb-stream")]
@@ -32,9 +31,9 @@ pub struct StreamConfig {
     #[arg(long, env = "HB_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub kafka_session_timeout: Duration,
 
-    /// PostgreSQL URL of YugabyteDB's YSQL; unset means the embedded SQLite file.
-    #[arg(long, env = "HB_YUGABYTE_URL", hide_env_values = true)]
-    pub yugabyte_url: Option<String>,
+    /// Where the sessions store is (`HB_DATA_DIR`, `HB_YUGABYTE_URL`).
+    #[command(flatten)]
+    pub store: StoreSettings,
 
     /// ScyllaDB contact points (`host:port,...`); unset keeps the raw mirror in the sessions store.
     #[arg(long, env = "HB_SCYLLA_NODES")]
@@ -44,16 +43,12 @@ pub struct StreamConfig {
     #[arg(long, env = "HB_SCYLLA_REPLICATION", default_value_t = 3)]
     pub scylla_replication: u32,
 
-    /// Directory of the embedded store.
-    #[arg(long, env = "HB_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-
     /// Gap G: heartbeats this far apart start a new session.
-    #[arg(long, env = "HB_SESSION_GAP", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "HB_SESSION_GAP", default_value = default_session_gap(), value_parser = parse_duration)]
     pub session_gap: Duration,
 
     /// How far behind a partition's newest event time a heartbeat may arrive and still be merged.
-    #[arg(long, env = "HB_ALLOWED_LATENESS", default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, env = "HB_ALLOWED_LATENESS", default_value = default_allowed_lateness(), value_parser = parse_duration)]
     pub allowed_lateness: Duration,
 
     /// Processing time after which an idle key's sessions become final (default: the gap).
@@ -71,9 +66,8 @@ pub struct StreamConfig {
     /// Heartbeats pending that force a flush before the interval; in the
     /// embedded tier, the most one group commit takes. Large, because under
     /// overload a bigger commit costs less per heartbeat (each commit rewrites
-    /// the pages of the open sessions it touches): 100k instead of 20k took the
-    /// embedded tier from 58k to 75k hb/s on a slow 2-core box
-    /// (docs/benchmarks.md). Below capacity commits stay small anyway.
+    /// the pages of the open sessions it touches). Below capacity commits
+    /// stay small anyway.
     #[arg(long, env = "HB_FLUSH_MAX", default_value_t = 100_000, value_parser = positive_count)]
     pub flush_max: usize,
 
@@ -83,7 +77,7 @@ pub struct StreamConfig {
     /// this much time has passed since sessions were last written or the
     /// stage is quiet; each session write then covers several heartbeats of
     /// every playing session instead of one, which is most of the writer's
-    /// cost at 100k hb/s (docs/benchmarks.md). Under light load, and at
+    /// cost under load. Under light load, and at
     /// shutdown, every commit writes sessions. A restart rebuilds the deferred
     /// changes: the embedded tier from the raw rows, the Kafka consumer by
     /// reading its partitions again from the sessions' offset (their raw rows
@@ -124,6 +118,25 @@ impl StreamConfig {
     }
 }
 
+/// The default of `HB_SESSION_GAP` as its flag shows it (`10m`): the
+/// sessionizer's own (SPEC 5), so the gap is declared once.
+pub fn default_session_gap() -> &'static str {
+    static TEXT: LazyLock<String> =
+        LazyLock::new(|| duration_text(SessionConfig::default().gap_ms));
+    &TEXT
+}
+
+/// The default of `HB_ALLOWED_LATENESS`, the sessionizer's own (SPEC 5).
+pub fn default_allowed_lateness() -> &'static str {
+    static TEXT: LazyLock<String> =
+        LazyLock::new(|| duration_text(SessionConfig::default().lateness_ms));
+    &TEXT
+}
+
+fn duration_text(ms: i64) -> String {
+    format_duration(Duration::from_millis(ms.max(0) as u64))
+}
+
 /// A zero flush interval would make the flush timer panic, and a zero flush
 /// size would stop the stage from taking any heartbeat: both are refused.
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -160,6 +173,21 @@ mod tests {
                 .unwrap_or_else(|| panic!("{flag} {value} was accepted"))
                 .to_string();
             assert!(err.contains("must be more than zero"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_session_rules_default_to_the_sessionizers_own() {
+        let cli = Cli::try_parse_from(["svc-stream"]).unwrap();
+        assert_eq!(super::default_session_gap(), "10m");
+        assert_eq!(super::default_allowed_lateness(), "2m");
+        let rules = cli.stream.session_config();
+        let defaults = crate::sessionizer::SessionConfig::default();
+        if std::env::var_os("HB_SESSION_GAP").is_none() {
+            assert_eq!(rules.gap_ms, defaults.gap_ms);
+        }
+        if std::env::var_os("HB_ALLOWED_LATENESS").is_none() {
+            assert_eq!(rules.lateness_ms, defaults.lateness_ms);
         }
     }
 

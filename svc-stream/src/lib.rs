@@ -46,21 +46,21 @@ pub struct Sinks {
 pub async fn open_sinks(config: &StreamConfig) -> anyhow::Result<Sinks> {
     let ttl_ms = config.raw_ttl.as_millis() as i64;
     let (store, store_mirror, tier): (Arc<dyn SessionStore>, Arc<dyn RawMirror>, _) =
-        match &config.yugabyte_url {
+        match &config.store.yugabyte_url {
             Some(url) => {
-                let pool = hb_common::schema::open_postgres(url, 8)
+                let pool = hb_common::store::open_postgres(url, 8)
                     .await
                     .context("connecting to YugabyteDB (HB_YUGABYTE_URL)")?;
                 let store = Arc::new(PgStore::new(pool, ttl_ms));
                 (store.clone(), store, "yugabyte")
             }
             None => {
-                let pool = hb_common::schema::open_sqlite(&config.data_dir, 4)
+                let pool = hb_common::store::open_sqlite(&config.store.data_dir, 4)
                     .await
                     .with_context(|| {
                         format!(
                             "opening the embedded store in {}",
-                            config.data_dir.display()
+                            config.store.data_dir.display()
                         )
                     })?;
                 let store = Arc::new(SqliteStore::new(pool, ttl_ms));
@@ -148,12 +148,13 @@ pub async fn run(
         }
         Source::Kafka => {
             let brokers = config
-                .kafka_brokers
+                .kafka
+                .brokers
                 .clone()
                 .context("svc-stream needs HB_KAFKA_BROKERS; without Kafka the stream stage runs inside `hbmesh up` (embedded tier)")?;
             let pipeline = Pipeline::new(
                 session_config,
-                &config.kafka_topic,
+                &config.kafka.topic,
                 sinks.store,
                 sinks.mirror,
                 sinks.mirror_in_store,
@@ -161,7 +162,7 @@ pub async fn run(
             );
             let source = kafka::KafkaSource {
                 brokers,
-                topic: config.kafka_topic.clone(),
+                topic: config.kafka.topic.clone(),
                 group: config.kafka_group.clone(),
                 session_timeout: config.kafka_session_timeout,
                 stall_after: config.stall_timeout,

@@ -154,7 +154,7 @@ macro_rules! assert_store_exact {
 #[tokio::test]
 async fn sqlite_store_survives_crashes_without_loss_or_double_count() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
@@ -196,7 +196,7 @@ async fn postgres_store_survives_crashes_without_loss_or_double_count() {
 #[tokio::test]
 async fn a_restart_without_crash_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(800);
     run_with_crashes(store.clone(), &heartbeats, &[]).await;
@@ -290,7 +290,7 @@ async fn stored_sessions_sqlite(pool: &sqlx::SqlitePool) -> Vec<Session> {
 #[tokio::test]
 async fn deferred_session_writes_survive_crashes_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
@@ -326,7 +326,7 @@ fn heartbeat(event_id: &str, user_id: &str, time_ms: i64, position_ms: u64) -> H
 #[tokio::test]
 async fn a_restart_after_deferred_flushes_does_not_revive_an_idle_flushed_session() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
     let t = 1_700_000_000_000;
     let now = hb_common::time::now_ms();
@@ -521,7 +521,7 @@ async fn session_writes_left_to_kafka_redelivery_survive_crashes_on_postgres() {
 #[tokio::test]
 async fn session_writes_left_to_kafka_redelivery_survive_crashes_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
@@ -599,7 +599,7 @@ async fn a_stale_owner_cannot_commit_over_the_new_one_on_postgres() {
 #[tokio::test]
 async fn a_stale_owner_cannot_commit_over_the_new_one_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(2_000);
     a_stale_owner_cannot_commit_over_the_new_one(store, &heartbeats).await;

@@ -82,7 +82,7 @@ impl RawMirror for FlakyStore {
 #[tokio::test]
 async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(FlakyStore {
         inner: SqliteStore::new(pool.clone(), 30 * 86_400_000),
         failing: AtomicBool::new(false),
@@ -154,7 +154,7 @@ async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
 #[tokio::test]
 async fn under_load_acks_come_with_raw_rows_and_sessions_follow_once_it_quiets() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), 30 * 86_400_000));
     let mut registry = Registry::default();
     let metrics = StreamMetrics::register(&mut registry);

@@ -115,7 +115,7 @@ async fn expiry_deletes_rows_past_their_ttl_and_keeps_the_rest(
 
 async fn sqlite(ttl_ms: i64) -> (tempfile::TempDir, Arc<SqliteStore>) {
     let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::schema::open_sqlite(dir.path(), 2).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     (dir, Arc::new(SqliteStore::new(pool, ttl_ms)))
 }
 
@@ -163,7 +163,7 @@ async fn postgres_expires_raw_rows_past_their_ttl() {
 #[tokio::test]
 async fn sqlite_commits_reach_the_database_file_off_the_commit_path() {
     let (dir, store) = sqlite(30 * DAY).await;
-    let file = dir.path().join(hb_common::schema::SQLITE_FILE);
+    let file = dir.path().join(hb_common::store::SQLITE_FILE);
     let size = || std::fs::metadata(&file).unwrap().len();
     let before = size();
     let t = hb_common::time::now_ms();

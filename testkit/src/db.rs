@@ -20,7 +20,7 @@ impl TestDb {
     /// Creates `hb_test_<random>` and migrates it.
     pub async fn create() -> anyhow::Result<(TestDb, PgPool)> {
         let db = TestDb::create_empty().await?;
-        let pool = hb_common::schema::open_postgres(&db.url, 8).await?;
+        let pool = hb_common::store::open_postgres(&db.url, 8).await?;
         Ok((db, pool))
     }
 

@@ -208,10 +208,10 @@ async fn a_broker_frozen_for_30_s_under_load_loses_nothing_acknowledged_and_the_
         },
         |ingest, stream, _| {
             ingest.metrics_addr = ingest_metrics;
-            ingest.kafka_topic = topic.to_string();
+            ingest.kafka.topic = topic.to_string();
             ingest.dlq_topic = dlq_topic.to_string();
             ingest.kafka_timeout = KAFKA_TIMEOUT;
-            stream.kafka_topic = topic.to_string();
+            stream.kafka.topic = topic.to_string();
             stream.kafka_group = "hb-outage".to_string();
         },
     )

@@ -35,9 +35,9 @@ async fn cluster_round_trip(brokers: String, topic: &str, dlq_topic: &str) {
             yugabyte_url: Some(db.url.clone()),
         },
         |ingest, stream, _| {
-            ingest.kafka_topic = topic.to_string();
+            ingest.kafka.topic = topic.to_string();
             ingest.dlq_topic = dlq_topic.to_string();
-            stream.kafka_topic = topic.to_string();
+            stream.kafka.topic = topic.to_string();
             stream.kafka_group = format!("{topic}-group");
         },
     )

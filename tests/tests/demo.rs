@@ -1,6 +1,7 @@
 //! `hbmesh up --demo` against the mesh it started: catalog seeded, a fleet
 //! simulated, the reports printed, with and without `HB_AUTH_SECRET`.
 
+use hb_common::settings::Secret;
 use hb_e2e_tests::{spawn_app_configured, tls_fixture as fixture, Tier};
 use std::time::Duration;
 
@@ -14,13 +15,13 @@ async fn demo_output_with(secret: Option<&str>, tls: bool) -> String {
         dir.path().to_path_buf(),
         Tier::default(),
         |ingest, _, query| {
-            ingest.auth_secret = secret.map(str::to_string);
-            query.auth_secret = secret.map(svc_query::config::Secret::new);
+            ingest.auth.secret = secret.map(Secret::new);
+            query.auth.secret = secret.map(Secret::new);
             if tls {
-                ingest.tls_cert = Some(fixture("server.pem"));
-                ingest.tls_key = Some(fixture("server.key"));
-                query.tls_cert = Some(fixture("server.pem"));
-                query.tls_key = Some(fixture("server.key"));
+                ingest.tls.cert = Some(fixture("server.pem"));
+                ingest.tls.key = Some(fixture("server.key"));
+                query.tls.cert = Some(fixture("server.pem"));
+                query.tls.key = Some(fixture("server.key"));
             }
         },
     )

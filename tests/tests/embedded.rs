@@ -59,7 +59,7 @@ async fn assert_sessions_match(app: &TestApp, heartbeats: &[Heartbeat]) {
 }
 
 async fn raw_rows(app: &TestApp) -> i64 {
-    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1)
+    let pool = hb_common::store::open_sqlite(&app.data_dir, 1)
         .await
         .unwrap();
     sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
@@ -106,7 +106,7 @@ async fn an_ack_means_the_heartbeats_are_already_committed_to_the_embedded_store
     assert_eq!(summary.rejected, 0, "{:?}", summary.rejections);
     // Read from the SQLite file right after the ack, while the mesh still runs.
     assert_eq!(raw_rows(&app).await as usize, distinct.len());
-    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1)
+    let pool = hb_common::store::open_sqlite(&app.data_dir, 1)
         .await
         .unwrap();
     let in_sessions: i64 = sqlx::query("SELECT COALESCE(SUM(heartbeats), 0) FROM sessions")
@@ -157,7 +157,7 @@ async fn rejected_heartbeats_are_dead_lettered_with_their_reason() {
             (6, "state_unspecified".to_string())
         ])
     );
-    let pool = hb_common::schema::open_sqlite(&app.data_dir, 1)
+    let pool = hb_common::store::open_sqlite(&app.data_dir, 1)
         .await
         .unwrap();
     let stored: Vec<String> = sqlx::query("SELECT reason FROM dead_letters ORDER BY id")

@@ -50,7 +50,7 @@ async fn two_simulate_runs_back_to_back_send_no_late_heartbeats() {
     }
     // Sessions may be written a little after the raw rows (up to
     // HB_SESSION_WRITE_INTERVAL under load): wait for them, for a while.
-    let pool = hb_common::schema::open_sqlite(dir.path(), 1).await.unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 1).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let (raw, sessionized) = loop {
         let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")

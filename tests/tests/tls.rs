@@ -16,8 +16,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 async fn ingest_with_a_certificate_acknowledges_heartbeats_pushed_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app_configured(dir.path().to_path_buf(), Tier::default(), |ingest, _, _| {
-        ingest.tls_cert = Some(fixture("server.pem"));
-        ingest.tls_key = Some(fixture("server.key"));
+        ingest.tls.cert = Some(fixture("server.pem"));
+        ingest.tls.key = Some(fixture("server.key"));
     })
     .await;
 

@@ -18,21 +18,21 @@ async fn a_failing_service_stops_the_whole_mesh_with_its_error() {
     let mut ingest: IngestConfig = config_from_env().unwrap();
     ingest.addr = local;
     ingest.metrics_addr = local;
-    ingest.auth_secret = None;
+    ingest.auth.secret = None;
     let mut stream: StreamConfig = config_from_env().unwrap();
     stream.metrics_addr = local;
-    stream.data_dir = dir.path().to_path_buf();
-    stream.kafka_brokers = None;
-    stream.yugabyte_url = None;
+    stream.store.data_dir = dir.path().to_path_buf();
+    stream.kafka.brokers = None;
+    stream.store.yugabyte_url = None;
     stream.scylla_nodes = None;
     let mut query: QueryConfig = config_from_env().unwrap();
     query.http_addr = local;
     query.grpc_addr = local;
     query.metrics_addr = local;
-    query.data_dir = dir.path().to_path_buf();
-    query.yugabyte_url = None;
+    query.store.data_dir = dir.path().to_path_buf();
+    query.store.yugabyte_url = None;
     query.trino_url = None;
-    query.auth_secret = None;
+    query.auth.secret = None;
     // The query service refuses this as soon as it runs.
     query.query_timeout = Duration::ZERO;
 

@@ -261,7 +261,7 @@ mod tests {
         hb_common::telemetry::init_for_tests();
         let publisher = svc_ingest::publisher::counting::CountingPublisher::default();
         let mut config = svc_ingest::config::IngestConfig::defaults();
-        config.auth_secret = Some(secret.into());
+        config.auth.secret = Some(hb_common::settings::Secret::new(secret));
         let listeners = svc_ingest::IngestListeners {
             grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             metrics: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),

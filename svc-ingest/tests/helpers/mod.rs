@@ -67,7 +67,7 @@ pub async fn try_spawn_app_with(
     let mut config = IngestConfig::defaults();
     config.addr = "127.0.0.1:0".parse().expect("addr");
     config.metrics_addr = "127.0.0.1:0".parse().expect("addr");
-    config.auth_secret = Some(SECRET.to_string());
+    config.auth.secret = Some(hb_common::settings::Secret::new(SECRET));
     adjust(&mut config);
     let listeners = IngestListeners {
         grpc: TcpListener::bind(config.addr).await?,

@@ -13,24 +13,23 @@
 //! interrupts the statement.
 use super::coalesce::Coalesced;
 use super::rollup::{HourSplit, TrafficRollup};
+use super::sql::Tables;
 use super::sql::SHORT_ROYALTIES_MS;
-use super::sql::{Statement, Tables};
 use super::{
     finish_impressions, finish_royalties, finish_traffic, ReportEngine, RoyaltyAggregate,
     RoyaltyCounter,
 };
 use crate::error::EngineError;
-use crate::pg_copy;
 use crate::report::{
     ConcurrencyRow, ConcurrencySpec, ImpressionRow, RoyaltyRow, TrafficRow, Window,
 };
-use crate::store::{pg_snapshot, prepare_bound, sqlite_read, sqlite_scan, sqlite_text, Store};
+use crate::store::{
+    oldest_raw_ms, pg_snapshot, prepare_bound, sqlite_read, sqlite_scan, sqlite_text,
+};
 use async_trait::async_trait;
 use hb_common::raw::hour_ms;
 use hb_common::shutdown::CancellationToken;
-use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
-use sqlx::FromRow;
+use hb_common::store::{pg_copy, Statement, Store, StoredRow};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -100,7 +99,7 @@ impl DirectEngine {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let oldest = match self.store.oldest_raw_ms().await {
+            let oldest = match oldest_raw_ms(&self.store).await {
                 Ok(Some(oldest)) => oldest,
                 Ok(None) => continue,
                 Err(err) => {
@@ -153,7 +152,7 @@ impl DirectEngine {
         from_row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, EngineError>
     where
-        T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static,
+        T: StoredRow + 'static,
     {
         match &self.store {
             Store::Sqlite(pool) => {
@@ -167,7 +166,7 @@ impl DirectEngine {
                 .await
             }
             Store::Postgres(_) => {
-                self.within_deadline(left, self.store.fetch_report(statement))
+                self.within_deadline(left, self.store.fetch_all_replanned(statement))
                     .await
             }
         }
@@ -340,7 +339,7 @@ impl DirectEngine {
             .tables
             .impressions(window.from_ms(), window.to_ms(), advertiser);
         let rows = self
-            .within_deadline(left, self.store.fetch_report(&statement))
+            .within_deadline(left, self.store.fetch_all_replanned(&statement))
             .await?;
         Ok(finish_impressions(rows))
     }
@@ -419,7 +418,7 @@ impl DirectEngine {
         for (from, to) in [split.head, split.tail].into_iter().flatten() {
             let statement = self.tables.traffic(from, to, license_holder);
             let partial: Vec<TrafficRow> = self
-                .within_deadline(left, self.store.fetch_report(&statement))
+                .within_deadline(left, self.store.fetch_all_replanned(&statement))
                 .await?;
             rows.extend(partial);
         }

@@ -14,14 +14,15 @@
 //! Partial hours at the ends of a period are always read from the raw rows.
 
 use super::lock;
-use super::sql::{Param, Statement};
 use crate::error::EngineError;
-use crate::pg_copy;
 use crate::report::DenseIds;
 use crate::report::TrafficRow;
-use crate::store::{pg_snapshot, prepare_bound, sqlite_read, sqlite_text, Store};
+use crate::store::{
+    pg_snapshot, prepare_bound, save_traffic_hours, sqlite_read, sqlite_text, stale_traffic_hours,
+};
 use hb_common::raw::HOUR_MS;
 use hb_common::shutdown::CancellationToken;
+use hb_common::store::{pg_copy, Param, Statement, Store};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -87,7 +88,7 @@ impl TrafficRollup {
         let store = store.clone();
         tokio::spawn(async move {
             loop {
-                let stale = store.stale_traffic_hours(start, end).await?;
+                let stale = stale_traffic_hours(&store, start, end).await?;
                 let mut busy = None;
                 // Claimed a run at a time, as the count reaches it, so a
                 // long refresh leaves the hours ahead of it to others.
@@ -139,14 +140,12 @@ async fn count_claimed(
     claim: &Claim,
 ) -> Result<(), EngineError> {
     let (first, last) = claim.span();
-    let stale = store.stale_traffic_hours(first, last + HOUR_MS).await?;
+    let stale = stale_traffic_hours(store, first, last + HOUR_MS).await?;
     let mine: Vec<(i64, i64)> = stale.into_iter().filter(|(h, _)| claim.holds(*h)).collect();
     for run in runs(&mine) {
         let (first, last) = (run[0].0, run[run.len() - 1].0);
         let (catalog_version, rows) = count_raw(store, owners, first, last + HOUR_MS).await?;
-        store
-            .save_traffic_hours(run, catalog_version, &rows)
-            .await?;
+        save_traffic_hours(store, run, catalog_version, &rows).await?;
     }
     Ok(())
 }

@@ -8,71 +8,17 @@
 //! Values are never spliced from request text: statements carry `$n`
 //! placeholders and typed [`Param`]s. sqlx binds them (PostgreSQL and SQLite
 //! both read `$n`); for Trino, whose client protocol has no bind step,
-//! [`Statement::render`] writes them as literals from the typed values
-//! (integers printed, strings quoted with `'` doubled). The only text that is
-//! generated is the hour/bucket partition list, and it is printed from
-//! validated integers.
+//! [`Statement::render`] writes them as literals from the typed values. The
+//! only text that is generated is the hour/bucket partition list, and it is
+//! printed from validated integers.
 //!
 //! No ORDER BY of answer rows: engines sort rows in Rust so that byte order
 //! is the same whatever the database's collation (the one ORDER BY, in
 //! concurrency, picks an integer).
 
 use hb_common::raw::{hours_between, BUCKETS, HOUR_MS};
-use std::fmt::Write as _;
-
-/// A typed statement parameter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Param {
-    Int(i64),
-    Text(String),
-}
-
-/// SQL with `$n` placeholders and the values they stand for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Statement {
-    pub sql: String,
-    pub params: Vec<Param>,
-}
-
-impl Statement {
-    /// The SQL with every `$n` replaced by the literal of `params[n-1]`,
-    /// for engines without bound parameters (Trino).
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(self.sql.len() + 64);
-        let mut chars = self.sql.char_indices().peekable();
-        while let Some((_, c)) = chars.next() {
-            if c != '$' {
-                out.push(c);
-                continue;
-            }
-            let mut index = 0usize;
-            let mut digits = 0;
-            while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
-                index = index * 10 + d.to_digit(10).unwrap_or(0) as usize;
-                digits += 1;
-                chars.next();
-            }
-            match (digits, self.params.get(index.wrapping_sub(1))) {
-                (0, _) => out.push('$'),
-                (_, Some(Param::Int(value))) => {
-                    let _ = write!(out, "{value}");
-                }
-                (_, Some(Param::Text(value))) => {
-                    out.push('\'');
-                    out.push_str(&value.replace('\'', "''"));
-                    out.push('\'');
-                }
-                // A placeholder without a value is a bug in this module; keep it
-                // visible so the engine reports a syntax error rather than
-                // silently running something else.
-                (_, None) => {
-                    let _ = write!(out, "${index}");
-                }
-            }
-        }
-        out
-    }
-}
+use hb_common::store::columns::{ADS, RAW_HEARTBEATS, SESSIONS, SESSION_ADS, VIDEOS};
+use hb_common::store::{Param, Statement};
 
 /// Where the raw heartbeats live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,11 +67,11 @@ impl Tables {
         Tables {
             on_store: true,
             sqlite_planner: false,
-            sessions: "sessions".into(),
-            session_ads: "session_ads".into(),
-            videos: "videos".into(),
-            ads: "ads".into(),
-            raw: RawSource::Store("raw_heartbeats".into()),
+            sessions: SESSIONS.into(),
+            session_ads: SESSION_ADS.into(),
+            videos: VIDEOS.into(),
+            ads: ADS.into(),
+            raw: RawSource::Store(RAW_HEARTBEATS.into()),
         }
     }
 
@@ -477,34 +423,9 @@ fn join(values: impl IntoIterator<Item = i64>) -> String {
         .join(", ")
 }
 
-/// Progress input: the user's sessions (one primary-key range scan); the
-/// latest per video is picked in Rust, cheaper than a correlated MAX per row.
-pub const PROGRESS_SQL: &str = "SELECT video_id, last_position_ms, end_ms, start_ms\n\
-     FROM sessions\n\
-     WHERE user_id = $1";
-
-/// A user's sessions started in `[from, to)`.
-pub const SESSIONS_SQL: &str =
-    "SELECT user_id, video_id, start_ms, end_ms, heartbeats, watch_ms, coverage_ms, \
-     last_position_ms, devices, ads, is_final\n\
-     FROM sessions\n\
-     WHERE user_id = $1 AND start_ms >= $2 AND start_ms < $3";
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn literals_render_from_typed_values() {
-        let statement = Statement {
-            sql: "a = $1 AND b = $2 AND c = $10 AND d = $".into(),
-            params: vec![Param::Int(-5), Param::Text("o'brien".into())],
-        };
-        assert_eq!(
-            statement.render(),
-            "a = -5 AND b = 'o''brien' AND c = $10 AND d = $"
-        );
-    }
 
     #[test]
     fn scoping_is_a_parameter_not_text() {

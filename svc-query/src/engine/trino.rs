@@ -19,7 +19,7 @@
 //! The session headers (`X-Trino-User`, `X-Trino-Catalog`, `X-Trino-Schema`,
 //! `X-Trino-Source`) are still set by the crate from the client builder.
 
-use super::sql::{Statement, Tables};
+use super::sql::Tables;
 use super::{finish_impressions, finish_royalties, finish_traffic, ReportEngine, RoyaltyAggregate};
 use crate::config::{QueryConfig, TrinoEndpoint};
 use crate::error::EngineError;
@@ -28,6 +28,7 @@ use crate::report::{
 };
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
+use hb_common::store::Statement;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,15 +6,17 @@
 
 use hb_common::auth::{Role, TokenKey};
 use hb_common::raw::{hours_of, BUMP_RAW_HOUR_SQL, HOUR_MS};
+use hb_common::settings::{AuthSettings, Secret};
+use hb_common::store::{Store, StoreSettings};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use svc_query::catalog;
 use svc_query::catalog::{Ad, Video};
-use svc_query::config::{QueryConfig, Secret};
+use svc_query::config::QueryConfig;
 use svc_query::report::{
     ConcurrencyRow, ImpressionRow, ProgressRow, RoyaltyRow, SessionRow, TrafficRow,
 };
-use svc_query::store::Store;
 use svc_query::QueryListeners;
 use tokio_util::sync::CancellationToken;
 
@@ -106,13 +108,17 @@ impl TestStore {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            yugabyte_url: pg.as_ref().map(|db| db.url.clone()),
-            auth_secret: Some(Secret::new(SECRET)),
+            store: StoreSettings {
+                data_dir: dir.path().to_path_buf(),
+                yugabyte_url: pg.as_ref().map(|db| db.url.clone()),
+            },
+            auth: AuthSettings {
+                secret: Some(Secret::new(SECRET)),
+            },
             store_connections: 4,
             ..QueryConfig::default()
         };
-        let store = Store::open(&config).await.expect("open store");
+        let store = svc_query::store::open(&config).await.expect("open store");
         TestStore {
             store,
             config,
@@ -303,8 +309,10 @@ impl Seed {
     /// Writes everything into `store`: catalog through the service's own
     /// upsert, sessions and raw rows as the stream service would.
     pub async fn load(&self, store: &Store) {
-        store.upsert_videos(&self.videos).await.expect("videos");
-        store.upsert_ads(&self.ads).await.expect("ads");
+        catalog::upsert_videos(store, &self.videos)
+            .await
+            .expect("videos");
+        catalog::upsert_ads(store, &self.ads).await.expect("ads");
         macro_rules! insert_all {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await.unwrap();

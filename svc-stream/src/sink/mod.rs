@@ -2,10 +2,8 @@
 //! catalog) and the raw heartbeat mirror, each behind a small trait with the
 //! real adapter and the embedded one.
 
-mod pg_writer;
 pub mod scylla;
 pub mod sql;
-pub mod sqlite_writer;
 
 use crate::sessionizer::Change;
 use async_trait::async_trait;

@@ -6,38 +6,82 @@
 //! parsed and planned once per chunk). `COPY FROM STDIN` in binary and
 //! `UNNEST` over arrays are both accepted by YugabyteDB's YSQL.
 
-use super::sql::{ads_json, map_err, offsets_written, IMPRESSION_CONFLICT, OFFSET_UPSERT};
-use super::{DeadLetter, Flush};
+use super::writes::{
+    log_flush_phases, offsets_written, sink_error, FlushWriter, IMPRESSION_CONFLICT, OFFSET_UPSERT,
+    UPSERT_FINAL_SET, UPSERT_OPEN_SET,
+};
 use crate::sessionizer::{Change, Session};
-use crate::sink::SinkError;
+use crate::sink::{DeadLetter, Flush, RawHeartbeat, SinkError};
+use async_trait::async_trait;
 use hb_common::raw::{hours_of, BUMP_RAW_HOUR_SQL};
+use hb_common::store::columns::{
+    count, DEAD_LETTER_COLUMNS, RAW_HEARTBEATS, RAW_WRITE_COLUMNS, SESSIONS, SESSION_ADS,
+    SESSION_AD_COLUMNS, SESSION_WRITE_COLUMNS,
+};
+use hb_common::store::pg_copy;
+use hb_common::store::rows::ads_to_column;
 use sqlx::{PgPool, Postgres, QueryBuilder};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-const RAW_INSERT: &str = "INSERT INTO raw_heartbeats (event_id, user_id, video_id, device_id, \
-     event_time_ms, position_ms, state, ad_id, platform, app_version, country, bitrate_kbps, \
-     late, expires_ms) \
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
-     $6::int8[], $7::int4[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[], \
-     $13::bool[], $14::int8[]) ON CONFLICT DO NOTHING";
+/// `INSERT INTO table (columns) SELECT * FROM UNNEST($1::type[], ...)`, one
+/// array per column.
+fn unnest_insert(table: &str, columns: &str, types: &[&str]) -> String {
+    debug_assert_eq!(count(columns), types.len());
+    let arrays: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({columns}) SELECT * FROM UNNEST({})",
+        arrays.join(", ")
+    )
+}
 
-const SESSION_INSERT: &str = "INSERT INTO sessions (user_id, video_id, start_ms, end_ms, \
-     heartbeats, watch_ms, coverage_ms, last_position_ms, devices, ads, is_final, \
-     stream_partition, updated_ms) \
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], \
-     $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::bool[], $12::int4[], \
-     $13::int8[])";
+static RAW_INSERT: LazyLock<String> = LazyLock::new(|| {
+    let insert = unnest_insert(
+        RAW_HEARTBEATS,
+        RAW_WRITE_COLUMNS,
+        &[
+            "text", "text", "text", "text", "int8", "int8", "int4", "text", "text", "text", "text",
+            "int8", "bool", "int8",
+        ],
+    );
+    format!("{insert} ON CONFLICT DO NOTHING")
+});
 
-const SESSION_DELETE: &str = "DELETE FROM sessions AS s \
-     USING UNNEST($1::text[], $2::text[], $3::int8[]) AS d(user_id, video_id, start_ms) \
-     WHERE s.user_id = d.user_id AND s.video_id = d.video_id AND s.start_ms = d.start_ms";
+static SESSION_INSERT: LazyLock<String> = LazyLock::new(|| {
+    unnest_insert(
+        SESSIONS,
+        SESSION_WRITE_COLUMNS,
+        &[
+            "text", "text", "int8", "int8", "int8", "int8", "int8", "int8", "int8", "text", "bool",
+            "int4", "int8",
+        ],
+    )
+});
 
-const IMPRESSION_DELETE: &str = "DELETE FROM session_ads AS s \
-     USING UNNEST($1::text[], $2::text[], $3::int8[]) AS d(user_id, video_id, start_ms) \
-     WHERE s.user_id = d.user_id AND s.video_id = d.video_id AND s.start_ms = d.start_ms";
+static IMPRESSION_INSERT: LazyLock<String> = LazyLock::new(|| {
+    let insert = unnest_insert(
+        SESSION_ADS,
+        SESSION_AD_COLUMNS,
+        &["text", "text", "int8", "text"],
+    );
+    format!("{insert}{IMPRESSION_CONFLICT}")
+});
 
-const IMPRESSION_INSERT: &str = "INSERT INTO session_ads (user_id, video_id, start_ms, ad_id) \
-     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[])";
+static RAW_COPY: LazyLock<String> = LazyLock::new(|| {
+    format!("COPY {RAW_HEARTBEATS} ({RAW_WRITE_COLUMNS}) FROM STDIN (FORMAT binary)")
+});
+
+/// Deletes the rows of a table keyed by session.
+fn session_delete(table: &str) -> String {
+    format!(
+        "DELETE FROM {table} AS s \
+         USING UNNEST($1::text[], $2::text[], $3::int8[]) AS d(user_id, video_id, start_ms) \
+         WHERE s.user_id = d.user_id AND s.video_id = d.video_id AND s.start_ms = d.start_ms"
+    )
+}
 
 /// The write path of a PostgreSQL/YugabyteDB store.
 pub struct PgWriter {
@@ -49,11 +93,14 @@ impl PgWriter {
     pub fn new(pool: PgPool, raw_ttl_ms: i64) -> Self {
         Self { pool, raw_ttl_ms }
     }
+}
 
-    /// Commits `flush` in one transaction. Raw rows go in by binary `COPY`,
-    /// which has no `ON CONFLICT`: should one already be stored, the
-    /// transaction fails and is redone with the conflict-tolerant insert.
-    pub async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
+#[async_trait]
+impl FlushWriter for PgWriter {
+    /// Raw rows go in by binary `COPY`, which has no `ON CONFLICT`: should
+    /// one already be stored, the transaction fails and is redone with the
+    /// conflict-tolerant insert.
+    async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
         match commit(&self.pool, &flush, self.raw_ttl_ms, true).await {
             Err(RawConflict::Stored) => {
                 tracing::debug!("a raw row was stored already; flush redone without COPY");
@@ -88,17 +135,11 @@ impl From<SinkError> for RawConflict {
 }
 
 fn copy_err(err: sqlx::Error) -> RawConflict {
-    let unique = matches!(&err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"));
-    if unique {
-        RawConflict::Stored
-    } else {
-        RawConflict::Other(map_err(err))
+    match hb_common::store::classify(&err) {
+        hb_common::store::Failure::Conflict => RawConflict::Stored,
+        _ => RawConflict::Other(sink_error(err)),
     }
 }
-
-const RAW_COPY: &str = "COPY raw_heartbeats (event_id, user_id, video_id, device_id, \
-     event_time_ms, position_ms, state, ad_id, platform, app_version, country, bitrate_kbps, \
-     late, expires_ms) FROM STDIN (FORMAT binary)";
 
 /// Writes raw rows: by binary `COPY` (`copy`), or by the insert that skips
 /// rows already stored. A heartbeat the sessionizer merged was never seen
@@ -106,7 +147,7 @@ const RAW_COPY: &str = "COPY raw_heartbeats (event_id, user_id, video_id, device
 /// ones can (a device resending long after), and those take the insert.
 async fn write_raw(
     tx: &mut sqlx::PgConnection,
-    raw: &[super::RawHeartbeat],
+    raw: &[RawHeartbeat],
     raw_ttl_ms: i64,
     copy: bool,
 ) -> Result<(), RawConflict> {
@@ -119,20 +160,34 @@ async fn write_raw(
     }
     let (late, merged): (Vec<_>, Vec<_>) = raw.iter().partition(|r| r.late);
     if !merged.is_empty() {
-        let mut copy_in = tx.copy_in_raw(RAW_COPY).await.map_err(copy_err)?;
-        let mut buf = Vec::with_capacity(64 * 1024);
-        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        let mut copy_in = tx.copy_in_raw(&RAW_COPY).await.map_err(copy_err)?;
+        let mut encoder = pg_copy::Encoder::default();
         for r in merged {
-            encode_raw(&mut buf, r, raw_ttl_ms);
-            if buf.len() >= 60 * 1024 {
-                copy_in.send(buf.as_slice()).await.map_err(copy_err)?;
-                buf.clear();
+            encoder
+                .row(14)
+                .text(&r.event_id)
+                .text(&r.user_id)
+                .text(&r.video_id)
+                .text(&r.device_id)
+                .int8(r.event_time_ms)
+                .int8(r.position_ms)
+                .int4(r.state)
+                .text(&r.ad_id)
+                .text(&r.platform)
+                .text(&r.app_version)
+                .text(&r.country)
+                .int8(r.bitrate_kbps)
+                .bool(r.late)
+                .int8(r.event_time_ms.saturating_add(raw_ttl_ms));
+            if encoder.pending().len() >= 60 * 1024 {
+                copy_in.send(encoder.pending()).await.map_err(copy_err)?;
+                encoder.clear();
             }
         }
-        buf.extend_from_slice(&(-1i16).to_be_bytes());
-        copy_in.send(buf.as_slice()).await.map_err(copy_err)?;
+        copy_in
+            .send(encoder.finish().as_slice())
+            .await
+            .map_err(copy_err)?;
         copy_in.finish().await.map_err(copy_err)?;
     }
     if !late.is_empty() {
@@ -141,43 +196,14 @@ async fn write_raw(
     Ok(())
 }
 
-/// One row of `RAW_COPY` in PostgreSQL's binary copy format.
-fn encode_raw(buf: &mut Vec<u8>, r: &super::RawHeartbeat, raw_ttl_ms: i64) {
-    fn text(buf: &mut Vec<u8>, value: &str) {
-        buf.extend_from_slice(&(value.len() as i32).to_be_bytes());
-        buf.extend_from_slice(value.as_bytes());
-    }
-    fn int8(buf: &mut Vec<u8>, value: i64) {
-        buf.extend_from_slice(&8i32.to_be_bytes());
-        buf.extend_from_slice(&value.to_be_bytes());
-    }
-    buf.extend_from_slice(&14i16.to_be_bytes());
-    text(buf, &r.event_id);
-    text(buf, &r.user_id);
-    text(buf, &r.video_id);
-    text(buf, &r.device_id);
-    int8(buf, r.event_time_ms);
-    int8(buf, r.position_ms);
-    buf.extend_from_slice(&4i32.to_be_bytes());
-    buf.extend_from_slice(&r.state.to_be_bytes());
-    text(buf, &r.ad_id);
-    text(buf, &r.platform);
-    text(buf, &r.app_version);
-    text(buf, &r.country);
-    int8(buf, r.bitrate_kbps);
-    buf.extend_from_slice(&1i32.to_be_bytes());
-    buf.push(u8::from(r.late));
-    int8(buf, r.event_time_ms.saturating_add(raw_ttl_ms));
-}
-
 /// Raw rows by one array-bound insert that skips rows already stored.
 async fn insert_raw(
     tx: &mut sqlx::PgConnection,
-    raw: &[&super::RawHeartbeat],
+    raw: &[&RawHeartbeat],
     raw_ttl_ms: i64,
 ) -> Result<(), SinkError> {
-    let text = |f: fn(&super::RawHeartbeat) -> &str| raw.iter().map(|r| f(r)).collect::<Vec<_>>();
-    sqlx::query(RAW_INSERT)
+    let text = |f: fn(&RawHeartbeat) -> &str| raw.iter().map(|r| f(r)).collect::<Vec<_>>();
+    sqlx::query(&RAW_INSERT)
         .bind(text(|r| &r.event_id))
         .bind(text(|r| &r.user_id))
         .bind(text(|r| &r.video_id))
@@ -198,7 +224,7 @@ async fn insert_raw(
         )
         .execute(tx)
         .await
-        .map_err(map_err)?;
+        .map_err(sink_error)?;
     Ok(())
 }
 
@@ -209,15 +235,15 @@ async fn commit(
     copy_raw: bool,
 ) -> Result<(), RawConflict> {
     let started = std::time::Instant::now();
-    let mut tx = pool.begin().await.map_err(map_err)?;
+    let mut tx = pool.begin().await.map_err(sink_error)?;
 
     write_raw(&mut tx, &flush.raw, raw_ttl_ms, copy_raw).await?;
     let raw_done = started.elapsed();
 
     for chunk in flush.dead_letters.chunks(1_000) {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO dead_letters (received_ms, event_id, device_id, reason, payload) ",
-        );
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "INSERT INTO dead_letters ({DEAD_LETTER_COLUMNS}) "
+        ));
         q.push_values(chunk, |mut b, d: &DeadLetter| {
             b.push_bind(d.received_ms)
                 .push_bind(&d.event_id)
@@ -225,7 +251,7 @@ async fn commit(
                 .push_bind(&d.reason)
                 .push_bind(&d.payload);
         });
-        q.build().execute(&mut *tx).await.map_err(map_err)?;
+        q.build().execute(&mut *tx).await.map_err(sink_error)?;
     }
 
     // Superseded sessions go first, with their impressions.
@@ -238,8 +264,8 @@ async fn commit(
         })
         .collect();
     if !deleted.is_empty() {
-        for sql in [SESSION_DELETE, IMPRESSION_DELETE] {
-            sqlx::query(sql)
+        for table in [SESSIONS, SESSION_ADS] {
+            sqlx::query(&session_delete(table))
                 .bind(
                     deleted
                         .iter()
@@ -255,7 +281,7 @@ async fn commit(
                 .bind(deleted.iter().map(|k| k.start_ms).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
-                .map_err(map_err)?;
+                .map_err(sink_error)?;
         }
     }
 
@@ -271,14 +297,14 @@ async fn commit(
         }
     }
     for (rows, is_final, set) in [
-        (&open, false, super::sql::UPSERT_OPEN_SET),
-        (&finals, true, super::sql::UPSERT_FINAL_SET),
+        (&open, false, UPSERT_OPEN_SET),
+        (&finals, true, UPSERT_FINAL_SET),
     ] {
         if rows.is_empty() {
             continue;
         }
         let int = |f: fn(&Session) -> i64| rows.iter().map(|(_, s)| f(s)).collect::<Vec<_>>();
-        sqlx::query(&format!("{SESSION_INSERT}{set}"))
+        sqlx::query(&format!("{}{set}", *SESSION_INSERT))
             .bind(
                 rows.iter()
                     .map(|(_, s)| s.user_id.as_str())
@@ -296,13 +322,17 @@ async fn commit(
             .bind(int(|s| s.coverage_ms))
             .bind(int(|s| s.last_position_ms))
             .bind(int(|s| s.devices as i64))
-            .bind(rows.iter().map(|(_, s)| ads_json(s)).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|(_, s)| ads_to_column(&s.ads))
+                    .collect::<Vec<_>>(),
+            )
             .bind(vec![is_final; rows.len()])
             .bind(rows.iter().map(|(p, _)| *p).collect::<Vec<_>>())
             .bind(vec![flush.now_ms; rows.len()])
             .execute(&mut *tx)
             .await
-            .map_err(map_err)?;
+            .map_err(sink_error)?;
     }
     let sessions_done = started.elapsed();
 
@@ -312,7 +342,7 @@ async fn commit(
         .flat_map(|(_, s)| s.ads.iter().map(move |ad| (*s, ad.as_str())))
         .collect();
     if !impressions.is_empty() {
-        sqlx::query(&format!("{IMPRESSION_INSERT}{IMPRESSION_CONFLICT}"))
+        sqlx::query(&IMPRESSION_INSERT)
             .bind(
                 impressions
                     .iter()
@@ -334,7 +364,7 @@ async fn commit(
             .bind(impressions.iter().map(|(_, ad)| *ad).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await
-            .map_err(map_err)?;
+            .map_err(sink_error)?;
     }
 
     // Traffic hours svc-query has summed are stale once this commits. Last
@@ -345,7 +375,7 @@ async fn commit(
             .bind(hour)
             .execute(&mut *tx)
             .await
-            .map_err(map_err)?;
+            .map_err(sink_error)?;
     }
 
     for offset in &flush.offsets {
@@ -358,13 +388,13 @@ async fn commit(
             .bind(offset.owner_epoch)
             .execute(&mut *tx)
             .await
-            .map_err(map_err)?;
+            .map_err(sink_error)?;
         offsets_written(offset, done.rows_affected())?;
     }
 
     let before_commit = started.elapsed();
-    tx.commit().await.map_err(map_err)?;
-    super::sql::log_flush_phases(
+    tx.commit().await.map_err(sink_error)?;
+    log_flush_phases(
         flush,
         started,
         [raw_done, sessions_done, before_commit],

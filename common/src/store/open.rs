@@ -1,11 +1,13 @@
-//! The sessions store schema (sessions, catalog, offsets, raw mirror, dead
-//! letters), shipped as migrations that every service runs on start.
+//! Opening the sessions store and migrating its schema (sessions, catalog,
+//! offsets, raw mirror, dead letters): every service runs the migrations on
+//! start.
 //!
 //! Any number of processes may start at once on a fresh database: see
 //! [`migrate_postgres`] for how they take turns without advisory locks, and
 //! [`migrate_sqlite`] for the embedded file. Migrations are also written to
 //! be idempotent (`IF NOT EXISTS`), so a turn that was cut short is harmless.
 
+use super::error::{classify, Failure};
 use sqlx::migrate::MigrateError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool, SqlitePool};
@@ -118,19 +120,19 @@ async fn migrate_postgres_in_turn(
 }
 
 /// Whether `error` is one a concurrent start of another process can cause
-/// (see [`migrate_postgres`]), so that trying again may succeed.
+/// (see [`migrate_postgres`]), so that trying again may succeed: a transient
+/// error or a unique violation, or a table (42P07) or other object (42710)
+/// another process created meanwhile.
 fn concurrent_start_race(error: &MigrateError) -> bool {
     let error = match error {
         MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _) => error,
         _ => return false,
     };
-    if connection_lost(error) {
-        return true;
-    }
-    error
+    let duplicate_object = error
         .as_database_error()
         .and_then(|db| db.code())
-        .is_some_and(|code| matches!(&*code, "23505" | "42P07" | "42710" | "40001" | "40P01"))
+        .is_some_and(|code| matches!(&*code, "42P07" | "42710"));
+    duplicate_object || matches!(classify(error), Failure::Unavailable | Failure::Conflict)
 }
 
 /// Pause before attempt `attempt + 1`: growing, capped at a second, and
@@ -173,19 +175,49 @@ pub async fn migrate_sqlite(pool: &SqlitePool) -> anyhow::Result<()> {
 /// File name of the embedded store inside `HB_DATA_DIR`.
 pub const SQLITE_FILE: &str = "hbmesh.db";
 
-/// Opens (creating if needed) the embedded store in `data_dir` and migrates it.
-/// WAL with `synchronous=FULL`: a commit is on disk when it returns, which is
-/// what an embedded-tier ack promises.
+/// Address space SQLite may memory-map per connection for report reads
+/// (virtual, not resident).
+pub const SQLITE_MMAP_BYTES: u64 = 1 << 30;
+
+/// Opens (creating if needed) the embedded store in `data_dir` and migrates
+/// it, for the stream stage: a large page cache for the open sessions its
+/// flushes rewrite.
 pub async fn open_sqlite(data_dir: &Path, max_connections: u32) -> anyhow::Result<SqlitePool> {
-    std::fs::create_dir_all(data_dir)?;
+    let options = sqlite_options(data_dir)?.pragma("cache_size", "-262144");
+    connect_sqlite(data_dir, options, max_connections).await
+}
+
+/// Like [`open_sqlite`], for the query service: report queries read many
+/// pages per request and each pooled connection has its own page cache, so
+/// the file is memory-mapped and shared instead of copied per connection.
+pub async fn open_sqlite_for_reports(
+    data_dir: &Path,
+    max_connections: u32,
+) -> anyhow::Result<SqlitePool> {
+    let options = sqlite_options(data_dir)?
+        .pragma("cache_size", "-65536")
+        .pragma("mmap_size", SQLITE_MMAP_BYTES.to_string());
+    connect_sqlite(data_dir, options, max_connections).await
+}
+
+/// WAL with `synchronous=FULL`: a commit is on disk when it returns, which
+/// is what an embedded-tier ack promises.
+fn sqlite_options(data_dir: &Path) -> anyhow::Result<SqliteConnectOptions> {
     let url = format!("sqlite://{}", data_dir.join(SQLITE_FILE).display());
-    let options = SqliteConnectOptions::from_str(&url)?
+    Ok(SqliteConnectOptions::from_str(&url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        .pragma("cache_size", "-262144")
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory"))
+}
+
+async fn connect_sqlite(
+    data_dir: &Path,
+    options: SqliteConnectOptions,
+    max_connections: u32,
+) -> anyhow::Result<SqlitePool> {
+    std::fs::create_dir_all(data_dir)?;
     // Turning a new file to WAL takes it whole, and SQLite answers "database
     // is locked" at once (no busy wait) when another process is doing the
     // same: processes starting together retry, as for the migrations.
@@ -200,7 +232,9 @@ pub async fn open_sqlite(data_dir: &Path, max_connections: u32) -> anyhow::Resul
             .await;
         match connected {
             Ok(pool) => break pool,
-            Err(error) if sqlite_busy(&error) && attempt < MIGRATION_ATTEMPTS => {
+            Err(error)
+                if classify(&error) == Failure::Unavailable && attempt < MIGRATION_ATTEMPTS =>
+            {
                 tokio::time::sleep(retry_pause(attempt)).await;
             }
             Err(error) => return Err(error.into()),
@@ -208,33 +242,6 @@ pub async fn open_sqlite(data_dir: &Path, max_connections: u32) -> anyhow::Resul
     };
     migrate_sqlite(&pool).await?;
     Ok(pool)
-}
-
-/// SQLite's busy and locked answers (primary codes 5 and 6, with their
-/// extended forms).
-fn sqlite_busy(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .and_then(|code| code.parse::<i32>().ok())
-            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
-        _ => false,
-    }
-}
-
-/// Whether `error` says the connection to the store was lost or refused
-/// (so the same work may succeed on another connection, or later): an IO or
-/// TLS failure, or a server's connection exception (SQLSTATE class 08) or
-/// shutdown (57P01 admin, 57P02 crash, 57P03 cannot connect now), as a
-/// restarted or failed-over PostgreSQL/YugabyteDB node sends.
-pub fn connection_lost(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-        _ => false,
-    }
 }
 
 /// Idle time after which a pooled PostgreSQL connection is pinged before use.
@@ -246,9 +253,8 @@ pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<Pg
         .max_connections(max_connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
         // sqlx pings every connection it hands out by default: one more
-        // round trip per query (a progress look-up's p99 at 16 clients
-        // 3.9-4.3 -> 3.2-3.4 ms without it). A connection idle for a second
-        // or more is still pinged, so one cut while the pool sat idle (a
+        // round trip per query. A connection idle for a second or more is
+        // still pinged, so one cut while the pool sat idle (a
         // restarted server, a proxy's idle timeout) is replaced unseen;
         // one cut within the last second fails its query like a query in
         // flight at the cut would, with an error `connection_lost` knows.
@@ -270,6 +276,7 @@ pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<Pg
 #[cfg(test)]
 mod tests {
     use super::PING_IDLE_AFTER;
+    use crate::store::connection_lost;
     use hb_testkit::db::TestDb;
     use sqlx::Connection as _;
 
@@ -364,13 +371,13 @@ mod tests {
             .execute(&mut *held)
             .await
             .expect_err("the connection was cut");
-        assert!(super::connection_lost(&error), "{error:?}");
+        assert!(connection_lost(&error), "{error:?}");
         // A bad statement is not a lost connection.
         let error = sqlx::query("SELECT * FROM no_such_table")
             .execute(&pool)
             .await
             .unwrap_err();
-        assert!(!super::connection_lost(&error), "{error:?}");
+        assert!(!connection_lost(&error), "{error:?}");
         admin.close().await.unwrap();
     }
 }

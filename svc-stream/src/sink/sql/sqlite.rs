@@ -4,18 +4,23 @@
 //! The embedded tier's ceiling is SQLite's single writer. Through sqlx every
 //! bound value is copied into an argument buffer and handed to sqlx's worker
 //! thread, and multi-row `INSERT … ON CONFLICT` statements need a statement
-//! sub-journal; with prepared single-row statements the same flush costs
-//! ~1.45x less writer time (docs/benchmarks.md). Reads stay on sqlx. The SQL is
-//! the store's own (`sql.rs`), one row at a time.
+//! sub-journal; prepared single-row statements cost the writer less. Reads
+//! stay on sqlx.
 
-use super::sql::{
-    DEAD_LETTER_COLUMNS, IMPRESSION_CONFLICT, OFFSET_UPSERT, RAW_COLUMNS, SESSION_COLUMNS,
-    UPSERT_FINAL_SET, UPSERT_OPEN_SET,
+use super::writes::{
+    log_flush_phases, offsets_written, sqlite_sink_error as map_err, FlushWriter,
+    IMPRESSION_CONFLICT, OFFSET_UPSERT, UPSERT_FINAL_SET, UPSERT_OPEN_SET,
 };
-use super::{Flush, SinkError};
 use crate::sessionizer::{Change, Session};
+use crate::sink::{Flush, SinkError};
+use async_trait::async_trait;
 use hb_common::raw::{hours_of, BUMP_RAW_HOUR_SQL};
-use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use hb_common::store::columns::{
+    count, DEAD_LETTER_COLUMNS, RAW_HEARTBEATS, RAW_WRITE_COLUMNS, SESSIONS, SESSION_ADS,
+    SESSION_AD_COLUMNS, SESSION_WRITE_COLUMNS,
+};
+use hb_common::store::rows::ads_to_column;
+use rusqlite::{params, Connection, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,19 +66,16 @@ impl Checkpointer {
     }
 }
 
-fn map_err(err: rusqlite::Error) -> SinkError {
-    match err.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure) => {
-            SinkError::Unavailable(err.to_string())
-        }
-        _ => SinkError::Fatal(err.to_string()),
-    }
-}
-
 impl SqliteWriter {
     /// Opens `path` (already migrated) for writing, with the durability the
-    /// embedded ack promises: WAL with `synchronous=FULL`.
+    /// embedded ack promises: WAL with `synchronous=FULL`. An in-memory
+    /// database is refused: it has no file to share with sqlx's reads.
     pub fn open(path: &Path, raw_ttl_ms: i64) -> Result<SqliteWriter, SinkError> {
+        if path.as_os_str().is_empty() || path.to_string_lossy().contains(":memory:") {
+            return Err(SinkError::Fatal(
+                "an in-memory SQLite store has no file for the writer's connection".into(),
+            ));
+        }
         let connection = Connection::open(path).map_err(map_err)?;
         connection
             .busy_timeout(Duration::from_secs(10))
@@ -92,9 +94,12 @@ impl SqliteWriter {
             checkpoints: Checkpointer::start(path)?,
         })
     }
+}
 
-    /// Commits `flush` in one transaction; returns once it is on disk.
-    pub async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
+#[async_trait]
+impl FlushWriter for SqliteWriter {
+    /// Returns once the transaction is on disk.
+    async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
         let connection = Arc::clone(&self.connection);
         let raw_ttl_ms = self.raw_ttl_ms;
         let written = tokio::task::spawn_blocking(move || {
@@ -112,8 +117,7 @@ impl SqliteWriter {
 }
 
 fn placeholders(columns: &str) -> String {
-    let count = columns.split(',').count();
-    (1..=count)
+    (1..=count(columns))
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -136,8 +140,8 @@ fn write(
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut statement = tx.prepare_cached(&insert(
-            "raw_heartbeats",
-            RAW_COLUMNS,
+            RAW_HEARTBEATS,
+            RAW_WRITE_COLUMNS,
             " ON CONFLICT DO NOTHING",
         ))?;
         for r in &flush.raw {
@@ -182,7 +186,7 @@ fn write(
     // Superseded sessions go first, with their impressions.
     for (_, change) in &flush.changes {
         if let Change::Delete(key) = change {
-            for table in ["sessions", "session_ads"] {
+            for table in [SESSIONS, SESSION_ADS] {
                 tx.prepare_cached(&format!(
                     "DELETE FROM {table} WHERE user_id = ?1 AND video_id = ?2 AND start_ms = ?3"
                 ))?
@@ -191,11 +195,13 @@ fn write(
         }
     }
     {
-        let mut open = tx.prepare_cached(&insert("sessions", SESSION_COLUMNS, UPSERT_OPEN_SET))?;
-        let mut last = tx.prepare_cached(&insert("sessions", SESSION_COLUMNS, UPSERT_FINAL_SET))?;
+        let mut open =
+            tx.prepare_cached(&insert(SESSIONS, SESSION_WRITE_COLUMNS, UPSERT_OPEN_SET))?;
+        let mut last =
+            tx.prepare_cached(&insert(SESSIONS, SESSION_WRITE_COLUMNS, UPSERT_FINAL_SET))?;
         let mut impression = tx.prepare_cached(&insert(
-            "session_ads",
-            "user_id, video_id, start_ms, ad_id",
+            SESSION_ADS,
+            SESSION_AD_COLUMNS,
             IMPRESSION_CONFLICT,
         ))?;
         for (partition, change) in &flush.changes {
@@ -215,7 +221,7 @@ fn write(
                 session.coverage_ms,
                 session.last_position_ms,
                 session.devices as i64,
-                super::sql::ads_json(session),
+                ads_to_column(&session.ads),
                 is_final,
                 partition,
                 flush.now_ms,
@@ -242,14 +248,14 @@ fn write(
                 offset.session_offset,
                 offset.owner_epoch
             ])?;
-            if let Err(taken) = super::sql::offsets_written(offset, rows as u64) {
+            if let Err(taken) = offsets_written(offset, rows as u64) {
                 return Ok(Err(taken));
             }
         }
     }
     let before_commit = started.elapsed();
     tx.commit()?;
-    super::sql::log_flush_phases(
+    log_flush_phases(
         flush,
         started,
         [raw_done, sessions_done, before_commit],
