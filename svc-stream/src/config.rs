@@ -51,7 +51,8 @@ pub struct StreamConfig {
     #[arg(long, env = "HB_ALLOWED_LATENESS", default_value = default_allowed_lateness(), value_parser = parse_duration)]
     pub allowed_lateness: Duration,
 
-    /// Processing time after which an idle key's sessions become final (default: the gap).
+    /// Processing time a partition receives nothing before its watermark advances
+    /// with processing time (default: the gap).
     #[arg(long, env = "HB_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
 

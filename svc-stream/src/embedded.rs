@@ -100,7 +100,11 @@ pub async fn run(
                 complete(batches, outcome.as_ref().map(|_| ()));
             }
             _ = ticker.tick() => {
-                pipeline.tick(now_ms());
+                // Batches waiting in the hand-off: the partition is not idle,
+                // the stage is behind.
+                if rx.is_empty() {
+                    pipeline.tick(now_ms());
+                }
                 if last_expire.elapsed() >= EXPIRE_EVERY {
                     last_expire = Instant::now();
                     match pipeline.expire_raw().await {

@@ -204,7 +204,11 @@ pub async fn run(
                 }
             }
             _ = ticker.tick() => {
-                pipeline.tick(now_ms());
+                // Messages waiting for the stage: its partitions are not idle,
+                // the stage is behind.
+                if rx.is_empty() && pipeline.pending() < flush_max {
+                    pipeline.tick(now_ms());
+                }
                 flush_due = true;
                 let hung = in_flight.as_ref().is_some_and(|f| f.started.elapsed() >= stall);
                 if hung || pipeline.failing_writes() >= FAILED_WRITES_UNREADY {

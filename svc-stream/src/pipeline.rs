@@ -6,9 +6,7 @@
 
 use crate::metrics::StreamMetrics;
 use crate::sessionizer::{Change, Event, EventRef, Outcome, SessionConfig, Sessionizer};
-use crate::sink::{
-    DeadLetter, Flush, OffsetRow, OpenSession, RawHeartbeat, RawMirror, SessionStore, SinkError,
-};
+use crate::sink::{DeadLetter, Flush, OffsetRow, RawHeartbeat, RawMirror, SessionStore, SinkError};
 use hb_common::time::{now_ms, timestamp_to_ms};
 use hb_proto::v1::Heartbeat;
 use std::collections::BTreeMap;
@@ -76,6 +74,9 @@ struct PartitionState {
     owner_epoch: i64,
     /// Has something to commit (events or finalizations).
     dirty: bool,
+    /// The watermark of the last write: an idle partition's watermark moves
+    /// without a heartbeat, and must be written for a restart to keep it.
+    written_watermark_ms: Option<i64>,
 }
 
 /// What one flush did.
@@ -224,25 +225,11 @@ impl Pipeline {
             .collect();
         let mut sessionizer = Sessionizer::new(self.config);
         sessionizer.restore(events, snapshot.watermark_ms, now_ms());
-        // Sessions an idle flush made final that a heartbeat could still
-        // reach: their spans go back into the sessionizer, so a heartbeat
-        // arriving inside one stays late as before the restart (in either
-        // tier; only idle-flushed finals end this close to the watermark).
         let since_ms = snapshot
             .watermark_ms
             .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
-        let finals = self.store.final_spans(partition, since_ms).await?;
-        sessionizer.restore_closed(finals.iter().map(|span| {
-            (
-                span.user_id.as_str(),
-                span.video_id.as_str(),
-                span.start_ms,
-                span.end_ms,
-            )
-        }));
         let replayed = if self.defer_sessions && !self.source_replays {
-            self.replay_deferred(since_ms, &finals, &mut sessionizer)
-                .await?
+            self.replay_deferred(since_ms, &mut sessionizer).await?
         } else {
             0
         };
@@ -268,6 +255,7 @@ impl Pipeline {
                 session_offset: resume,
                 owner_epoch: snapshot.owner_epoch,
                 dirty: false,
+                written_watermark_ms: snapshot.watermark_ms,
             },
         );
         // Known from the start, so the lag series exists before the first report.
@@ -280,37 +268,18 @@ impl Pipeline {
     /// sessions are those of the last flush that wrote them (whose watermark
     /// minus the lateness is `since_ms`); every heartbeat committed since is
     /// a raw row at or after `since_ms` (anything older was late). Those rows
-    /// are pushed again, except late ones and those inside `finals`
-    /// (sessions idle-flushed near the watermark); rows the restore already
-    /// holds come back as duplicates. Their changes go out with the next
+    /// are pushed again, except late ones; rows the restore already holds come
+    /// back as duplicates. Their changes go out with the next
     /// flush. Returns how many were merged.
     async fn replay_deferred(
         &self,
         since_ms: i64,
-        finals: &[OpenSession],
         sessionizer: &mut Sessionizer,
     ) -> Result<usize, SinkError> {
-        let mut closed: std::collections::HashMap<(&str, &str), Vec<(i64, i64)>> =
-            std::collections::HashMap::new();
-        for span in finals {
-            closed
-                .entry((span.user_id.as_str(), span.video_id.as_str()))
-                .or_default()
-                .push((span.start_ms, span.end_ms));
-        }
         let rows = self.mirror.replay_since(since_ms).await?;
         let mut events: Vec<Event> = rows
             .iter()
             .filter(|r| !r.late)
-            .filter(|r| {
-                !closed
-                    .get(&(r.user_id.as_str(), r.video_id.as_str()))
-                    .is_some_and(|spans| {
-                        spans
-                            .iter()
-                            .any(|&(from, to)| from <= r.event_time_ms && r.event_time_ms <= to)
-                    })
-            })
             .filter_map(event_of)
             .collect();
         events.sort_unstable_by(|a, b| {
@@ -429,7 +398,10 @@ impl Pipeline {
         self.pending_raw.len() + self.pending_dead.len()
     }
 
-    /// Finalizes by watermark and idle time.
+    /// Finalizes by watermark. Call about once a second or more often, and
+    /// only while the source has nothing waiting: a partition that received
+    /// nothing since the last tick counts the time as quiet, and once quiet
+    /// for the idle timeout its watermark advances with processing time.
     pub fn tick(&mut self, now_ms: i64) {
         for state in self.partitions.values_mut() {
             state.sessionizer.advance(now_ms);
@@ -499,27 +471,30 @@ impl Pipeline {
                 continue;
             }
             let drained = state.sessionizer.drain_changes();
-            if drained.is_empty() && !state.dirty {
+            let watermark_ms = state.sessionizer.watermark_ms();
+            let watermark_moved = watermark_ms != state.written_watermark_ms;
+            if drained.is_empty() && !state.dirty && !watermark_moved {
                 continue;
             }
+            state.written_watermark_ms = watermark_ms;
             changes.extend(drained.into_iter().map(|c| (*partition, c)));
             if let Some(next_offset) = committed {
                 offsets.push(OffsetRow {
                     topic: self.topic.clone(),
                     partition: *partition,
                     next_offset,
-                    watermark_ms: state.sessionizer.watermark_ms(),
+                    watermark_ms,
                     session_offset: state.next_offset,
                     owner_epoch: state.owner_epoch,
                 });
                 state.session_offset = state.next_offset;
-            } else if state.dirty {
+            } else if state.dirty || watermark_moved {
                 // Embedded tier: no offsets, but the watermark must survive.
                 offsets.push(OffsetRow {
                     topic: self.topic.clone(),
                     partition: *partition,
                     next_offset: 0,
-                    watermark_ms: state.sessionizer.watermark_ms(),
+                    watermark_ms,
                     session_offset: Some(0),
                     owner_epoch: state.owner_epoch,
                 });

@@ -165,6 +165,15 @@ impl Service {
         self.logs.lock().unwrap().join("\n")
     }
 
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {}", self.name);
+    }
+
     /// SIGKILL: no drain, no flush, no leaving the consumer group.
     fn kill(&mut self) {
         let _ = self.child.kill();
@@ -200,12 +209,14 @@ struct Cluster {
     ingest: Vec<Service>,
     stream: Vec<Option<Service>>,
     query: Option<Service>,
+    /// Settings of this test on top of the common ones.
+    settings: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
     fn common_env(&self) -> Vec<(&'static str, String)> {
         let local = "127.0.0.1:0".to_string();
-        vec![
+        let mut env = vec![
             ("HB_KAFKA_BROKERS", self.brokers.clone()),
             ("HB_KAFKA_TOPIC", self.topic.clone()),
             ("HB_DLQ_TOPIC", self.dlq_topic.clone()),
@@ -223,7 +234,9 @@ impl Cluster {
             ("HB_QUERY_HTTP_ADDR", local.clone()),
             ("HB_QUERY_GRPC_ADDR", local.clone()),
             ("HB_QUERY_METRICS_ADDR", local),
-        ]
+        ];
+        env.extend(self.settings.iter().cloned());
+        env
     }
 
     fn start_ingest(&mut self) {
@@ -249,6 +262,16 @@ impl Cluster {
             self.stream.resize_with(index + 1, || None);
         }
         self.stream[index] = Some(service);
+    }
+
+    /// Pauses a stream process (SIGSTOP), as a long GC pause, a slow disk
+    /// or a stalled host would.
+    fn freeze_stream(&self, index: usize) {
+        self.stream[index].as_ref().expect("running").signal("STOP");
+    }
+
+    fn thaw_stream(&self, index: usize) {
+        self.stream[index].as_ref().expect("running").signal("CONT");
     }
 
     fn kill_stream(&mut self, index: usize) {
@@ -419,6 +442,53 @@ impl Load<'_> {
     }
 }
 
+/// Polls svc-query until every user's sessions equal `expected`, failing
+/// after [`PATIENCE`] with the first user whose sessions differ.
+async fn assert_sessions_equal(
+    cluster: &mut Cluster,
+    http: &reqwest::Client,
+    expected: &[Session],
+) {
+    let mut by_user: BTreeMap<String, Vec<Session>> = BTreeMap::new();
+    for session in expected {
+        by_user
+            .entry(session.user_id.clone())
+            .or_default()
+            .push(session.clone());
+    }
+    let order = |s: &Session| (s.video_id.clone(), s.start_ms);
+    for sessions in by_user.values_mut() {
+        sessions.sort_by_key(order);
+    }
+    let (from, to) = (
+        hb_common::time::ms_to_rfc3339(0),
+        hb_common::time::ms_to_rfc3339(hb_common::time::now_ms() + 86_400_000),
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut first_difference = None;
+        for (user, sessions) in &by_user {
+            let url = cluster.query_url(&format!("/v1/users/{user}/sessions?from={from}&to={to}"));
+            let body = get_json(http, &url).await;
+            let mut stored: Vec<Session> =
+                serde_json::from_value(body["rows"].clone()).expect("session rows");
+            stored.sort_by_key(order);
+            if &stored != sessions {
+                first_difference = Some((user.clone(), stored, sessions.clone()));
+                break;
+            }
+        }
+        let Some((user, stored, sessions)) = first_difference else {
+            return;
+        };
+        if Instant::now() > deadline {
+            cluster.assert_running();
+            assert_eq!(stored, sessions, "sessions of {user} after {PATIENCE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Waits until the sessions in the store hold at least `at_least` heartbeats.
 async fn wait_stored(pool: &sqlx::PgPool, at_least: usize, cluster: &mut Cluster) {
     let deadline = Instant::now() + PATIENCE;
@@ -465,6 +535,7 @@ async fn separate_processes_with_stream_processes_killed_mid_load_equal_the_batc
         ingest: Vec::new(),
         stream: Vec::new(),
         query: None,
+        settings: Vec::new(),
     };
     for index in 0..3 {
         cluster.start_stream(index);
@@ -542,45 +613,12 @@ async fn separate_processes_with_stream_processes_killed_mid_load_equal_the_batc
 
     // Quiescent: every user's sessions as svc-query answers them equal the
     // batch definition (polled: the stream stage catches up after restarts).
-    let mut by_user: BTreeMap<String, Vec<Session>> = BTreeMap::new();
-    for session in &expected {
-        by_user
-            .entry(session.user_id.clone())
-            .or_default()
-            .push(session.clone());
-    }
-    let order = |s: &Session| (s.video_id.clone(), s.start_ms);
-    for sessions in by_user.values_mut() {
-        sessions.sort_by_key(order);
-    }
+    assert_sessions_equal(&mut cluster, &http, &expected).await;
+
     let (from, to) = (
         hb_common::time::ms_to_rfc3339(0),
         hb_common::time::ms_to_rfc3339(hb_common::time::now_ms() + 86_400_000),
     );
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let mut first_difference = None;
-        for (user, sessions) in &by_user {
-            let url = cluster.query_url(&format!("/v1/users/{user}/sessions?from={from}&to={to}"));
-            let body = get_json(&http, &url).await;
-            let mut stored: Vec<Session> =
-                serde_json::from_value(body["rows"].clone()).expect("session rows");
-            stored.sort_by_key(order);
-            if &stored != sessions {
-                first_difference = Some((user.clone(), stored, sessions.clone()));
-                break;
-            }
-        }
-        let Some((user, stored, sessions)) = first_difference else {
-            break;
-        };
-        if Instant::now() > deadline {
-            cluster.assert_running();
-            assert_eq!(stored, sessions, "sessions of {user} after {PATIENCE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-
     let royalties = get_json(
         &http,
         &cluster.query_url(&format!("/v1/reports/royalties?from={from}&to={to}")),
@@ -592,6 +630,87 @@ async fn separate_processes_with_stream_processes_killed_mid_load_equal_the_batc
         "royalties report"
     );
     cluster.assert_running();
+
+    drop(cluster);
+    delete_topics(&brokers, &[&topic, &dlq_topic]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_process_frozen_mid_load_for_many_idle_timeouts_changes_no_session() {
+    let brokers = test_broker().await.expect("a Kafka broker for the test");
+    let (topic, dlq_topic) = (unique_topic("hb-stall"), unique_topic("hb-stall-dlq"));
+    create_topic(&brokers, &topic, PARTITIONS)
+        .await
+        .expect("topic");
+    create_topic(&brokers, &dlq_topic, 1)
+        .await
+        .expect("dlq topic");
+    let (db, pool) = TestDb::create().await.expect("test database");
+    tokio::task::spawn_blocking(service_binaries)
+        .await
+        .expect("service binaries");
+
+    let idle_timeout = Duration::from_secs(2);
+    let mut cluster = Cluster {
+        brokers: brokers.clone(),
+        topic: topic.clone(),
+        dlq_topic: dlq_topic.clone(),
+        group: unique_topic("hb-stall-group"),
+        db_url: db.url.clone(),
+        data_dir: tempfile::tempdir().expect("data dir"),
+        ingest: Vec::new(),
+        stream: Vec::new(),
+        query: None,
+        settings: vec![
+            ("HB_IDLE_TIMEOUT", format!("{}ms", idle_timeout.as_millis())),
+            // The pause is not meant to cost the process its partitions.
+            ("HB_KAFKA_SESSION_TIMEOUT", "30s".into()),
+        ],
+    };
+    cluster.start_stream(0);
+    cluster.start_ingest();
+    cluster.start_ingest();
+    cluster.start_query();
+
+    let heartbeats = workload();
+    let mut clients = Vec::new();
+    for ingest in &cluster.ingest {
+        let url = format!("http://{}", ingest.addr("grpc_addr"));
+        clients.push(
+            IngestServiceClient::connect(url)
+                .await
+                .expect("ingest reachable"),
+        );
+    }
+    let mut load = Load {
+        clients,
+        chunks: heartbeats.chunks(CHUNK).collect(),
+        pushed: 0,
+        distinct: HashSet::new(),
+    };
+    // Half the load, stored; then the stream process is paused for three
+    // idle timeouts while the other half goes to Kafka, and let go.
+    load.push(&cluster, load.chunks.len() / 2).await;
+    wait_stored(&pool, load.distinct.len(), &mut cluster).await;
+    cluster.freeze_stream(0);
+    let frozen_at = Instant::now();
+    load.push(&cluster, usize::MAX).await;
+    tokio::time::sleep((3 * idle_timeout).saturating_sub(frozen_at.elapsed())).await;
+    cluster.thaw_stream(0);
+    assert_eq!(load.pushed, load.chunks.len(), "every chunk pushed");
+
+    let events: Vec<Event> = heartbeats
+        .iter()
+        .map(|hb| Event::from_proto(hb).expect("valid heartbeat"))
+        .collect();
+    let expected = sessionize_all(events, SessionConfig::default().gap_ms);
+    let http = reqwest::Client::new();
+    assert_sessions_equal(&mut cluster, &http, &expected).await;
+    let late: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_heartbeats WHERE late")
+        .fetch_one(&pool)
+        .await
+        .expect("raw rows readable");
+    assert_eq!(late, 0, "nothing was late");
 
     drop(cluster);
     delete_topics(&brokers, &[&topic, &dlq_topic]).await;

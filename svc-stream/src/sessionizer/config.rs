@@ -8,8 +8,8 @@ pub struct SessionConfig {
     /// How far behind the newest event time a heartbeat is still merged
     /// (`HB_ALLOWED_LATENESS`).
     pub lateness_ms: i64,
-    /// Processing time without a push after which a key's sessions are
-    /// finalized (`HB_IDLE_TIMEOUT`).
+    /// Processing time a partition receives nothing before its watermark
+    /// advances with processing time (`HB_IDLE_TIMEOUT`).
     pub idle_timeout_ms: i64,
 }
 

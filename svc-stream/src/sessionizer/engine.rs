@@ -1,6 +1,7 @@
 //! The engine: [`Sessionizer`] routes each heartbeat to its key's slot,
 //! merges it into that key's sessions, freezes what fell behind the horizon,
-//! finalizes by watermark and idle timeout, and hands the changes out.
+//! finalizes by watermark (advanced with processing time while the partition
+//! is idle), and hands the changes out.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet, VecDeque};
@@ -45,8 +46,10 @@ const SLOT_DRAIN_BYTES: usize =
 /// Changed slots the drain asks for ahead of the one it writes out.
 const DRAIN_AHEAD: usize = 8;
 
-/// Marker uid of a watermark-queue entry that expires a slot's closed spans.
-const CLOSED_SPANS: u64 = u64::MAX;
+/// The most processing time one [`Sessionizer::advance`] counts as quiet: a
+/// stage that did not run (a paused process, a long write) saw nothing, so
+/// the time between two advances counts only up to this.
+pub const MAX_QUIET_STEP_MS: i64 = 1_000;
 
 /// Incremental, exact sessionizer of one partition (see the module docs).
 #[derive(Debug)]
@@ -68,8 +71,12 @@ pub struct Sessionizer {
     /// watermark passes `deadline` (a lower bound of `end + gap + lateness`,
     /// re-checked when popped). One entry per session.
     watermark_queue: BinaryHeap<Reverse<(i64, SlotIndex, u32, u64)>>,
-    /// `(deadline, slot, generation)`: a key may be idle from `deadline` on.
-    idle_queue: BinaryHeap<Reverse<(i64, SlotIndex, u32)>>,
+    /// Processing time of the last advance.
+    last_advance_ms: Option<i64>,
+    /// A heartbeat came in since the last advance.
+    pushed_since_advance: bool,
+    /// Processing time counted as quiet since the last heartbeat came in.
+    quiet_ms: i64,
     /// Record upserts (off for the offline batch, which only wants finals).
     pub(super) track_upserts: bool,
     /// Slots holding a session changed since the last drain: the drain walks
@@ -102,7 +109,9 @@ impl Sessionizer {
             spare_tails: Vec::new(),
             next_uid: 0,
             watermark_queue: BinaryHeap::new(),
-            idle_queue: BinaryHeap::new(),
+            last_advance_ms: None,
+            pushed_since_advance: false,
+            quiet_ms: 0,
             track_upserts: true,
             changed: SlotSet::default(),
             drained: Vec::new(),
@@ -118,8 +127,7 @@ impl Sessionizer {
         self.config
     }
 
-    /// Feeds one heartbeat; `now_ms` is processing (wall) time, used only for
-    /// the idle timeout.
+    /// Feeds one heartbeat; `now_ms` is processing (wall) time.
     pub fn push(&mut self, event: Event, now_ms: i64) -> Outcome {
         self.push_ref(event.to_ref(), now_ms)
     }
@@ -134,8 +142,9 @@ impl Sessionizer {
         &mut self,
         event: EventRef<'_>,
         fingerprints: Fingerprints,
-        now_ms: i64,
+        _now_ms: i64,
     ) -> Outcome {
+        self.pushed_since_advance = true;
         if self.is_late(event.time_ms) {
             return Outcome::Late;
         }
@@ -144,15 +153,11 @@ impl Sessionizer {
             return Outcome::Duplicate;
         }
         let slot_index = self.slot_for(fingerprints.key, event.user_id, event.video_id);
-        if self.slots[slot_index as usize].in_closed_span(event.time_ms) {
-            self.release_if_empty(slot_index);
-            return Outcome::Late;
-        }
         let watermark_ms = self
             .watermark_ms
             .map_or(event.time_ms, |wm| wm.max(event.time_ms));
         self.watermark_ms = Some(watermark_ms);
-        let target = self.merge(slot_index, event, id_fingerprint, now_ms);
+        let target = self.merge(slot_index, event, id_fingerprint);
         let (horizon_ms, freeze_before_ms) = (self.horizon_ms(), self.freeze_before_ms());
         let session = &mut self.slots[slot_index as usize].sessions.as_mut_slice()[target];
         if session.tail_front_ms < freeze_before_ms {
@@ -161,14 +166,35 @@ impl Sessionizer {
         Outcome::Merged
     }
 
-    /// Finalizes sessions whose end + gap + lateness the watermark passed, and
-    /// the sessions of keys idle (no push) for `idle_timeout_ms` of processing
-    /// time.
+    /// Finalizes sessions whose end + gap + lateness the watermark passed.
+    /// Idleness belongs to the partition: once no heartbeat has come in for
+    /// `idle_timeout_ms` of processing time, the watermark advances with
+    /// processing time, so an idle partition still closes its sessions. While
+    /// heartbeats keep coming, sessions close by event time only. Quiet time
+    /// is counted between advances, at most [`MAX_QUIET_STEP_MS`] each, so a
+    /// stall of the stage itself (it did not look) is never idleness: call
+    /// this about once a second or more often.
     pub fn advance(&mut self, now_ms: i64) {
+        let step_ms = self.last_advance_ms.map_or(0, |last_ms| {
+            now_ms.saturating_sub(last_ms).clamp(0, MAX_QUIET_STEP_MS)
+        });
+        self.last_advance_ms = Some(now_ms);
+        if std::mem::take(&mut self.pushed_since_advance) {
+            self.quiet_ms = 0;
+        } else {
+            let idle_timeout_ms = self.config.idle_timeout_ms;
+            let idle_before_ms = self.quiet_ms.saturating_sub(idle_timeout_ms).max(0);
+            self.quiet_ms = self.quiet_ms.saturating_add(step_ms);
+            let idle_ms = self.quiet_ms.saturating_sub(idle_timeout_ms).max(0);
+            if idle_ms > idle_before_ms {
+                self.watermark_ms = self
+                    .watermark_ms
+                    .map(|wm| wm.saturating_add(idle_ms - idle_before_ms));
+            }
+        }
         if let Some(watermark_ms) = self.watermark_ms {
             self.finalize_by_watermark(watermark_ms);
         }
-        self.flush_idle(now_ms);
     }
 
     /// Changes since the last drain, coalesced to at most one per session key:
@@ -287,7 +313,7 @@ impl Sessionizer {
     /// are ignored. Meant for a fresh sessionizer; on one that already holds
     /// state, heartbeats behind its lateness horizon are skipped and the rest
     /// are merged (and reported) like pushes.
-    pub fn restore(&mut self, mut events: Vec<Event>, watermark_ms: Option<i64>, now_ms: i64) {
+    pub fn restore(&mut self, mut events: Vec<Event>, watermark_ms: Option<i64>, _now_ms: i64) {
         let fresh = self.open_sessions == 0
             && self.changed.is_empty()
             && self.deleted.is_empty()
@@ -308,12 +334,8 @@ impl Sessionizer {
                 continue;
             }
             let slot_index = self.slot_for(fingerprints.key, event.user_id, event.video_id);
-            if self.slots[slot_index as usize].in_closed_span(event.time_ms) {
-                self.release_if_empty(slot_index);
-                continue;
-            }
             newest_ms = newest_ms.max(Some(event.time_ms));
-            self.merge(slot_index, event, id_fingerprint, now_ms);
+            self.merge(slot_index, event, id_fingerprint);
             touched.push(slot_index);
         }
         self.watermark_ms = newest_ms.max(watermark_ms);
@@ -334,34 +356,6 @@ impl Sessionizer {
                     session.stored_start_ms = Some(session.start_ms);
                 }
             }
-        }
-    }
-
-    /// Re-seeds, after a restart, the spans `[start, end]` of sessions an
-    /// idle flush made final, as `(user_id, video_id, start, end)`: a later
-    /// heartbeat inside one stays [`Outcome::Late`], as it was before the
-    /// restart. Call after [`Sessionizer::restore`]; spans the watermark has
-    /// already made unreachable are skipped.
-    pub fn restore_closed<'a>(
-        &mut self,
-        spans: impl IntoIterator<Item = (&'a str, &'a str, i64, i64)>,
-    ) {
-        let horizon_ms = self.horizon_ms();
-        let lateness_ms = self.config.lateness_ms;
-        for (user_id, video_id, start_ms, end_ms) in spans {
-            if end_ms < horizon_ms {
-                continue;
-            }
-            let slot_index = self.slot_for(key_fingerprint(user_id, video_id), user_id, video_id);
-            let slot = &mut self.slots[slot_index as usize];
-            slot.closed.push((start_ms, end_ms));
-            let generation = slot.generation;
-            self.watermark_queue.push(Reverse((
-                end_ms.saturating_add(lateness_ms),
-                slot_index,
-                generation,
-                CLOSED_SPANS,
-            )));
         }
     }
 
@@ -449,13 +443,7 @@ impl Sessionizer {
     /// Adds a heartbeat to its key's sessions (SPEC 5.3: it joins the session
     /// before it and/or after it when within the gap); returns the index of
     /// the session that now holds it.
-    fn merge(
-        &mut self,
-        slot_index: SlotIndex,
-        event: EventRef<'_>,
-        id_fingerprint: u64,
-        now_ms: i64,
-    ) -> usize {
+    fn merge(&mut self, slot_index: SlotIndex, event: EventRef<'_>, id_fingerprint: u64) -> usize {
         let EventRef {
             event_id,
             device_id,
@@ -478,7 +466,6 @@ impl Sessionizer {
         };
         let gap_ms = self.config.gap_ms;
         let slot = &mut self.slots[slot_index as usize];
-        slot.last_push_ms = now_ms;
         let id = held.event_id.as_bytes();
         let sessions = slot.sessions.as_slice();
         let after = sessions.partition_point(|s| s.starts_before(time_ms, id));
@@ -545,12 +532,6 @@ impl Sessionizer {
             session.dirty = true;
             self.changed.insert(slot_index);
         }
-        if !slot.idle_scheduled {
-            slot.idle_scheduled = true;
-            let deadline_ms = now_ms.saturating_add(self.config.idle_timeout_ms);
-            self.idle_queue
-                .push(Reverse((deadline_ms, slot_index, slot.generation)));
-        }
         target
     }
 
@@ -567,21 +548,6 @@ impl Sessionizer {
             if !slot.live || slot.generation != generation {
                 continue;
             }
-            if uid == CLOSED_SPANS {
-                let horizon_ms = watermark_ms.saturating_sub(lateness_ms);
-                slot.closed.retain(|&(_, end_ms)| end_ms >= horizon_ms);
-                if let Some(end_ms) = slot.closed.iter().map(|&(_, end_ms)| end_ms).min() {
-                    let deadline_ms = end_ms.saturating_add(lateness_ms);
-                    self.watermark_queue.push(Reverse((
-                        deadline_ms,
-                        slot_index,
-                        generation,
-                        CLOSED_SPANS,
-                    )));
-                }
-                self.release_if_empty(slot_index);
-                continue;
-            }
             let Some(index) = slot.position_of(uid) else {
                 continue;
             };
@@ -596,46 +562,6 @@ impl Sessionizer {
             } else {
                 self.watermark_queue
                     .push(Reverse((due_ms, slot_index, generation, uid)));
-            }
-        }
-    }
-
-    fn flush_idle(&mut self, now_ms: i64) {
-        while let Some(&Reverse((deadline_ms, slot_index, generation))) = self.idle_queue.peek() {
-            if deadline_ms > now_ms {
-                break;
-            }
-            self.idle_queue.pop();
-            let slot = &mut self.slots[slot_index as usize];
-            if !slot.live || slot.generation != generation {
-                continue;
-            }
-            slot.idle_scheduled = false;
-            if slot.sessions.is_empty() {
-                continue;
-            }
-            let due_ms = slot
-                .last_push_ms
-                .saturating_add(self.config.idle_timeout_ms);
-            if due_ms > now_ms {
-                slot.idle_scheduled = true;
-                self.idle_queue
-                    .push(Reverse((due_ms, slot_index, generation)));
-                continue;
-            }
-            while let Some(session) = self.slots[slot_index as usize].sessions.as_slice().first() {
-                let (start_ms, end_ms) = (session.start_ms, session.last.time_ms);
-                self.slots[slot_index as usize]
-                    .closed
-                    .push((start_ms, end_ms));
-                let deadline_ms = end_ms.saturating_add(self.config.lateness_ms);
-                self.watermark_queue.push(Reverse((
-                    deadline_ms,
-                    slot_index,
-                    generation,
-                    CLOSED_SPANS,
-                )));
-                self.finalize(slot_index, 0);
             }
         }
     }
@@ -667,7 +593,7 @@ impl Sessionizer {
     /// Frees a slot that holds nothing any more.
     fn release_if_empty(&mut self, slot_index: SlotIndex) {
         let slot = &mut self.slots[slot_index as usize];
-        if !slot.live || !slot.sessions.is_empty() || !slot.closed.is_empty() {
+        if !slot.live || !slot.sessions.is_empty() {
             return;
         }
         self.keys.remove(
@@ -676,7 +602,6 @@ impl Sessionizer {
         );
         slot.live = false;
         slot.generation = slot.generation.wrapping_add(1);
-        slot.idle_scheduled = false;
         slot.user_id = Id::default();
         slot.video_id = Id::default();
         self.free_slots.push(slot_index);

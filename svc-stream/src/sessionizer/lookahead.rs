@@ -33,8 +33,8 @@ impl AsEventRef for EventRef<'_> {
 /// still cached when used.
 const AHEAD: usize = 8;
 
-/// The part of a slot an in-order push reads: the key, the closed spans'
-/// length and the first session up to its devices. (A hint's length: the
+/// The part of a slot an in-order push reads: the key and the first session
+/// up to its devices. (A hint's length: the
 /// enum's tag, if it has one, may shift it by a few bytes.)
 const SLOT_HOT_BYTES: usize =
     std::mem::offset_of!(KeySlot, sessions) + std::mem::offset_of!(LiveSession, ads);

@@ -31,18 +31,15 @@
 //! its slot, and [`Sessionizer::push_batch`] loads the state of the next
 //! heartbeats of a batch while the current one is processed.
 //!
-//! # Finalization and the idle-flush choice
+//! # Finalization and idleness
 //!
-//! A session becomes final once the watermark passes `end + gap + lateness`
-//! (no accepted heartbeat can reach it any more), or when its key saw no push
-//! for `idle_timeout_ms` of processing time. An idle flush can happen while a
-//! heartbeat could still reach the session, so the slot remembers the span
-//! `[start, end]` of each idle-flushed session until the watermark makes it
-//! unreachable: a later heartbeat *inside* such a span is reported `Late` (it
-//! belongs to a session that is already final, and is most likely a resend
-//! whose id was dropped with the session); one outside the span, even within
-//! the gap, starts a new session. Both are documented departures from the
-//! batch definition that only an idle flush can cause.
+//! A session becomes final once the watermark passes `end + gap + lateness`:
+//! no accepted heartbeat can reach it any more. The watermark is the newest
+//! event time of the partition; while the partition receives nothing for
+//! `idle_timeout_ms` of processing time it advances with processing time
+//! instead, so sessions of an idle partition still close. Idleness is the
+//! partition's, never a key's: while heartbeats keep coming, a stall of any
+//! length changes no result.
 //!
 //! # Changes
 //!

@@ -123,7 +123,7 @@ pub enum Outcome {
     Merged,
     /// Its `event_id` was already accepted: ignored.
     Duplicate,
-    /// Older than `watermark - lateness` (or inside an idle-flushed session):
+    /// Older than `watermark - lateness`:
     /// not sessionized; the caller still mirrors and counts it.
     Late,
 }

@@ -405,13 +405,6 @@ pub(super) struct KeySlot {
     /// Bumped when the slot is released, so queued references go stale.
     pub(super) generation: u32,
     pub(super) live: bool,
-    /// An entry for this slot is in the idle queue.
-    pub(super) idle_scheduled: bool,
-    /// Processing time of the last push.
-    pub(super) last_push_ms: i64,
-    /// `[start, end]` of idle-flushed sessions an accepted heartbeat could
-    /// still reach (before `sessions`: every push reads its length).
-    pub(super) closed: Vec<(i64, i64)>,
     pub(super) sessions: SessionList,
 }
 
@@ -422,12 +415,6 @@ impl KeySlot {
             .as_slice()
             .iter()
             .any(|session| session.tail.iter().any(|held| held.event_id.is(event_id)))
-    }
-
-    pub(super) fn in_closed_span(&self, time_ms: i64) -> bool {
-        self.closed
-            .iter()
-            .any(|&(start, end)| start <= time_ms && time_ms <= end)
     }
 
     pub(super) fn key(&self, start_ms: i64) -> SessionKey {

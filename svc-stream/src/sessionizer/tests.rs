@@ -395,20 +395,36 @@ fn a_session_becomes_final_once_the_watermark_passes_end_plus_gap_plus_lateness(
     );
 }
 
+/// Advances every half second of processing time from `from_ms` to `to_ms`,
+/// as the stage's ticks do.
+fn tick_through(sessionizer: &mut Sessionizer, from_ms: i64, to_ms: i64) {
+    let mut now_ms = from_ms;
+    while now_ms < to_ms {
+        now_ms = (now_ms + 500).min(to_ms);
+        sessionizer.advance(now_ms);
+    }
+}
+
 #[test]
-fn an_idle_key_is_flushed_after_the_idle_timeout_of_processing_time() {
+fn a_partition_quiet_for_the_idle_timeout_advances_its_watermark_with_processing_time() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 0, 0), 1_000);
-    sessionizer.push(playing("b", 5_000, 5_000), 400_000);
-    sessionizer.advance(1_000 + IDLE);
+    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.push(playing("b", 5_000, 5_000), 0);
+    sessionizer.advance(0);
+    tick_through(&mut sessionizer, 0, IDLE);
+    assert_eq!(
+        sessionizer.watermark_ms(),
+        Some(5_000),
+        "quiet, not idle yet"
+    );
+    tick_through(&mut sessionizer, IDLE, IDLE + 60_000);
+    assert_eq!(sessionizer.watermark_ms(), Some(65_000));
     assert_eq!(
         sessionizer.open_sessions(),
         1,
-        "the second push reset the idle clock"
+        "end + gap + lateness not passed"
     );
-    sessionizer.advance(400_000 + IDLE - 1);
-    assert_eq!(sessionizer.open_sessions(), 1);
-    sessionizer.advance(400_000 + IDLE);
+    tick_through(&mut sessionizer, IDLE + 60_000, IDLE + G + L + 1);
     assert_eq!(
         (sessionizer.open_sessions(), sessionizer.open_keys()),
         (0, 0)
@@ -422,45 +438,67 @@ fn an_idle_key_is_flushed_after_the_idle_timeout_of_processing_time() {
 }
 
 #[test]
-fn after_an_idle_flush_a_heartbeat_inside_the_final_session_is_late_and_one_after_it_starts_a_new_session(
-) {
+fn while_heartbeats_keep_coming_sessions_close_by_event_time_only() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
     sessionizer.push(playing("a", 0, 0), 0);
-    sessionizer.push(playing("b", 5_000, 5_000), 0);
-    sessionizer.advance(IDLE);
-    sessionizer.drain_changes();
-    // A resend of `a` (its id is gone with the session) and a new heartbeat
-    // inside the closed span are both late.
+    // Another key of the partition keeps it busy for twice the idle timeout
+    // of processing time, with little event time passing.
+    let mut now_ms = 0;
+    for n in 0..(2 * IDLE / 1_000) {
+        now_ms += 1_000;
+        let event = playing(&format!("o{n}"), n, 0).for_user("other");
+        sessionizer.push(event, now_ms);
+        sessionizer.advance(now_ms);
+    }
+    assert_eq!(sessionizer.open_sessions(), 2);
     assert_eq!(
-        sessionizer.push(playing("a", 0, 0), IDLE + 1),
-        Outcome::Late
-    );
-    assert_eq!(
-        sessionizer.push(playing("m", 2_500, 2_500), IDLE + 1),
-        Outcome::Late
-    );
-    assert!(sessionizer.drain_changes().is_empty());
-    // Within the gap but after the closed span: a new session (documented choice).
-    assert_eq!(
-        sessionizer.push(playing("c", 10_000, 10_000), IDLE + 1),
+        sessionizer.push(playing("b", 5_000, 5_000), now_ms),
         Outcome::Merged
     );
-    let changes = sessionizer.drain_changes();
-    assert_eq!(upsert_keys(&changes), vec![key("u", 10_000)]);
-    assert_eq!(changes.len(), 1);
+    sessionizer.finish();
+    let finals: Vec<_> = sessionizer
+        .drain_changes()
+        .into_iter()
+        .filter_map(|change| match change {
+            Change::Final(session) if session.user_id == "u" => Some(session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(finals[0].heartbeats, 2);
 }
 
 #[test]
-fn an_idle_partition_does_not_keep_sessions_open_even_without_new_event_time() {
+fn a_stall_of_the_stage_of_any_length_is_not_idleness() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    for user in ["u1", "u2", "u3"] {
-        sessionizer.push(playing(&format!("{user}-a"), 0, 0).for_user(user), 0);
-    }
-    sessionizer.advance(IDLE - 1);
-    assert_eq!(sessionizer.open_sessions(), 3);
-    sessionizer.advance(IDLE);
-    assert_eq!(sessionizer.open_sessions(), 0);
-    assert_eq!(sessionizer.drain_changes().len(), 3);
+    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.advance(0);
+    // The process was paused for ten idle timeouts; the backlog comes next.
+    sessionizer.advance(10 * IDLE);
+    assert_eq!(sessionizer.watermark_ms(), Some(0));
+    assert_eq!(
+        sessionizer.push(playing("b", 5_000, 5_000), 10 * IDLE),
+        Outcome::Merged
+    );
+    assert_eq!(sessionizer.open_sessions(), 1);
+}
+
+#[test]
+fn after_an_idle_advance_a_heartbeat_behind_the_new_horizon_is_late() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.advance(0);
+    tick_through(&mut sessionizer, 0, IDLE + L + 10_000);
+    assert_eq!(sessionizer.watermark_ms(), Some(L + 10_000));
+    assert_eq!(
+        sessionizer.push(playing("b", 5_000, 5_000), IDLE + L + 10_000),
+        Outcome::Late
+    );
+    assert_eq!(
+        sessionizer.push(playing("c", 10_000, 10_000), IDLE + L + 10_000),
+        Outcome::Merged,
+        "at the horizon: merged"
+    );
 }
 
 #[test]
@@ -747,24 +785,4 @@ fn borrowed_pushes_and_drains_give_the_same_outcomes_and_changes_as_owned_ones()
         assert_eq!(by_slice.drain_changes(), changes);
         assert_eq!(refs[0].to_owned_event(), events[0]);
     }
-}
-
-#[test]
-fn after_a_restart_a_heartbeat_inside_an_idle_flushed_session_is_still_late() {
-    let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.restore(vec![], Some(5_000), 0);
-    sessionizer.restore_closed([("u", "v", 0, 5_000)]);
-    assert_eq!(
-        sessionizer.push(playing("m", 2_500, 2_500), 1),
-        Outcome::Late
-    );
-    // Outside the span (within the gap): a new session, as before the restart.
-    assert_eq!(
-        sessionizer.push(playing("c", 10_000, 10_000), 1),
-        Outcome::Merged
-    );
-    assert_eq!(
-        upsert_keys(&sessionizer.drain_changes()),
-        vec![key("u", 10_000)]
-    );
 }
