@@ -7,8 +7,8 @@
 use super::pg_writer::PgWriter;
 use super::sqlite_writer::SqliteWriter;
 use super::{
-    DeadLetter, Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore,
-    SinkError,
+    DeadLetter, Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawInStore, RawMirror,
+    SessionStore, SinkError,
 };
 use crate::sessionizer::{Change, Session};
 use async_trait::async_trait;
@@ -395,6 +395,18 @@ macro_rules! sql_store {
         }
 
         #[async_trait]
+        impl RawInStore for $name {
+            async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
+                let rows = sqlx::query(&format!("{RAW_SELECT} WHERE event_time_ms >= $1"))
+                    .bind(from_ms)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(raw_of_row).collect()
+            }
+        }
+
+        #[async_trait]
         impl RawMirror for $name {
             /// The raw table is clustered by event time (SQLite migration
             /// 0002, PostgreSQL 0006), so the open sessions of a partition
@@ -438,15 +450,6 @@ macro_rules! sql_store {
                     }
             }
             Ok(kept)
-            }
-
-            async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
-                let rows = sqlx::query(&format!("{RAW_SELECT} WHERE event_time_ms >= $1"))
-                    .bind(from_ms)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(map_err)?;
-                rows.iter().map(raw_of_row).collect()
             }
 
             async fn write(&self, rows: &[RawHeartbeat]) -> Result<(), SinkError> {
