@@ -1,7 +1,7 @@
 //! A small multiplicative hasher (the "Fx" hash used by rustc): the keys hashed
 //! here are short ids, where SipHash would dominate the per-heartbeat cost.
 //! Not DoS-resistant; nothing relies on it for correctness (id fingerprints are
-//! always verified, see `ids`).
+//! always verified, see `tables`).
 
 use std::hash::{BuildHasherDefault, Hasher};
 

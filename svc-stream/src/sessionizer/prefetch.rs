@@ -1,8 +1,8 @@
 //! A cache prefetch hint: the one `unsafe` of the sessionizer. The push looks
 //! ahead in its batch and asks for the memory the next heartbeats will touch.
-//! A load (what this replaced) stalls retirement until its line arrives, so a
-//! group of them overlaps only as far as the reorder buffer reaches; a
-//! prefetch retires at once. It never faults, whatever the address.
+//! A prefetch rather than a load: a load stalls retirement until its line
+//! arrives, so a group of them overlaps only as far as the reorder buffer
+//! reaches; a prefetch retires at once. It never faults, whatever the address.
 #![allow(unsafe_code)]
 
 /// Asks for the cache line holding `address` (a hint; does nothing where the

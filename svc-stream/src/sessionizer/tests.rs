@@ -1,6 +1,10 @@
 //! One hand-checked case per rule of SPEC 5, plus the change stream the store
 //! sees. Times are milliseconds; `G` and `L` are the default gap and lateness.
 
+use std::collections::BTreeMap;
+
+use hb_proto::v1::Heartbeat;
+
 use super::*;
 
 const G: i64 = 600_000;
@@ -105,8 +109,6 @@ fn apply(store: &mut BTreeMap<SessionKey, (Session, bool)>, changes: Vec<Change>
         }
     }
 }
-
-use std::collections::BTreeMap;
 
 #[test]
 fn a_gap_of_exactly_g_starts_a_new_session() {

@@ -1,0 +1,684 @@
+//! The engine: [`Sessionizer`] routes each heartbeat to its key's slot,
+//! merges it into that key's sessions, freezes what fell behind the horizon,
+//! finalizes by watermark and idle timeout, and hands the changes out.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+
+use super::config::SessionConfig;
+use super::events::{Event, EventRef, PlaybackState};
+use super::fxhash::{fingerprint, key_fingerprint, FxBuildHasher};
+use super::id::Id;
+use super::prefetch;
+use super::sessions::{Change, ChangeRef, Outcome, Session, SessionKey};
+use super::state::{HeldEvent, KeySlot, LiveSession};
+use super::tables::{IdTable, KeyTable, SlotIndex, SlotSet};
+
+/// The hashes a push needs, computed once.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Fingerprints {
+    pub(super) key: u64,
+    pub(super) id: u64,
+}
+
+impl Fingerprints {
+    #[inline]
+    pub(super) fn of(event: &EventRef<'_>) -> Self {
+        Fingerprints {
+            key: key_fingerprint(event.user_id, event.video_id),
+            id: fingerprint(event.event_id.as_bytes()),
+        }
+    }
+}
+
+/// Tail buffers kept for reuse (at most ~8 MiB of them).
+const SPARE_TAILS: usize = 4_096;
+
+/// Capacity of a new tail: the lateness window at one heartbeat per 5 s, so
+/// most tails never regrow.
+const TAIL_CAPACITY: usize = 32;
+
+/// What the drain reads of a slot: up to the first session's frozen summary.
+const SLOT_DRAIN_BYTES: usize =
+    std::mem::offset_of!(KeySlot, sessions) + std::mem::offset_of!(LiveSession, frozen);
+
+/// Changed slots the drain asks for ahead of the one it writes out.
+const DRAIN_AHEAD: usize = 8;
+
+/// Marker uid of a watermark-queue entry that expires a slot's closed spans.
+const CLOSED_SPANS: u64 = u64::MAX;
+
+/// Incremental, exact sessionizer of one partition (see the module docs).
+#[derive(Debug)]
+pub struct Sessionizer {
+    config: SessionConfig,
+    watermark_ms: Option<i64>,
+    pub(super) slots: Vec<KeySlot>,
+    free_slots: Vec<SlotIndex>,
+    pub(super) keys: KeyTable,
+    /// Ids of recent heartbeats (every unfrozen one among them).
+    pub(super) ids: IdTable,
+    /// Heartbeats in the tails.
+    held: usize,
+    /// Emptied tail buffers of finalized sessions, for new ones: a tail
+    /// allocation is large enough to be slow in common allocators.
+    spare_tails: Vec<VecDeque<HeldEvent>>,
+    next_uid: u64,
+    /// `(deadline, slot, generation, uid)`: a session may be final once the
+    /// watermark passes `deadline` (a lower bound of `end + gap + lateness`,
+    /// re-checked when popped). One entry per session.
+    watermark_queue: BinaryHeap<Reverse<(i64, SlotIndex, u32, u64)>>,
+    /// `(deadline, slot, generation)`: a key may be idle from `deadline` on.
+    idle_queue: BinaryHeap<Reverse<(i64, SlotIndex, u32)>>,
+    /// Record upserts (off for the offline batch, which only wants finals).
+    pub(super) track_upserts: bool,
+    /// Slots holding a session changed since the last drain: the drain walks
+    /// them in slot order without sorting a list of changes.
+    changed: SlotSet,
+    /// Scratch of `drain_changes_with`: the changed slots, in order.
+    drained: Vec<SlotIndex>,
+    deleted: Vec<SessionKey>,
+    pub(super) finals: Vec<Session>,
+    open_sessions: usize,
+    open_keys: usize,
+}
+
+impl Sessionizer {
+    /// A sessionizer with no state. Negative durations count as zero.
+    pub fn new(config: SessionConfig) -> Self {
+        let config = SessionConfig {
+            gap_ms: config.gap_ms.max(0),
+            lateness_ms: config.lateness_ms.max(0),
+            idle_timeout_ms: config.idle_timeout_ms.max(0),
+        };
+        Sessionizer {
+            config,
+            watermark_ms: None,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            keys: KeyTable::default(),
+            ids: IdTable::default(),
+            held: 0,
+            spare_tails: Vec::new(),
+            next_uid: 0,
+            watermark_queue: BinaryHeap::new(),
+            idle_queue: BinaryHeap::new(),
+            track_upserts: true,
+            changed: SlotSet::default(),
+            drained: Vec::new(),
+            deleted: Vec::new(),
+            finals: Vec::new(),
+            open_sessions: 0,
+            open_keys: 0,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> SessionConfig {
+        self.config
+    }
+
+    /// Feeds one heartbeat; `now_ms` is processing (wall) time, used only for
+    /// the idle timeout.
+    pub fn push(&mut self, event: Event, now_ms: i64) -> Outcome {
+        self.push_ref(event.to_ref(), now_ms)
+    }
+
+    /// Like [`Sessionizer::push`], borrowing the heartbeat.
+    pub fn push_ref(&mut self, event: EventRef<'_>, now_ms: i64) -> Outcome {
+        let fingerprints = Fingerprints::of(&event);
+        self.push_fingerprinted(event, fingerprints, now_ms)
+    }
+
+    pub(super) fn push_fingerprinted(
+        &mut self,
+        event: EventRef<'_>,
+        fingerprints: Fingerprints,
+        now_ms: i64,
+    ) -> Outcome {
+        if self.is_late(event.time_ms) {
+            return Outcome::Late;
+        }
+        let id_fingerprint = fingerprints.id;
+        if self.holds_id(id_fingerprint, event.event_id) {
+            return Outcome::Duplicate;
+        }
+        let slot_index = self.slot_for(fingerprints.key, event.user_id, event.video_id);
+        if self.slots[slot_index as usize].in_closed_span(event.time_ms) {
+            self.release_if_empty(slot_index);
+            return Outcome::Late;
+        }
+        let watermark_ms = self
+            .watermark_ms
+            .map_or(event.time_ms, |wm| wm.max(event.time_ms));
+        self.watermark_ms = Some(watermark_ms);
+        let target = self.merge(slot_index, event, id_fingerprint, now_ms);
+        let (horizon_ms, freeze_before_ms) = (self.horizon_ms(), self.freeze_before_ms());
+        let session = &mut self.slots[slot_index as usize].sessions.as_mut_slice()[target];
+        if session.tail_front_ms < freeze_before_ms {
+            self.held -= session.freeze_before(horizon_ms);
+        }
+        Outcome::Merged
+    }
+
+    /// Finalizes sessions whose end + gap + lateness the watermark passed, and
+    /// the sessions of keys idle (no push) for `idle_timeout_ms` of processing
+    /// time.
+    pub fn advance(&mut self, now_ms: i64) {
+        if let Some(watermark_ms) = self.watermark_ms {
+            self.finalize_by_watermark(watermark_ms);
+        }
+        self.flush_idle(now_ms);
+    }
+
+    /// Changes since the last drain, coalesced to at most one per session key:
+    /// first the `Delete`s (sorted by key, none for a key written again in the
+    /// same batch), then the `Upsert`s (ordered by internal key slot), then the
+    /// `Final`s in order of finalization. Deterministic for a given input.
+    pub fn drain_changes(&mut self) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(self.finals.len());
+        self.drain_changes_with(|change| {
+            changes.push(match change {
+                ChangeRef::Upsert(session) => Change::Upsert(session.to_session()),
+                ChangeRef::Final(session) => Change::Final(session),
+                ChangeRef::Delete(key) => Change::Delete(key),
+            })
+        });
+        changes
+    }
+
+    /// The changes of [`Sessionizer::drain_changes`], in the same order, handed
+    /// to `visit` one by one with each open session borrowed from the state:
+    /// nothing is copied for an upsert the consumer only reads.
+    pub fn drain_changes_with(&mut self, mut visit: impl FnMut(ChangeRef<'_>)) {
+        let mut deleted = std::mem::take(&mut self.deleted);
+        if !deleted.is_empty() {
+            deleted.sort_unstable();
+            deleted.dedup();
+            // A key written again in this drain is no delete: one of the
+            // finals, or a changed session of the key's live slot.
+            let finals: HashSet<(&str, &str, i64), FxBuildHasher> = self
+                .finals
+                .iter()
+                .map(|session| {
+                    (
+                        session.user_id.as_str(),
+                        session.video_id.as_str(),
+                        session.start_ms,
+                    )
+                })
+                .collect();
+            let (keys, slots) = (&self.keys, &self.slots);
+            deleted.retain(|key| {
+                let (user_id, video_id) = (key.user_id.as_str(), key.video_id.as_str());
+                if finals.contains(&(user_id, video_id, key.start_ms)) {
+                    return false;
+                }
+                let Some(slot_index) =
+                    keys.find(key_fingerprint(user_id, video_id), |slot_index| {
+                        let slot = &slots[slot_index as usize];
+                        slot.user_id.is(user_id) && slot.video_id.is(video_id)
+                    })
+                else {
+                    return true;
+                };
+                !slots[slot_index as usize]
+                    .sessions
+                    .as_slice()
+                    .iter()
+                    .any(|session| session.dirty && session.start_ms == key.start_ms)
+            });
+            for key in deleted.drain(..) {
+                visit(ChangeRef::Delete(key));
+            }
+        }
+        self.deleted = deleted;
+        // One pass by slot, a walk through memory in order rather than at
+        // random. Sessions that were changed and then merged away or
+        // finalized are no longer in their slot; a released slot holds none.
+        // (Keys the store holds under an older start were queued for delete
+        // when the start moved.)
+        let mut changed = std::mem::take(&mut self.drained);
+        changed.clear();
+        self.changed.drain(|slot_index| changed.push(slot_index));
+        for (at, &slot_index) in changed.iter().enumerate() {
+            if let Some(slot) = changed
+                .get(at + DRAIN_AHEAD)
+                .and_then(|&ahead| self.slots.get(ahead as usize))
+            {
+                prefetch::lines(slot, SLOT_DRAIN_BYTES);
+            }
+            let slot = &mut self.slots[slot_index as usize];
+            let (user_id, video_id) = (&slot.user_id, &slot.video_id);
+            for session in slot.sessions.as_mut_slice() {
+                if session.dirty {
+                    session.dirty = false;
+                    session.stored_start_ms = Some(session.start_ms);
+                    visit(ChangeRef::Upsert(session.to_session_ref(user_id, video_id)));
+                }
+            }
+        }
+        self.drained = changed;
+        for session in self.finals.drain(..) {
+            visit(ChangeRef::Final(session));
+        }
+    }
+
+    /// Finalizes every open session: the end of a batch run. (A service
+    /// shutting down keeps its sessions open and restores them on restart.)
+    pub fn finish(&mut self) {
+        for slot_index in 0..self.slots.len() as SlotIndex {
+            while !self.slots[slot_index as usize].sessions.is_empty() {
+                self.finalize(slot_index, 0);
+            }
+            self.release_if_empty(slot_index);
+        }
+    }
+
+    /// Newest event time accepted (or restored), if any.
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.watermark_ms
+    }
+
+    /// Re-seeds state after a restart with the heartbeats of the open sessions
+    /// (in any order; read back from the raw mirror, late ones excluded) and
+    /// the stored watermark. Emits no changes for them: the store already
+    /// holds these sessions under their current keys. Duplicates among them
+    /// are ignored. Meant for a fresh sessionizer; on one that already holds
+    /// state, heartbeats behind its lateness horizon are skipped and the rest
+    /// are merged (and reported) like pushes.
+    pub fn restore(&mut self, mut events: Vec<Event>, watermark_ms: Option<i64>, now_ms: i64) {
+        let fresh = self.open_sessions == 0
+            && self.changed.is_empty()
+            && self.deleted.is_empty()
+            && self.finals.is_empty();
+        events.sort_unstable_by(|a, b| {
+            (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
+        });
+        let mut newest_ms = self.watermark_ms;
+        let mut touched = Vec::new();
+        for event in &events {
+            let event = event.to_ref();
+            if self.is_late(event.time_ms) {
+                continue;
+            }
+            let fingerprints = Fingerprints::of(&event);
+            let id_fingerprint = fingerprints.id;
+            if self.holds_id(id_fingerprint, event.event_id) {
+                continue;
+            }
+            let slot_index = self.slot_for(fingerprints.key, event.user_id, event.video_id);
+            if self.slots[slot_index as usize].in_closed_span(event.time_ms) {
+                self.release_if_empty(slot_index);
+                continue;
+            }
+            newest_ms = newest_ms.max(Some(event.time_ms));
+            self.merge(slot_index, event, id_fingerprint, now_ms);
+            touched.push(slot_index);
+        }
+        self.watermark_ms = newest_ms.max(watermark_ms);
+        touched.dedup();
+        if let Some(watermark_ms) = self.watermark_ms {
+            let horizon_ms = watermark_ms.saturating_sub(self.config.lateness_ms);
+            for &slot_index in &touched {
+                for session in self.slots[slot_index as usize].sessions.as_mut_slice() {
+                    self.held -= session.freeze_before(horizon_ms);
+                }
+            }
+        }
+        if fresh {
+            self.changed.clear();
+            for slot in &mut self.slots {
+                for session in slot.sessions.as_mut_slice() {
+                    session.dirty = false;
+                    session.stored_start_ms = Some(session.start_ms);
+                }
+            }
+        }
+    }
+
+    /// Re-seeds, after a restart, the spans `[start, end]` of sessions an
+    /// idle flush made final, as `(user_id, video_id, start, end)`: a later
+    /// heartbeat inside one stays [`Outcome::Late`], as it was before the
+    /// restart. Call after [`Sessionizer::restore`]; spans the watermark has
+    /// already made unreachable are skipped.
+    pub fn restore_closed<'a>(
+        &mut self,
+        spans: impl IntoIterator<Item = (&'a str, &'a str, i64, i64)>,
+    ) {
+        let horizon_ms = self.horizon_ms();
+        let lateness_ms = self.config.lateness_ms;
+        for (user_id, video_id, start_ms, end_ms) in spans {
+            if end_ms < horizon_ms {
+                continue;
+            }
+            let slot_index = self.slot_for(key_fingerprint(user_id, video_id), user_id, video_id);
+            let slot = &mut self.slots[slot_index as usize];
+            slot.closed.push((start_ms, end_ms));
+            let generation = slot.generation;
+            self.watermark_queue.push(Reverse((
+                end_ms.saturating_add(lateness_ms),
+                slot_index,
+                generation,
+                CLOSED_SPANS,
+            )));
+        }
+    }
+
+    /// Number of open sessions.
+    pub fn open_sessions(&self) -> usize {
+        self.open_sessions
+    }
+
+    /// Number of `(user_id, video_id)` keys with at least one open session.
+    pub fn open_keys(&self) -> usize {
+        self.open_keys
+    }
+
+    /// Heartbeats held in full (the unfrozen tails); the rest of the state is
+    /// per session. Bounded by what arrives within the lateness window.
+    pub fn held_events(&self) -> usize {
+        debug_assert_eq!(
+            self.held,
+            self.slots
+                .iter()
+                .flat_map(|slot| slot.sessions.as_slice())
+                .map(|session| session.tail.len())
+                .sum::<usize>()
+        );
+        self.held
+    }
+
+    #[inline]
+    fn is_late(&self, time_ms: i64) -> bool {
+        self.watermark_ms
+            .is_some_and(|wm| time_ms < wm.saturating_sub(self.config.lateness_ms))
+    }
+
+    /// Heartbeats older than this are late (and may be frozen).
+    #[inline]
+    fn horizon_ms(&self) -> i64 {
+        self.watermark_ms
+            .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms))
+    }
+
+    #[inline]
+    fn holds_id(&self, id_fingerprint: u64, event_id: &str) -> bool {
+        let slots = &self.slots;
+        self.ids
+            .contains(id_fingerprint, self.horizon_ms(), |slot_index| {
+                slots[slot_index as usize].holds_id(event_id)
+            })
+    }
+
+    /// A push freezes its session's tail once the front is older than this:
+    /// an eighth of the lateness behind the horizon, so runs are frozen at
+    /// once and the tail's front is read once per run.
+    #[inline]
+    pub(super) fn freeze_before_ms(&self) -> i64 {
+        self.horizon_ms()
+            .saturating_sub(self.config.lateness_ms / 8)
+    }
+
+    /// The slot of `(user_id, video_id)`, created if needed.
+    #[inline]
+    fn slot_for(&mut self, key_fingerprint: u64, user_id: &str, video_id: &str) -> SlotIndex {
+        let slots = &self.slots;
+        let found = self.keys.find(key_fingerprint, |slot_index| {
+            let slot = &slots[slot_index as usize];
+            slot.user_id.is(user_id) && slot.video_id.is(video_id)
+        });
+        if let Some(slot_index) = found {
+            return slot_index;
+        }
+        let slot_index = match self.free_slots.pop() {
+            Some(slot_index) => slot_index,
+            None => {
+                self.slots.push(KeySlot::default());
+                SlotIndex::try_from(self.slots.len() - 1).expect("fewer than 2^32 open keys")
+            }
+        };
+        self.keys.insert(key_fingerprint, slot_index);
+        let slot = &mut self.slots[slot_index as usize];
+        slot.user_id = Id::new(user_id);
+        slot.video_id = Id::new(video_id);
+        slot.live = true;
+        slot_index
+    }
+
+    /// Adds a heartbeat to its key's sessions (SPEC 5.3: it joins the session
+    /// before it and/or after it when within the gap); returns the index of
+    /// the session that now holds it.
+    fn merge(
+        &mut self,
+        slot_index: SlotIndex,
+        event: EventRef<'_>,
+        id_fingerprint: u64,
+        now_ms: i64,
+    ) -> usize {
+        let EventRef {
+            event_id,
+            device_id,
+            time_ms,
+            position_ms,
+            state,
+            ad_id,
+            ..
+        } = event;
+        let horizon_ms = self.horizon_ms();
+        self.ids
+            .insert(id_fingerprint, time_ms, slot_index, horizon_ms);
+        self.held += 1;
+        let held = HeldEvent {
+            time_ms,
+            position_ms,
+            event_id: Id::new(event_id),
+            playing: state == PlaybackState::Playing,
+            has_ad: !ad_id.is_empty(),
+        };
+        let gap_ms = self.config.gap_ms;
+        let slot = &mut self.slots[slot_index as usize];
+        slot.last_push_ms = now_ms;
+        let id = held.event_id.as_bytes();
+        let sessions = slot.sessions.as_slice();
+        let after = sessions.partition_point(|s| s.starts_before(time_ms, id));
+        let inside = after > 0 && sessions[after - 1].ends_after(time_ms, id);
+        let joins_previous =
+            after > 0 && time_ms.saturating_sub(sessions[after - 1].last.time_ms) < gap_ms;
+        let joins_next =
+            after < sessions.len() && sessions[after].start_ms.saturating_sub(time_ms) < gap_ms;
+        let target = match (inside, joins_previous, joins_next) {
+            (true, _, _) => {
+                slot.sessions.as_mut_slice()[after - 1].insert_within(held);
+                after - 1
+            }
+            (false, true, true) => {
+                let later = slot.sessions.remove(after);
+                if let Some(stored_ms) = later.stored_start_ms {
+                    self.deleted.push(slot.key(stored_ms));
+                }
+                let previous = &mut slot.sessions.as_mut_slice()[after - 1];
+                previous.append(held);
+                previous.absorb(later);
+                self.open_sessions -= 1;
+                after - 1
+            }
+            (false, true, false) => {
+                slot.sessions.as_mut_slice()[after - 1].append(held);
+                after - 1
+            }
+            (false, false, true) => {
+                let session = &mut slot.sessions.as_mut_slice()[after];
+                session.prepend(held);
+                // The store holds it under its old start (queued once: the
+                // start only moves earlier).
+                if let Some(stored_ms) = session.stored_start_ms.take() {
+                    self.deleted.push(slot.key(stored_ms));
+                }
+                after
+            }
+            (false, false, false) => {
+                let uid = self.next_uid;
+                self.next_uid += 1;
+                let deadline_ms = time_ms
+                    .saturating_add(gap_ms)
+                    .saturating_add(self.config.lateness_ms);
+                self.watermark_queue
+                    .push(Reverse((deadline_ms, slot_index, slot.generation, uid)));
+                if slot.sessions.is_empty() {
+                    self.open_keys += 1;
+                }
+                let tail_buffer = self
+                    .spare_tails
+                    .pop()
+                    .unwrap_or_else(|| VecDeque::with_capacity(TAIL_CAPACITY));
+                slot.sessions
+                    .insert(after, LiveSession::new(uid, held, device_id, tail_buffer));
+                self.open_sessions += 1;
+                after
+            }
+        };
+        let session = &mut slot.sessions.as_mut_slice()[target];
+        session.devices.add(device_id);
+        session.add_ad(ad_id);
+        if self.track_upserts && !session.dirty {
+            session.dirty = true;
+            self.changed.insert(slot_index);
+        }
+        if !slot.idle_scheduled {
+            slot.idle_scheduled = true;
+            let deadline_ms = now_ms.saturating_add(self.config.idle_timeout_ms);
+            self.idle_queue
+                .push(Reverse((deadline_ms, slot_index, slot.generation)));
+        }
+        target
+    }
+
+    fn finalize_by_watermark(&mut self, watermark_ms: i64) {
+        let lateness_ms = self.config.lateness_ms;
+        while let Some(&Reverse((deadline_ms, slot_index, generation, uid))) =
+            self.watermark_queue.peek()
+        {
+            if deadline_ms >= watermark_ms {
+                break;
+            }
+            self.watermark_queue.pop();
+            let slot = &mut self.slots[slot_index as usize];
+            if !slot.live || slot.generation != generation {
+                continue;
+            }
+            if uid == CLOSED_SPANS {
+                let horizon_ms = watermark_ms.saturating_sub(lateness_ms);
+                slot.closed.retain(|&(_, end_ms)| end_ms >= horizon_ms);
+                if let Some(end_ms) = slot.closed.iter().map(|&(_, end_ms)| end_ms).min() {
+                    let deadline_ms = end_ms.saturating_add(lateness_ms);
+                    self.watermark_queue.push(Reverse((
+                        deadline_ms,
+                        slot_index,
+                        generation,
+                        CLOSED_SPANS,
+                    )));
+                }
+                self.release_if_empty(slot_index);
+                continue;
+            }
+            let Some(index) = slot.position_of(uid) else {
+                continue;
+            };
+            let due_ms = slot.sessions.as_slice()[index]
+                .last
+                .time_ms
+                .saturating_add(self.config.gap_ms)
+                .saturating_add(lateness_ms);
+            if due_ms < watermark_ms {
+                self.finalize(slot_index, index);
+                self.release_if_empty(slot_index);
+            } else {
+                self.watermark_queue
+                    .push(Reverse((due_ms, slot_index, generation, uid)));
+            }
+        }
+    }
+
+    fn flush_idle(&mut self, now_ms: i64) {
+        while let Some(&Reverse((deadline_ms, slot_index, generation))) = self.idle_queue.peek() {
+            if deadline_ms > now_ms {
+                break;
+            }
+            self.idle_queue.pop();
+            let slot = &mut self.slots[slot_index as usize];
+            if !slot.live || slot.generation != generation {
+                continue;
+            }
+            slot.idle_scheduled = false;
+            if slot.sessions.is_empty() {
+                continue;
+            }
+            let due_ms = slot
+                .last_push_ms
+                .saturating_add(self.config.idle_timeout_ms);
+            if due_ms > now_ms {
+                slot.idle_scheduled = true;
+                self.idle_queue
+                    .push(Reverse((due_ms, slot_index, generation)));
+                continue;
+            }
+            while let Some(session) = self.slots[slot_index as usize].sessions.as_slice().first() {
+                let (start_ms, end_ms) = (session.start_ms, session.last.time_ms);
+                self.slots[slot_index as usize]
+                    .closed
+                    .push((start_ms, end_ms));
+                let deadline_ms = end_ms.saturating_add(self.config.lateness_ms);
+                self.watermark_queue.push(Reverse((
+                    deadline_ms,
+                    slot_index,
+                    generation,
+                    CLOSED_SPANS,
+                )));
+                self.finalize(slot_index, 0);
+            }
+        }
+    }
+
+    /// Closes a session for good: its state is dropped and a `Final` queued.
+    fn finalize(&mut self, slot_index: SlotIndex, index: usize) {
+        let slot = &mut self.slots[slot_index as usize];
+        let mut session = slot.sessions.remove(index);
+        self.held -= session.tail.len();
+        if self.spare_tails.len() < SPARE_TAILS {
+            let mut tail = std::mem::take(&mut session.tail);
+            tail.clear();
+            self.spare_tails.push(tail);
+        }
+        if let Some(stored_ms) = session
+            .stored_start_ms
+            .filter(|&stored_ms| stored_ms != session.start_ms)
+        {
+            self.deleted.push(slot.key(stored_ms));
+        }
+        self.finals
+            .push(session.to_session(&slot.user_id, &slot.video_id));
+        self.open_sessions -= 1;
+        if slot.sessions.is_empty() {
+            self.open_keys -= 1;
+        }
+    }
+
+    /// Frees a slot that holds nothing any more.
+    fn release_if_empty(&mut self, slot_index: SlotIndex) {
+        let slot = &mut self.slots[slot_index as usize];
+        if !slot.live || !slot.sessions.is_empty() || !slot.closed.is_empty() {
+            return;
+        }
+        self.keys.remove(
+            key_fingerprint(slot.user_id.as_str(), slot.video_id.as_str()),
+            slot_index,
+        );
+        slot.live = false;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.idle_scheduled = false;
+        slot.user_id = Id::default();
+        slot.video_id = Id::default();
+        self.free_slots.push(slot_index);
+    }
+}

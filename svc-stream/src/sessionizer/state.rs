@@ -1,0 +1,451 @@
+//! Per-key state: a key's slot, its open sessions, each with the unfrozen
+//! tail of heartbeats held in full, the frozen summary and running totals.
+
+use std::collections::VecDeque;
+
+use super::coverage::Coverage;
+use super::id::Id;
+use super::sessions::{Session, SessionKey, SessionRef};
+
+/// The parts of a heartbeat that session arithmetic needs.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Point {
+    pub(super) time_ms: i64,
+    position_ms: i64,
+    playing: bool,
+    has_ad: bool,
+}
+
+/// The watched interval of the step `a -> b` (SPEC 5.4), if it is watched.
+#[inline]
+fn watched_span(a: &Point, b: &Point) -> Option<(i64, i64)> {
+    if !a.playing || a.has_ad || b.has_ad {
+        return None;
+    }
+    let dp = b.position_ms.saturating_sub(a.position_ms);
+    let dt = b.time_ms.saturating_sub(a.time_ms);
+    (dp > 0 && dp <= dt.saturating_mul(2)).then_some((a.position_ms, b.position_ms))
+}
+
+/// An unfrozen heartbeat, held in full (64 bytes with a UUID inline).
+#[derive(Debug)]
+pub(super) struct HeldEvent {
+    pub(super) time_ms: i64,
+    pub(super) position_ms: i64,
+    pub(super) event_id: Id,
+    pub(super) playing: bool,
+    pub(super) has_ad: bool,
+}
+
+impl HeldEvent {
+    #[inline]
+    fn point(&self) -> Point {
+        Point {
+            time_ms: self.time_ms,
+            position_ms: self.position_ms,
+            playing: self.playing,
+            has_ad: self.has_ad,
+        }
+    }
+
+    /// True when this heartbeat sorts before `(time_ms, event_id)`.
+    #[inline]
+    fn is_before(&self, time_ms: i64, event_id: &[u8]) -> bool {
+        self.time_ms < time_ms || (self.time_ms == time_ms && self.event_id.as_bytes() < event_id)
+    }
+}
+
+/// Summary of a session's frozen heartbeats (all older than the lateness
+/// horizon, so nothing can be inserted among them any more). They are the
+/// session's earliest, so its start time is theirs.
+#[derive(Debug, Default)]
+pub(super) struct Frozen {
+    heartbeats: u64,
+    watch_ms: i64,
+    coverage: Coverage,
+    /// The last frozen heartbeat: predecessor of the first tail heartbeat.
+    last: Option<Point>,
+}
+
+/// Distinct devices of a session; there is always at least one.
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct Devices {
+    first: Id,
+    more: Vec<Id>,
+}
+
+impl Devices {
+    #[inline]
+    pub(super) fn add(&mut self, device_id: &str) {
+        if !self.first.is(device_id) && !self.more.iter().any(|device| device.is(device_id)) {
+            self.more.push(Id::new(device_id));
+        }
+    }
+
+    fn count(&self) -> u64 {
+        1 + self.more.len() as u64
+    }
+
+    fn absorb(&mut self, other: Devices) {
+        for device in std::iter::once(other.first).chain(other.more) {
+            self.add(device.as_str());
+        }
+    }
+}
+
+/// An open session of one key. Laid out hot first: an in-order push reads
+/// and writes only the fields up to `devices`.
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct LiveSession {
+    /// Time of the first heartbeat.
+    pub(super) start_ms: i64,
+    /// The last heartbeat (the back of the tail, or the last frozen one).
+    pub(super) last: Point,
+    /// Time of the first tail heartbeat (`i64::MAX` when the tail is empty),
+    /// so deciding whether to freeze does not touch the tail.
+    pub(super) tail_front_ms: i64,
+    /// Unfrozen heartbeats in `(time_ms, event_id)` order.
+    pub(super) tail: VecDeque<HeldEvent>,
+    /// Totals over frozen part and tail.
+    heartbeats: u64,
+    watch_ms: i64,
+    /// Identifies the session in the finalization queue.
+    uid: u64,
+    /// Changed since the last drain (its slot is in `Sessionizer::changed`).
+    pub(super) dirty: bool,
+    /// Start under which the store holds this session (as of the last drain;
+    /// `None` again once the start moved and that row's delete is queued).
+    pub(super) stored_start_ms: Option<i64>,
+    coverage: Coverage,
+    pub(super) devices: Devices,
+    /// Sorted, distinct.
+    pub(super) ads: Vec<String>,
+    pub(super) frozen: Frozen,
+}
+
+impl LiveSession {
+    /// A session of one heartbeat; `tail` is an empty buffer to hold it in.
+    pub(super) fn new(
+        uid: u64,
+        first: HeldEvent,
+        device_id: &str,
+        mut tail: VecDeque<HeldEvent>,
+    ) -> Self {
+        let last = first.point();
+        tail.push_back(first);
+        LiveSession {
+            uid,
+            start_ms: last.time_ms,
+            last,
+            frozen: Frozen::default(),
+            tail,
+            tail_front_ms: last.time_ms,
+            heartbeats: 1,
+            watch_ms: 0,
+            coverage: Coverage::default(),
+            devices: Devices {
+                first: Id::new(device_id),
+                more: Vec::new(),
+            },
+            ads: Vec::new(),
+            stored_start_ms: None,
+            dirty: false,
+        }
+    }
+
+    /// Some heartbeats are frozen (read from hot fields only).
+    #[inline]
+    fn has_frozen(&self) -> bool {
+        debug_assert_eq!(
+            self.heartbeats,
+            self.frozen.heartbeats + self.tail.len() as u64
+        );
+        self.heartbeats > self.tail.len() as u64
+    }
+
+    /// True when the first heartbeat sorts before `(time_ms, event_id)`.
+    /// Frozen heartbeats are older than any heartbeat still accepted.
+    #[inline]
+    pub(super) fn starts_before(&self, time_ms: i64, event_id: &[u8]) -> bool {
+        self.has_frozen()
+            || self.start_ms < time_ms
+            || (self.start_ms == time_ms && self.tail[0].event_id.as_bytes() < event_id)
+    }
+
+    /// True when `(time_ms, event_id)` sorts before the last heartbeat.
+    #[inline]
+    pub(super) fn ends_after(&self, time_ms: i64, event_id: &[u8]) -> bool {
+        match self.tail.back() {
+            None => false,
+            Some(last) => {
+                time_ms < last.time_ms
+                    || (time_ms == last.time_ms && event_id < last.event_id.as_bytes())
+            }
+        }
+    }
+
+    #[inline]
+    fn count_step(&mut self, a: &Point, b: &Point) {
+        if let Some((lo, hi)) = watched_span(a, b) {
+            self.watch_ms = self.watch_ms.saturating_add(hi.saturating_sub(lo));
+            self.coverage.add(lo, hi);
+        }
+    }
+
+    /// Adds a heartbeat that sorts after every held one.
+    #[inline]
+    pub(super) fn append(&mut self, event: HeldEvent) {
+        let (last, point) = (self.last, event.point());
+        self.count_step(&last, &point);
+        self.last = point;
+        if self.tail.is_empty() {
+            self.tail_front_ms = point.time_ms;
+        }
+        self.tail.push_back(event);
+        self.heartbeats += 1;
+    }
+
+    /// Adds a heartbeat that sorts before every held one (the start moves).
+    pub(super) fn prepend(&mut self, event: HeldEvent) {
+        debug_assert_eq!(
+            self.frozen.heartbeats, 0,
+            "nothing sorts before frozen heartbeats"
+        );
+        let (point, first) = (event.point(), self.tail[0].point());
+        self.count_step(&point, &first);
+        self.start_ms = point.time_ms;
+        self.tail_front_ms = point.time_ms;
+        self.tail.push_front(event);
+        self.heartbeats += 1;
+    }
+
+    /// Adds a heartbeat that sorts between two tail heartbeats: the step it
+    /// splits is replaced, so the totals are rebuilt from the frozen summary.
+    pub(super) fn insert_within(&mut self, event: HeldEvent) {
+        let index = self
+            .tail
+            .partition_point(|held| held.is_before(event.time_ms, event.event_id.as_bytes()));
+        self.tail.insert(index, event);
+        self.tail_front_ms = self.tail[0].time_ms;
+        self.heartbeats += 1;
+        self.watch_ms = self.frozen.watch_ms;
+        self.coverage = self.frozen.coverage.clone();
+        let mut previous = self.frozen.last;
+        for index in 0..self.tail.len() {
+            let point = self.tail[index].point();
+            if let Some(a) = previous {
+                self.count_step(&a, &point);
+            }
+            previous = Some(point);
+        }
+    }
+
+    /// Appends a later session of the same key; `self` already ends with the
+    /// heartbeat that bridges the two.
+    pub(super) fn absorb(&mut self, later: LiveSession) {
+        debug_assert_eq!(
+            later.frozen.heartbeats, 0,
+            "a later session cannot be frozen"
+        );
+        let (last, first) = (self.last, later.tail[0].point());
+        self.count_step(&last, &first);
+        self.last = later.last;
+        self.heartbeats += later.heartbeats;
+        self.watch_ms = self.watch_ms.saturating_add(later.watch_ms);
+        self.coverage.extend(&later.coverage);
+        self.tail.extend(later.tail);
+        self.devices.absorb(later.devices);
+        for ad in &later.ads {
+            self.add_ad(ad);
+        }
+    }
+
+    #[inline]
+    pub(super) fn add_ad(&mut self, ad_id: &str) {
+        if ad_id.is_empty() {
+            return;
+        }
+        if let Err(index) = self.ads.binary_search_by(|ad| ad.as_str().cmp(ad_id)) {
+            self.ads.insert(index, ad_id.to_owned());
+        }
+    }
+
+    /// Folds tail heartbeats older than `horizon_ms` into the frozen summary;
+    /// returns how many.
+    #[inline]
+    pub(super) fn freeze_before(&mut self, horizon_ms: i64) -> usize {
+        let mut frozen_now = 0;
+        while self
+            .tail
+            .front()
+            .is_some_and(|first| first.time_ms < horizon_ms)
+        {
+            let event = self.tail.pop_front().expect("checked non-empty");
+            let (frozen, point) = (&mut self.frozen, event.point());
+            if let Some(previous) = frozen.last {
+                if let Some((lo, hi)) = watched_span(&previous, &point) {
+                    frozen.watch_ms = frozen.watch_ms.saturating_add(hi.saturating_sub(lo));
+                    frozen.coverage.add(lo, hi);
+                }
+            }
+            frozen.heartbeats += 1;
+            frozen.last = Some(point);
+            frozen_now += 1;
+        }
+        self.tail_front_ms = self.tail.front().map_or(i64::MAX, |first| first.time_ms);
+        frozen_now
+    }
+
+    pub(super) fn to_session(&self, user_id: &Id, video_id: &Id) -> Session {
+        self.to_session_ref(user_id, video_id).to_session()
+    }
+
+    #[inline]
+    pub(super) fn to_session_ref<'a>(
+        &'a self,
+        user_id: &'a Id,
+        video_id: &'a Id,
+    ) -> SessionRef<'a> {
+        SessionRef {
+            user_id: user_id.as_str(),
+            video_id: video_id.as_str(),
+            start_ms: self.start_ms,
+            end_ms: self.last.time_ms,
+            heartbeats: self.heartbeats,
+            watch_ms: self.watch_ms,
+            coverage_ms: self.coverage.covered_ms(),
+            last_position_ms: self.last.position_ms,
+            ads: &self.ads,
+            devices: self.devices.count(),
+        }
+    }
+}
+
+/// A key's open sessions, sorted by start and separated by at least the gap.
+/// Nearly every key has one, kept inline in the slot.
+// Inline on purpose: boxing the one session would add a cache miss per push.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Default)]
+pub(super) enum SessionList {
+    #[default]
+    Empty,
+    One(LiveSession),
+    Many(Vec<LiveSession>),
+}
+
+impl SessionList {
+    #[inline]
+    pub(super) fn as_slice(&self) -> &[LiveSession] {
+        match self {
+            SessionList::Empty => &[],
+            SessionList::One(session) => std::slice::from_ref(session),
+            SessionList::Many(sessions) => sessions,
+        }
+    }
+
+    #[inline]
+    pub(super) fn as_mut_slice(&mut self) -> &mut [LiveSession] {
+        match self {
+            SessionList::Empty => &mut [],
+            SessionList::One(session) => std::slice::from_mut(session),
+            SessionList::Many(sessions) => sessions,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        matches!(self, SessionList::Empty)
+    }
+
+    pub(super) fn insert(&mut self, index: usize, session: LiveSession) {
+        *self = match std::mem::take(self) {
+            SessionList::Empty => SessionList::One(session),
+            SessionList::One(existing) => {
+                let mut sessions = Vec::with_capacity(2);
+                sessions.push(existing);
+                sessions.insert(index, session);
+                SessionList::Many(sessions)
+            }
+            SessionList::Many(mut sessions) => {
+                sessions.insert(index, session);
+                SessionList::Many(sessions)
+            }
+        };
+    }
+
+    pub(super) fn remove(&mut self, index: usize) -> LiveSession {
+        let (list, removed) = match std::mem::take(self) {
+            SessionList::Empty => panic!("no session {index} to remove"),
+            SessionList::One(session) => {
+                assert_eq!(index, 0, "one session only");
+                (SessionList::Empty, session)
+            }
+            SessionList::Many(mut sessions) => {
+                let removed = sessions.remove(index);
+                let list = if sessions.len() == 1 {
+                    SessionList::One(sessions.pop().expect("one left"))
+                } else {
+                    SessionList::Many(sessions)
+                };
+                (list, removed)
+            }
+        };
+        *self = list;
+        removed
+    }
+}
+
+/// State of one `(user_id, video_id)` key, laid out hot first.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(super) struct KeySlot {
+    pub(super) user_id: Id,
+    pub(super) video_id: Id,
+    /// Bumped when the slot is released, so queued references go stale.
+    pub(super) generation: u32,
+    pub(super) live: bool,
+    /// An entry for this slot is in the idle queue.
+    pub(super) idle_scheduled: bool,
+    /// Processing time of the last push.
+    pub(super) last_push_ms: i64,
+    /// `[start, end]` of idle-flushed sessions an accepted heartbeat could
+    /// still reach (before `sessions`: every push reads its length).
+    pub(super) closed: Vec<(i64, i64)>,
+    pub(super) sessions: SessionList,
+}
+
+impl KeySlot {
+    /// True when an unfrozen heartbeat with this id is held here.
+    pub(super) fn holds_id(&self, event_id: &str) -> bool {
+        self.sessions
+            .as_slice()
+            .iter()
+            .any(|session| session.tail.iter().any(|held| held.event_id.is(event_id)))
+    }
+
+    pub(super) fn in_closed_span(&self, time_ms: i64) -> bool {
+        self.closed
+            .iter()
+            .any(|&(start, end)| start <= time_ms && time_ms <= end)
+    }
+
+    pub(super) fn key(&self, start_ms: i64) -> SessionKey {
+        session_key(&self.user_id, &self.video_id, start_ms)
+    }
+
+    pub(super) fn position_of(&self, uid: u64) -> Option<usize> {
+        self.sessions
+            .as_slice()
+            .iter()
+            .position(|session| session.uid == uid)
+    }
+}
+
+fn session_key(user_id: &Id, video_id: &Id, start_ms: i64) -> SessionKey {
+    SessionKey {
+        user_id: user_id.as_str().to_owned(),
+        video_id: video_id.as_str().to_owned(),
+        start_ms,
+    }
+}
