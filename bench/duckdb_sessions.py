@@ -12,6 +12,10 @@ HB_BENCH_SESSIONS_JSONL) it checks the totals and every session are equal.
 
     pip install duckdb
     python3 bench/duckdb_sessions.py heartbeats.jsonl --sessions sessions.jsonl
+
+With --file-to-file OUT it times instead what `hbmesh sessionize` does: read
+the JSON Lines file, compute the sessions, and write them as JSON Lines
+sorted by (user_id, video_id, start_ms) to OUT, all in one statement.
 """
 
 import argparse
@@ -103,6 +107,41 @@ SELECT s.user_id, s.video_id, s.start_ms, s.end_ms, s.heartbeats, s.watch_ms,
 FROM summary s LEFT JOIN coverage c USING (user_id, video_id, session_no)
 """
 
+def file_to_file_statement(gap_ms):
+    """One COPY: the file read, the sessions computed and written."""
+    load = LOAD.split(" AS\n", 1)[1]
+    sessions = SESSIONS.replace("{gap}", str(int(gap_ms))).split(" AS\nWITH ", 1)[1]
+    return (
+        f"COPY (WITH heartbeats AS ({load}), {sessions} ORDER BY user_id, video_id, start_ms) "
+        "TO '{out}' (FORMAT json)"
+    )
+
+
+def time_file_to_file(args):
+    statement = file_to_file_statement(args.gap_ms)
+    cores = os.cpu_count() or 1
+    con = duckdb.connect()
+    rows = con.execute(
+        "SELECT COUNT(*) FROM read_json(?, format = 'newline_delimited', columns = {'event_id': 'VARCHAR'})",
+        [args.heartbeats],
+    ).fetchone()[0]
+    for threads in sorted({1, cores}):
+        con.execute(f"PRAGMA threads={threads}")
+        best, best_cpu = None, None
+        for _ in range(max(1, args.repeat)):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            con.execute(statement.replace("?", "'" + args.heartbeats.replace("'", "''") + "'", 1)
+                        .replace("{out}", args.file_to_file.replace("'", "''")))
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+            best = elapsed if best is None else min(best, elapsed)
+            best_cpu = cpu if best_cpu is None else min(best_cpu, cpu)
+        print(
+            f"duckdb {duckdb.__version__} threads={threads}: file to sessions file {best:.3f} s wall = "
+            f"{rows / best / 1e6:.3f} M heartbeats/s; CPU time {best_cpu:.3f} s (best of {args.repeat}, {rows} lines)"
+        )
+    return 0
+
+
 TOTALS = """
 SELECT COUNT(*), SUM(heartbeats), SUM(watch_ms), SUM(coverage_ms), SUM(len(ads)), SUM(devices)
 FROM {table}
@@ -115,7 +154,10 @@ def main():
     parser.add_argument("--sessions", help="Rust sessions JSON Lines to compare with")
     parser.add_argument("--gap-ms", type=int, default=600_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per thread setting (best counts)")
+    parser.add_argument("--file-to-file", metavar="OUT", help="time file -> sessions file instead (JSON Lines out)")
     args = parser.parse_args()
+    if args.file_to_file:
+        return time_file_to_file(args)
 
     con = duckdb.connect()
     started = time.perf_counter()

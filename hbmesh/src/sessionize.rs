@@ -1,14 +1,24 @@
 //! `hbmesh sessionize --input FILE`: offline, exact sessionization of heartbeat
 //! JSON Lines with the stream service's own sessionizer. The whole file is the
 //! input, so line order does not matter and no lateness limit applies.
+//!
+//! With several threads the file is parsed in chunks, deduplicated by shards
+//! of `event_id`, and sessionized by shards of `(user_id, video_id)`: the
+//! sessions of different keys are independent, and the output is sorted by
+//! `(user_id, video_id, start_ms)` whatever the number of threads.
 
 use anyhow::Context;
 use hb_common::duration::parse_duration;
-use serde::Deserialize;
-use std::io::{BufRead, BufWriter, Write};
+use rustc_hash::{FxHashSet, FxHasher};
+use serde::{de, Deserialize, Deserializer};
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
-use svc_stream::sessionizer::{sessionize_all, Event, PlaybackState};
+use svc_stream::sessionizer::{
+    ChangeRef, Event, EventRef, PlaybackState, Session, SessionConfig, Sessionizer,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct SessionizeArgs {
@@ -27,39 +37,100 @@ pub struct SessionizeArgs {
     /// Fail on the first bad line instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+
+    /// Worker threads (default: the cores this process may run on).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
-/// One input line. `state` may be the enum name or its number.
-#[derive(Deserialize)]
-struct Line {
-    event_id: String,
-    device_id: String,
-    user_id: String,
-    video_id: String,
-    event_time: String,
-    #[serde(default)]
-    position_ms: u64,
-    state: serde_json::Value,
-    #[serde(default)]
-    ad_id: String,
-}
+/// `state` as the enum name (with or without its `PLAYBACK_STATE_` prefix) or its number.
+struct State(PlaybackState);
 
-fn parse_state(value: &serde_json::Value) -> Result<PlaybackState, String> {
-    match value {
-        serde_json::Value::String(name) => {
-            name.strip_prefix("PLAYBACK_STATE_").unwrap_or(name).parse()
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = State;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a playback state name or number")
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<State, E> {
+                name.strip_prefix("PLAYBACK_STATE_")
+                    .unwrap_or(name)
+                    .parse()
+                    .map(State)
+                    .map_err(E::custom)
+            }
+
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<State, E> {
+                i32::try_from(n)
+                    .map_err(|_| format!("invalid state {n}"))
+                    .and_then(PlaybackState::try_from)
+                    .map(State)
+                    .map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<State, E> {
+                i64::try_from(n)
+                    .map_err(|_| E::custom(format!("invalid state {n}")))
+                    .and_then(|n| self.visit_i64(n))
+            }
         }
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok())
-            .ok_or_else(|| format!("invalid state {n}"))
-            .and_then(PlaybackState::try_from),
-        other => Err(format!("invalid state {other}")),
+        deserializer.deserialize_any(Visitor)
     }
 }
 
-/// Parses one line into an event, with a reason when it is not one.
-pub fn parse_line(text: &str) -> Result<Event, String> {
+/// One input line, its strings borrowed from the input where they hold no escapes.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    device_id: Cow<'a, str>,
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    video_id: Cow<'a, str>,
+    #[serde(borrow)]
+    event_time: Cow<'a, str>,
+    #[serde(default)]
+    position_ms: u64,
+    state: State,
+    #[serde(borrow, default)]
+    ad_id: Cow<'a, str>,
+}
+
+/// A valid line: the heartbeat, borrowed from the input where it can be.
+struct Record<'a> {
+    event_id: Cow<'a, str>,
+    user_id: Cow<'a, str>,
+    video_id: Cow<'a, str>,
+    device_id: Cow<'a, str>,
+    ad_id: Cow<'a, str>,
+    time_ms: i64,
+    position_ms: i64,
+    state: PlaybackState,
+}
+
+impl Record<'_> {
+    fn event_ref(&self) -> EventRef<'_> {
+        EventRef {
+            event_id: &self.event_id,
+            user_id: &self.user_id,
+            video_id: &self.video_id,
+            device_id: &self.device_id,
+            time_ms: self.time_ms,
+            position_ms: self.position_ms,
+            state: self.state,
+            ad_id: &self.ad_id,
+        }
+    }
+}
+
+/// Parses one line, with a reason when it is not a heartbeat.
+fn decode(text: &str) -> Result<Record<'_>, String> {
     let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
     for (name, value) in [
         ("event_id", &line.event_id),
@@ -70,11 +141,11 @@ pub fn parse_line(text: &str) -> Result<Event, String> {
             return Err(format!("{name} is empty"));
         }
     }
-    Ok(Event {
+    Ok(Record {
         time_ms: hb_common::time::rfc3339_to_ms(&line.event_time)?,
         position_ms: i64::try_from(line.position_ms)
             .map_err(|_| "position_ms out of range".to_string())?,
-        state: parse_state(&line.state)?,
+        state: line.state.0,
         event_id: line.event_id,
         user_id: line.user_id,
         video_id: line.video_id,
@@ -83,41 +154,271 @@ pub fn parse_line(text: &str) -> Result<Event, String> {
     })
 }
 
-pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
-    let reader: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
-    } else {
-        let file = std::fs::File::open(&args.input)
-            .with_context(|| format!("opening {}", args.input.display()))?;
-        Box::new(std::io::BufReader::with_capacity(1 << 20, file))
-    };
-    let mut events = Vec::new();
-    let mut skipped = 0usize;
-    for (number, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading line {}", number + 1))?;
+/// Parses one line into an event, with a reason when it is not one.
+pub fn parse_line(text: &str) -> Result<Event, String> {
+    decode(text).map(|record| record.event_ref().to_owned_event())
+}
+
+/// The parsed lines of one chunk of the input.
+#[derive(Default)]
+struct Chunk<'a> {
+    records: Vec<Record<'a>>,
+    /// Bad lines: number within the chunk (from 0) and reason.
+    bad: Vec<(usize, String)>,
+    /// Lines in the chunk, blank ones included.
+    lines: usize,
+}
+
+fn parse_chunk(text: &str, strict: bool) -> Chunk<'_> {
+    let mut chunk = Chunk::default();
+    for (number, line) in text.lines().enumerate() {
+        chunk.lines = number + 1;
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line) {
-            Ok(event) => events.push(event),
-            Err(reason) if args.strict => anyhow::bail!("line {}: {reason}", number + 1),
+        match decode(line) {
+            Ok(record) => chunk.records.push(record),
             Err(reason) => {
-                skipped += 1;
-                if skipped <= 20 {
-                    eprintln!("hbmesh sessionize: skipping line {}: {reason}", number + 1);
+                chunk.bad.push((number, reason));
+                if strict {
+                    break;
                 }
             }
         }
     }
-    let heartbeats = events.len();
-    let sessions = sessionize_all(events, args.gap.as_millis() as i64);
+    chunk
+}
+
+/// `text` cut into `n` pieces of about equal size, each ending at a line end.
+fn split_lines(text: &str, n: usize) -> Vec<&str> {
+    let mut pieces = Vec::with_capacity(n);
+    let mut rest = text;
+    for left in (1..=n).rev() {
+        if left == 1 || rest.is_empty() {
+            pieces.push(rest);
+            break;
+        }
+        let cut = rest.len() / left;
+        let end = rest.as_bytes()[cut..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |at| cut + at + 1);
+        let (piece, tail) = rest.split_at(end);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces
+}
+
+fn hash_of(parts: &[&str]) -> u64 {
+    let mut hasher = FxHasher::default();
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Which of `n` shards a hash falls in (its high bits: FxHash mixes them best).
+fn shard(hash: u64, n: usize) -> usize {
+    (((hash >> 32) * n as u64) >> 32) as usize
+}
+
+/// Sessions of the heartbeats in `text`, on `threads` threads, and the bad
+/// lines (line number from 1, reason; only the first one when `strict`).
+fn sessionize_text(
+    text: &str,
+    gap_ms: i64,
+    threads: usize,
+    strict: bool,
+) -> (Vec<Session>, usize, Vec<(usize, String)>) {
+    let n = threads.max(1);
+    let chunks: Vec<Chunk> = std::thread::scope(|scope| {
+        let workers: Vec<_> = split_lines(text, n)
+            .into_iter()
+            .map(|piece| scope.spawn(move || parse_chunk(piece, strict)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("parser thread"))
+            .collect()
+    });
+    let mut bad = Vec::new();
+    let mut first_line = 1;
+    for chunk in &chunks {
+        bad.extend(
+            chunk
+                .bad
+                .iter()
+                .map(|(number, reason)| (first_line + number, reason.clone())),
+        );
+        first_line += chunk.lines;
+    }
+    if strict && !bad.is_empty() {
+        bad.truncate(1);
+        return (Vec::new(), 0, bad);
+    }
+    let records: Vec<&Record> = chunks.iter().flat_map(|c| c.records.iter()).collect();
+    let sessions = if n == 1 {
+        sessionize_shard(&records, &[first_copies(&records, 0, 1)], 0, gap_ms)
+    } else {
+        // The first copy of an event_id counts: each thread keeps the first
+        // copies of its share of the ids, filed by key shard; then each
+        // thread sessionizes one key shard.
+        let by_id: Vec<Vec<Vec<u32>>> = std::thread::scope(|scope| {
+            let records = &records;
+            let workers: Vec<_> = (0..n)
+                .map(|s| scope.spawn(move || first_copies(records, s, n)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("dedup thread"))
+                .collect()
+        });
+        let mut sessions: Vec<Session> = std::thread::scope(|scope| {
+            let (records, by_id) = (&records, &by_id);
+            let workers: Vec<_> = (0..n)
+                .map(|k| scope.spawn(move || sessionize_shard(records, by_id, k, gap_ms)))
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("sessionizer thread"))
+                .collect()
+        });
+        sort_sessions(&mut sessions);
+        sessions
+    };
+    let heartbeats = records.len();
+    (sessions, heartbeats, bad)
+}
+
+/// Indices of the first copies of the event ids in id shard `s` of `n`,
+/// filed by key shard.
+fn first_copies(records: &[&Record], s: usize, n: usize) -> Vec<Vec<u32>> {
+    let mut seen: FxHashSet<&str> =
+        FxHashSet::with_capacity_and_hasher(records.len() / n + 1, Default::default());
+    let mut by_key = vec![Vec::with_capacity(records.len() / (n * n) + 1); n];
+    for (index, record) in records.iter().enumerate() {
+        if n > 1 && shard(hash_of(&[&record.event_id]), n) != s {
+            continue;
+        }
+        if seen.insert(&record.event_id) {
+            let key = if n > 1 {
+                shard(hash_of(&[&record.user_id, &record.video_id]), n)
+            } else {
+                0
+            };
+            by_key[key].push(index as u32);
+        }
+    }
+    by_key
+}
+
+/// The sessions of key shard `k`: its first copies (from every id shard)
+/// sorted by `(time, event_id)` and pushed in batches.
+fn sessionize_shard(
+    records: &[&Record],
+    by_id: &[Vec<Vec<u32>>],
+    k: usize,
+    gap_ms: i64,
+) -> Vec<Session> {
+    let mut order: Vec<(i64, u32)> = by_id
+        .iter()
+        .flat_map(|shards| shards[k].iter())
+        .map(|&index| (records[index as usize].time_ms, index))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| {
+            records[a.1 as usize]
+                .event_id
+                .cmp(&records[b.1 as usize].event_id)
+        })
+    });
+    sessionize_sorted(
+        order
+            .iter()
+            .map(|&(_, index)| records[index as usize].event_ref()),
+        gap_ms,
+    )
+}
+
+/// Sessions of deduplicated heartbeats sorted by `(time_ms, event_id)`,
+/// pushed in batches.
+fn sessionize_sorted<'a>(events: impl Iterator<Item = EventRef<'a>>, gap_ms: i64) -> Vec<Session> {
+    const BATCH: usize = 4096;
+    let mut sessionizer = Sessionizer::new(SessionConfig {
+        gap_ms,
+        lateness_ms: 0,
+        idle_timeout_ms: i64::MAX / 4,
+    });
+    let mut sessions = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut events = events.peekable();
+    while events.peek().is_some() {
+        batch.clear();
+        batch.extend(events.by_ref().take(BATCH));
+        sessionizer.push_event_refs(&batch, 0);
+        sessionizer.advance(0);
+        sessionizer.drain_changes_with(|change| {
+            if let ChangeRef::Final(session) = change {
+                sessions.push(session);
+            }
+        });
+    }
+    sessionizer.finish();
+    sessionizer.drain_changes_with(|change| {
+        if let ChangeRef::Final(session) = change {
+            sessions.push(session);
+        }
+    });
+    sort_sessions(&mut sessions);
+    sessions
+}
+
+fn sort_sessions(sessions: &mut [Session]) {
+    sessions.sort_unstable_by(|a, b| {
+        (a.user_id.as_str(), a.video_id.as_str(), a.start_ms).cmp(&(
+            b.user_id.as_str(),
+            b.video_id.as_str(),
+            b.start_ms,
+        ))
+    });
+}
+
+fn read_input(path: &PathBuf) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .read_to_string(&mut text)
+            .context("reading stdin")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|mut file| file.read_to_string(&mut text))
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    Ok(text)
+}
+
+pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
+    let text = read_input(&args.input)?;
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let (sessions, heartbeats, bad) =
+        sessionize_text(&text, args.gap.as_millis() as i64, threads, args.strict);
+    if args.strict {
+        if let Some((number, reason)) = bad.first() {
+            anyhow::bail!("line {number}: {reason}");
+        }
+    }
+    for (number, reason) in bad.iter().take(20) {
+        eprintln!("hbmesh sessionize: skipping line {number}: {reason}");
+    }
     let sink: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         ),
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut out = BufWriter::new(sink);
+    let mut out = BufWriter::with_capacity(1 << 20, sink);
     for session in &sessions {
         serde_json::to_writer(&mut out, session)?;
         out.write_all(b"\n")?;
@@ -126,10 +427,10 @@ pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     eprintln!(
         "hbmesh sessionize: {heartbeats} heartbeats -> {} sessions{}",
         sessions.len(),
-        if skipped > 0 {
-            format!(" ({skipped} bad lines skipped)")
-        } else {
+        if bad.is_empty() {
             String::new()
+        } else {
+            format!(" ({} bad lines skipped)", bad.len())
         }
     );
     Ok(())
@@ -150,17 +451,33 @@ mod tests {
         assert_eq!(event.position_ms, 5_000);
     }
 
+    fn state_of(value: &str) -> Result<PlaybackState, String> {
+        parse_line(&format!(
+            r#"{{"event_id":"e","device_id":"d","user_id":"u","video_id":"v","event_time":"2026-01-01T00:00:05Z","state":{value}}}"#
+        ))
+        .map(|event| event.state)
+    }
+
     #[test]
     fn numeric_and_prefixed_states_parse() {
+        assert_eq!(state_of("2").unwrap(), PlaybackState::Paused);
         assert_eq!(
-            parse_state(&serde_json::json!(2)).unwrap(),
-            PlaybackState::Paused
-        );
-        assert_eq!(
-            parse_state(&serde_json::json!("PLAYBACK_STATE_ENDED")).unwrap(),
+            state_of(r#""PLAYBACK_STATE_ENDED""#).unwrap(),
             PlaybackState::Ended
         );
-        assert!(parse_state(&serde_json::json!("PLAYBACK_STATE_UNSPECIFIED")).is_err());
+        assert!(state_of(r#""PLAYBACK_STATE_UNSPECIFIED""#).is_err());
+        assert!(state_of("99").is_err());
+        assert!(state_of("null").is_err());
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let event = parse_line(
+            r#"{"event_id":"e\"1","device_id":"d","user_id":"\u00fc","video_id":"v","event_time":"2026-01-01T00:00:05Z","state":1}"#,
+        )
+        .unwrap();
+        assert_eq!(event.event_id, "e\"1");
+        assert_eq!(event.user_id, "ü");
     }
 
     #[test]
@@ -170,5 +487,58 @@ mod tests {
             r#"{"event_id":"","device_id":"d","user_id":"u","video_id":"v","event_time":"2026-01-01T00:00:05Z","state":"PLAYING"}"#,
         );
         assert_eq!(missing.unwrap_err(), "event_id is empty");
+    }
+
+    #[test]
+    fn the_input_splits_at_line_ends_into_the_whole_text() {
+        let text = "a\nbb\nccc\ndddd\n\ne";
+        for n in 1..6 {
+            let pieces = split_lines(text, n);
+            assert_eq!(pieces.concat(), text);
+            assert!(pieces.len() <= n);
+            assert!(pieces[..pieces.len() - 1].iter().all(|p| p.ends_with('\n')));
+        }
+    }
+
+    #[test]
+    fn any_number_of_threads_gives_the_same_sessions_and_bad_line_numbers() {
+        let mut text = String::new();
+        for i in 0..3_000u64 {
+            let (user, video) = (i % 7, i % 5);
+            // Every 10th heartbeat is resent; every 500th line is bad.
+            let copies = if i % 10 == 0 { 2 } else { 1 };
+            for _ in 0..copies {
+                text.push_str(&format!(
+                    r#"{{"event_id":"e{i}","device_id":"d{user}","user_id":"u{user}","video_id":"v{video}","event_time":"{}","position_ms":{},"state":"PLAYING","ad_id":""}}"#,
+                    hb_common::time::ms_to_rfc3339(1_767_225_600_000 + (i as i64 % 97) * 13_000 + (i as i64 / 97) * 900_000),
+                    i * 1000,
+                ));
+                text.push('\n');
+            }
+            if i % 500 == 0 {
+                text.push_str("{\"broken\n");
+            }
+        }
+        let (one, heartbeats, bad) = sessionize_text(&text, 600_000, 1, false);
+        assert_eq!(heartbeats, 3_300);
+        assert_eq!(bad.len(), 6);
+        assert!(!one.is_empty());
+        for threads in [2, 3, 4] {
+            let (many, heartbeats_many, bad_many) = sessionize_text(&text, 600_000, threads, false);
+            assert_eq!(many, one, "{threads} threads");
+            assert_eq!(heartbeats_many, heartbeats);
+            assert_eq!(bad_many, bad);
+        }
+    }
+
+    #[test]
+    fn strict_reports_the_first_bad_line_whatever_the_threads() {
+        let good = r#"{"event_id":"e","device_id":"d","user_id":"u","video_id":"v","event_time":"2026-01-01T00:00:05Z","state":1}"#;
+        let text = format!("{good}\n{good}\nnope\n{good}\nnope again\n");
+        for threads in [1, 2, 3] {
+            let (_, _, bad) = sessionize_text(&text, 600_000, threads, true);
+            assert_eq!(bad.len(), 1);
+            assert_eq!(bad[0].0, 3, "{threads} threads");
+        }
     }
 }

@@ -2,17 +2,19 @@
 //! the pipeline (sessionizer + flushes) into the embedded SQLite store, or
 //! PostgreSQL with `HB_BENCH_PG=postgres://...`. Prints heartbeats/s and the
 //! flush latency. `cargo run --release -p svc-stream --example pipeline_bench`
-//! Env: HB_BENCH_EVENTS (default 1_000_000), HB_BENCH_FLUSH (default 20_000).
+//! Env: HB_BENCH_EVENTS (default 1_000_000), HB_BENCH_FLUSH (default 20_000),
+//! HB_BENCH_BATCH (heartbeats per `ingest_batch`, as a consumer poll hands
+//! them over; default 2_048, 1: one at a time).
 
 use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Instant;
 use svc_stream::metrics::StreamMetrics;
-use svc_stream::pipeline::Pipeline;
+use svc_stream::pipeline::{Pipeline, SourceKind};
 use svc_stream::sessionizer::SessionConfig;
 use svc_stream::sink::sql::{PgStore, SqliteStore};
-use svc_stream::sink::{RawMirror, SessionStore};
+use svc_stream::sink::{RawInStore, RawPlacement};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -21,12 +23,10 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn bench<S: SessionStore + RawMirror + 'static>(
-    name: &str,
-    store: Arc<S>,
-) -> anyhow::Result<()> {
+async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Result<()> {
     let events = env_usize("HB_BENCH_EVENTS", 1_000_000);
     let flush_every = env_usize("HB_BENCH_FLUSH", 20_000);
+    let batch = env_usize("HB_BENCH_BATCH", 2_048).max(1);
     let mut fleet = Fleet::new(FleetConfig {
         devices: 100_000,
         users: 70_000,
@@ -37,18 +37,30 @@ async fn bench<S: SessionStore + RawMirror + 'static>(
     let metrics = StreamMetrics::register(&mut Registry::default());
     let mut pipeline = Pipeline::new(
         SessionConfig::default(),
-        "bench",
+        SourceKind::Log {
+            topic: "bench".into(),
+        },
         store.clone(),
-        store,
-        true,
+        RawPlacement::InStore(store),
         metrics,
     );
     pipeline.assign(0).await?;
     let started = Instant::now();
     let mut flushes = Vec::new();
-    for (offset, hb) in heartbeats.iter().enumerate() {
-        pipeline.ingest(0, Some(offset as i64), hb, 0);
-        if (offset + 1).is_multiple_of(flush_every) {
+    let mut unflushed = 0;
+    for (index, chunk) in heartbeats.chunks(batch).enumerate() {
+        let first = (index * batch) as i64;
+        pipeline.ingest_batch(
+            0,
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(at, hb)| (Some(first + at as i64), hb)),
+            0,
+        );
+        unflushed += chunk.len();
+        if unflushed >= flush_every {
+            unflushed = 0;
             let t = Instant::now();
             pipeline.flush().await?;
             flushes.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -64,7 +76,7 @@ async fn bench<S: SessionStore + RawMirror + 'static>(
             .unwrap_or(0.0)
     };
     println!(
-        "{name}: {events} heartbeats in {elapsed:.2}s = {:.0} heartbeats/s; flush of {flush_every}: p50 {:.1} ms, p99 {:.1} ms",
+        "{name}: {events} heartbeats (batches of {batch}) in {elapsed:.2}s = {:.0} heartbeats/s; flush of {flush_every}: p50 {:.1} ms, p99 {:.1} ms",
         events as f64 / elapsed,
         pct(0.5),
         pct(0.99)

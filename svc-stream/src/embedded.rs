@@ -3,7 +3,7 @@
 //! transaction holding it commits. Group commit: one transaction takes every
 //! batch that arrived while the previous one was committing.
 
-use crate::pipeline::{prepare_next, FlushStats, Pipeline, SessionWrites};
+use crate::pipeline::{prepare_next, FlushStats, Pipeline, Readiness, SessionWrites};
 use crate::sink::SinkError;
 use hb_common::handoff::{HandoffBatch, HandoffError, HandoffRx};
 use hb_common::time::now_ms;
@@ -16,10 +16,11 @@ pub const EMBEDDED_PARTITION: i32 = 0;
 /// How often expired raw rows are deleted.
 const EXPIRE_EVERY: Duration = Duration::from_secs(3600);
 
-/// A commit under way and the batches it acknowledges.
+/// A commit under way, the batches it acknowledges, and when it started.
 type InFlight = (
     tokio::task::JoinHandle<Result<FlushStats, SinkError>>,
     Vec<HandoffBatch>,
+    Instant,
 );
 
 pub use crate::pipeline::{StageSettings, DEFER_FROM};
@@ -37,10 +38,13 @@ pub use crate::pipeline::{StageSettings, DEFER_FROM};
 /// `StageSettings::session_write_interval`): the batches are durable, so they
 /// are acknowledged; the sessions they changed follow within the interval,
 /// or with the next commit once the load drops.
+///
+/// Readiness is renewed on every tick and after every commit (see [`Readiness`]).
 pub async fn run(
     mut pipeline: Pipeline,
     mut rx: HandoffRx,
     settings: StageSettings,
+    ready: Readiness,
 ) -> anyhow::Result<()> {
     let StageSettings {
         tick,
@@ -84,7 +88,7 @@ pub async fn run(
                 }
             }
             outcome = async { (&mut in_flight.as_mut().expect("guarded").0).await }, if in_flight.is_some() => {
-                let (_, batches) = in_flight.take().expect("guarded");
+                let (_, batches, _) = in_flight.take().expect("guarded");
                 let outcome = outcome.unwrap_or_else(|join| {
                     Err(SinkError::Unavailable(format!("flush task: {join}")))
                 });
@@ -98,6 +102,7 @@ pub async fn run(
                     }
                 }
                 complete(batches, outcome.as_ref().map(|_| ()));
+                ready.renew(&pipeline, None);
             }
             _ = ticker.tick() => {
                 // Batches waiting in the hand-off: the partition is not idle,
@@ -105,6 +110,7 @@ pub async fn run(
                 if rx.is_empty() {
                     pipeline.tick(now_ms());
                 }
+                ready.renew(&pipeline, in_flight.as_ref().map(|(_, _, started)| *started));
                 if last_expire.elapsed() >= EXPIRE_EVERY {
                     last_expire = Instant::now();
                     match pipeline.expire_raw().await {
@@ -130,6 +136,7 @@ pub async fn run(
                     in_flight = Some((
                         tokio::spawn(prepared.commit()),
                         std::mem::take(&mut waiting),
+                        Instant::now(),
                     ));
                 }
                 // Nothing to write (duplicates only): nothing to wait for.
@@ -142,10 +149,11 @@ pub async fn run(
 }
 
 fn accept(pipeline: &mut Pipeline, mut batch: HandoffBatch, waiting: &mut Vec<HandoffBatch>) {
-    let now = now_ms();
-    for hb in &batch.heartbeats {
-        pipeline.ingest(EMBEDDED_PARTITION, None, hb, now);
-    }
+    pipeline.ingest_batch(
+        EMBEDDED_PARTITION,
+        batch.heartbeats.iter().map(|hb| (None, hb)),
+        now_ms(),
+    );
     pipeline.dead_letters(std::mem::take(&mut batch.dead_letters));
     waiting.push(batch);
 }

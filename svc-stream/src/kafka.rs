@@ -9,7 +9,7 @@
 //! messages below the store's offset are skipped, so replays never double count.
 
 use crate::pipeline::{
-    prepare_next, FlushStats, Pipeline, PreparedFlush, SessionWrites, StageSettings,
+    prepare_next, FlushStats, Pipeline, PreparedFlush, Readiness, SessionWrites, StageSettings,
 };
 use crate::sink::{DeadLetter, SinkError};
 use hb_common::health::HealthHandle;
@@ -98,10 +98,6 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
-/// Failed write attempts in a row that make the stage unready (the first
-/// retries pass within a second when a connection was merely cut).
-const FAILED_WRITES_UNREADY: u32 = 3;
-
 /// A commit under way and the offsets it makes durable.
 struct InFlight {
     task: tokio::task::JoinHandle<Result<FlushStats, SinkError>>,
@@ -118,8 +114,9 @@ struct InFlight {
 /// each commit takes everything that arrived during the one before (group
 /// commit). A rebalance first waits for the commit in flight, then flushes.
 ///
-/// Readiness (`ready`) is renewed on every tick for `source.stall_after`: it
-/// lapses when the loop stalls, and drops while a commit hangs that long or
+/// Readiness (`ready`) is renewed on every tick and after every commit for
+/// `source.stall_after` (see [`Readiness`]): it lapses when the loop stalls,
+/// and drops while a commit hangs that long or
 /// while the store refuses writes (retried until they pass).
 ///
 /// Under load, commits leave session writes to `settings.session_write_interval`
@@ -141,7 +138,7 @@ pub async fn run(
     pipeline.retry_forever();
     pipeline.defer_sessions_to_source();
     let mut writes = SessionWrites::new(session_write_interval, defer_from);
-    let stall = source.stall_after;
+    let ready = Readiness::new(ready, source.stall_after);
     let (tx, mut rx) = mpsc::channel::<Input>(flush_max.max(1024));
     let (commit_tx, commit_rx) = std_mpsc::channel::<TopicPartitionList>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -165,13 +162,13 @@ pub async fn run(
                 let Some(input) = input else { break Ok(()) };
                 match input {
                     Input::Message { partition, offset, payload } => {
-                        absorb(&mut pipeline, partition, offset, payload);
                         // Take whatever else the consumer already handed over.
+                        let mut messages = vec![(partition, offset, payload)];
                         let mut next = None;
-                        while pipeline.pending() < flush_max {
+                        while pipeline.pending() + messages.len() < flush_max {
                             match rx.try_recv() {
                                 Ok(Input::Message { partition, offset, payload }) => {
-                                    absorb(&mut pipeline, partition, offset, payload);
+                                    messages.push((partition, offset, payload));
                                 }
                                 Ok(other) => {
                                     next = Some(other);
@@ -180,6 +177,7 @@ pub async fn run(
                                 Err(_) => break,
                             }
                         }
+                        absorb(&mut pipeline, messages);
                         if let Some(other) = next {
                             if let Err(err) = rebalance_or_lag(
                                 other, &mut pipeline, &mut in_flight, &source.topic, &commit_tx,
@@ -202,6 +200,7 @@ pub async fn run(
                 if let Err(err) = committed(outcome, done.offsets, &commit_tx) {
                     break Err(err);
                 }
+                ready.renew(&pipeline, None);
             }
             _ = ticker.tick() => {
                 // Messages waiting for the stage: its partitions are not idle,
@@ -210,12 +209,7 @@ pub async fn run(
                     pipeline.tick(now_ms());
                 }
                 flush_due = true;
-                let hung = in_flight.as_ref().is_some_and(|f| f.started.elapsed() >= stall);
-                if hung || pipeline.failing_writes() >= FAILED_WRITES_UNREADY {
-                    ready.unhealthy();
-                } else {
-                    ready.healthy_for(stall);
-                }
+                ready.renew(&pipeline, in_flight.as_ref().map(|f| f.started));
             }
             () = shutdown.cancelled(), if !stopping => {
                 // The consumer thread closes the consumer, which revokes our
@@ -263,31 +257,57 @@ pub async fn run(
     result
 }
 
-/// Feeds one message to the pipeline (or dead-letters it).
-fn absorb(pipeline: &mut Pipeline, partition: i32, offset: i64, payload: Vec<u8>) {
-    if !pipeline.owns(partition) {
-        return;
+/// Feeds messages to the pipeline in order, each partition's consecutive
+/// heartbeats as one batch; undecodable ones are dead-lettered.
+fn absorb(pipeline: &mut Pipeline, messages: Vec<(i32, i64, Vec<u8>)>) {
+    let now = now_ms();
+    let mut run: Vec<(i64, Heartbeat)> = Vec::new();
+    let mut run_partition = None;
+    let feed =
+        |pipeline: &mut Pipeline, partition: Option<i32>, run: &mut Vec<(i64, Heartbeat)>| {
+            if let Some(partition) = partition.filter(|_| !run.is_empty()) {
+                pipeline.ingest_batch(
+                    partition,
+                    run.iter().map(|(offset, hb)| (Some(*offset), hb)),
+                    now,
+                );
+            }
+            run.clear();
+        };
+    for (partition, offset, payload) in messages {
+        if run_partition != Some(partition) {
+            feed(pipeline, run_partition, &mut run);
+            run_partition = Some(partition);
+        }
+        if !pipeline.owns(partition) {
+            continue;
+        }
+        let next = match run.last() {
+            Some((last, _)) => Some(last + 1),
+            None => pipeline.next_offset(partition),
+        };
+        if next.is_some_and(|next| offset < next) {
+            continue; // already committed in the store
+        }
+        match Heartbeat::decode(payload.as_slice()) {
+            Ok(hb) => run.push((offset, hb)),
+            Err(err) => {
+                feed(pipeline, run_partition, &mut run);
+                pipeline.skip(
+                    partition,
+                    offset,
+                    DeadLetter {
+                        received_ms: now,
+                        event_id: String::new(),
+                        device_id: String::new(),
+                        reason: format!("undecodable kafka message at {partition}/{offset}: {err}"),
+                        payload,
+                    },
+                );
+            }
+        }
     }
-    if pipeline
-        .next_offset(partition)
-        .is_some_and(|next| offset < next)
-    {
-        return; // already committed in the store
-    }
-    match Heartbeat::decode(payload.as_slice()) {
-        Ok(hb) => pipeline.ingest(partition, Some(offset), &hb, now_ms()),
-        Err(err) => pipeline.skip(
-            partition,
-            offset,
-            DeadLetter {
-                received_ms: now_ms(),
-                event_id: String::new(),
-                device_id: String::new(),
-                reason: format!("undecodable kafka message at {partition}/{offset}: {err}"),
-                payload,
-            },
-        ),
-    }
+    feed(pipeline, run_partition, &mut run);
 }
 
 /// Handles a rebalance handshake or a lag report.

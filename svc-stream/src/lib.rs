@@ -19,7 +19,7 @@ use pipeline::Pipeline;
 use prometheus_client::registry::Registry;
 use sink::scylla::{ScyllaConfig, ScyllaMirror};
 use sink::sql::{PgStore, SqliteStore};
-use sink::{RawMirror, SessionStore};
+use sink::{RawInStore, RawPlacement, SessionStore};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,11 +32,10 @@ pub enum Source {
     Embedded(HandoffRx),
 }
 
-/// The sessions store and raw mirror chosen by configuration.
+/// The sessions store and the raw rows' place chosen by configuration.
 pub struct Sinks {
     pub store: Arc<dyn SessionStore>,
-    pub mirror: Arc<dyn RawMirror>,
-    pub mirror_in_store: bool,
+    pub raw: RawPlacement,
     pub tier: &'static str,
 }
 
@@ -45,7 +44,7 @@ pub struct Sinks {
 /// `HB_SCYLLA_NODES` is set, else the sessions store itself.
 pub async fn open_sinks(config: &StreamConfig) -> anyhow::Result<Sinks> {
     let ttl_ms = config.raw_ttl.as_millis() as i64;
-    let (store, store_mirror, tier): (Arc<dyn SessionStore>, Arc<dyn RawMirror>, _) =
+    let (store, in_store, tier): (Arc<dyn SessionStore>, Arc<dyn RawInStore>, _) =
         match &config.store.yugabyte_url {
             Some(url) => {
                 let pool = hb_common::store::open_postgres(url, 8)
@@ -84,15 +83,13 @@ pub async fn open_sinks(config: &StreamConfig) -> anyhow::Result<Sinks> {
                 .map_err(|e| anyhow::anyhow!("connecting to ScyllaDB (HB_SCYLLA_NODES): {e}"))?;
             Ok(Sinks {
                 store,
-                mirror: Arc::new(mirror),
-                mirror_in_store: false,
+                raw: RawPlacement::Mirror(Arc::new(mirror)),
                 tier,
             })
         }
         None => Ok(Sinks {
             store,
-            mirror: store_mirror,
-            mirror_in_store: true,
+            raw: RawPlacement::InStore(in_store),
             tier,
         }),
     }
@@ -115,7 +112,7 @@ pub async fn run(
     tracing::info!(
         metrics_addr = %metrics_listener.local_addr()?,
         tier = sinks.tier,
-        raw_mirror = if sinks.mirror_in_store { "store" } else { "scylla" },
+        raw_rows = sinks.raw.name(),
         "svc-stream starting"
     );
     let ops_shutdown = CancellationToken::new();
@@ -130,10 +127,9 @@ pub async fn run(
         Source::Embedded(rx) => {
             let pipeline = Pipeline::new(
                 session_config,
-                embedded::EMBEDDED_TOPIC,
+                pipeline::SourceKind::Handoff,
                 sinks.store,
-                sinks.mirror,
-                sinks.mirror_in_store,
+                sinks.raw,
                 metrics,
             );
             let settings = pipeline::StageSettings {
@@ -144,7 +140,8 @@ pub async fn run(
                 session_write_interval: config.session_write_interval,
                 defer_from: pipeline::DEFER_FROM,
             };
-            embedded::run(pipeline, rx, settings).await
+            let ready = pipeline::Readiness::new(health.register("stream"), config.stall_timeout);
+            embedded::run(pipeline, rx, settings, ready).await
         }
         Source::Kafka => {
             let brokers = config
@@ -154,10 +151,11 @@ pub async fn run(
                 .context("svc-stream needs HB_KAFKA_BROKERS; without Kafka the stream stage runs inside `hbmesh up` (embedded tier)")?;
             let pipeline = Pipeline::new(
                 session_config,
-                &config.kafka.topic,
+                pipeline::SourceKind::Log {
+                    topic: config.kafka.topic.clone(),
+                },
                 sinks.store,
-                sinks.mirror,
-                sinks.mirror_in_store,
+                sinks.raw,
                 metrics,
             );
             let source = kafka::KafkaSource {

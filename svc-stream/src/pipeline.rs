@@ -4,10 +4,15 @@
 //! and the offsets they cover. Both the Kafka consumer and the embedded
 //! hand-off drive it, so the exactly-once logic exists once.
 
+use crate::embedded::EMBEDDED_TOPIC;
 use crate::metrics::StreamMetrics;
 use crate::sessionizer::{Change, Event, EventRef, Outcome, SessionConfig, Sessionizer};
-use crate::sink::{DeadLetter, Flush, OffsetRow, RawHeartbeat, RawMirror, SessionStore, SinkError};
-use hb_common::time::{now_ms, timestamp_to_ms};
+use crate::sink::{
+    DeadLetter, Flush, OffsetRow, RawHeartbeat, RawInStore, RawMirror, RawPlacement, SessionStore,
+    SinkError,
+};
+use hb_common::health::HealthHandle;
+use hb_common::time::now_ms;
 use hb_proto::v1::Heartbeat;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,19 +62,47 @@ where
     }
 }
 
-/// One partition's in-memory state.
-struct PartitionState {
-    sessionizer: Sessionizer,
-    /// Offset of the next message to process (None in the embedded tier
-    /// before the first one).
-    next_offset: Option<i64>,
+/// Where a pipeline's heartbeats come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Partitions of a log topic whose messages have offsets (Kafka): the
+    /// store keeps each partition's offsets with the sessions they cover,
+    /// and a new owner resumes from them.
+    Log { topic: String },
+    /// The in-process hand-off of `hbmesh up`: one stream without offsets,
+    /// each batch acknowledged once committed; the store keeps only its
+    /// watermark, under [`EMBEDDED_TOPIC`].
+    Handoff,
+}
+
+/// A log partition's offsets.
+#[derive(Clone, Copy, Debug)]
+struct Offsets {
+    /// Offset of the next message to process (None before the first one
+    /// of a partition with nothing stored).
+    next: Option<i64>,
     /// Messages below this offset were committed before the partition was
     /// assigned (raw rows, dead letters): a source that re-delivers them
     /// (see [`Pipeline::defer_sessions_to_source`]) has them sessionized
     /// again and nothing else.
     committed_until: i64,
     /// Offset up to which the flushes prepared so far write the sessions.
-    session_offset: Option<i64>,
+    sessions: Option<i64>,
+}
+
+impl Offsets {
+    /// The offset committed once the flushes prepared so far commit: a
+    /// replayed message leaves it where it was.
+    fn committed(&self) -> Option<i64> {
+        self.next.map(|next| next.max(self.committed_until))
+    }
+}
+
+/// One partition's in-memory state.
+struct PartitionState {
+    sessionizer: Sessionizer,
+    /// `None` for the hand-off, which has no offsets.
+    offsets: Option<Offsets>,
     /// This process's take-over of the partition, checked by every commit.
     owner_epoch: i64,
     /// Has something to commit (events or finalizations).
@@ -90,13 +123,12 @@ pub struct FlushStats {
 /// The stream stage's state across partitions.
 pub struct Pipeline {
     config: SessionConfig,
+    source: SourceKind,
+    /// Under which the store keeps the offsets (or the hand-off's watermark).
     topic: String,
     store: Arc<dyn SessionStore>,
-    /// Where raw rows are replayed from on restore.
-    mirror: Arc<dyn RawMirror>,
-    /// True when the mirror is the store itself: raw rows then go into the
-    /// store transaction instead of a separate write.
-    mirror_in_store: bool,
+    /// Where raw rows are written, and replayed from on restore.
+    raw: RawPlacement,
     metrics: StreamMetrics,
     partitions: BTreeMap<i32, PartitionState>,
     pending_raw: Vec<RawHeartbeat>,
@@ -113,56 +145,24 @@ pub struct Pipeline {
     failing: Arc<AtomicU32>,
 }
 
-fn raw_row(hb: &Heartbeat, late: bool) -> RawHeartbeat {
-    RawHeartbeat {
-        event_id: hb.event_id.clone(),
-        user_id: hb.user_id.clone(),
-        video_id: hb.video_id.clone(),
-        device_id: hb.device_id.clone(),
-        event_time_ms: hb
-            .event_time
-            .as_ref()
-            .map(timestamp_to_ms)
-            .unwrap_or_default(),
-        position_ms: i64::try_from(hb.position_ms).unwrap_or(i64::MAX),
-        state: hb.state,
-        ad_id: hb.ad_id.clone(),
-        platform: hb.platform.clone(),
-        app_version: hb.app_version.clone(),
-        country: hb.country.clone(),
-        bitrate_kbps: i64::from(hb.bitrate_kbps),
-        late,
-    }
-}
-
-fn event_of(raw: &RawHeartbeat) -> Option<Event> {
-    Some(Event {
-        event_id: raw.event_id.clone(),
-        user_id: raw.user_id.clone(),
-        video_id: raw.video_id.clone(),
-        device_id: raw.device_id.clone(),
-        time_ms: raw.event_time_ms,
-        position_ms: raw.position_ms,
-        state: crate::sessionizer::PlaybackState::try_from(raw.state).ok()?,
-        ad_id: raw.ad_id.clone(),
-    })
-}
-
 impl Pipeline {
     pub fn new(
         config: SessionConfig,
-        topic: &str,
+        source: SourceKind,
         store: Arc<dyn SessionStore>,
-        mirror: Arc<dyn RawMirror>,
-        mirror_in_store: bool,
+        raw: RawPlacement,
         metrics: StreamMetrics,
     ) -> Pipeline {
+        let topic = match &source {
+            SourceKind::Log { topic } => topic.clone(),
+            SourceKind::Handoff => EMBEDDED_TOPIC.to_string(),
+        };
         Pipeline {
             config,
-            topic: topic.to_string(),
+            source,
+            topic,
             store,
-            mirror,
-            mirror_in_store,
+            raw,
             metrics,
             partitions: BTreeMap::new(),
             pending_raw: Vec::new(),
@@ -196,7 +196,7 @@ impl Pipeline {
     /// watermark minus the lateness. Returns false (and changes nothing)
     /// when the mirror is elsewhere.
     pub fn defer_sessions(&mut self) -> bool {
-        self.defer_sessions = self.mirror_in_store;
+        self.defer_sessions = matches!(self.raw, RawPlacement::InStore(_));
         self.defer_sessions
     }
 
@@ -217,21 +217,22 @@ impl Pipeline {
     /// deferred, where the two are equal).
     pub async fn assign(&mut self, partition: i32) -> Result<Option<i64>, SinkError> {
         let snapshot = self.store.load_partition(&self.topic, partition).await?;
-        let rows = self.mirror.replay_open(&snapshot.open).await?;
+        let rows = self.raw.mirror().replay_open(&snapshot.open).await?;
         let events: Vec<Event> = rows
             .iter()
             .filter(|r| !r.late)
-            .filter_map(event_of)
+            .filter_map(RawHeartbeat::event)
             .collect();
         let mut sessionizer = Sessionizer::new(self.config);
         sessionizer.restore(events, snapshot.watermark_ms, now_ms());
         let since_ms = snapshot
             .watermark_ms
             .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
-        let replayed = if self.defer_sessions && !self.source_replays {
-            self.replay_deferred(since_ms, &mut sessionizer).await?
-        } else {
-            0
+        let replayed = match &self.raw {
+            RawPlacement::InStore(store) if self.defer_sessions && !self.source_replays => {
+                Self::replay_deferred(store.as_ref(), since_ms, &mut sessionizer).await?
+            }
+            _ => 0,
         };
         tracing::info!(
             partition,
@@ -241,18 +242,25 @@ impl Pipeline {
             "partition assigned and restored"
         );
         // With no sessions written yet, every message is read again.
-        let resume = match (snapshot.session_offset, snapshot.next_offset) {
-            (Some(sessions), _) => Some(sessions),
-            (None, Some(_)) => Some(0),
-            (None, None) => None,
+        let resume = match (&self.source, snapshot.session_offset, snapshot.next_offset) {
+            (SourceKind::Handoff, _, _) => None,
+            (SourceKind::Log { .. }, Some(sessions), _) => Some(sessions),
+            (SourceKind::Log { .. }, None, Some(_)) => Some(0),
+            (SourceKind::Log { .. }, None, None) => None,
+        };
+        let offsets = match self.source {
+            SourceKind::Log { .. } => Some(Offsets {
+                next: resume,
+                committed_until: snapshot.next_offset.unwrap_or(0),
+                sessions: resume,
+            }),
+            SourceKind::Handoff => None,
         };
         self.partitions.insert(
             partition,
             PartitionState {
                 sessionizer,
-                next_offset: resume,
-                committed_until: snapshot.next_offset.unwrap_or(0),
-                session_offset: resume,
+                offsets,
                 owner_epoch: snapshot.owner_epoch,
                 dirty: false,
                 written_watermark_ms: snapshot.watermark_ms,
@@ -272,15 +280,15 @@ impl Pipeline {
     /// back as duplicates. Their changes go out with the next
     /// flush. Returns how many were merged.
     async fn replay_deferred(
-        &self,
+        store: &dyn RawInStore,
         since_ms: i64,
         sessionizer: &mut Sessionizer,
     ) -> Result<usize, SinkError> {
-        let rows = self.mirror.replay_since(since_ms).await?;
+        let rows = store.replay_since(since_ms).await?;
         let mut events: Vec<Event> = rows
             .iter()
             .filter(|r| !r.late)
-            .filter_map(event_of)
+            .filter_map(RawHeartbeat::event)
             .collect();
         events.sort_unstable_by(|a, b| {
             (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
@@ -306,7 +314,10 @@ impl Pipeline {
 
     /// Offset the partition resumes from, if known.
     pub fn next_offset(&self, partition: i32) -> Option<i64> {
-        self.partitions.get(&partition).and_then(|p| p.next_offset)
+        self.partitions
+            .get(&partition)
+            .and_then(|p| p.offsets)
+            .and_then(|o| o.next)
     }
 
     /// Per owned partition, the offset its sessions are written up to once
@@ -314,7 +325,7 @@ impl Pipeline {
     pub fn session_offsets(&self) -> Vec<(i32, i64)> {
         self.partitions
             .iter()
-            .filter_map(|(p, s)| s.session_offset.map(|o| (*p, o)))
+            .filter_map(|(p, s)| s.offsets.and_then(|o| o.sessions).map(|o| (*p, o)))
             .collect()
     }
 
@@ -328,48 +339,71 @@ impl Pipeline {
 
     /// Feeds one heartbeat read at `offset` of `partition`.
     pub fn ingest(&mut self, partition: i32, offset: Option<i64>, hb: &Heartbeat, now_ms: i64) {
+        self.ingest_batch(partition, [(offset, hb)], now_ms);
+    }
+
+    /// Feeds heartbeats of `partition` in the order read (each with its
+    /// offset from a log; `None` from the hand-off), pushed into the sessionizer as one
+    /// batch: it loads what the next heartbeats need while the current one
+    /// is merged. Raw rows, dead letters and replays as for each one alone.
+    pub fn ingest_batch<'a>(
+        &mut self,
+        partition: i32,
+        heartbeats: impl IntoIterator<Item = (Option<i64>, &'a Heartbeat)>,
+        now_ms: i64,
+    ) {
         let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
-        let replayed = offset.is_some_and(|offset| offset < state.committed_until);
-        if let Some(offset) = offset {
-            state.next_offset = Some(offset + 1);
-        }
-        state.dirty = true;
-        let event = match EventRef::from_proto(hb) {
-            Ok(event) => event,
-            Err(reason) => {
-                if replayed {
-                    return; // dead-lettered when first read
+        let mut events = Vec::new();
+        let mut read = Vec::new();
+        for (offset, hb) in heartbeats {
+            let mut replayed = false;
+            if let (Some(offsets), Some(offset)) = (state.offsets.as_mut(), offset) {
+                replayed = offset < offsets.committed_until;
+                offsets.next = Some(offset + 1);
+            }
+            state.dirty = true;
+            match EventRef::from_proto(hb) {
+                Ok(event) => {
+                    events.push(event);
+                    read.push((hb, replayed));
                 }
-                // Ingest validated it; reaching here means a foreign producer.
-                self.metrics.undecodable.inc();
-                self.pending_dead.push(DeadLetter {
-                    received_ms: now_ms,
-                    event_id: hb.event_id.clone(),
-                    device_id: hb.device_id.clone(),
-                    reason: format!("not a valid heartbeat: {reason}"),
-                    payload: prost::Message::encode_to_vec(hb),
-                });
-                return;
+                // Dead-lettered when first read.
+                Err(_) if replayed => {}
+                Err(reason) => {
+                    // Ingest validated it; reaching here means a foreign producer.
+                    self.metrics.undecodable.inc();
+                    self.pending_dead.push(DeadLetter {
+                        received_ms: now_ms,
+                        event_id: hb.event_id.clone(),
+                        device_id: hb.device_id.clone(),
+                        reason: format!("not a valid heartbeat: {reason}"),
+                        payload: prost::Message::encode_to_vec(hb),
+                    });
+                }
             }
-        };
-        let outcome = state.sessionizer.push_ref(event, now_ms);
-        if replayed {
-            return; // its raw row and counts were committed when first read
         }
-        match outcome {
-            Outcome::Merged => {
-                self.metrics.heartbeats.inc();
-                self.pending_raw.push(raw_row(hb, false));
+        let outcomes = state.sessionizer.push_event_refs(&events, now_ms);
+        for (((hb, replayed), event), outcome) in read.into_iter().zip(&events).zip(outcomes) {
+            if replayed {
+                continue; // its raw row and counts were committed when first read
             }
-            Outcome::Duplicate => {
-                self.metrics.duplicates.inc();
-            }
-            Outcome::Late => {
-                self.metrics.heartbeats.inc();
-                self.metrics.late.inc();
-                self.pending_raw.push(raw_row(hb, true));
+            match outcome {
+                Outcome::Merged => {
+                    self.metrics.heartbeats.inc();
+                    self.pending_raw
+                        .push(RawHeartbeat::accepted(event, hb, false));
+                }
+                Outcome::Duplicate => {
+                    self.metrics.duplicates.inc();
+                }
+                Outcome::Late => {
+                    self.metrics.heartbeats.inc();
+                    self.metrics.late.inc();
+                    self.pending_raw
+                        .push(RawHeartbeat::accepted(event, hb, true));
+                }
             }
         }
     }
@@ -379,10 +413,12 @@ impl Pipeline {
         let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
-        state.next_offset = Some(offset + 1);
         state.dirty = true;
-        if offset < state.committed_until {
-            return; // dead-lettered when first read
+        if let Some(offsets) = state.offsets.as_mut() {
+            offsets.next = Some(offset + 1);
+            if offset < offsets.committed_until {
+                return; // dead-lettered when first read
+            }
         }
         self.metrics.undecodable.inc();
         self.pending_dead.push(dead_letter);
@@ -440,7 +476,8 @@ impl Pipeline {
         let replay_only = self
             .partitions
             .values()
-            .all(|p| p.next_offset.is_none_or(|next| next <= p.committed_until));
+            .filter_map(|p| p.offsets)
+            .all(|o| o.next.is_none_or(|next| next <= o.committed_until));
         if self.pending_raw.is_empty() && self.pending_dead.is_empty() && replay_only {
             return None;
         }
@@ -453,20 +490,28 @@ impl Pipeline {
         let mut changes = Vec::new();
         let mut offsets = Vec::new();
         for (partition, state) in self.partitions.iter_mut() {
-            // A replayed message leaves the committed offset where it was.
-            let committed = state.next_offset.map(|o| o.max(state.committed_until));
+            // The hand-off stores its watermark in a row of its own, at offset 0.
+            let committed = match state.offsets {
+                Some(o) => o.committed(),
+                None => Some(0),
+            };
+            let session_offset = match state.offsets {
+                Some(o) => o.next,
+                None => Some(0),
+            };
+            let row = |next_offset, watermark_ms, session_offset| OffsetRow {
+                topic: self.topic.clone(),
+                partition: *partition,
+                next_offset,
+                watermark_ms,
+                session_offset,
+                owner_epoch: state.owner_epoch,
+            };
             if !with_sessions {
                 // Raw rows only: the committed offset moves, the sessions'
                 // offset and watermark stay; `dirty` stays for the sessions.
                 if let (true, Some(next_offset)) = (state.dirty, committed) {
-                    offsets.push(OffsetRow {
-                        topic: self.topic.clone(),
-                        partition: *partition,
-                        next_offset,
-                        watermark_ms: None,
-                        session_offset: None,
-                        owner_epoch: state.owner_epoch,
-                    });
+                    offsets.push(row(next_offset, None, None));
                 }
                 continue;
             }
@@ -479,25 +524,10 @@ impl Pipeline {
             state.written_watermark_ms = watermark_ms;
             changes.extend(drained.into_iter().map(|c| (*partition, c)));
             if let Some(next_offset) = committed {
-                offsets.push(OffsetRow {
-                    topic: self.topic.clone(),
-                    partition: *partition,
-                    next_offset,
-                    watermark_ms,
-                    session_offset: state.next_offset,
-                    owner_epoch: state.owner_epoch,
-                });
-                state.session_offset = state.next_offset;
-            } else if state.dirty || watermark_moved {
-                // Embedded tier: no offsets, but the watermark must survive.
-                offsets.push(OffsetRow {
-                    topic: self.topic.clone(),
-                    partition: *partition,
-                    next_offset: 0,
-                    watermark_ms,
-                    session_offset: Some(0),
-                    owner_epoch: state.owner_epoch,
-                });
+                offsets.push(row(next_offset, watermark_ms, session_offset));
+                if let Some(o) = state.offsets.as_mut() {
+                    o.sessions = o.next;
+                }
             }
             state.dirty = false;
         }
@@ -515,16 +545,14 @@ impl Pipeline {
                 .filter(|(_, c)| matches!(c, Change::Final(_)))
                 .count(),
         };
-        let (store_raw, mirror_raw) = if self.mirror_in_store {
-            (raw, Vec::new())
-        } else {
-            (Vec::new(), raw)
+        let (store_raw, mirror) = match &self.raw {
+            RawPlacement::InStore(_) => (raw, None),
+            RawPlacement::Mirror(mirror) => (Vec::new(), Some((Arc::clone(mirror), raw))),
         };
         Some(PreparedFlush {
             started,
             stats,
-            mirror: (!self.mirror_in_store).then(|| Arc::clone(&self.mirror)),
-            mirror_raw,
+            mirror,
             store: Arc::clone(&self.store),
             flush: Arc::new(Flush {
                 raw: store_raw,
@@ -554,10 +582,10 @@ impl Pipeline {
 
     /// Removes expired raw rows kept in the store.
     pub async fn expire_raw(&self) -> Result<u64, SinkError> {
-        if !self.mirror_in_store {
-            return Ok(0);
+        match &self.raw {
+            RawPlacement::InStore(store) => store.expire_raw(now_ms()).await,
+            RawPlacement::Mirror(_) => Ok(0),
         }
-        self.store.expire_raw(now_ms()).await
     }
 
     fn update_gauges(&self) {
@@ -575,9 +603,8 @@ impl Pipeline {
 pub struct PreparedFlush {
     started: Instant,
     stats: FlushStats,
-    /// The external raw mirror and its rows, when the store does not hold them.
-    mirror: Option<Arc<dyn RawMirror>>,
-    mirror_raw: Vec<RawHeartbeat>,
+    /// The separate raw mirror and its rows, when the store does not hold them.
+    mirror: Option<(Arc<dyn RawMirror>, Vec<RawHeartbeat>)>,
     store: Arc<dyn SessionStore>,
     flush: Arc<Flush>,
     metrics: StreamMetrics,
@@ -589,11 +616,8 @@ impl PreparedFlush {
     /// Writes the raw mirror first (offsets never run ahead of it), then the
     /// store transaction; each retried while the failure is transient.
     pub async fn commit(self) -> Result<FlushStats, SinkError> {
-        if let Some(mirror) = &self.mirror {
-            retry(self.attempts, &self.failing, || {
-                mirror.write(&self.mirror_raw)
-            })
-            .await?;
+        if let Some((mirror, rows)) = &self.mirror {
+            retry(self.attempts, &self.failing, || mirror.write(rows)).await?;
         }
         let store_started = Instant::now();
         retry(self.attempts, &self.failing, || {
@@ -609,6 +633,40 @@ impl PreparedFlush {
         self.metrics.flush_batch_size.observe(self.stats.raw as f64);
         self.metrics.finalized.inc_by(self.stats.finalized as u64);
         Ok(self.stats)
+    }
+}
+
+/// Failed write attempts in a row that make a stage unready (the first
+/// retries pass within a second when a connection was merely cut).
+const FAILED_WRITES_UNREADY: u32 = 3;
+
+/// A source's readiness, renewed on every tick and after every commit for
+/// `stall`: it lapses when the stage's loop stalls, and drops while a commit
+/// hangs that long or while the store keeps refusing writes.
+pub struct Readiness {
+    handle: HealthHandle,
+    stall: std::time::Duration,
+}
+
+impl Readiness {
+    pub fn new(handle: HealthHandle, stall: std::time::Duration) -> Self {
+        Self { handle, stall }
+    }
+
+    /// Renews (or drops) readiness; `commit_started`: when the commit in
+    /// flight, if any, started.
+    pub fn renew(&self, pipeline: &Pipeline, commit_started: Option<Instant>) {
+        let hung = commit_started.is_some_and(|started| started.elapsed() >= self.stall);
+        if hung || pipeline.failing_writes() >= FAILED_WRITES_UNREADY {
+            self.handle.unhealthy();
+        } else {
+            self.handle.healthy_for(self.stall);
+        }
+    }
+
+    /// How long a stall or a hung commit may last.
+    pub fn stall(&self) -> std::time::Duration {
+        self.stall
     }
 }
 

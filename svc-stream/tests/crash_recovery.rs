@@ -10,10 +10,10 @@ use sqlx::Row;
 use std::collections::HashSet;
 use std::sync::Arc;
 use svc_stream::metrics::StreamMetrics;
-use svc_stream::pipeline::Pipeline;
+use svc_stream::pipeline::{Pipeline, SourceKind};
 use svc_stream::sessionizer::{sessionize_all, Event, Session, SessionConfig};
 use svc_stream::sink::sql::{PgStore, SqliteStore};
-use svc_stream::sink::{RawMirror, SessionStore};
+use svc_stream::sink::{RawInStore, RawPlacement};
 
 const TOPIC: &str = "heartbeats";
 const PARTITION: i32 = 3;
@@ -35,15 +35,36 @@ fn config() -> SessionConfig {
     SessionConfig::default()
 }
 
-fn pipeline<S: SessionStore + RawMirror + 'static>(store: Arc<S>) -> Pipeline {
+/// A stage reading partition `PARTITION` of a log, with offsets (Kafka).
+fn pipeline<S: RawInStore + 'static>(store: Arc<S>) -> Pipeline {
+    stage(
+        SourceKind::Log {
+            topic: TOPIC.into(),
+        },
+        store,
+    )
+}
+
+/// A stage fed by the hand-off, without offsets (the embedded tier).
+fn handoff_pipeline<S: RawInStore + 'static>(store: Arc<S>) -> Pipeline {
+    stage(SourceKind::Handoff, store)
+}
+
+fn stage<S: RawInStore + 'static>(source: SourceKind, store: Arc<S>) -> Pipeline {
     let metrics = StreamMetrics::register(&mut Registry::default());
-    Pipeline::new(config(), TOPIC, store.clone(), store, true, metrics)
+    Pipeline::new(
+        config(),
+        source,
+        store.clone(),
+        RawPlacement::InStore(store),
+        metrics,
+    )
 }
 
 /// Feeds `heartbeats` as partition `PARTITION`, crashing after each of
 /// `crash_at` (with 37 heartbeats processed but never flushed), restarting
 /// from the store each time.
-async fn run_with_crashes<S: SessionStore + RawMirror + 'static>(
+async fn run_with_crashes<S: RawInStore + 'static>(
     store: Arc<S>,
     heartbeats: &[Heartbeat],
     crash_at: &[usize],
@@ -227,7 +248,7 @@ async fn a_restart_without_crash_changes_nothing() {
 /// not acknowledged (everything after the last commit, plus a few acked ones
 /// again); the restart must rebuild the deferred session changes from the
 /// raw rows.
-async fn run_deferred_with_crashes<S: SessionStore + RawMirror + 'static>(
+async fn run_deferred_with_crashes<S: RawInStore + 'static>(
     store: Arc<S>,
     heartbeats: &[Heartbeat],
     crash_at: &[usize],
@@ -235,7 +256,7 @@ async fn run_deferred_with_crashes<S: SessionStore + RawMirror + 'static>(
     let mut crashes = crash_at.iter().copied().peekable();
     let mut acked: usize = 0;
     loop {
-        let mut stage = pipeline(store.clone());
+        let mut stage = handoff_pipeline(store.clone());
         assert!(stage.defer_sessions(), "the raw mirror is in the store");
         stage.assign(PARTITION).await.unwrap();
         let mut next = acked.saturating_sub(5);
@@ -348,7 +369,7 @@ async fn a_restart_after_deferred_flushes_keeps_what_an_idle_partition_closed() 
     let t = 1_700_000_000_000;
     let now = hb_common::time::now_ms();
 
-    let mut stage = pipeline(store.clone());
+    let mut stage = handoff_pipeline(store.clone());
     assert!(stage.defer_sessions());
     stage.assign(PARTITION).await.unwrap();
     stage.ingest(PARTITION, None, &heartbeat("a1", "ann", t, 0), now);
@@ -374,7 +395,7 @@ async fn a_restart_after_deferred_flushes_keeps_what_an_idle_partition_closed() 
     stage.prepare_raw_flush().unwrap().commit().await.unwrap();
     drop(stage);
 
-    let mut stage = pipeline(store);
+    let mut stage = handoff_pipeline(store);
     assert!(stage.defer_sessions());
     stage.assign(PARTITION).await.unwrap();
     // The advanced watermark survived the restart: still late.
@@ -404,7 +425,7 @@ async fn without_deferral_a_restart_on_postgres_keeps_what_an_idle_partition_clo
     let t = 1_700_000_000_000;
     let now = hb_common::time::now_ms();
 
-    let mut stage = pipeline(store.clone());
+    let mut stage = handoff_pipeline(store.clone());
     stage.assign(PARTITION).await.unwrap();
     stage.ingest(PARTITION, None, &heartbeat("a1", "ann", t, 0), now);
     stage.ingest(
@@ -418,7 +439,7 @@ async fn without_deferral_a_restart_on_postgres_keeps_what_an_idle_partition_clo
     stage.flush().await.unwrap();
     drop(stage);
 
-    let mut stage = pipeline(store);
+    let mut stage = handoff_pipeline(store);
     stage.assign(PARTITION).await.unwrap();
     // A resend inside her final session is late after the restart; it does
     // not become a session of its own.
@@ -446,7 +467,7 @@ async fn without_deferral_a_restart_on_postgres_keeps_what_an_idle_partition_clo
 /// before the sessions' offset (its committed offset is only a hint); the
 /// restart skips what the sessions hold and sessionizes the rest, writing
 /// raw rows only for what was never committed.
-async fn run_source_deferred_with_crashes<S: SessionStore + RawMirror + 'static>(
+async fn run_source_deferred_with_crashes<S: RawInStore + 'static>(
     store: Arc<S>,
     heartbeats: &[Heartbeat],
     crash_at: &[usize],
@@ -527,7 +548,7 @@ async fn session_writes_left_to_kafka_redelivery_survive_crashes_on_sqlite() {
 /// A process that lost its partition without knowing it (paused past the
 /// group's session timeout) wakes up and flushes what it had read: its commit
 /// is refused whole, and the new owner's results stand.
-async fn a_stale_owner_cannot_commit_over_the_new_one<S: SessionStore + RawMirror + 'static>(
+async fn a_stale_owner_cannot_commit_over_the_new_one<S: RawInStore + 'static>(
     store: Arc<S>,
     heartbeats: &[Heartbeat],
 ) {

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use hb_common::handoff::{self, HandoffError};
+use hb_common::health::Health;
 use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use sqlx::Row;
@@ -11,11 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use svc_stream::metrics::StreamMetrics;
-use svc_stream::pipeline::Pipeline;
+use svc_stream::pipeline::{Pipeline, Readiness, SourceKind};
 use svc_stream::sessionizer::SessionConfig;
 use svc_stream::sink::sql::SqliteStore;
 use svc_stream::sink::{
-    Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore, SinkError,
+    Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawInStore, RawMirror, RawPlacement,
+    SessionStore, SinkError,
 };
 
 /// The real SQLite store, except that a commit fails while `failing` is set.
@@ -39,14 +41,6 @@ impl SessionStore for FlakyStore {
         partition: i32,
     ) -> Result<PartitionSnapshot, SinkError> {
         self.inner.load_partition(topic, partition).await
-    }
-
-    async fn final_spans(
-        &self,
-        partition: i32,
-        since_ms: i64,
-    ) -> Result<Vec<OpenSession>, SinkError> {
-        self.inner.final_spans(partition, since_ms).await
     }
 
     async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
@@ -73,7 +67,10 @@ impl RawMirror for FlakyStore {
     async fn replay_open(&self, open: &[OpenSession]) -> Result<Vec<RawHeartbeat>, SinkError> {
         self.inner.replay_open(open).await
     }
+}
 
+#[async_trait]
+impl RawInStore for FlakyStore {
     async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
         self.inner.replay_since(from_ms).await
     }
@@ -90,12 +87,12 @@ async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
     let metrics = StreamMetrics::register(&mut Registry::default());
     let pipeline = Pipeline::new(
         SessionConfig::default(),
-        "embedded",
+        SourceKind::Handoff,
         store.clone(),
-        store.clone(),
-        true,
+        RawPlacement::InStore(store.clone()),
         metrics,
     );
+    let health = Health::default();
     let (tx, rx) = handoff::channel(16);
     let stage = tokio::spawn(svc_stream::embedded::run(
         pipeline,
@@ -106,6 +103,7 @@ async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
             session_write_interval: Duration::from_secs(2),
             defer_from: svc_stream::embedded::DEFER_FROM,
         },
+        Readiness::new(health.register("stream"), Duration::from_secs(30)),
     ));
     let mut fleet = Fleet::new(FleetConfig {
         devices: 20,
@@ -119,6 +117,7 @@ async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
     tx.send(first.clone(), vec![])
         .await
         .expect("first batch committed");
+    assert!(health.is_ready(), "readiness is renewed by the commit");
     store.failing.store(true, Ordering::SeqCst);
     let refused = tx.send(second.clone(), vec![]).await;
     assert!(
@@ -160,12 +159,12 @@ async fn under_load_acks_come_with_raw_rows_and_sessions_follow_once_it_quiets()
     let metrics = StreamMetrics::register(&mut registry);
     let pipeline = Pipeline::new(
         SessionConfig::default(),
-        "embedded",
+        SourceKind::Handoff,
         store.clone(),
-        store,
-        true,
+        RawPlacement::InStore(store),
         metrics.clone(),
     );
+    let health = Health::default();
     let (tx, rx) = handoff::channel(16);
     // Every commit with heartbeats counts as "under load", and the interval
     // never runs out: sessions are written only when nothing is pending.
@@ -178,6 +177,7 @@ async fn under_load_acks_come_with_raw_rows_and_sessions_follow_once_it_quiets()
             session_write_interval: Duration::from_secs(3600),
             defer_from: 1,
         },
+        Readiness::new(health.register("stream"), Duration::from_secs(30)),
     ));
     let mut fleet = Fleet::new(FleetConfig {
         devices: 30,

@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use svc_stream::kafka::KafkaSource;
 use svc_stream::metrics::StreamMetrics;
-use svc_stream::pipeline::Pipeline;
+use svc_stream::pipeline::{Pipeline, SourceKind};
 use svc_stream::sessionizer::{sessionize_all, Event, Session, SessionConfig};
 use svc_stream::sink::sql::PgStore;
+use svc_stream::sink::RawPlacement;
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
@@ -75,10 +76,11 @@ fn consumer(
     let metrics = StreamMetrics::register(&mut Registry::default());
     let pipeline = Pipeline::new(
         SessionConfig::default(),
-        topic,
+        SourceKind::Log {
+            topic: topic.to_string(),
+        },
         store.clone(),
-        store,
-        true,
+        RawPlacement::InStore(store),
         metrics,
     );
     let source = KafkaSource {

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use svc_stream::kafka::KafkaSource;
 use svc_stream::metrics::StreamMetrics;
-use svc_stream::pipeline::{Pipeline, StageSettings};
+use svc_stream::pipeline::{Pipeline, SourceKind, StageSettings};
 use svc_stream::sessionizer::SessionConfig;
 use svc_stream::sink::sql::PgStore;
+use svc_stream::sink::RawPlacement;
 use tokio_util::sync::CancellationToken;
 
 const STALL: Duration = Duration::from_secs(1);
@@ -81,10 +82,11 @@ async fn readiness_drops_while_commits_hang_or_fail_and_returns_when_they_pass()
     let metrics = StreamMetrics::register(&mut Registry::default());
     let pipeline = Pipeline::new(
         SessionConfig::default(),
-        &topic,
+        SourceKind::Log {
+            topic: topic.clone(),
+        },
         store.clone(),
-        store,
-        true,
+        RawPlacement::InStore(store),
         metrics,
     );
     let source = KafkaSource {

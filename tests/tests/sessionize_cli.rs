@@ -49,6 +49,7 @@ fn a_shuffled_file_gives_the_exact_sessions_and_skips_bad_lines() {
         output: Some(output.clone()),
         gap: Duration::from_secs(600),
         strict: false,
+        threads: None,
     })
     .unwrap();
 

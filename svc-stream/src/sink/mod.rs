@@ -5,9 +5,11 @@
 pub mod scylla;
 pub mod sql;
 
-use crate::sessionizer::Change;
+use crate::sessionizer::{Change, Event, EventRef, PlaybackState};
 use async_trait::async_trait;
 pub use hb_common::handoff::DeadLetter;
+use hb_proto::v1::Heartbeat;
+use std::sync::Arc;
 
 /// Why a sink write failed, split by what the caller should do.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,44 @@ pub struct RawHeartbeat {
     pub bitrate_kbps: i64,
     /// Arrived past the allowed lateness: mirrored and counted, not sessionized.
     pub late: bool,
+}
+
+impl RawHeartbeat {
+    /// The row of a heartbeat the pipeline accepted: `event` is its one
+    /// decode ([`EventRef::from_proto`]: a heartbeat that fails it is a dead
+    /// letter and has no row), `hb` gives the fields sessions do not use.
+    pub fn accepted(event: &EventRef<'_>, hb: &Heartbeat, late: bool) -> Self {
+        RawHeartbeat {
+            event_id: event.event_id.to_owned(),
+            user_id: event.user_id.to_owned(),
+            video_id: event.video_id.to_owned(),
+            device_id: event.device_id.to_owned(),
+            event_time_ms: event.time_ms,
+            position_ms: event.position_ms,
+            state: event.state.to_proto(),
+            ad_id: event.ad_id.to_owned(),
+            platform: hb.platform.clone(),
+            app_version: hb.app_version.clone(),
+            country: hb.country.clone(),
+            bitrate_kbps: i64::from(hb.bitrate_kbps),
+            late,
+        }
+    }
+
+    /// The event this row was written from, for a restore (`None`: a row no
+    /// accepted heartbeat wrote, such as one with an unknown state).
+    pub fn event(&self) -> Option<Event> {
+        Some(Event {
+            event_id: self.event_id.clone(),
+            user_id: self.user_id.clone(),
+            video_id: self.video_id.clone(),
+            device_id: self.device_id.clone(),
+            time_ms: self.event_time_ms,
+            position_ms: self.position_ms,
+            state: PlaybackState::try_from(self.state).ok()?,
+            ad_id: self.ad_id.clone(),
+        })
+    }
 }
 
 /// The raw mirror: every accepted heartbeat, written idempotently by `event_id`
@@ -77,16 +117,43 @@ pub trait RawMirror: Send + Sync {
         }
         Ok(rows)
     }
+}
 
-    /// Every heartbeat with `event_time_ms >= from_ms`, any order: restores
-    /// what flushes that deferred their session writes left only in the raw
-    /// rows (the embedded stage). Only a mirror kept in the sessions store,
-    /// in the same transactions as the sessions, can answer this exactly.
-    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
-        let _ = from_ms;
-        Err(SinkError::Fatal(
-            "this raw mirror cannot replay by event time".into(),
-        ))
+/// A sessions store that also holds the raw rows, written in the same
+/// transaction as the sessions: it alone can replay them by event time
+/// exactly, which restores what flushes that deferred their session writes
+/// left only in the raw rows (the embedded stage).
+#[async_trait]
+pub trait RawInStore: SessionStore + RawMirror {
+    /// Every heartbeat with `event_time_ms >= from_ms`, any order.
+    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError>;
+}
+
+/// Where the raw rows are kept.
+#[derive(Clone)]
+pub enum RawPlacement {
+    /// In the sessions store, written in each flush's transaction.
+    InStore(Arc<dyn RawInStore>),
+    /// A separate mirror (ScyllaDB), written before the store transaction so
+    /// the offsets never run ahead of it.
+    Mirror(Arc<dyn RawMirror>),
+}
+
+impl RawPlacement {
+    /// Where open sessions are replayed from on restore.
+    pub fn mirror(&self) -> &dyn RawMirror {
+        match self {
+            RawPlacement::InStore(store) => store.as_ref(),
+            RawPlacement::Mirror(mirror) => mirror.as_ref(),
+        }
+    }
+
+    /// For logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RawPlacement::InStore(_) => "store",
+            RawPlacement::Mirror(_) => "mirror",
+        }
     }
 }
 
@@ -156,14 +223,6 @@ pub trait SessionStore: Send + Sync {
         topic: &str,
         partition: i32,
     ) -> Result<PartitionSnapshot, SinkError>;
-
-    /// The `[start, end]` of the final sessions of `partition` that end at
-    /// or after `since_ms`: a restore must not count their heartbeats again.
-    async fn final_spans(
-        &self,
-        partition: i32,
-        since_ms: i64,
-    ) -> Result<Vec<OpenSession>, SinkError>;
 
     /// Deletes raw rows past their TTL (stores holding the raw mirror).
     async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError>;

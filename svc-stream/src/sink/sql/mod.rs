@@ -11,7 +11,8 @@ mod sqlite;
 mod writes;
 
 use super::{
-    Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawMirror, SessionStore, SinkError,
+    Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawInStore, RawMirror, SessionStore,
+    SinkError,
 };
 use async_trait::async_trait;
 use hb_common::raw::{hour_ms, BUMP_RAW_HOURS_UNTIL_SQL};
@@ -171,21 +172,6 @@ impl<P: Send + Sync> SessionStore for SqlStore<P> {
         })
     }
 
-    async fn final_spans(
-        &self,
-        partition: i32,
-        since_ms: i64,
-    ) -> Result<Vec<OpenSession>, SinkError> {
-        // Index `sessions_final_by_end` (a literal `is_final`, so SQLite can
-        // prove the partial index applies): only the few finals this recent.
-        self.spans(Statement::new(
-            "SELECT user_id, video_id, start_ms, end_ms FROM sessions \
-             WHERE stream_partition = $1 AND end_ms >= $2 AND is_final",
-            vec![Param::Int4(partition), Param::Int(since_ms)],
-        ))
-        .await
-    }
-
     async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
         // Bounded by event time too, so the delete walks the time key
         // (or index) instead of scanning the whole mirror. A row kept
@@ -255,6 +241,17 @@ fn raw_select(condition: &str) -> String {
 }
 
 #[async_trait]
+impl<P: Send + Sync> RawInStore for SqlStore<P> {
+    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
+        self.raw_rows(Statement::new(
+            raw_select("event_time_ms >= $1"),
+            vec![Param::Int(from_ms)],
+        ))
+        .await
+    }
+}
+
+#[async_trait]
 impl<P: Send + Sync> RawMirror for SqlStore<P> {
     /// The raw table is clustered by event time (SQLite migration 0002,
     /// PostgreSQL 0006), so the open sessions of a partition are restored
@@ -295,14 +292,6 @@ impl<P: Send + Sync> RawMirror for SqlStore<P> {
             .await
             .map_err(sink_error)?;
         Ok(kept)
-    }
-
-    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
-        self.raw_rows(Statement::new(
-            raw_select("event_time_ms >= $1"),
-            vec![Param::Int(from_ms)],
-        ))
-        .await
     }
 
     async fn write(&self, rows: &[RawHeartbeat]) -> Result<(), SinkError> {
