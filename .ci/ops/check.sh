@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Operations checks of the heartbeat mesh: Helm chart, ArgoCD manifests,
 # Prometheus rules, Grafana dashboards, metric names against the running
-# services, Superset assets. Installs what it needs on a fresh machine
-# (Python venvs, npm packages, Debian's prometheus for promtool), is safe to
-# run again, and exits non-zero when any check fails.
+# services, every Grafana PromQL panel evaluated by a real Prometheus that
+# scrapes them, Superset assets. Installs what it needs on a fresh machine
+# (Python venvs, npm packages, Debian's prometheus for promtool and the
+# server), is safe to run again, and exits non-zero when any check fails.
 #
 #   bash .ci/ops/check.sh                 everything
 #   HB_SKIP_SUPERSET=1 bash .ci/ops/check.sh   without the Superset check (announced)
@@ -60,7 +61,7 @@ install_tools() {
   python_venv "$PYVENV" "$OPS/requirements.txt" || { echo "cannot install $OPS/requirements.txt"; return 1; }
 
   if ! command -v promtool >/dev/null 2>&1; then
-    echo "installing Debian package prometheus (for promtool)"
+    echo "installing Debian package prometheus (promtool and the server)"
     local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq >/dev/null && \
       DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
@@ -119,82 +120,176 @@ wait_http() {  # wait_http URL SECONDS
   return 1
 }
 
-check_metrics_exist() {
-  # Every metric named in a rule or dashboard must be on /metrics of the
-  # running services: `hbmesh up` (all three in one process, embedded store),
-  # a little traffic from `hbmesh simulate`, then a scrape of each service.
-  local t0=$SECONDS
-  echo "building hbmesh (cargo build --bin hbmesh)"
-  if ! (cd "$REPO" && cargo build --quiet --bin hbmesh 2>"$OUT/hbmesh-build.log"); then
-    tail -30 "$OUT/hbmesh-build.log"
-    echo "hbmesh does not build: the live metric check cannot run"
-    return 1
-  fi
-  echo "built in $((SECONDS - t0))s"
-  local hbmesh="${CARGO_TARGET_DIR:-$REPO/target}/debug/hbmesh"
-  local data; data="$(mktemp -d /tmp/hbmesh-ops-data.XXXXXX)"
-  local ingest query_http m_ingest m_stream m_query
-  ingest="$(free_port)"; query_http="$(free_port)"
-  m_ingest="$(free_port)"; m_stream="$(free_port)"; m_query="$(free_port)"
-  (
-    unset HB_AUTH_SECRET HB_KAFKA_BROKERS HB_YUGABYTE_URL HB_SCYLLA_NODES HB_TRINO_URL
-    export HB_DATA_DIR="$data" HB_LOG=info \
-      HB_INGEST_ADDR="127.0.0.1:$ingest" HB_QUERY_HTTP_ADDR="127.0.0.1:$query_http" HB_QUERY_GRPC_ADDR=127.0.0.1:0 \
-      HB_INGEST_METRICS_ADDR="127.0.0.1:$m_ingest" HB_STREAM_METRICS_ADDR="127.0.0.1:$m_stream" \
-      HB_QUERY_METRICS_ADDR="127.0.0.1:$m_query"
-    exec "$hbmesh" up
-  ) >"$OUT/hbmesh-up.log" 2>&1 &
-  local pid=$!
-  local rc=0
-  for port in "$m_ingest" "$m_stream" "$m_query"; do
-    if ! wait_http "http://127.0.0.1:$port/healthz" 60; then
-      echo "hbmesh up: no /healthz on 127.0.0.1:$port after 60s"; rc=1; break
-    fi
-  done
-  if [ $rc = 0 ]; then
-    echo "hbmesh up (pid $pid): ingest 127.0.0.1:$ingest, metrics :$m_ingest :$m_stream :$m_query"
-    if ! (unset HB_AUTH_SECRET; "$hbmesh" simulate --devices 5 --rate 20 --duration 3s \
-          --target "http://127.0.0.1:$ingest") >"$OUT/simulate.log" 2>&1; then
-      echo "hbmesh simulate failed:"; tail -20 "$OUT/simulate.log"; rc=1
-    else
-      tail -5 "$OUT/simulate.log"
-    fi
-    sleep 2  # let the stream side drain the in-process queue
-    # prometheus-client leaves a labelled family out of /metrics until it has
-    # a label set, so ask every report once (embedded tier: open on loopback).
-    local from to
-    from="$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)"; to="$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)"
-    for path in "v1/reports/royalties?from=$from&to=$to" "v1/reports/impressions?from=$from&to=$to" \
-                "v1/reports/concurrency?from=$from&to=$to&step_s=60" "v1/reports/traffic?from=$from&to=$to" \
-                "v1/users/ops-check/progress" "v1/users/ops-check/sessions?from=$from&to=$to"; do
-      printf 'GET /%s -> %s\n' "${path%%\?*}" \
-        "$(curl -s -o /dev/null -w '%{http_code}' --max-time 30 "http://127.0.0.1:$query_http/$path")"
-    done
-    local files=()
-    for svc in ingest:$m_ingest stream:$m_stream query:$m_query; do
-      local f="$OUT/metrics-${svc%%:*}.txt"
-      if curl -fsS --max-time 10 "http://127.0.0.1:${svc##*:}/metrics" -o "$f"; then
-        files+=("$f")
-        echo "scraped ${svc%%:*}: $(grep -c '^# TYPE' "$f") metric families"
-      else
-        echo "cannot scrape ${svc%%:*} /metrics"; rc=1
-      fi
-    done
-    if [ ${#files[@]} = 3 ]; then
-      # run even when the traffic step failed: the report still says which
-      # names are there (the check fails anyway through rc)
-      "$PYVENV/bin/python" "$OPS/metrics_exist.py" \
-        --rules "$REPO/dashboards/prometheus/hbmesh-rules.yaml" \
-        --dashboards "$REPO"/dashboards/grafana/*.json \
-        --metrics-file "${files[@]}" || rc=1
-    fi
-  fi
+# The live checks share one mesh: `hbmesh up` (all three services in one
+# process, embedded store) on free ports, stopped by stop_mesh or the EXIT trap.
+MESH_PID=""
+MESH_DATA=""
+HBMESH=""
+SIMULATE=()
+BACKGROUND_PIDS=()
+
+stop_pid() {  # stop_pid PID: TERM, up to 10s to exit, then KILL
+  local pid="$1"
+  [ -n "$pid" ] || return 0
   kill -TERM "$pid" 2>/dev/null
   for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
   kill -KILL "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
-  if [ $rc != 0 ]; then echo "--- hbmesh up log (tail) ---"; tail -30 "$OUT/hbmesh-up.log"; fi
-  rm -rf "$data"
+  return 0
+}
+
+start_mesh() {
+  local t0=$SECONDS
+  echo "building hbmesh (cargo build --bin hbmesh)"
+  if ! (cd "$REPO" && cargo build --quiet --bin hbmesh 2>"$OUT/hbmesh-build.log"); then
+    tail -30 "$OUT/hbmesh-build.log"
+    echo "hbmesh does not build: the live checks cannot run"
+    return 1
+  fi
+  echo "built in $((SECONDS - t0))s"
+  HBMESH="${CARGO_TARGET_DIR:-$REPO/target}/debug/hbmesh"
+  MESH_DATA="$(mktemp -d /tmp/hbmesh-ops-data.XXXXXX)"
+  MESH_INGEST="$(free_port)"; MESH_QUERY_HTTP="$(free_port)"
+  M_INGEST="$(free_port)"; M_STREAM="$(free_port)"; M_QUERY="$(free_port)"
+  (
+    unset HB_AUTH_SECRET HB_KAFKA_BROKERS HB_YUGABYTE_URL HB_SCYLLA_NODES HB_TRINO_URL
+    export HB_DATA_DIR="$MESH_DATA" HB_LOG=info \
+      HB_INGEST_ADDR="127.0.0.1:$MESH_INGEST" HB_QUERY_HTTP_ADDR="127.0.0.1:$MESH_QUERY_HTTP" HB_QUERY_GRPC_ADDR=127.0.0.1:0 \
+      HB_INGEST_METRICS_ADDR="127.0.0.1:$M_INGEST" HB_STREAM_METRICS_ADDR="127.0.0.1:$M_STREAM" \
+      HB_QUERY_METRICS_ADDR="127.0.0.1:$M_QUERY"
+    exec "$HBMESH" up
+  ) >"$OUT/hbmesh-up.log" 2>&1 &
+  MESH_PID=$!
+  for port in "$M_INGEST" "$M_STREAM" "$M_QUERY"; do
+    if ! wait_http "http://127.0.0.1:$port/healthz" 60; then
+      echo "hbmesh up: no /healthz on 127.0.0.1:$port after 60s"
+      mesh_log; stop_mesh
+      return 1
+    fi
+  done
+  echo "hbmesh up (pid $MESH_PID): ingest 127.0.0.1:$MESH_INGEST, metrics :$M_INGEST :$M_STREAM :$M_QUERY"
+  # Heartbeats from a small fleet; one command (no subshell) so that $! of a
+  # background run is the simulator itself.
+  SIMULATE=(env -u HB_AUTH_SECRET "$HBMESH" simulate --devices 50 --rate 20
+            --target "http://127.0.0.1:$MESH_INGEST")
+}
+
+mesh_running() {
+  [ -n "$MESH_PID" ] && kill -0 "$MESH_PID" 2>/dev/null && return 0
+  echo "the mesh is not running (it did not start for the previous check)"
+  return 1
+}
+
+mesh_log() { echo "--- hbmesh up log (tail) ---"; tail -30 "$OUT/hbmesh-up.log"; }
+
+stop_mesh() {
+  stop_pid "$MESH_PID"
+  MESH_PID=""
+  [ -z "$MESH_DATA" ] || rm -rf "$MESH_DATA"
+  MESH_DATA=""
+}
+
+
+ask_reports() {
+  # prometheus-client leaves a labelled family out of /metrics until it has
+  # a label set, so ask every report (embedded tier: open on loopback).
+  local from to
+  from="$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)"; to="$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)"
+  for path in "v1/reports/royalties?from=$from&to=$to" "v1/reports/impressions?from=$from&to=$to" \
+              "v1/reports/concurrency?from=$from&to=$to&step_s=60" "v1/reports/traffic?from=$from&to=$to" \
+              "v1/users/ops-check/progress" "v1/users/ops-check/sessions?from=$from&to=$to"; do
+    printf 'GET /%s -> %s\n' "${path%%\?*}" \
+      "$(curl -s -o /dev/null -w '%{http_code}' --max-time 30 "http://127.0.0.1:$MESH_QUERY_HTTP/$path")"
+  done
+}
+
+check_metrics_exist() {
+  # Every metric named in a rule or dashboard must be on /metrics of the
+  # running services after a little traffic and one request per report.
+  start_mesh || return 1
+  local rc=0
+  if ! "${SIMULATE[@]}" --duration 3s >"$OUT/simulate.log" 2>&1; then
+    echo "hbmesh simulate failed:"; tail -20 "$OUT/simulate.log"; rc=1
+  else
+    tail -5 "$OUT/simulate.log"
+  fi
+  sleep 2  # let the stream side drain the in-process queue
+  ask_reports
+  local files=()
+  for svc in ingest:$M_INGEST stream:$M_STREAM query:$M_QUERY; do
+    local f="$OUT/metrics-${svc%%:*}.txt"
+    if curl -fsS --max-time 10 "http://127.0.0.1:${svc##*:}/metrics" -o "$f"; then
+      files+=("$f")
+      echo "scraped ${svc%%:*}: $(grep -c '^# TYPE' "$f") metric families"
+    else
+      echo "cannot scrape ${svc%%:*} /metrics"; rc=1
+    fi
+  done
+  if [ ${#files[@]} = 3 ]; then
+    # run even when the traffic step failed: the report still says which
+    # names are there (the check fails anyway through rc)
+    "$PYVENV/bin/python" "$OPS/metrics_exist.py" \
+      --rules "$REPO/dashboards/prometheus/hbmesh-rules.yaml" \
+      --dashboards "$REPO"/dashboards/grafana/*.json \
+      --metrics-file "${files[@]}" || rc=1
+  fi
+  [ $rc = 0 ] || mesh_log
+  return $rc
+}
+
+prometheus_config() {  # prometheus_config RULES: scrape config for the live mesh
+  # Labels as the chart's ServiceMonitor gives them in a cluster: job from
+  # app.kubernetes.io/component, and the Prometheus Operator's namespace,
+  # service, pod, container and endpoint target labels (release "hbmesh").
+  cat <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $1
+scrape_configs:
+EOF
+  for svc in ingest:$M_INGEST stream:$M_STREAM query:$M_QUERY; do
+    local c="${svc%%:*}"
+    cat <<EOF
+  - job_name: $c
+    static_configs:
+      - targets: ["127.0.0.1:${svc##*:}"]
+        labels: {namespace: hbmesh, service: hbmesh-$c, pod: hbmesh-$c-ops-check, container: svc-$c, endpoint: http-metrics}
+EOF
+  done
+}
+
+check_panels_eval() {
+  # A real Prometheus scrapes the mesh every second under load (heartbeats
+  # and report requests), evaluates the shipped rules, and every PromQL
+  # target of the Grafana dashboards must return a series.
+  mesh_running || return 1
+  local rules="$REPO/dashboards/prometheus/hbmesh-rules.yaml"
+  local port; port="$(free_port)"
+  prometheus_config "$rules" >"$OUT/prometheus.yml"
+  prometheus --config.file="$OUT/prometheus.yml" --storage.tsdb.path="$OUT/prometheus-data" \
+    --web.listen-address="127.0.0.1:$port" >"$OUT/prometheus.log" 2>&1 &
+  local prom=$!
+  "${SIMULATE[@]}" --duration 10m >"$OUT/simulate-load.log" 2>&1 &
+  local load=$!
+  (while :; do ask_reports >/dev/null; sleep 2; done) &
+  local asker=$!
+  BACKGROUND_PIDS+=("$prom" "$load" "$asker")
+  local rc=0
+  if ! wait_http "http://127.0.0.1:$port/-/ready" 60; then
+    echo "prometheus is not ready on 127.0.0.1:$port after 60s"; rc=1
+  else
+    echo "$(prometheus --version 2>&1 | head -1) on 127.0.0.1:$port (pid $prom), scraping :$M_INGEST :$M_STREAM :$M_QUERY"
+    "$PYVENV/bin/python" "$OPS/panels_eval.py" --prometheus "http://127.0.0.1:$port" \
+      --rules "$rules" --dashboards "$REPO"/dashboards/grafana/*.json --timeout 120 || rc=1
+  fi
+  stop_pid "$asker"; stop_pid "$load"; stop_pid "$prom"
+  BACKGROUND_PIDS=()
+  if [ $rc != 0 ]; then
+    echo "--- prometheus log (tail) ---"; tail -20 "$OUT/prometheus.log"
+    echo "--- simulate (tail) ---"; tail -5 "$OUT/simulate-load.log"
+  fi
   return $rc
 }
 
@@ -214,6 +309,15 @@ check_superset() {
 }
 
 # -------------------------------------------------------------------- main
+cleanup() {
+  for pid in "${BACKGROUND_PIDS[@]}"; do stop_pid "$pid"; done
+  stop_mesh
+  rm -rf "$OUT"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 say "installing tools (cache: $CACHE)"
 if ! install_tools; then
   echo "FAIL installing tools"
@@ -226,8 +330,10 @@ run "custom resources vs CRD schemas (@kubernetes-models)" check_crd_schemas
 run "tsc: dashboards vs @grafana/schema, CRs vs CRD types" check_types
 run "promtool check rules" check_promtool_check
 run "promtool test rules" check_promtool_test
-run "pytest (chart invariants, argo, rules, metrics_exist, dockerfile)" check_pytest
+run "pytest (chart invariants, argo, rules, metrics_exist, panels_eval, dockerfile)" check_pytest
 run "metrics named in rules/dashboards exist on live /metrics" check_metrics_exist
+run "every Grafana PromQL panel returns series in a real Prometheus" check_panels_eval
+stop_mesh
 if [ "${HB_SKIP_SUPERSET:-0}" = 1 ]; then
   say "SUPERSET CHECK SKIPPED (HB_SKIP_SUPERSET=1): the Superset assets were NOT imported or queried"
   SKIPPED=$((SKIPPED + 1))
@@ -235,7 +341,6 @@ else
   run "superset: import assets, query every chart" check_superset
 fi
 
-rm -rf "$OUT"
 echo
 echo "ops checks took $((SECONDS - START_ALL))s"
 for name in "${FAILED_NAMES[@]}"; do echo "failed: $name"; done

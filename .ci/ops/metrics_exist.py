@@ -86,17 +86,18 @@ def rule_references(paths: list[pathlib.Path]) -> tuple[dict[str, set[str]], set
     return refs, recorded
 
 
+def walk_panels(items):
+    """Every panel of a dashboard, including those nested in collapsed rows."""
+    for panel in items or []:
+        yield panel
+        yield from walk_panels(panel.get("panels"))
+
+
 def dashboard_references(paths: list[pathlib.Path]) -> dict[str, set[str]]:
     refs: dict[str, set[str]] = {}
-
-    def panels(items):
-        for panel in items or []:
-            yield panel
-            yield from panels(panel.get("panels"))
-
     for path in paths:
         dash = json.loads(path.read_text())
-        for panel in panels(dash.get("panels")):
+        for panel in walk_panels(dash.get("panels")):
             for target in panel.get("targets") or []:
                 if "expr" not in target:
                     continue  # SQL and other non-PromQL targets
