@@ -17,7 +17,7 @@ use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 use svc_stream::sessionizer::{
-    ChangeRef, Event, EventRef, PlaybackState, Session, SessionConfig, Sessionizer,
+    sessionize_sorted, sort_sessions, Event, EventRef, PlaybackState, Session,
 };
 
 #[derive(clap::Args, Debug)]
@@ -112,6 +112,9 @@ struct Record<'a> {
     time_ms: i64,
     position_ms: i64,
     state: PlaybackState,
+    /// Shard of its `event_id` and of its `(user_id, video_id)` (see [`shard`]).
+    id_shard: u32,
+    key_shard: u32,
 }
 
 impl Record<'_> {
@@ -151,6 +154,8 @@ fn decode(text: &str) -> Result<Record<'_>, String> {
         video_id: line.video_id,
         device_id: line.device_id,
         ad_id: line.ad_id,
+        id_shard: 0,
+        key_shard: 0,
     })
 }
 
@@ -169,7 +174,7 @@ struct Chunk<'a> {
     lines: usize,
 }
 
-fn parse_chunk(text: &str, strict: bool) -> Chunk<'_> {
+fn parse_chunk(text: &str, strict: bool, shards: usize) -> Chunk<'_> {
     let mut chunk = Chunk::default();
     for (number, line) in text.lines().enumerate() {
         chunk.lines = number + 1;
@@ -177,6 +182,12 @@ fn parse_chunk(text: &str, strict: bool) -> Chunk<'_> {
             continue;
         }
         match decode(line) {
+            Ok(mut record) if shards > 1 => {
+                record.id_shard = shard(hash_of(&[&record.event_id]), shards) as u32;
+                record.key_shard =
+                    shard(hash_of(&[&record.user_id, &record.video_id]), shards) as u32;
+                chunk.records.push(record);
+            }
             Ok(record) => chunk.records.push(record),
             Err(reason) => {
                 chunk.bad.push((number, reason));
@@ -190,7 +201,7 @@ fn parse_chunk(text: &str, strict: bool) -> Chunk<'_> {
 }
 
 /// `text` cut into `n` pieces of about equal size, each ending at a line end.
-fn split_lines(text: &str, n: usize) -> Vec<&str> {
+fn split_lines(text: &[u8], n: usize) -> Vec<&[u8]> {
     let mut pieces = Vec::with_capacity(n);
     let mut rest = text;
     for left in (1..=n).rev() {
@@ -199,10 +210,14 @@ fn split_lines(text: &str, n: usize) -> Vec<&str> {
             break;
         }
         let cut = rest.len() / left;
-        let end = rest.as_bytes()[cut..]
+        let end = rest[cut..]
             .iter()
             .position(|&b| b == b'\n')
             .map_or(rest.len(), |at| cut + at + 1);
+        if end == rest.len() {
+            pieces.push(rest);
+            break;
+        }
         let (piece, tail) = rest.split_at(end);
         pieces.push(piece);
         rest = tail;
@@ -221,25 +236,41 @@ fn shard(hash: u64, n: usize) -> usize {
     (((hash >> 32) * n as u64) >> 32) as usize
 }
 
-/// Sessions of the heartbeats in `text`, on `threads` threads, and the bad
-/// lines (line number from 1, reason; only the first one when `strict`).
-fn sessionize_text(
-    text: &str,
-    gap_ms: i64,
-    threads: usize,
-    strict: bool,
-) -> (Vec<Session>, usize, Vec<(usize, String)>) {
-    let n = threads.max(1);
+/// What a run found: the sessions, the heartbeats read, and the bad lines
+/// (line number from 1, reason; only the first one when strict).
+type Sessionized = (Vec<Session>, usize, Vec<(usize, String)>);
+
+/// Sessions of the heartbeats in `text`, on `threads` threads.
+#[cfg(test)]
+fn sessionize_text(text: &str, gap_ms: i64, threads: usize, strict: bool) -> Sessionized {
+    sessionize_pieces(
+        &split_lines(text.as_bytes(), threads.max(1)),
+        gap_ms,
+        strict,
+    )
+    .expect("UTF-8")
+}
+
+/// Sessions of the heartbeats in consecutive pieces of the input (each
+/// ending at a line end), one thread per piece.
+fn sessionize_pieces(pieces: &[&[u8]], gap_ms: i64, strict: bool) -> anyhow::Result<Sessionized> {
+    let n = pieces.len().max(1);
     let chunks: Vec<Chunk> = std::thread::scope(|scope| {
-        let workers: Vec<_> = split_lines(text, n)
-            .into_iter()
-            .map(|piece| scope.spawn(move || parse_chunk(piece, strict)))
+        let workers: Vec<_> = pieces
+            .iter()
+            .map(|piece| {
+                scope.spawn(move || {
+                    std::str::from_utf8(piece)
+                        .map(|text| parse_chunk(text, strict, n))
+                        .context("the input is not UTF-8")
+                })
+            })
             .collect();
         workers
             .into_iter()
             .map(|w| w.join().expect("parser thread"))
-            .collect()
-    });
+            .collect::<anyhow::Result<_>>()
+    })?;
     let mut bad = Vec::new();
     let mut first_line = 1;
     for chunk in &chunks {
@@ -253,7 +284,7 @@ fn sessionize_text(
     }
     if strict && !bad.is_empty() {
         bad.truncate(1);
-        return (Vec::new(), 0, bad);
+        return Ok((Vec::new(), 0, bad));
     }
     let records: Vec<&Record> = chunks.iter().flat_map(|c| c.records.iter()).collect();
     let sessions = if n == 1 {
@@ -286,7 +317,7 @@ fn sessionize_text(
         sessions
     };
     let heartbeats = records.len();
-    (sessions, heartbeats, bad)
+    Ok((sessions, heartbeats, bad))
 }
 
 /// Indices of the first copies of the event ids in id shard `s` of `n`,
@@ -296,16 +327,11 @@ fn first_copies(records: &[&Record], s: usize, n: usize) -> Vec<Vec<u32>> {
         FxHashSet::with_capacity_and_hasher(records.len() / n + 1, Default::default());
     let mut by_key = vec![Vec::with_capacity(records.len() / (n * n) + 1); n];
     for (index, record) in records.iter().enumerate() {
-        if n > 1 && shard(hash_of(&[&record.event_id]), n) != s {
+        if record.id_shard as usize != s {
             continue;
         }
         if seen.insert(&record.event_id) {
-            let key = if n > 1 {
-                shard(hash_of(&[&record.user_id, &record.video_id]), n)
-            } else {
-                0
-            };
-            by_key[key].push(index as u32);
+            by_key[record.key_shard as usize].push(index as u32);
         }
     }
     by_key
@@ -339,71 +365,82 @@ fn sessionize_shard(
     )
 }
 
-/// Sessions of deduplicated heartbeats sorted by `(time_ms, event_id)`,
-/// pushed in batches.
-fn sessionize_sorted<'a>(events: impl Iterator<Item = EventRef<'a>>, gap_ms: i64) -> Vec<Session> {
-    const BATCH: usize = 4096;
-    let mut sessionizer = Sessionizer::new(SessionConfig {
-        gap_ms,
-        lateness_ms: 0,
-        idle_timeout_ms: i64::MAX / 4,
-    });
-    let mut sessions = Vec::new();
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut events = events.peekable();
-    while events.peek().is_some() {
-        batch.clear();
-        batch.extend(events.by_ref().take(BATCH));
-        sessionizer.push_event_refs(&batch, 0);
-        sessionizer.advance(0);
-        sessionizer.drain_changes_with(|change| {
-            if let ChangeRef::Final(session) = change {
-                sessions.push(session);
-            }
-        });
-    }
-    sessionizer.finish();
-    sessionizer.drain_changes_with(|change| {
-        if let ChangeRef::Final(session) = change {
-            sessions.push(session);
-        }
-    });
-    sort_sessions(&mut sessions);
-    sessions
-}
-
-fn sort_sessions(sessions: &mut [Session]) {
-    sessions.sort_unstable_by(|a, b| {
-        (a.user_id.as_str(), a.video_id.as_str(), a.start_ms).cmp(&(
-            b.user_id.as_str(),
-            b.video_id.as_str(),
-            b.start_ms,
-        ))
-    });
-}
-
-fn read_input(path: &PathBuf) -> anyhow::Result<String> {
-    let mut text = String::new();
+/// The input in `n` pieces of about equal size, each ending at a line end:
+/// a file is read by `n` threads at once, each its own range.
+fn read_pieces(path: &PathBuf, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     if path.as_os_str() == "-" {
+        let mut text = Vec::new();
         std::io::stdin()
             .lock()
-            .read_to_string(&mut text)
+            .read_to_end(&mut text)
             .context("reading stdin")?;
-    } else {
-        std::fs::File::open(path)
-            .and_then(|mut file| file.read_to_string(&mut text))
-            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(split_lines(&text, n)
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect());
     }
-    Ok(text)
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = file.metadata()?.len();
+    std::thread::scope(|scope| {
+        let file = &file;
+        let workers: Vec<_> = (0..n as u64)
+            .map(|k| {
+                scope.spawn(move || {
+                    read_range(file, len, len * k / n as u64, len * (k + 1) / n as u64)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("reader thread"))
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .with_context(|| format!("reading {}", path.display()))
+}
+
+/// The lines of `file` that start in `[from, to)`, whole.
+fn read_range(file: &std::fs::File, len: u64, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    // One byte before `from` tells whether a line starts at `from`.
+    let begin = from.saturating_sub(1);
+    let mut buf = vec![0; (to - begin) as usize];
+    file.read_exact_at(&mut buf, begin)?;
+    let start = if from == 0 {
+        0
+    } else {
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => at + 1,
+            None => return Ok(Vec::new()),
+        }
+    };
+    // The last line runs on to its end past `to`.
+    let mut at = to;
+    while at < len && buf.last() != Some(&b'\n') {
+        let mut more = vec![0; (len - at).min(1 << 16) as usize];
+        file.read_exact_at(&mut more, at)?;
+        at += more.len() as u64;
+        match more.iter().position(|&b| b == b'\n') {
+            Some(end) => buf.extend_from_slice(&more[..=end]),
+            None => buf.extend_from_slice(&more),
+        }
+    }
+    if start > 0 {
+        buf.drain(..start);
+    }
+    Ok(buf)
 }
 
 pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
-    let text = read_input(&args.input)?;
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
+    let threads = args
+        .threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+        .max(1);
+    let pieces = read_pieces(&args.input, threads)?;
+    let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
     let (sessions, heartbeats, bad) =
-        sessionize_text(&text, args.gap.as_millis() as i64, threads, args.strict);
+        sessionize_pieces(&pieces, args.gap.as_millis() as i64, args.strict)?;
     if args.strict {
         if let Some((number, reason)) = bad.first() {
             anyhow::bail!("line {number}: {reason}");
@@ -491,12 +528,36 @@ mod tests {
 
     #[test]
     fn the_input_splits_at_line_ends_into_the_whole_text() {
-        let text = "a\nbb\nccc\ndddd\n\ne";
+        let text = b"a\nbb\nccc\ndddd\n\ne";
         for n in 1..6 {
             let pieces = split_lines(text, n);
             assert_eq!(pieces.concat(), text);
             assert!(pieces.len() <= n);
-            assert!(pieces[..pieces.len() - 1].iter().all(|p| p.ends_with('\n')));
+            assert!(pieces[..pieces.len() - 1]
+                .iter()
+                .all(|p| p.ends_with(b"\n")));
+        }
+    }
+
+    #[test]
+    fn a_file_read_in_ranges_gives_whole_lines_and_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        let mut text = String::new();
+        for i in 0..200 {
+            // Lines from 1 to 400 bytes: some longer than a range.
+            text.push_str(&"x".repeat((i * 37) % 400 + 1));
+            text.push('\n');
+        }
+        text.push_str("no line end");
+        std::fs::write(&path, &text).unwrap();
+        for n in [1, 2, 3, 7, 64, 500] {
+            let pieces = read_pieces(&path, n).unwrap();
+            assert_eq!(pieces.len(), n);
+            assert_eq!(pieces.concat(), text.as_bytes(), "{n} ranges");
+            assert!(pieces[..n - 1]
+                .iter()
+                .all(|p| p.is_empty() || p.ends_with(b"\n")));
         }
     }
 

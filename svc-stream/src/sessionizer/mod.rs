@@ -67,5 +67,5 @@ mod tests;
 pub use config::SessionConfig;
 pub use engine::Sessionizer;
 pub use events::{Event, EventRef, PlaybackState};
-pub use offline::sessionize_all;
+pub use offline::{sessionize_all, sessionize_sorted, sort_sessions};
 pub use sessions::{Change, ChangeRef, Outcome, Session, SessionKey, SessionRef};

@@ -3,10 +3,14 @@
 use std::collections::HashSet;
 
 use super::config::SessionConfig;
-use super::events::Event;
+use super::events::{Event, EventRef};
 use super::fxhash::FxBuildHasher;
 use super::sessions::{Outcome, Session};
 use super::Sessionizer;
+
+/// Heartbeats pushed at once: enough for the look-ahead to pay off, few
+/// enough that finished sessions are collected (and their state freed) often.
+const BATCH: usize = 4096;
 
 impl Sessionizer {
     /// A sessionizer for a whole input sorted by `(time_ms, event_id)`: with
@@ -24,39 +28,58 @@ impl Sessionizer {
     }
 }
 
-/// Offline, whole-input sessionization (no lateness limit), used by
-/// `hbmesh sessionize`: the first copy of each `event_id` in input order
-/// counts; the rest is the streaming code path over the input sorted by
-/// `(time_ms, event_id)`. Sessions come back sorted by
-/// `(user_id, video_id, start_ms)`.
+/// Offline, whole-input sessionization (no lateness limit): the first copy
+/// of each `event_id` in input order counts; the rest is
+/// [`sessionize_sorted`] over the input sorted by `(time_ms, event_id)`.
+/// Sessions come back sorted by `(user_id, video_id, start_ms)`.
 pub fn sessionize_all(events: Vec<Event>, gap_ms: i64) -> Vec<Session> {
     let mut seen: HashSet<&str, FxBuildHasher> =
         HashSet::with_capacity_and_hasher(events.len(), FxBuildHasher::default());
-    let first_copy: Vec<bool> = events
+    let mut unique: Vec<&Event> = events
         .iter()
-        .map(|event| seen.insert(event.event_id.as_str()))
+        .filter(|event| seen.insert(event.event_id.as_str()))
         .collect();
     drop(seen);
-    let mut unique: Vec<Event> = events
-        .into_iter()
-        .zip(first_copy)
-        .filter_map(|(event, first)| first.then_some(event))
-        .collect();
     unique.sort_unstable_by(|a, b| {
         (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
     });
+    sessionize_sorted(unique.into_iter().map(Event::to_ref), gap_ms)
+}
+
+/// The sessions of heartbeats with one copy per `event_id`, sorted by
+/// `(time_ms, event_id)`, pushed in batches through the streaming code path
+/// (its look-ahead included; `hbmesh sessionize` runs it per shard of keys).
+/// Sessions come back sorted by `(user_id, video_id, start_ms)`.
+pub fn sessionize_sorted<'a>(
+    events: impl IntoIterator<Item = EventRef<'a>>,
+    gap_ms: i64,
+) -> Vec<Session> {
     let mut sessionizer = Sessionizer::for_sorted_batch(gap_ms);
     let mut sessions = Vec::new();
-    for (index, event) in unique.into_iter().enumerate() {
-        let outcome = sessionizer.push(event, 0);
-        debug_assert_eq!(outcome, Outcome::Merged, "sorted, deduplicated input");
-        if index % 4096 == 4095 {
-            sessionizer.advance(0);
-            sessions.append(&mut sessionizer.finals);
+    let mut events = events.into_iter();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        batch.extend(events.by_ref().take(BATCH));
+        if batch.is_empty() {
+            break;
         }
+        let outcomes = sessionizer.push_event_refs(&batch, 0);
+        debug_assert!(
+            outcomes.iter().all(|outcome| *outcome == Outcome::Merged),
+            "sorted, deduplicated input"
+        );
+        sessionizer.advance(0);
+        sessions.append(&mut sessionizer.finals);
     }
     sessionizer.finish();
     sessions.append(&mut sessionizer.finals);
+    sort_sessions(&mut sessions);
+    sessions
+}
+
+/// Sorts sessions by their key `(user_id, video_id, start_ms)`.
+pub fn sort_sessions(sessions: &mut [Session]) {
     sessions.sort_unstable_by(|a, b| {
         (a.user_id.as_str(), a.video_id.as_str(), a.start_ms).cmp(&(
             b.user_id.as_str(),
@@ -64,5 +87,4 @@ pub fn sessionize_all(events: Vec<Event>, gap_ms: i64) -> Vec<Session> {
             b.start_ms,
         ))
     });
-    sessions
 }
