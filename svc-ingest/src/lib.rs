@@ -78,7 +78,9 @@ pub async fn build_publisher(
 ) -> anyhow::Result<Arc<dyn Publisher>> {
     Ok(match target {
         PublishTarget::Custom(publisher) => publisher,
-        PublishTarget::Embedded(tx) => Arc::new(EmbeddedPublisher::new(tx)),
+        PublishTarget::Embedded(tx) => {
+            Arc::new(EmbeddedPublisher::new(tx, metrics.publish_latency.clone()))
+        }
         PublishTarget::Kafka => {
             let brokers = config.kafka.brokers.clone().context(
                 "svc-ingest needs HB_KAFKA_BROKERS; `hbmesh up` runs the embedded tier without Kafka",
