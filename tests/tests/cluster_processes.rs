@@ -421,13 +421,33 @@ struct Load<'a> {
     distinct: HashSet<String>,
 }
 
-impl Load<'_> {
+impl<'a> Load<'a> {
+    /// `heartbeats` in chunks, to go through every ingest process of `cluster`.
+    async fn connect(cluster: &Cluster, heartbeats: &'a [Heartbeat]) -> Load<'a> {
+        let mut clients = Vec::new();
+        for ingest in &cluster.ingest {
+            let url = format!("http://{}", ingest.addr("grpc_addr"));
+            clients.push(
+                IngestServiceClient::connect(url)
+                    .await
+                    .expect("ingest reachable"),
+            );
+        }
+        Load {
+            clients,
+            chunks: heartbeats.chunks(CHUNK).collect(),
+            pushed: 0,
+            distinct: HashSet::new(),
+        }
+    }
+
     /// Pushes the next `count` chunks (fewer when the load ends).
     async fn push(&mut self, cluster: &Cluster, count: usize) {
         let end = self.chunks.len().min(self.pushed.saturating_add(count));
         for i in self.pushed..end {
             let chunk = self.chunks[i];
-            let client = &mut self.clients[i % 2];
+            let lanes = self.clients.len();
+            let client = &mut self.clients[i % lanes];
             let summary = client
                 .push(futures::stream::iter(chunk.to_vec()))
                 .await
@@ -546,25 +566,11 @@ async fn separate_processes_with_stream_processes_killed_mid_load_equal_the_batc
 
     let heartbeats = workload();
     let distinct: HashSet<_> = heartbeats.iter().map(|hb| hb.event_id.clone()).collect();
-    let mut clients = Vec::new();
-    for ingest in &cluster.ingest {
-        let url = format!("http://{}", ingest.addr("grpc_addr"));
-        clients.push(
-            IngestServiceClient::connect(url)
-                .await
-                .expect("ingest reachable"),
-        );
-    }
 
     // Push through both ingest processes; meanwhile kill stream processes
     // with SIGKILL (mid-processing: once the group has stored part of what
     // was pushed) and start them again.
-    let mut load = Load {
-        clients,
-        chunks: heartbeats.chunks(CHUNK).collect(),
-        pushed: 0,
-        distinct: HashSet::new(),
-    };
+    let mut load = Load::connect(&cluster, &heartbeats).await;
     load.push(&cluster, 15).await;
     wait_stored(&pool, load.distinct.len() / 2, &mut cluster).await;
     cluster.kill_stream(0);
@@ -673,21 +679,7 @@ async fn a_stream_process_frozen_mid_load_for_many_idle_timeouts_changes_no_sess
     cluster.start_query();
 
     let heartbeats = workload();
-    let mut clients = Vec::new();
-    for ingest in &cluster.ingest {
-        let url = format!("http://{}", ingest.addr("grpc_addr"));
-        clients.push(
-            IngestServiceClient::connect(url)
-                .await
-                .expect("ingest reachable"),
-        );
-    }
-    let mut load = Load {
-        clients,
-        chunks: heartbeats.chunks(CHUNK).collect(),
-        pushed: 0,
-        distinct: HashSet::new(),
-    };
+    let mut load = Load::connect(&cluster, &heartbeats).await;
     // Half the load, stored; then the stream process is paused for three
     // idle timeouts while the other half goes to Kafka, and let go.
     load.push(&cluster, load.chunks.len() / 2).await;
