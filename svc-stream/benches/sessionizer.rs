@@ -192,7 +192,7 @@ fn criterion_group() {
                 let mut changes = 0;
                 for (index, event) in events.into_iter().enumerate() {
                     let now_ms = event.time_ms;
-                    sessionizer.push(event, now_ms);
+                    sessionizer.push(event);
                     if index % 5_000 == 4_999 {
                         sessionizer.advance(now_ms);
                         changes += sessionizer.drain_changes().len();
@@ -301,16 +301,16 @@ fn main() {
         match mode {
             Mode::OneByOne => {
                 for event in batch.drain(..) {
-                    count_outcome(sessionizer.push(event, now_ms));
+                    count_outcome(sessionizer.push(event));
                 }
             }
             Mode::Owned => {
-                for outcome in sessionizer.push_batch(std::mem::take(&mut batch), now_ms) {
+                for outcome in sessionizer.push_batch(std::mem::take(&mut batch)) {
                     count_outcome(outcome);
                 }
             }
             Mode::Borrowed => {
-                for outcome in sessionizer.push_events(&batch[..filled], now_ms) {
+                for outcome in sessionizer.push_events(&batch[..filled]) {
                     count_outcome(outcome);
                 }
             }

@@ -224,7 +224,7 @@ impl Pipeline {
             .filter_map(RawHeartbeat::event)
             .collect();
         let mut sessionizer = Sessionizer::new(self.config);
-        sessionizer.restore(events, snapshot.watermark_ms, now_ms());
+        sessionizer.restore(events, snapshot.watermark_ms);
         let since_ms = snapshot
             .watermark_ms
             .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
@@ -293,10 +293,9 @@ impl Pipeline {
         events.sort_unstable_by(|a, b| {
             (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
         });
-        let now = now_ms();
         let merged = events
             .into_iter()
-            .map(|event| sessionizer.push(event, now))
+            .map(|event| sessionizer.push(event))
             .filter(|outcome| *outcome == Outcome::Merged)
             .count();
         Ok(merged)
@@ -384,7 +383,7 @@ impl Pipeline {
                 }
             }
         }
-        let outcomes = state.sessionizer.push_event_refs(&events, now_ms);
+        let outcomes = state.sessionizer.push_event_refs(&events);
         for (((hb, replayed), event), outcome) in read.into_iter().zip(&events).zip(outcomes) {
             if replayed {
                 continue; // its raw row and counts were committed when first read

@@ -350,16 +350,16 @@ fn run(scenario: &Scenario) -> Result<BTreeMap<SessionKey, Session>, TestCaseErr
             }
             // Alternately owned and borrowed: both must behave like `push`.
             let outcomes = if index % 2 == 0 {
-                sessionizer.push_batch(std::mem::take(&mut batch), 0)
+                sessionizer.push_batch(std::mem::take(&mut batch))
             } else {
-                let outcomes = sessionizer.push_events(&batch, 0);
+                let outcomes = sessionizer.push_events(&batch);
                 batch.clear();
                 outcomes
             };
             prop_assert_eq!(&outcomes, &expected_outcomes);
             expected_outcomes.clear();
         } else {
-            let outcome = sessionizer.push(arrival.clone(), 0);
+            let outcome = sessionizer.push(arrival.clone());
             prop_assert_eq!(outcome, expected, "{:?}", arrival);
         }
         match step {
@@ -399,7 +399,7 @@ fn run(scenario: &Scenario) -> Result<BTreeMap<SessionKey, Session>, TestCaseErr
                     .collect();
                 let open_before = sessionizer.open_sessions();
                 sessionizer = Sessionizer::new(scenario.config);
-                sessionizer.restore(open, watermark_ms, 0);
+                sessionizer.restore(open, watermark_ms);
                 prop_assert_eq!(sessionizer.open_sessions(), open_before);
                 prop_assert_eq!(sessionizer.watermark_ms(), watermark_ms);
                 prop_assert!(sessionizer.drain_changes().is_empty());
@@ -452,7 +452,7 @@ proptest! {
     ) {
         let mut sessionizer = Sessionizer::new(scenario.config);
         for arrival in &scenario.arrivals {
-            sessionizer.push(arrival.clone(), 0);
+            sessionizer.push(arrival.clone());
         }
         sessionizer.advance(0);
         let before = sessionizer.drain_changes().len();
@@ -461,7 +461,7 @@ proptest! {
         let mut late = scenario.heartbeats[0].clone();
         late.event_id = "late".to_owned();
         late.time_ms = watermark_ms - scenario.config.lateness_ms - behind;
-        prop_assert_eq!(sessionizer.push(late, 0), Outcome::Late);
+        prop_assert_eq!(sessionizer.push(late), Outcome::Late);
         prop_assert!(sessionizer.drain_changes().is_empty());
     }
 }

@@ -127,22 +127,22 @@ impl Sessionizer {
         self.config
     }
 
-    /// Feeds one heartbeat; `now_ms` is processing (wall) time.
-    pub fn push(&mut self, event: Event, now_ms: i64) -> Outcome {
-        self.push_ref(event.to_ref(), now_ms)
+    /// Feeds one heartbeat. Processing time plays no part here: only
+    /// [`Sessionizer::advance`] reads it, since idleness is the partition's.
+    pub fn push(&mut self, event: Event) -> Outcome {
+        self.push_ref(event.to_ref())
     }
 
     /// Like [`Sessionizer::push`], borrowing the heartbeat.
-    pub fn push_ref(&mut self, event: EventRef<'_>, now_ms: i64) -> Outcome {
+    pub fn push_ref(&mut self, event: EventRef<'_>) -> Outcome {
         let fingerprints = Fingerprints::of(&event);
-        self.push_fingerprinted(event, fingerprints, now_ms)
+        self.push_fingerprinted(event, fingerprints)
     }
 
     pub(super) fn push_fingerprinted(
         &mut self,
         event: EventRef<'_>,
         fingerprints: Fingerprints,
-        _now_ms: i64,
     ) -> Outcome {
         self.pushed_since_advance = true;
         if self.is_late(event.time_ms) {
@@ -313,7 +313,7 @@ impl Sessionizer {
     /// are ignored. Meant for a fresh sessionizer; on one that already holds
     /// state, heartbeats behind its lateness horizon are skipped and the rest
     /// are merged (and reported) like pushes.
-    pub fn restore(&mut self, mut events: Vec<Event>, watermark_ms: Option<i64>, _now_ms: i64) {
+    pub fn restore(&mut self, mut events: Vec<Event>, watermark_ms: Option<i64>) {
         let fresh = self.open_sessions == 0
             && self.changed.is_empty()
             && self.deleted.is_empty()

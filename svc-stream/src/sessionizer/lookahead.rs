@@ -45,22 +45,22 @@ impl Sessionizer {
     /// looks ahead in the batch and loads what the next heartbeats will need
     /// (their table entries, key slots and tails) while the current one is
     /// processed, so memory latencies overlap instead of adding up.
-    pub fn push_batch(&mut self, events: Vec<Event>, now_ms: i64) -> Vec<Outcome> {
-        self.push_many(&events, now_ms)
+    pub fn push_batch(&mut self, events: Vec<Event>) -> Vec<Outcome> {
+        self.push_many(&events)
     }
 
     /// Like [`Sessionizer::push_batch`], borrowing the heartbeats: the caller
     /// keeps their buffers (to reuse them for the next batch, say).
-    pub fn push_events(&mut self, events: &[Event], now_ms: i64) -> Vec<Outcome> {
-        self.push_many(events, now_ms)
+    pub fn push_events(&mut self, events: &[Event]) -> Vec<Outcome> {
+        self.push_many(events)
     }
 
     /// Like [`Sessionizer::push_batch`], for borrowed heartbeats.
-    pub fn push_event_refs(&mut self, events: &[EventRef<'_>], now_ms: i64) -> Vec<Outcome> {
-        self.push_many(events, now_ms)
+    pub fn push_event_refs(&mut self, events: &[EventRef<'_>]) -> Vec<Outcome> {
+        self.push_many(events)
     }
 
-    fn push_many<E: AsEventRef>(&mut self, events: &[E], now_ms: i64) -> Vec<Outcome> {
+    fn push_many<E: AsEventRef>(&mut self, events: &[E]) -> Vec<Outcome> {
         let fingerprints: Vec<Fingerprints> = events
             .iter()
             .map(|event| Fingerprints::of(&event.event_ref()))
@@ -88,7 +88,7 @@ impl Sessionizer {
             }
             if let Some(push) = at.checked_sub(3 * AHEAD).filter(|&at| at < events.len()) {
                 let event = events[push].event_ref();
-                outcomes.push(self.push_fingerprinted(event, fingerprints[push], now_ms));
+                outcomes.push(self.push_fingerprinted(event, fingerprints[push]));
             }
         }
         outcomes

@@ -1,6 +1,7 @@
 //! The sessionizer: the pure core of svc-stream. Heartbeats go in, session
 //! changes come out, exactly as SPEC 5 defines sessions. No IO, no clock (the
-//! caller passes processing time), no async: one instance per partition.
+//! caller passes processing time to `advance`), no async: one instance per
+//! partition.
 //!
 //! # How it stays exact with bounded memory
 //!

@@ -64,7 +64,7 @@ pub fn sessionize_sorted<'a>(
         if batch.is_empty() {
             break;
         }
-        let outcomes = sessionizer.push_event_refs(&batch, 0);
+        let outcomes = sessionizer.push_event_refs(&batch);
         debug_assert!(
             outcomes.iter().all(|outcome| *outcome == Outcome::Merged),
             "sorted, deduplicated input"

@@ -62,7 +62,7 @@ fn key(user_id: &str, start_ms: i64) -> SessionKey {
 fn sessions_of(events: Vec<Event>) -> Vec<Session> {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
     for event in events {
-        assert_eq!(sessionizer.push(event, 0), Outcome::Merged);
+        assert_eq!(sessionizer.push(event), Outcome::Merged);
     }
     sessionizer.finish();
     let mut sessions: Vec<Session> = sessionizer
@@ -228,15 +228,15 @@ fn a_device_switch_within_the_gap_stays_one_session_with_two_devices() {
 #[test]
 fn a_duplicate_event_id_is_ignored() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    assert_eq!(sessionizer.push(playing("a", 0, 0), 0), Outcome::Merged);
+    assert_eq!(sessionizer.push(playing("a", 0, 0)), Outcome::Merged);
     assert_eq!(
-        sessionizer.push(playing("b", 5_000, 5_000), 0),
+        sessionizer.push(playing("b", 5_000, 5_000)),
         Outcome::Merged
     );
-    assert_eq!(sessionizer.push(playing("a", 0, 0), 0), Outcome::Duplicate);
+    assert_eq!(sessionizer.push(playing("a", 0, 0)), Outcome::Duplicate);
     // Same id, different content: the first copy still counts.
     assert_eq!(
-        sessionizer.push(playing("b", 6_000, 9_000), 0),
+        sessionizer.push(playing("b", 6_000, 9_000)),
         Outcome::Duplicate
     );
     sessionizer.finish();
@@ -253,13 +253,13 @@ fn a_duplicate_event_id_is_ignored() {
 #[test]
 fn a_late_heartbeat_inside_a_session_merges_exactly() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 0, 0), 0);
-    sessionizer.push(playing("c", 10_000, 25_000), 0);
+    sessionizer.push(playing("a", 0, 0));
+    sessionizer.push(playing("c", 10_000, 25_000));
     let before = upserted(sessionizer.drain_changes());
     // a -> c: 25 s of position in 10 s is a seek.
     assert_eq!(before.watch_ms, 0);
     assert_eq!(
-        sessionizer.push(playing("b", 5_000, 5_000), 0),
+        sessionizer.push(playing("b", 5_000, 5_000)),
         Outcome::Merged
     );
     let after = upserted(sessionizer.drain_changes());
@@ -288,8 +288,8 @@ fn upserted(changes: Vec<Change>) -> Session {
 #[test]
 fn a_late_heartbeat_that_bridges_two_sessions_merges_them_and_deletes_the_later_key() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 0, 0), 0);
-    sessionizer.push(playing("c", 610_000, 510_000), 0);
+    sessionizer.push(playing("a", 0, 0));
+    sessionizer.push(playing("c", 610_000, 510_000));
     assert_eq!(
         upsert_keys(&sessionizer.drain_changes()),
         vec![key("u", 0), key("u", 610_000)]
@@ -297,7 +297,7 @@ fn a_late_heartbeat_that_bridges_two_sessions_merges_them_and_deletes_the_later_
     assert_eq!(sessionizer.open_sessions(), 2);
     // 500 s after a and 110 s before c: within the gap of both.
     assert_eq!(
-        sessionizer.push(playing("b", 500_000, 400_000), 0),
+        sessionizer.push(playing("b", 500_000, 400_000)),
         Outcome::Merged
     );
     let changes = sessionizer.drain_changes();
@@ -317,12 +317,12 @@ fn a_late_heartbeat_that_bridges_two_sessions_merges_them_and_deletes_the_later_
 #[test]
 fn a_heartbeat_before_the_start_moves_the_session_key() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("b", 100_000, 5_000), 0);
+    sessionizer.push(playing("b", 100_000, 5_000));
     assert_eq!(
         upsert_keys(&sessionizer.drain_changes()),
         vec![key("u", 100_000)]
     );
-    sessionizer.push(playing("a", 95_000, 0), 0);
+    sessionizer.push(playing("a", 95_000, 0));
     let changes = sessionizer.drain_changes();
     assert_eq!(changes[0], Change::Delete(key("u", 100_000)));
     assert_eq!(upsert_keys(&changes), vec![key("u", 95_000)]);
@@ -332,14 +332,14 @@ fn a_heartbeat_before_the_start_moves_the_session_key() {
 #[test]
 fn a_heartbeat_older_than_the_lateness_horizon_is_late_and_changes_nothing() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 1_000_000, 0), 0);
+    sessionizer.push(playing("a", 1_000_000, 0));
     sessionizer.drain_changes();
     assert_eq!(
-        sessionizer.push(playing("z", 1_000_000 - L - 1, 0), 0),
+        sessionizer.push(playing("z", 1_000_000 - L - 1, 0)),
         Outcome::Late
     );
     assert_eq!(
-        sessionizer.push(playing("y", 1_000_000 - L - 1, 0).for_user("w"), 0),
+        sessionizer.push(playing("y", 1_000_000 - L - 1, 0).for_user("w")),
         Outcome::Late
     );
     assert!(sessionizer.drain_changes().is_empty());
@@ -349,7 +349,7 @@ fn a_heartbeat_older_than_the_lateness_horizon_is_late_and_changes_nothing() {
     );
     // Exactly at the horizon is still merged.
     assert_eq!(
-        sessionizer.push(playing("x", 1_000_000 - L, 0), 0),
+        sessionizer.push(playing("x", 1_000_000 - L, 0)),
         Outcome::Merged
     );
     assert_eq!(sessionizer.watermark_ms(), Some(1_000_000));
@@ -358,9 +358,9 @@ fn a_heartbeat_older_than_the_lateness_horizon_is_late_and_changes_nothing() {
 #[test]
 fn a_session_becomes_final_once_the_watermark_passes_end_plus_gap_plus_lateness() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 0, 0), 0);
-    sessionizer.push(playing("b", 5_000, 5_000), 0);
-    sessionizer.push(playing("c", 5_000 + G + L, 0).for_user("other"), 0);
+    sessionizer.push(playing("a", 0, 0));
+    sessionizer.push(playing("b", 5_000, 5_000));
+    sessionizer.push(playing("c", 5_000 + G + L, 0).for_user("other"));
     sessionizer.advance(0);
     assert_eq!(
         sessionizer.open_sessions(),
@@ -368,7 +368,7 @@ fn a_session_becomes_final_once_the_watermark_passes_end_plus_gap_plus_lateness(
         "the watermark only reached end + G + L"
     );
     sessionizer.drain_changes();
-    sessionizer.push(playing("d", 5_000 + G + L + 1, 5_000).for_user("other"), 0);
+    sessionizer.push(playing("d", 5_000 + G + L + 1, 5_000).for_user("other"));
     sessionizer.advance(0);
     assert_eq!(sessionizer.open_sessions(), 1);
     let changes = sessionizer.drain_changes();
@@ -408,8 +408,8 @@ fn tick_through(sessionizer: &mut Sessionizer, from_ms: i64, to_ms: i64) {
 #[test]
 fn a_partition_quiet_for_the_idle_timeout_advances_its_watermark_with_processing_time() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 0, 0), 0);
-    sessionizer.push(playing("b", 5_000, 5_000), 0);
+    sessionizer.push(playing("a", 0, 0));
+    sessionizer.push(playing("b", 5_000, 5_000));
     sessionizer.advance(0);
     tick_through(&mut sessionizer, 0, IDLE);
     assert_eq!(
@@ -440,19 +440,19 @@ fn a_partition_quiet_for_the_idle_timeout_advances_its_watermark_with_processing
 #[test]
 fn while_heartbeats_keep_coming_sessions_close_by_event_time_only() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.push(playing("a", 0, 0));
     // Another key of the partition keeps it busy for twice the idle timeout
     // of processing time, with little event time passing.
     let mut now_ms = 0;
     for n in 0..(2 * IDLE / 1_000) {
         now_ms += 1_000;
         let event = playing(&format!("o{n}"), n, 0).for_user("other");
-        sessionizer.push(event, now_ms);
+        sessionizer.push(event);
         sessionizer.advance(now_ms);
     }
     assert_eq!(sessionizer.open_sessions(), 2);
     assert_eq!(
-        sessionizer.push(playing("b", 5_000, 5_000), now_ms),
+        sessionizer.push(playing("b", 5_000, 5_000)),
         Outcome::Merged
     );
     sessionizer.finish();
@@ -471,13 +471,13 @@ fn while_heartbeats_keep_coming_sessions_close_by_event_time_only() {
 #[test]
 fn a_stall_of_the_stage_of_any_length_is_not_idleness() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.push(playing("a", 0, 0));
     sessionizer.advance(0);
     // The process was paused for ten idle timeouts; the backlog comes next.
     sessionizer.advance(10 * IDLE);
     assert_eq!(sessionizer.watermark_ms(), Some(0));
     assert_eq!(
-        sessionizer.push(playing("b", 5_000, 5_000), 10 * IDLE),
+        sessionizer.push(playing("b", 5_000, 5_000)),
         Outcome::Merged
     );
     assert_eq!(sessionizer.open_sessions(), 1);
@@ -486,16 +486,13 @@ fn a_stall_of_the_stage_of_any_length_is_not_idleness() {
 #[test]
 fn after_an_idle_advance_a_heartbeat_behind_the_new_horizon_is_late() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("a", 0, 0), 0);
+    sessionizer.push(playing("a", 0, 0));
     sessionizer.advance(0);
     tick_through(&mut sessionizer, 0, IDLE + L + 10_000);
     assert_eq!(sessionizer.watermark_ms(), Some(L + 10_000));
+    assert_eq!(sessionizer.push(playing("b", 5_000, 5_000)), Outcome::Late);
     assert_eq!(
-        sessionizer.push(playing("b", 5_000, 5_000), IDLE + L + 10_000),
-        Outcome::Late
-    );
-    assert_eq!(
-        sessionizer.push(playing("c", 10_000, 10_000), IDLE + L + 10_000),
+        sessionizer.push(playing("c", 10_000, 10_000)),
         Outcome::Merged,
         "at the horizon: merged"
     );
@@ -504,18 +501,18 @@ fn after_an_idle_advance_a_heartbeat_behind_the_new_horizon_is_late() {
 #[test]
 fn drained_changes_hold_one_entry_per_key_with_deletes_first() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("b", 100_000, 5_000), 0);
-    sessionizer.push(playing("c", 105_000, 10_000), 0);
+    sessionizer.push(playing("b", 100_000, 5_000));
+    sessionizer.push(playing("c", 105_000, 10_000));
     // Never drained under 100 000, so no delete for it.
-    sessionizer.push(playing("a", 95_000, 0), 0);
+    sessionizer.push(playing("a", 95_000, 0));
     assert_eq!(
         upsert_keys(&sessionizer.drain_changes()),
         vec![key("u", 95_000)]
     );
-    sessionizer.push(playing("x", 100_000, 0).for_user("w"), 0);
-    sessionizer.push(playing("a0", 90_000, 0), 0);
-    sessionizer.push(playing("a1", 85_000, 0), 0);
-    sessionizer.push(playing("d", 110_000, 15_000), 0);
+    sessionizer.push(playing("x", 100_000, 0).for_user("w"));
+    sessionizer.push(playing("a0", 90_000, 0));
+    sessionizer.push(playing("a1", 85_000, 0));
+    sessionizer.push(playing("d", 110_000, 15_000));
     let changes = sessionizer.drain_changes();
     assert_eq!(changes[0], Change::Delete(key("u", 95_000)));
     // Upserts ordered by key slot: "u" came first.
@@ -533,10 +530,10 @@ fn drained_changes_hold_one_entry_per_key_with_deletes_first() {
 #[test]
 fn a_final_under_a_moved_start_deletes_the_stored_key() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.push(playing("b", 100_000, 5_000), 0);
+    sessionizer.push(playing("b", 100_000, 5_000));
     sessionizer.drain_changes();
-    sessionizer.push(playing("a", 50_000, 0), 0);
-    sessionizer.push(playing("z", 100_000 + G + L + 1, 0).for_user("w"), 0);
+    sessionizer.push(playing("a", 50_000, 0));
+    sessionizer.push(playing("z", 100_000 + G + L + 1, 0).for_user("w"));
     sessionizer.advance(0);
     let changes = sessionizer.drain_changes();
     assert_eq!(changes[0], Change::Delete(key("u", 100_000)));
@@ -586,7 +583,7 @@ fn frozen_summaries_give_the_same_session_as_the_batch_and_keep_few_heartbeats()
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
     let mut most_held = 0;
     for event in arrivals {
-        assert_eq!(sessionizer.push(event, 0), Outcome::Merged);
+        assert_eq!(sessionizer.push(event), Outcome::Merged);
         most_held = most_held.max(sessionizer.held_events());
     }
     // 2 min of lateness, frozen in runs of an eighth of it, at one heartbeat
@@ -615,7 +612,7 @@ fn restoring_open_sessions_then_continuing_gives_the_same_sessions_as_never_rest
     let mut uninterrupted = Sessionizer::new(SessionConfig::default());
     let mut expected = BTreeMap::new();
     for event in events.clone() {
-        uninterrupted.push(event, 0);
+        uninterrupted.push(event);
         apply(&mut expected, uninterrupted.drain_changes());
     }
     uninterrupted.finish();
@@ -624,7 +621,7 @@ fn restoring_open_sessions_then_continuing_gives_the_same_sessions_as_never_rest
     let mut before = Sessionizer::new(SessionConfig::default());
     let mut store = BTreeMap::new();
     for event in events[..cut].iter().cloned() {
-        before.push(event, 0);
+        before.push(event);
     }
     apply(&mut store, before.drain_changes());
     // What the service reads back: the raw heartbeats of the open sessions.
@@ -644,12 +641,12 @@ fn restoring_open_sessions_then_continuing_gives_the_same_sessions_as_never_rest
     let mut reversed = open;
     reversed.reverse();
     reversed.push(reversed[0].clone());
-    after.restore(reversed, before.watermark_ms(), 0);
+    after.restore(reversed, before.watermark_ms());
     assert!(after.drain_changes().is_empty(), "restore emits nothing");
     assert_eq!(after.open_sessions(), before.open_sessions());
     assert!(after.held_events() <= before.held_events());
     for event in events[cut..].iter().cloned() {
-        after.push(event, 0);
+        after.push(event);
         apply(&mut store, after.drain_changes());
     }
     after.finish();
@@ -661,10 +658,10 @@ fn restoring_open_sessions_then_continuing_gives_the_same_sessions_as_never_rest
 #[test]
 fn a_restored_watermark_keeps_rejecting_what_was_already_too_late() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    sessionizer.restore(vec![playing("a", 10_000, 0)], Some(1_000_000), 0);
+    sessionizer.restore(vec![playing("a", 10_000, 0)], Some(1_000_000));
     assert_eq!(sessionizer.watermark_ms(), Some(1_000_000));
     assert_eq!(
-        sessionizer.push(playing("b", 1_000_000 - L - 1, 0), 0),
+        sessionizer.push(playing("b", 1_000_000 - L - 1, 0)),
         Outcome::Late
     );
     assert_eq!(
@@ -753,14 +750,14 @@ fn borrowed_pushes_and_drains_give_the_same_outcomes_and_changes_as_owned_ones()
     for (round, events) in rounds.iter().enumerate() {
         let outcomes: Vec<Outcome> = events
             .iter()
-            .map(|event| owned.push(event.clone(), 0))
+            .map(|event| owned.push(event.clone()))
             .collect();
         let refs: Vec<EventRef<'_>> = events.iter().map(Event::to_ref).collect();
-        assert_eq!(by_refs.push_event_refs(&refs, 0), outcomes);
-        assert_eq!(by_slice.push_events(events, 0), outcomes);
+        assert_eq!(by_refs.push_event_refs(&refs), outcomes);
+        assert_eq!(by_slice.push_events(events), outcomes);
         let one_ref: Vec<Outcome> = refs
             .iter()
-            .map(|event| by_one_ref.push_ref(*event, 0))
+            .map(|event| by_one_ref.push_ref(*event))
             .collect();
         assert_eq!(one_ref, outcomes);
         if round == 2 {
