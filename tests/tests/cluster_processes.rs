@@ -214,6 +214,50 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Topics of its own on the test broker, a fresh database and the built
+    /// service binaries; no process started yet.
+    async fn prepare(
+        name: &str,
+        settings: Vec<(&'static str, String)>,
+    ) -> (Cluster, TestDb, sqlx::PgPool) {
+        let brokers = test_broker().await.expect("a Kafka broker for the test");
+        let (topic, dlq_topic) = (unique_topic(name), unique_topic(&format!("{name}-dlq")));
+        create_topic(&brokers, &topic, PARTITIONS)
+            .await
+            .expect("topic");
+        create_topic(&brokers, &dlq_topic, 1)
+            .await
+            .expect("dlq topic");
+        let (db, pool) = TestDb::create().await.expect("test database");
+        tokio::task::spawn_blocking(service_binaries)
+            .await
+            .expect("service binaries");
+        let cluster = Cluster {
+            brokers,
+            topic,
+            dlq_topic,
+            group: unique_topic(&format!("{name}-group")),
+            db_url: db.url.clone(),
+            data_dir: tempfile::tempdir().expect("data dir"),
+            ingest: Vec::new(),
+            stream: Vec::new(),
+            query: None,
+            settings,
+        };
+        (cluster, db, pool)
+    }
+
+    /// Stops every process (SIGKILL), then deletes the topics: deleting a
+    /// topic a client still knows crashes that client on tansu.
+    async fn finish(self) {
+        let (brokers, topics) = (
+            self.brokers.clone(),
+            [self.topic.clone(), self.dlq_topic.clone()],
+        );
+        drop(self);
+        delete_topics(&brokers, &[&topics[0], &topics[1]]).await;
+    }
+
     fn common_env(&self) -> Vec<(&'static str, String)> {
         let local = "127.0.0.1:0".to_string();
         let mut env = vec![
@@ -533,30 +577,7 @@ async fn wait_stored(pool: &sqlx::PgPool, at_least: usize, cluster: &mut Cluster
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_with_stream_processes_killed_mid_load_equal_the_batch_definition() {
-    let brokers = test_broker().await.expect("a Kafka broker for the test");
-    let (topic, dlq_topic) = (unique_topic("hb-procs"), unique_topic("hb-procs-dlq"));
-    create_topic(&brokers, &topic, PARTITIONS)
-        .await
-        .expect("topic");
-    create_topic(&brokers, &dlq_topic, 1)
-        .await
-        .expect("dlq topic");
-    let (db, pool) = TestDb::create().await.expect("test database");
-    let binaries = tokio::task::spawn_blocking(service_binaries);
-    binaries.await.expect("service binaries");
-
-    let mut cluster = Cluster {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        dlq_topic: dlq_topic.clone(),
-        group: unique_topic("hb-procs-group"),
-        db_url: db.url.clone(),
-        data_dir: tempfile::tempdir().expect("data dir"),
-        ingest: Vec::new(),
-        stream: Vec::new(),
-        query: None,
-        settings: Vec::new(),
-    };
+    let (mut cluster, _db, pool) = Cluster::prepare("hb-procs", Vec::new()).await;
     for index in 0..3 {
         cluster.start_stream(index);
     }
@@ -637,42 +658,18 @@ async fn separate_processes_with_stream_processes_killed_mid_load_equal_the_batc
     );
     cluster.assert_running();
 
-    drop(cluster);
-    delete_topics(&brokers, &[&topic, &dlq_topic]).await;
+    cluster.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_process_frozen_mid_load_for_many_idle_timeouts_changes_no_session() {
-    let brokers = test_broker().await.expect("a Kafka broker for the test");
-    let (topic, dlq_topic) = (unique_topic("hb-stall"), unique_topic("hb-stall-dlq"));
-    create_topic(&brokers, &topic, PARTITIONS)
-        .await
-        .expect("topic");
-    create_topic(&brokers, &dlq_topic, 1)
-        .await
-        .expect("dlq topic");
-    let (db, pool) = TestDb::create().await.expect("test database");
-    tokio::task::spawn_blocking(service_binaries)
-        .await
-        .expect("service binaries");
-
     let idle_timeout = Duration::from_secs(2);
-    let mut cluster = Cluster {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        dlq_topic: dlq_topic.clone(),
-        group: unique_topic("hb-stall-group"),
-        db_url: db.url.clone(),
-        data_dir: tempfile::tempdir().expect("data dir"),
-        ingest: Vec::new(),
-        stream: Vec::new(),
-        query: None,
-        settings: vec![
-            ("HB_IDLE_TIMEOUT", format!("{}ms", idle_timeout.as_millis())),
-            // The pause is not meant to cost the process its partitions.
-            ("HB_KAFKA_SESSION_TIMEOUT", "30s".into()),
-        ],
-    };
+    let settings = vec![
+        ("HB_IDLE_TIMEOUT", format!("{}ms", idle_timeout.as_millis())),
+        // The pause is not meant to cost the process its partitions.
+        ("HB_KAFKA_SESSION_TIMEOUT", "30s".into()),
+    ];
+    let (mut cluster, _db, pool) = Cluster::prepare("hb-stall", settings).await;
     cluster.start_stream(0);
     cluster.start_ingest();
     cluster.start_ingest();
@@ -704,6 +701,5 @@ async fn a_stream_process_frozen_mid_load_for_many_idle_timeouts_changes_no_sess
         .expect("raw rows readable");
     assert_eq!(late, 0, "nothing was late");
 
-    drop(cluster);
-    delete_topics(&brokers, &[&topic, &dlq_topic]).await;
+    cluster.finish().await;
 }
