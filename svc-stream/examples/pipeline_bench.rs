@@ -4,14 +4,16 @@
 //! flush latency. `cargo run --release -p svc-stream --example pipeline_bench`
 //! Env: HB_BENCH_EVENTS (default 1_000_000), HB_BENCH_FLUSH (default 20_000),
 //! HB_BENCH_BATCH (heartbeats per `ingest_batch`, as a consumer poll hands
-//! them over; default 2_048, 1: one at a time).
+//! them over; default 2_048, 1: one at a time), HB_BENCH_LATE_SHARE (share of
+//! devices, 0 to 1, whose heartbeats arrive an hour late and go through the
+//! late lane; default 0). The run ends once every due correction is applied.
 
 use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Instant;
 use svc_stream::metrics::StreamMetrics;
-use svc_stream::pipeline::{Pipeline, SourceKind};
+use svc_stream::pipeline::{Pipeline, SourceKind, CORRECTION_SETTLE_MS};
 use svc_stream::sessionizer::SessionConfig;
 use svc_stream::sink::sql::{PgStore, SqliteStore};
 use svc_stream::sink::{RawInStore, RawPlacement};
@@ -27,13 +29,32 @@ async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Re
     let events = env_usize("HB_BENCH_EVENTS", 1_000_000);
     let flush_every = env_usize("HB_BENCH_FLUSH", 20_000);
     let batch = env_usize("HB_BENCH_BATCH", 2_048).max(1);
+    let late_share: f64 = std::env::var("HB_BENCH_LATE_SHARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     let mut fleet = Fleet::new(FleetConfig {
         devices: 100_000,
         users: 70_000,
         seed: 42,
         ..FleetConfig::default()
     });
-    let heartbeats: Vec<_> = fleet.heartbeats(events).collect();
+    let mut heartbeats: Vec<_> = fleet.heartbeats(events).collect();
+    // Offline devices: their heartbeats come an hour after they were made.
+    let late_devices = (late_share.clamp(0.0, 1.0) * 1_000.0) as u64;
+    let mut late = 0;
+    for hb in &mut heartbeats {
+        let device = hb
+            .device_id
+            .bytes()
+            .fold(0u64, |h, b| h * 31 + u64::from(b));
+        if device % 1_000 < late_devices {
+            if let Some(t) = hb.event_time.as_mut() {
+                t.seconds -= 3_600;
+                late += 1;
+            }
+        }
+    }
     let metrics = StreamMetrics::register(&mut Registry::default());
     let mut pipeline = Pipeline::new(
         SessionConfig::default(),
@@ -56,7 +77,7 @@ async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Re
                 .iter()
                 .enumerate()
                 .map(|(at, hb)| (Some(first + at as i64), hb)),
-            0,
+            hb_common::time::now_ms(),
         );
         unflushed += chunk.len();
         if unflushed >= flush_every {
@@ -67,7 +88,11 @@ async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Re
         }
     }
     pipeline.flush().await?;
+    // The corrections of the last late heartbeats, once they have settled.
+    pipeline.tick(hb_common::time::now_ms() + CORRECTION_SETTLE_MS);
+    pipeline.flush().await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let corrections = pipeline.metrics().corrections.get();
     flushes.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         flushes
@@ -76,7 +101,7 @@ async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Re
             .unwrap_or(0.0)
     };
     println!(
-        "{name}: {events} heartbeats (batches of {batch}) in {elapsed:.2}s = {:.0} heartbeats/s; flush of {flush_every}: p50 {:.1} ms, p99 {:.1} ms",
+        "{name}: {events} heartbeats (batches of {batch}, {late} an hour late) in {elapsed:.2}s = {:.0} heartbeats/s; flush of {flush_every}: p50 {:.1} ms, p99 {:.1} ms; {corrections} corrections",
         events as f64 / elapsed,
         pct(0.5),
         pct(0.99)

@@ -27,6 +27,10 @@ pub struct StreamMetrics {
     pub store_write_latency: Histogram,
     pub flush_failures: Counter,
     pub deferred_flushes: Counter,
+    pub corrections: Counter,
+    pub corrected_heartbeats: Counter,
+    pub correction_lag: Histogram,
+    pub corrections_pending: Gauge,
 }
 
 impl StreamMetrics {
@@ -44,6 +48,10 @@ impl StreamMetrics {
             store_write_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             flush_failures: Counter::default(),
             deferred_flushes: Counter::default(),
+            corrections: Counter::default(),
+            corrected_heartbeats: Counter::default(),
+            correction_lag: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
+            corrections_pending: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("hb_stream");
         r.register(
@@ -58,7 +66,7 @@ impl StreamMetrics {
         );
         r.register(
             "late",
-            "Heartbeats past the allowed lateness: mirrored raw, not sessionized",
+            "Heartbeats past the allowed lateness: mirrored raw and corrected through the late lane",
             metrics.late.clone(),
         );
         r.register(
@@ -105,6 +113,26 @@ impl StreamMetrics {
             "deferred_flushes",
             "Embedded flushes that committed raw rows and left session writes to a later flush",
             metrics.deferred_flushes.clone(),
+        );
+        r.register(
+            "corrections",
+            "Late-lane corrections applied: a key's sessions recomputed from the raw mirror",
+            metrics.corrections.clone(),
+        );
+        r.register(
+            "corrected_heartbeats",
+            "Late heartbeats brought into their sessions by the late lane",
+            metrics.corrected_heartbeats.clone(),
+        );
+        r.register(
+            "correction_lag_seconds",
+            "Processing time from a late heartbeat's arrival to its correction",
+            metrics.correction_lag.clone(),
+        );
+        r.register(
+            "corrections_pending",
+            "Keys with late heartbeats waiting for their correction",
+            metrics.corrections_pending.clone(),
         );
         metrics
     }

@@ -6,15 +6,17 @@
 
 use crate::embedded::EMBEDDED_TOPIC;
 use crate::metrics::StreamMetrics;
-use crate::sessionizer::{Change, Event, EventRef, Outcome, SessionConfig, Sessionizer};
+use crate::sessionizer::{
+    sessionize_all, Change, Event, EventRef, Outcome, SessionConfig, SessionKey, Sessionizer,
+};
 use crate::sink::{
-    DeadLetter, Flush, OffsetRow, RawHeartbeat, RawInStore, RawMirror, RawPlacement, SessionStore,
-    SinkError,
+    DeadLetter, Flush, LateMark, OffsetRow, RawHeartbeat, RawInStore, RawMirror, RawPlacement,
+    SessionStore, SinkError,
 };
 use hb_common::health::HealthHandle;
 use hb_common::time::now_ms;
 use hb_proto::v1::Heartbeat;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,6 +112,34 @@ struct PartitionState {
     /// The watermark of the last write: an idle partition's watermark moves
     /// without a heartbeat, and must be written for a restart to keep it.
     written_watermark_ms: Option<i64>,
+    /// Keys with late heartbeats not yet in their sessions (the late lane),
+    /// stored or about to be.
+    late: HashMap<(String, String), LateMark>,
+}
+
+/// Processing time a key's late heartbeats must have stopped coming before
+/// its correction runs: a device uploading a backlog in many calls is
+/// corrected once, not once per flush over an ever longer span.
+pub const CORRECTION_SETTLE_MS: i64 = 2_000;
+
+/// Whether a key's late heartbeats can be corrected now (processing time
+/// `now_ms`): they have settled, no heartbeat still to come can be within
+/// the gap of them (it would be at or after the lateness horizon), and the
+/// key has no open session here, so every session they may join is final and
+/// written by the flush being taken.
+fn correction_due(mark: &LateMark, sessionizer: &Sessionizer, now_ms: i64) -> bool {
+    let config = sessionizer.config();
+    // A mark read back from the store has seen nothing new since.
+    let settled =
+        mark.latest_ms == i64::MIN || now_ms.saturating_sub(mark.latest_ms) >= CORRECTION_SETTLE_MS;
+    settled
+        && sessionizer.watermark_ms().is_some_and(|watermark_ms| {
+            mark.to_ms
+                < watermark_ms
+                    .saturating_sub(config.lateness_ms)
+                    .saturating_sub(config.gap_ms)
+        })
+        && !sessionizer.holds_key(&mark.user_id, &mark.video_id)
 }
 
 /// What one flush did.
@@ -133,6 +163,10 @@ pub struct Pipeline {
     partitions: BTreeMap<i32, PartitionState>,
     pending_raw: Vec<RawHeartbeat>,
     pending_dead: Vec<DeadLetter>,
+    /// Late marks of the heartbeats since the last flush, by partition and key.
+    pending_marks: HashMap<(i32, String, String), LateMark>,
+    /// Newest processing time passed in (by ingest or tick).
+    clock_ms: i64,
     /// Flushes may leave session writes for later (see
     /// [`Pipeline::defer_sessions`]); restores then replay recent raw rows.
     defer_sessions: bool,
@@ -167,6 +201,8 @@ impl Pipeline {
             partitions: BTreeMap::new(),
             pending_raw: Vec::new(),
             pending_dead: Vec::new(),
+            pending_marks: HashMap::new(),
+            clock_ms: i64::MIN,
             defer_sessions: false,
             source_replays: false,
             write_attempts: Some(WRITE_ATTEMPTS),
@@ -179,6 +215,11 @@ impl Pipeline {
     /// messages) rather than one whose callers wait for an answer.
     pub fn retry_forever(&mut self) {
         self.write_attempts = None;
+    }
+
+    /// The stage's metrics.
+    pub fn metrics(&self) -> &StreamMetrics {
+        &self.metrics
     }
 
     /// Write attempts that failed in a row (0 once a write succeeds): the
@@ -239,8 +280,14 @@ impl Pipeline {
             next_offset = ?snapshot.next_offset,
             open_sessions = snapshot.open.len(),
             replayed,
+            late_keys = snapshot.late.len(),
             "partition assigned and restored"
         );
+        let late = snapshot
+            .late
+            .into_iter()
+            .map(|mark| ((mark.user_id.clone(), mark.video_id.clone()), mark))
+            .collect();
         // With no sessions written yet, every message is read again.
         let resume = match (&self.source, snapshot.session_offset, snapshot.next_offset) {
             (SourceKind::Handoff, _, _) => None,
@@ -264,6 +311,7 @@ impl Pipeline {
                 owner_epoch: snapshot.owner_epoch,
                 dirty: false,
                 written_watermark_ms: snapshot.watermark_ms,
+                late,
             },
         );
         // Known from the start, so the lag series exists before the first report.
@@ -351,6 +399,7 @@ impl Pipeline {
         heartbeats: impl IntoIterator<Item = (Option<i64>, &'a Heartbeat)>,
         now_ms: i64,
     ) {
+        self.clock_ms = self.clock_ms.max(now_ms);
         let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
@@ -402,6 +451,33 @@ impl Pipeline {
                     self.metrics.late.inc();
                     self.pending_raw
                         .push(RawHeartbeat::accepted(event, hb, true));
+                    let mark = LateMark {
+                        topic: self.topic.clone(),
+                        partition,
+                        user_id: event.user_id.to_owned(),
+                        video_id: event.video_id.to_owned(),
+                        from_ms: event.time_ms,
+                        to_ms: event.time_ms,
+                        heartbeats: 1,
+                        marked_ms: now_ms,
+                        latest_ms: now_ms,
+                    };
+                    let key = (mark.user_id.clone(), mark.video_id.clone());
+                    match state.late.get_mut(&key) {
+                        Some(known) => known.absorb(&mark),
+                        None => {
+                            state.late.insert(key.clone(), mark.clone());
+                        }
+                    }
+                    match self
+                        .pending_marks
+                        .get_mut(&(partition, key.0.clone(), key.1.clone()))
+                    {
+                        Some(pending) => pending.absorb(&mark),
+                        None => {
+                            self.pending_marks.insert((partition, key.0, key.1), mark);
+                        }
+                    }
                 }
             }
         }
@@ -438,6 +514,7 @@ impl Pipeline {
     /// nothing since the last tick counts the time as quiet, and once quiet
     /// for the idle timeout its watermark advances with processing time.
     pub fn tick(&mut self, now_ms: i64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
         for state in self.partitions.values_mut() {
             state.sessionizer.advance(now_ms);
         }
@@ -446,8 +523,10 @@ impl Pipeline {
     /// Commits everything pending: raw rows to the external mirror first (so
     /// offsets never run ahead of it), then one store transaction with raw rows
     /// (when the store holds them), dead letters, session changes and offsets.
-    /// On error nothing is committed and the in-memory state is ahead of the
-    /// store: the caller must [`Pipeline::reload`] before going on.
+    /// Late-lane corrections that became due follow in a transaction of their
+    /// own. On error the in-memory state is ahead of the store (the flush,
+    /// or only its corrections, did not commit): the caller must
+    /// [`Pipeline::reload`] before going on.
     pub async fn flush(&mut self) -> Result<FlushStats, SinkError> {
         match self.prepare_flush() {
             Some(prepared) => prepared.commit().await,
@@ -488,6 +567,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut changes = Vec::new();
         let mut offsets = Vec::new();
+        let mut corrections = Vec::new();
         for (partition, state) in self.partitions.iter_mut() {
             // The hand-off stores its watermark in a row of its own, at offset 0.
             let committed = match state.offsets {
@@ -515,6 +595,16 @@ impl Pipeline {
                 continue;
             }
             let drained = state.sessionizer.drain_changes();
+            // After the drain: the sessions a due correction reads are in
+            // this flush or an earlier one.
+            let (sessionizer, clock_ms) = (&state.sessionizer, self.clock_ms);
+            state.late.retain(|_, mark| {
+                let due = correction_due(mark, sessionizer, clock_ms);
+                if due {
+                    corrections.push(mark.clone());
+                }
+                !due
+            });
             let watermark_ms = state.sessionizer.watermark_ms();
             let watermark_moved = watermark_ms != state.written_watermark_ms;
             if drained.is_empty() && !state.dirty && !watermark_moved {
@@ -532,8 +622,17 @@ impl Pipeline {
         }
         let raw = std::mem::take(&mut self.pending_raw);
         let dead_letters = std::mem::take(&mut self.pending_dead);
+        let late_marks: Vec<LateMark> = std::mem::take(&mut self.pending_marks)
+            .into_values()
+            .collect();
         self.update_gauges();
-        if changes.is_empty() && raw.is_empty() && dead_letters.is_empty() && offsets.is_empty() {
+        if changes.is_empty()
+            && raw.is_empty()
+            && dead_letters.is_empty()
+            && offsets.is_empty()
+            && late_marks.is_empty()
+            && corrections.is_empty()
+        {
             return None;
         }
         let stats = FlushStats {
@@ -548,6 +647,11 @@ impl Pipeline {
             RawPlacement::InStore(_) => (raw, None),
             RawPlacement::Mirror(mirror) => (Vec::new(), Some((Arc::clone(mirror), raw))),
         };
+        let corrections = (!corrections.is_empty()).then(|| Corrections {
+            marks: corrections,
+            replay: self.raw.clone(),
+            gap_ms: self.config.gap_ms,
+        });
         Some(PreparedFlush {
             started,
             stats,
@@ -558,8 +662,11 @@ impl Pipeline {
                 dead_letters,
                 changes,
                 offsets,
+                late_marks,
+                corrected: Vec::new(),
                 now_ms: now_ms(),
             }),
+            corrections,
             metrics: self.metrics.clone(),
             attempts: self.write_attempts,
             failing: Arc::clone(&self.failing),
@@ -571,6 +678,7 @@ impl Pipeline {
     pub async fn reload(&mut self) -> Result<(), SinkError> {
         self.pending_raw.clear();
         self.pending_dead.clear();
+        self.pending_marks.clear();
         let owned: Vec<i32> = self.partitions.keys().copied().collect();
         self.partitions.clear();
         for partition in owned {
@@ -594,6 +702,67 @@ impl Pipeline {
             .map(|p| p.sessionizer.open_sessions())
             .sum();
         self.metrics.open_sessions.set(open as i64);
+        let late: usize = self.partitions.values().map(|p| p.late.len()).sum();
+        self.metrics.corrections_pending.set(late as i64);
+    }
+}
+
+/// The late lane's work after a flush commits: keys whose late heartbeats
+/// can now be brought into their sessions.
+struct Corrections {
+    marks: Vec<LateMark>,
+    /// Where the raw rows are read back from.
+    replay: RawPlacement,
+    gap_ms: i64,
+}
+
+impl Corrections {
+    /// The changes that make each key's sessions around its late heartbeats
+    /// equal the batch definition over its raw rows: the stored sessions the
+    /// late heartbeats can reach are recomputed from the raw mirror over
+    /// their whole span and replaced. Idempotent: a redo computes the same.
+    async fn changes(&self, store: &dyn SessionStore) -> Result<Vec<(i32, Change)>, SinkError> {
+        let mut changes = Vec::new();
+        for mark in &self.marks {
+            // A heartbeat joins a session within the gap of it.
+            let reach_from = mark.from_ms.saturating_sub(self.gap_ms);
+            let reach_to = mark.to_ms.saturating_add(self.gap_ms);
+            let stored = store
+                .key_sessions(&mark.user_id, &mark.video_id, reach_from, reach_to)
+                .await?;
+            // Sessions of a key are a gap apart, so the reached ones cover
+            // every heartbeat a recount of the span needs.
+            let from_ms = stored
+                .iter()
+                .map(|s| s.start_ms)
+                .fold(mark.from_ms, i64::min);
+            let to_ms = stored.iter().map(|s| s.end_ms).fold(mark.to_ms, i64::max);
+            let rows = self
+                .replay
+                .mirror()
+                .replay(&mark.user_id, &mark.video_id, from_ms, to_ms)
+                .await?;
+            let events: Vec<Event> = rows.iter().filter_map(RawHeartbeat::event).collect();
+            let sessions = sessionize_all(events, self.gap_ms);
+            for old in &stored {
+                if !sessions.iter().any(|s| s.start_ms == old.start_ms) {
+                    changes.push((
+                        mark.partition,
+                        Change::Delete(SessionKey {
+                            user_id: mark.user_id.clone(),
+                            video_id: mark.video_id.clone(),
+                            start_ms: old.start_ms,
+                        }),
+                    ));
+                }
+            }
+            changes.extend(
+                sessions
+                    .into_iter()
+                    .map(|s| (mark.partition, Change::Final(s))),
+            );
+        }
+        Ok(changes)
     }
 }
 
@@ -606,6 +775,8 @@ pub struct PreparedFlush {
     mirror: Option<(Arc<dyn RawMirror>, Vec<RawHeartbeat>)>,
     store: Arc<dyn SessionStore>,
     flush: Arc<Flush>,
+    /// Run once the flush has committed.
+    corrections: Option<Corrections>,
     metrics: StreamMetrics,
     attempts: Option<u32>,
     failing: Arc<AtomicU32>,
@@ -631,7 +802,37 @@ impl PreparedFlush {
             .observe(self.started.elapsed().as_secs_f64());
         self.metrics.flush_batch_size.observe(self.stats.raw as f64);
         self.metrics.finalized.inc_by(self.stats.finalized as u64);
+        if let Some(corrections) = &self.corrections {
+            self.correct(corrections).await?;
+        }
         Ok(self.stats)
+    }
+
+    /// Applies the late lane's corrections in one transaction of their own,
+    /// which also deletes their marks: a crash before it leaves the marks,
+    /// and the next owner redoes them.
+    async fn correct(&self, corrections: &Corrections) -> Result<(), SinkError> {
+        let store = &self.store;
+        retry(self.attempts, &self.failing, || async move {
+            let changes = corrections.changes(store.as_ref()).await?;
+            let flush = Flush {
+                changes,
+                corrected: corrections.marks.clone(),
+                now_ms: now_ms(),
+                ..Flush::default()
+            };
+            store.commit(Arc::new(flush)).await
+        })
+        .await?;
+        let now = now_ms();
+        for mark in &corrections.marks {
+            self.metrics.corrections.inc();
+            self.metrics.corrected_heartbeats.inc_by(mark.heartbeats);
+            self.metrics
+                .correction_lag
+                .observe(now.saturating_sub(mark.marked_ms).max(0) as f64 / 1000.0);
+        }
+        Ok(())
     }
 }
 

@@ -3,15 +3,21 @@
 //! from the stored offsets and replay. The store must then equal the batch
 //! definition of SPEC 5: nothing lost, nothing counted twice.
 
+mod support;
+
 use hb_proto::v1::Heartbeat;
 use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use sqlx::Row;
 use std::collections::HashSet;
 use std::sync::Arc;
+use support::{
+    config, expected, heartbeat, idle_closes, idle_through, session_of, stored_sessions_sqlite,
+    SELECT_SESSIONS,
+};
 use svc_stream::metrics::StreamMetrics;
-use svc_stream::pipeline::{Pipeline, SourceKind};
-use svc_stream::sessionizer::{sessionize_all, Event, Session, SessionConfig};
+use svc_stream::pipeline::{Pipeline, SourceKind, CORRECTION_SETTLE_MS};
+use svc_stream::sessionizer::Session;
 use svc_stream::sink::sql::{PgStore, SqliteStore};
 use svc_stream::sink::{RawInStore, RawPlacement};
 
@@ -29,10 +35,6 @@ fn workload(count: usize) -> Vec<Heartbeat> {
         ..FleetConfig::default()
     });
     fleet.heartbeats(count).collect()
-}
-
-fn config() -> SessionConfig {
-    SessionConfig::default()
 }
 
 /// A stage reading partition `PARTITION` of a log, with offsets (Kafka).
@@ -99,14 +101,6 @@ async fn run_with_crashes<S: RawInStore + 'static>(
     }
 }
 
-fn expected(heartbeats: &[Heartbeat]) -> Vec<Session> {
-    let events = heartbeats
-        .iter()
-        .map(|hb| Event::from_proto(hb).unwrap())
-        .collect();
-    sessionize_all(events, config().gap_ms)
-}
-
 fn distinct_events(heartbeats: &[Heartbeat]) -> usize {
     heartbeats
         .iter()
@@ -114,40 +108,6 @@ fn distinct_events(heartbeats: &[Heartbeat]) -> usize {
         .collect::<HashSet<_>>()
         .len()
 }
-
-fn session_of(row: &impl SessionRow) -> Session {
-    row.session()
-}
-
-trait SessionRow {
-    fn session(&self) -> Session;
-}
-
-macro_rules! session_row {
-    ($row:ty) => {
-        impl SessionRow for $row {
-            fn session(&self) -> Session {
-                Session {
-                    user_id: self.get(0),
-                    video_id: self.get(1),
-                    start_ms: self.get(2),
-                    end_ms: self.get(3),
-                    heartbeats: self.get::<i64, _>(4) as u64,
-                    watch_ms: self.get(5),
-                    coverage_ms: self.get(6),
-                    last_position_ms: self.get(7),
-                    devices: self.get::<i64, _>(8) as u64,
-                    ads: serde_json::from_str(&self.get::<String, _>(9)).unwrap(),
-                }
-            }
-        }
-    };
-}
-session_row!(sqlx::sqlite::SqliteRow);
-session_row!(sqlx::postgres::PgRow);
-
-const SELECT_SESSIONS: &str = "SELECT user_id, video_id, start_ms, end_ms, heartbeats, watch_ms, \
-    coverage_ms, last_position_ms, devices, ads FROM sessions ORDER BY user_id, video_id, start_ms";
 
 /// The store equals the batch definition over `heartbeats`: the sessions
 /// row by row, one raw row per distinct event, impressions exactly.
@@ -303,11 +263,6 @@ async fn run_deferred_with_crashes<S: RawInStore + 'static>(
     }
 }
 
-async fn stored_sessions_sqlite(pool: &sqlx::SqlitePool) -> Vec<Session> {
-    let rows = sqlx::query(SELECT_SESSIONS).fetch_all(pool).await.unwrap();
-    rows.iter().map(session_of).collect()
-}
-
 #[tokio::test]
 async fn deferred_session_writes_survive_crashes_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -329,36 +284,6 @@ async fn deferred_session_writes_survive_crashes_on_postgres() {
     run_deferred_with_crashes(store, &heartbeats, &[333, 1_000, 1_001, 2_222]).await;
 
     assert_store_exact!(&pool, &heartbeats);
-}
-
-fn heartbeat(event_id: &str, user_id: &str, time_ms: i64, position_ms: u64) -> Heartbeat {
-    Heartbeat {
-        event_id: event_id.into(),
-        device_id: format!("{user_id}-phone"),
-        user_id: user_id.into(),
-        video_id: "v1".into(),
-        event_time: Some(hb_common::time::ms_to_timestamp(time_ms)),
-        position_ms,
-        state: hb_proto::v1::PlaybackState::Playing as i32,
-        ..Heartbeat::default()
-    }
-}
-
-/// Ticks the stage every half second of processing time from `from_ms` to
-/// `to_ms` with nothing coming in: the partition is idle.
-fn idle_through(stage: &mut Pipeline, from_ms: i64, to_ms: i64) {
-    let mut now_ms = from_ms;
-    while now_ms < to_ms {
-        now_ms = (now_ms + 500).min(to_ms);
-        stage.tick(now_ms);
-    }
-}
-
-/// Processing time after which an idle partition has closed a session
-/// ending `end_after_ms` after its newest heartbeat.
-fn idle_closes(end_after_ms: i64) -> i64 {
-    let config = config();
-    config.idle_timeout_ms + config.gap_ms + config.lateness_ms + end_after_ms + 1_000
 }
 
 #[tokio::test]
@@ -385,7 +310,8 @@ async fn a_restart_after_deferred_flushes_keeps_what_an_idle_partition_closed() 
     // until both sessions are final.
     idle_through(&mut stage, now, now + idle_closes(0));
     stage.flush().await.unwrap();
-    // Behind the advanced horizon: late; this commit holds a raw row only.
+    // Behind the advanced horizon: late; this commit holds its raw row and
+    // late mark only.
     stage.ingest(
         PARTITION,
         None,
@@ -398,7 +324,9 @@ async fn a_restart_after_deferred_flushes_keeps_what_an_idle_partition_closed() 
     let mut stage = handoff_pipeline(store);
     assert!(stage.defer_sessions());
     stage.assign(PARTITION).await.unwrap();
-    // The advanced watermark survived the restart: still late.
+    // The advanced watermark survived the restart: still late, so both late
+    // heartbeats reach their final sessions through the late lane (once the
+    // watermark is a gap past them), not as sessions of their own.
     let now = hb_common::time::now_ms();
     stage.ingest(
         PARTITION,
@@ -406,6 +334,7 @@ async fn a_restart_after_deferred_flushes_keeps_what_an_idle_partition_closed() 
         &heartbeat("a3", "ann", t + 2_500, 2_500),
         now,
     );
+    idle_through(&mut stage, now, now + idle_closes(0));
     stage.flush().await.unwrap();
 
     let stored = stored_sessions_sqlite(&pool).await;
@@ -413,7 +342,7 @@ async fn a_restart_after_deferred_flushes_keeps_what_an_idle_partition_closed() 
         .iter()
         .map(|s| (s.user_id.as_str(), s.start_ms, s.heartbeats, s.watch_ms))
         .collect();
-    assert_eq!(summary, vec![("ann", t, 2, 5_000), ("bob", t, 1, 0)]);
+    assert_eq!(summary, vec![("ann", t, 3, 5_000), ("bob", t, 2, 10_000)]);
 }
 
 #[tokio::test]
@@ -441,14 +370,16 @@ async fn without_deferral_a_restart_on_postgres_keeps_what_an_idle_partition_clo
 
     let mut stage = handoff_pipeline(store);
     stage.assign(PARTITION).await.unwrap();
-    // A resend inside her final session is late after the restart; it does
-    // not become a session of its own.
+    // A heartbeat inside her final session is late after the restart; the
+    // late lane brings it into that session, not into one of its own.
+    let now = hb_common::time::now_ms();
     stage.ingest(
         PARTITION,
         None,
         &heartbeat("a3", "ann", t + 2_500, 2_500),
-        hb_common::time::now_ms(),
+        now,
     );
+    stage.tick(now + CORRECTION_SETTLE_MS);
     stage.flush().await.unwrap();
 
     let rows = sqlx::query(SELECT_SESSIONS).fetch_all(&pool).await.unwrap();
@@ -457,7 +388,7 @@ async fn without_deferral_a_restart_on_postgres_keeps_what_an_idle_partition_clo
         .map(session_of)
         .map(|s| (s.user_id, s.start_ms, s.heartbeats))
         .collect();
-    assert_eq!(summary, vec![("ann".to_owned(), t, 2)]);
+    assert_eq!(summary, vec![("ann".to_owned(), t, 3)]);
 }
 
 /// The Kafka stage with deferred session writes: most flushes commit raw

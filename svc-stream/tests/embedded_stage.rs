@@ -2,88 +2,30 @@
 //! that holds it; a failed commit fails its batches (and any absorbed since),
 //! the state is rebuilt from the store, and the resent batches count once.
 
-use async_trait::async_trait;
+mod support;
+
 use hb_common::handoff::{self, HandoffError};
 use hb_common::health::Health;
 use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use sqlx::Row;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::FaultyStore;
 use svc_stream::metrics::StreamMetrics;
 use svc_stream::pipeline::{Pipeline, Readiness, SourceKind};
 use svc_stream::sessionizer::SessionConfig;
 use svc_stream::sink::sql::SqliteStore;
-use svc_stream::sink::{
-    Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawInStore, RawMirror, RawPlacement,
-    SessionStore, SinkError,
-};
-
-/// The real SQLite store, except that a commit fails while `failing` is set.
-struct FlakyStore {
-    inner: SqliteStore,
-    failing: AtomicBool,
-}
-
-#[async_trait]
-impl SessionStore for FlakyStore {
-    async fn commit(&self, flush: Arc<Flush>) -> Result<(), SinkError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(SinkError::Fatal("disk full (injected)".into()));
-        }
-        self.inner.commit(flush).await
-    }
-
-    async fn load_partition(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<PartitionSnapshot, SinkError> {
-        self.inner.load_partition(topic, partition).await
-    }
-
-    async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {
-        self.inner.expire_raw(now_ms).await
-    }
-}
-
-#[async_trait]
-impl RawMirror for FlakyStore {
-    async fn write(&self, rows: &[RawHeartbeat]) -> Result<(), SinkError> {
-        self.inner.write(rows).await
-    }
-
-    async fn replay(
-        &self,
-        user_id: &str,
-        video_id: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<RawHeartbeat>, SinkError> {
-        self.inner.replay(user_id, video_id, from_ms, to_ms).await
-    }
-
-    async fn replay_open(&self, open: &[OpenSession]) -> Result<Vec<RawHeartbeat>, SinkError> {
-        self.inner.replay_open(open).await
-    }
-}
-
-#[async_trait]
-impl RawInStore for FlakyStore {
-    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
-        self.inner.replay_since(from_ms).await
-    }
-}
+use svc_stream::sink::RawPlacement;
 
 #[tokio::test]
 async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
     let dir = tempfile::tempdir().unwrap();
     let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
-    let store = Arc::new(FlakyStore {
-        inner: SqliteStore::new(pool.clone(), 30 * 86_400_000),
-        failing: AtomicBool::new(false),
-    });
+    let store = Arc::new(FaultyStore::any_commit(SqliteStore::new(
+        pool.clone(),
+        30 * 86_400_000,
+    )));
     let metrics = StreamMetrics::register(&mut Registry::default());
     let pipeline = Pipeline::new(
         SessionConfig::default(),
@@ -118,13 +60,13 @@ async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
         .await
         .expect("first batch committed");
     assert!(health.is_ready(), "readiness is renewed by the commit");
-    store.failing.store(true, Ordering::SeqCst);
+    store.set_failing(true);
     let refused = tx.send(second.clone(), vec![]).await;
     assert!(
         matches!(refused, Err(HandoffError::Store(_))),
         "{refused:?}"
     );
-    store.failing.store(false, Ordering::SeqCst);
+    store.set_failing(false);
     tx.send(second.clone(), vec![])
         .await
         .expect("the resend is committed");

@@ -364,6 +364,16 @@ impl Sessionizer {
         self.open_sessions
     }
 
+    /// Whether the key `(user_id, video_id)` has an open session here.
+    pub fn holds_key(&self, user_id: &str, video_id: &str) -> bool {
+        self.keys
+            .find(key_fingerprint(user_id, video_id), |slot_index| {
+                let slot = &self.slots[slot_index as usize];
+                slot.user_id.is(user_id) && slot.video_id.is(video_id)
+            })
+            .is_some_and(|slot_index| !self.slots[slot_index as usize].sessions.is_empty())
+    }
+
     /// Number of `(user_id, video_id)` keys with at least one open session.
     pub fn open_keys(&self) -> usize {
         self.open_keys

@@ -171,6 +171,46 @@ pub struct PartitionSnapshot {
     /// Newest event time of the stored sessions' messages.
     pub watermark_ms: Option<i64>,
     pub open: Vec<OpenSession>,
+    /// The partition's late heartbeats not yet in their sessions.
+    pub late: Vec<LateMark>,
+}
+
+/// Heartbeats of one `(user_id, video_id)` key that arrived past the allowed
+/// lateness and are not yet in their sessions: the late lane's to-do item.
+/// Marks of one key and partition merge into one (the union of their ranges).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LateMark {
+    pub topic: String,
+    pub partition: i32,
+    pub user_id: String,
+    pub video_id: String,
+    /// Event-time range of the late heartbeats.
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub heartbeats: u64,
+    /// Processing time the oldest of them was marked.
+    pub marked_ms: i64,
+    /// Processing time the newest of them was marked, by this process
+    /// (`i64::MIN` for marks read back from the store).
+    pub latest_ms: i64,
+}
+
+impl LateMark {
+    /// Folds `other` (same key and partition) into this one.
+    pub fn absorb(&mut self, other: &LateMark) {
+        self.from_ms = self.from_ms.min(other.from_ms);
+        self.to_ms = self.to_ms.max(other.to_ms);
+        self.heartbeats += other.heartbeats;
+        self.marked_ms = self.marked_ms.min(other.marked_ms);
+        self.latest_ms = self.latest_ms.max(other.latest_ms);
+    }
+}
+
+/// A stored session's time span, as the late lane reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredSpan {
+    pub start_ms: i64,
+    pub end_ms: i64,
 }
 
 /// An open session as the store knows it (its events come from the raw mirror).
@@ -208,6 +248,11 @@ pub struct Flush {
     /// Session changes tagged with the partition that owns them.
     pub changes: Vec<(i32, Change)>,
     pub offsets: Vec<OffsetRow>,
+    /// Late heartbeats of this flush to correct later, merged into the
+    /// stored marks of their key.
+    pub late_marks: Vec<LateMark>,
+    /// Marks whose corrections `changes` holds: deleted with them.
+    pub corrected: Vec<LateMark>,
     pub now_ms: i64,
 }
 
@@ -226,4 +271,14 @@ pub trait SessionStore: Send + Sync {
 
     /// Deletes raw rows past their TTL (stores holding the raw mirror).
     async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError>;
+
+    /// Spans of the stored sessions of one key that overlap
+    /// `(from_ms, to_ms)`: what a late heartbeat may join (the late lane).
+    async fn key_sessions(
+        &self,
+        user_id: &str,
+        video_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<StoredSpan>, SinkError>;
 }

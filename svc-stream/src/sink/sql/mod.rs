@@ -11,8 +11,8 @@ mod sqlite;
 mod writes;
 
 use super::{
-    Flush, OpenSession, PartitionSnapshot, RawHeartbeat, RawInStore, RawMirror, SessionStore,
-    SinkError,
+    Flush, LateMark, OpenSession, PartitionSnapshot, RawHeartbeat, RawInStore, RawMirror,
+    SessionStore, SinkError, StoredSpan,
 };
 use async_trait::async_trait;
 use hb_common::raw::{hour_ms, BUMP_RAW_HOURS_UNTIL_SQL};
@@ -150,6 +150,31 @@ impl<P: Send + Sync> SessionStore for SqlStore<P> {
                 vec![Param::Int4(partition), Param::Bool(false)],
             ))
             .await?;
+        let late: Vec<(String, String, i64, i64, i64, i64)> = self
+            .store
+            .fetch_all(&Statement::new(
+                "SELECT user_id, video_id, from_ms, to_ms, heartbeats, marked_ms \
+                 FROM late_corrections WHERE topic = $1 AND stream_partition = $2",
+                vec![Param::Text(topic.into()), Param::Int4(partition)],
+            ))
+            .await
+            .map_err(sink_error)?;
+        let late = late
+            .into_iter()
+            .map(
+                |(user_id, video_id, from_ms, to_ms, heartbeats, marked_ms)| LateMark {
+                    topic: topic.to_string(),
+                    partition,
+                    user_id,
+                    video_id,
+                    from_ms,
+                    to_ms,
+                    heartbeats: heartbeats.max(0) as u64,
+                    marked_ms,
+                    latest_ms: i64::MIN,
+                },
+            )
+            .collect();
         let claimed: Vec<(i64,)> = self
             .store
             .fetch_all(&Statement::new(
@@ -169,7 +194,35 @@ impl<P: Send + Sync> SessionStore for SqlStore<P> {
             owner_epoch,
             watermark_ms,
             open,
+            late,
         })
+    }
+
+    async fn key_sessions(
+        &self,
+        user_id: &str,
+        video_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<StoredSpan>, SinkError> {
+        let rows: Vec<(i64, i64)> = self
+            .store
+            .fetch_all(&Statement::new(
+                "SELECT start_ms, end_ms FROM sessions WHERE user_id = $1 AND video_id = $2 \
+                 AND start_ms < $3 AND end_ms > $4 ORDER BY start_ms",
+                vec![
+                    Param::Text(user_id.into()),
+                    Param::Text(video_id.into()),
+                    Param::Int(to_ms),
+                    Param::Int(from_ms),
+                ],
+            ))
+            .await
+            .map_err(sink_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(start_ms, end_ms)| StoredSpan { start_ms, end_ms })
+            .collect())
     }
 
     async fn expire_raw(&self, now_ms: i64) -> Result<u64, SinkError> {

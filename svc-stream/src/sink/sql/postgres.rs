@@ -7,8 +7,8 @@
 //! `UNNEST` over arrays are both accepted by YugabyteDB's YSQL.
 
 use super::writes::{
-    log_flush_phases, offsets_written, sink_error, FlushWriter, IMPRESSION_CONFLICT, OFFSET_UPSERT,
-    UPSERT_FINAL_SET, UPSERT_OPEN_SET,
+    late_mark_upsert, log_flush_phases, offsets_written, sink_error, FlushWriter,
+    IMPRESSION_CONFLICT, LATE_MARK_DELETE, OFFSET_UPSERT, UPSERT_FINAL_SET, UPSERT_OPEN_SET,
 };
 use crate::sessionizer::{Change, Session};
 use crate::sink::{DeadLetter, Flush, RawHeartbeat, SinkError};
@@ -365,6 +365,34 @@ async fn commit(
             .execute(&mut *tx)
             .await
             .map_err(sink_error)?;
+    }
+
+    for mark in &flush.corrected {
+        sqlx::query(LATE_MARK_DELETE)
+            .bind(&mark.topic)
+            .bind(mark.partition)
+            .bind(&mark.user_id)
+            .bind(&mark.video_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(sink_error)?;
+    }
+    if !flush.late_marks.is_empty() {
+        let upsert = late_mark_upsert(false);
+        for mark in &flush.late_marks {
+            sqlx::query(&upsert)
+                .bind(&mark.topic)
+                .bind(mark.partition)
+                .bind(&mark.user_id)
+                .bind(&mark.video_id)
+                .bind(mark.from_ms)
+                .bind(mark.to_ms)
+                .bind(mark.heartbeats as i64)
+                .bind(mark.marked_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(sink_error)?;
+        }
     }
 
     // Traffic hours svc-query has summed are stale once this commits. Last

@@ -8,8 +8,8 @@
 //! stay on sqlx.
 
 use super::writes::{
-    log_flush_phases, offsets_written, sqlite_sink_error as map_err, FlushWriter,
-    IMPRESSION_CONFLICT, OFFSET_UPSERT, UPSERT_FINAL_SET, UPSERT_OPEN_SET,
+    late_mark_upsert, log_flush_phases, offsets_written, sqlite_sink_error as map_err, FlushWriter,
+    IMPRESSION_CONFLICT, LATE_MARK_DELETE, OFFSET_UPSERT, UPSERT_FINAL_SET, UPSERT_OPEN_SET,
 };
 use crate::sessionizer::{Change, Session};
 use crate::sink::{Flush, SinkError};
@@ -234,6 +234,32 @@ fn write(
                     ad
                 ])?;
             }
+        }
+    }
+    if !flush.corrected.is_empty() {
+        let mut delete = tx.prepare_cached(LATE_MARK_DELETE)?;
+        for mark in &flush.corrected {
+            delete.execute(params![
+                mark.topic,
+                mark.partition,
+                mark.user_id,
+                mark.video_id
+            ])?;
+        }
+    }
+    if !flush.late_marks.is_empty() {
+        let mut upsert = tx.prepare_cached(&late_mark_upsert(true))?;
+        for mark in &flush.late_marks {
+            upsert.execute(params![
+                mark.topic,
+                mark.partition,
+                mark.user_id,
+                mark.video_id,
+                mark.from_ms,
+                mark.to_ms,
+                mark.heartbeats as i64,
+                mark.marked_ms
+            ])?;
         }
     }
     let sessions_done = started.elapsed();

@@ -54,6 +54,33 @@ pub const UPSERT_FINAL_SET: &str = " ON CONFLICT (user_id, video_id, start_ms) D
 pub const IMPRESSION_CONFLICT: &str =
     " ON CONFLICT (user_id, video_id, start_ms, ad_id) DO NOTHING";
 
+/// A late mark merges into the key's stored one (the union of the ranges).
+/// `LEAST`/`GREATEST` are PostgreSQL's (and YugabyteDB's) spelling; SQLite
+/// takes the two-argument `MIN`/`MAX` instead (see [`late_mark_upsert`]).
+const LATE_MARK_UPSERT: &str =
+    "INSERT INTO late_corrections (topic, stream_partition, user_id, video_id, from_ms, to_ms, \
+     heartbeats, marked_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (topic, stream_partition, user_id, video_id) DO UPDATE SET \
+     from_ms = LEAST(late_corrections.from_ms, excluded.from_ms), \
+     to_ms = GREATEST(late_corrections.to_ms, excluded.to_ms), \
+     heartbeats = late_corrections.heartbeats + excluded.heartbeats, \
+     marked_ms = LEAST(late_corrections.marked_ms, excluded.marked_ms)";
+
+/// [`LATE_MARK_UPSERT`] in the engine's spelling.
+pub fn late_mark_upsert(sqlite: bool) -> String {
+    if sqlite {
+        LATE_MARK_UPSERT
+            .replace("LEAST(", "MIN(")
+            .replace("GREATEST(", "MAX(")
+    } else {
+        LATE_MARK_UPSERT.to_string()
+    }
+}
+
+/// A corrected key's mark goes with the transaction that replaced its sessions.
+pub const LATE_MARK_DELETE: &str = "DELETE FROM late_corrections WHERE topic = $1 \
+     AND stream_partition = $2 AND user_id = $3 AND video_id = $4";
+
 /// A flush without its partition's sessions (`session_offset` NULL) moves
 /// only `next_offset`; the watermark stays that of the stored sessions.
 /// It changes nothing (no row affected) once another process took the
