@@ -1,8 +1,11 @@
-"""Superset assets, end to end, against a real Superset and PostgreSQL.
+"""Superset assets, end to end: imported into a real Superset pointed at a
+sessions store the mesh filled, every chart queried over the REST API, and the
+dashboard opened in headless Chromium as a person would see it.
 
-1. A fresh PostgreSQL database (local server, trust auth) gets the sessions
-   store schema (common/migrations/postgres/*.sql) and a few seeded rows of
-   sessions, session_ads, videos and ads.
+1. The store is a PostgreSQL database (local server, trust auth) that
+   `hbmesh up` (HB_YUGABYTE_URL) migrated and filled from `hbmesh simulate`
+   with a catalog imported by `hbmesh catalog import`; check.sh prepares it
+   and drops it afterwards.
 2. A throw-away Superset (metadata in SQLite under a temp dir) is
    initialised and started with `superset run` on a free loopback port.
 3. dashboards/superset/ is zipped and imported through POST
@@ -14,18 +17,28 @@
 5. Every imported chart's data is fetched through POST /api/v1/chart/data
    with the chart's saved query context, and must be non-empty; the
    dashboard must hold every chart.
+6. Headless Chromium logs in as the admin user through the login form, opens
+   the dashboard and waits for every chart; a chart that shows an error, shows
+   no data, draws nothing or is blank in the screenshot fails the check by
+   name. The whole dashboard is saved as a PNG (--screenshot).
+7. The detector is shown to fire: the store loses its video catalog and its
+   ad impressions (table `videos` renamed, `session_ads` emptied), the
+   dashboard is opened again, and the check fails unless exactly the three
+   charts over them are reported (two errors, one empty).
 
 Run with the Python of the Superset virtualenv:
-    superset-venv/bin/python superset_check.py
+    superset-venv/bin/python superset_check.py --database NAME --screenshot PATH
 exit 0 on success, 1 on any failure.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import signal
@@ -39,43 +52,22 @@ import zipfile
 import requests
 import yaml
 
+import superset_browser
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 ASSETS = REPO / "dashboards" / "superset"
-MIGRATIONS = REPO / "common" / "migrations" / "postgres"
 PG = {"host": os.environ.get("HB_PG_HOST", "127.0.0.1"), "port": os.environ.get("HB_PG_PORT", "5432"),
       "user": os.environ.get("HB_PG_USER", "postgres")}
-
-SEED_SQL = """
-INSERT INTO videos (video_id, title, license_holder_id, rate_micros_per_hour) VALUES
-  ('v-1', 'Night Train', 'lh-north', 1200000),
-  ('v-2', 'Glass Harbour', 'lh-north', 900000),
-  ('v-3', 'Salt Roads', 'lh-south', 1500000);
-INSERT INTO ads (ad_id, campaign_id, advertiser_id) VALUES
-  ('ad-1', 'camp-spring', 'adv-fizz'),
-  ('ad-2', 'camp-spring', 'adv-fizz'),
-  ('ad-3', 'camp-launch', 'adv-bolt');
--- start_ms/end_ms: epoch ms; sessions of three users over ~40 minutes.
-INSERT INTO sessions (user_id, video_id, start_ms, end_ms, heartbeats, watch_ms, coverage_ms,
-                      last_position_ms, devices, ads, is_final) VALUES
-  ('u-1', 'v-1', 1767225600000, 1767227400000, 361, 1750000, 1750000, 1760000, 1, '["ad-1"]', TRUE),
-  ('u-2', 'v-1', 1767226200000, 1767227100000, 181, 880000, 880000, 880000, 2, '["ad-1","ad-3"]', TRUE),
-  ('u-2', 'v-3', 1767227400000, 1767228000000, 121, 590000, 590000, 600000, 1, '[]', FALSE),
-  ('u-3', 'v-2', 1767225900000, 1767226800000, 181, 895000, 700000, 900000, 1, '["ad-2"]', TRUE);
-INSERT INTO session_ads (user_id, video_id, start_ms, ad_id) VALUES
-  ('u-1', 'v-1', 1767225600000, 'ad-1'),
-  ('u-2', 'v-1', 1767226200000, 'ad-1'),
-  ('u-2', 'v-1', 1767226200000, 'ad-3'),
-  ('u-3', 'v-2', 1767225900000, 'ad-2');
-"""
 
 
 def log(msg: str) -> None:
     print(f"[superset] {msg}", flush=True)
 
 
-def psql(*args: str, db: str = "postgres", stdin: str | None = None) -> None:
-    cmd = ["psql", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-d", db, "-v", "ON_ERROR_STOP=1", "-q", *args]
-    subprocess.run(cmd, input=stdin, text=True, check=True, capture_output=True)
+def psql(*args: str, db: str = "postgres", stdin: str | None = None) -> str:
+    cmd = ["psql", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-d", db, "-v", "ON_ERROR_STOP=1", "-q",
+           "-At", *args]
+    return subprocess.run(cmd, input=stdin, text=True, check=True, capture_output=True).stdout.strip()
 
 
 def free_port() -> int:
@@ -116,20 +108,26 @@ def check_trino_uri(uri: str) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", required=True, help="PostgreSQL database the mesh filled (the store)")
+    parser.add_argument("--screenshot", required=True, type=pathlib.Path, help="PNG of the whole dashboard")
+    opts = parser.parse_args()
+    # check.sh bounds the run with `timeout`: unwind so the server and Chromium are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bindir = pathlib.Path(sys.executable).parent
     superset = str(bindir / "superset")
     work = pathlib.Path(tempfile.mkdtemp(prefix="hb-superset-"))
-    dbname = f"hbmesh_superset_{os.getpid()}"
+    dbname = opts.database
     server = None
     failures: list[str] = []
     try:
-        # 1. PostgreSQL tier
-        psql("-c", f"DROP DATABASE IF EXISTS {dbname}")
-        psql("-c", f"CREATE DATABASE {dbname}")
-        for migration in sorted(MIGRATIONS.glob("*.sql")):
-            psql("-f", str(migration), db=dbname)
-        psql(db=dbname, stdin=SEED_SQL)
-        log(f"postgres database {dbname}: schema from {len(list(MIGRATIONS.glob('*.sql')))} migration(s), seeded")
+        # 1. the store the mesh filled
+        counts = psql("-F", " ", "-c", "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM session_ads), "
+                      "(SELECT COUNT(*) FROM videos), (SELECT COUNT(*) FROM ads)", db=dbname).split()
+        log(f"store {dbname}: {counts[0]} sessions, {counts[1]} ad impressions, catalog of {counts[2]} videos "
+            f"and {counts[3]} ads")
+        if int(counts[0]) == 0:
+            raise RuntimeError(f"the store {dbname} holds no sessions: the mesh run did not fill it")
 
         # 2. Superset
         password = secrets.token_urlsafe(16)
@@ -227,6 +225,26 @@ def main() -> int:
             failures.append(f"dashboard holds {sorted(on_dash)}, expected {sorted(expected)}")
         else:
             log(f"dashboard {dash['dashboard_title']!r} holds all {len(on_dash)} charts")
+
+        # 6. the dashboard as a person sees it
+        url = f"{base}/superset/dashboard/{dash['id']}/"
+        started = time.monotonic()
+        with superset_browser.Browser() as browser:
+            browser.login(base, "admin", password)
+            log(f"chromium {browser.version()}: logged in as admin in {time.monotonic() - started:.1f}s")
+            started = time.monotonic()
+            verdict = browser.open_dashboard(url, expected)
+            failures.extend(verdict.failures)
+            drawn = sorted(name for name, outcome in verdict.outcomes.items() if outcome == "drawn")
+            log(f"dashboard in chromium after {time.monotonic() - started:.1f}s: "
+                f"{len(drawn)}/{len(expected)} charts drawn {drawn}")
+            width, height, blank = browser.screenshot(opts.screenshot)
+            log(f"screenshot {opts.screenshot} ({width}x{height}, {opts.screenshot.stat().st_size // 1024} KiB)")
+            failures.extend(f"chart {name!r} is blank in the screenshot" for name in blank if name in expected)
+
+            # 7. the same look must catch broken charts
+            if not verdict.failures:
+                failures.extend(negative_control(browser, url, dbname))
     except Exception as exc:  # report, then clean up
         failures.append(f"{type(exc).__name__}: {str(exc)[:1500]}")
     finally:
@@ -239,14 +257,39 @@ def main() -> int:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
-        try:
-            psql("-c", f"DROP DATABASE IF EXISTS {dbname}")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(work, ignore_errors=True)
     for failure in failures:
         print(f"FAIL superset: {failure}")
     return 1 if failures else 0
+
+
+def negative_control(browser: superset_browser.Browser, url: str, dbname: str) -> list[str]:
+    """Breaks the store under the dashboard (the video catalog gone, the ad
+    impressions emptied), opens it again and returns what the browser look
+    got wrong: every chart over the royalty datasets must show an error, the
+    impression chart no data, and the concurrency chart still draw."""
+    datasets = {}
+    for path in (ASSETS / "datasets").rglob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        datasets[doc["uuid"]] = doc["sql"]
+    wanted = {}
+    for path in (ASSETS / "charts").glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        sql = datasets[doc["dataset_uuid"]]
+        wanted[doc["slice_name"]] = ("error" if re.search(r"\bvideos\b", sql)
+                                     else "empty" if re.search(r"\bsession_ads\b", sql) else "drawn")
+    psql("-c", "ALTER TABLE videos RENAME TO videos_hidden_by_check", "-c", "DELETE FROM session_ads", db=dbname)
+    started = time.monotonic()
+    verdict = browser.open_dashboard(url + "?force=true", set(wanted), settle=0.5)
+    wrong = [f"chart {name!r} with the store broken: seen {verdict.outcomes.get(name)}, expected {outcome}"
+             for name, outcome in sorted(wanted.items()) if verdict.outcomes.get(name) != outcome]
+    if wrong:
+        return ["the browser check misjudges broken charts:", *wrong]
+    log(f"negative control after {time.monotonic() - started:.1f}s: store broken (videos renamed, session_ads "
+        f"emptied), the look reports {len(verdict.failures)} broken chart(s) as expected:")
+    for failure in verdict.failures:
+        log(f"  {failure}")
+    return []
 
 
 def chart_datasource(http, base, chart) -> int:
