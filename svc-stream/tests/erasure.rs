@@ -6,17 +6,16 @@
 
 use async_trait::async_trait;
 use hb_common::store::erase::{erase_and_record, Request};
-use hb_common::store::Store;
+use hb_common::store::{Statement, Store};
 use hb_proto::v1::Heartbeat;
 use prometheus_client::registry::Registry;
-use sqlx::SqlitePool;
 use std::sync::{Arc, Mutex};
 use svc_stream::embedded::EMBEDDED_PARTITION;
 use svc_stream::metrics::StreamMetrics;
 use svc_stream::pipeline::{Pipeline, SourceKind};
 use svc_stream::sessionizer::SessionConfig;
-use svc_stream::sink::sql::SqliteStore;
-use svc_stream::sink::{RawHeartbeat, RawMirror, RawPlacement, SinkError};
+use svc_stream::sink::sql::{PgStore, SqliteStore};
+use svc_stream::sink::{RawHeartbeat, RawInStore, RawMirror, RawPlacement, SinkError};
 
 const T0: i64 = 1_714_521_600_000;
 
@@ -38,9 +37,10 @@ fn heartbeat(event_id: &str, user_id: &str, video_id: &str, time_ms: i64) -> Hea
     }
 }
 
-/// Feeds `heartbeats` of `user_id` on video `v1` every 5 s from `from_ms`.
-fn watch(pipeline: &mut Pipeline, user_id: &str, from_ms: i64, heartbeats: i64) {
-    let batch: Vec<Heartbeat> = (0..heartbeats)
+/// `heartbeats` of `user_id` on video `v1` every 5 s from `from_ms`, the
+/// second one during ad `ad-1`.
+fn viewing(user_id: &str, from_ms: i64, heartbeats: i64) -> Vec<Heartbeat> {
+    (0..heartbeats)
         .map(|i| {
             let suffix = if i == 1 { "-ad" } else { "" };
             heartbeat(
@@ -50,7 +50,12 @@ fn watch(pipeline: &mut Pipeline, user_id: &str, from_ms: i64, heartbeats: i64) 
                 from_ms + i * 5_000,
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Feeds [`viewing`] to `pipeline`.
+fn watch(pipeline: &mut Pipeline, user_id: &str, from_ms: i64, heartbeats: i64) {
+    let batch = viewing(user_id, from_ms, heartbeats);
     pipeline.ingest_batch(
         EMBEDDED_PARTITION,
         batch.iter().map(|hb| (None, hb)),
@@ -58,12 +63,16 @@ fn watch(pipeline: &mut Pipeline, user_id: &str, from_ms: i64, heartbeats: i64) 
     );
 }
 
-async fn count(pool: &SqlitePool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+async fn count(store: &Store, sql: &str) -> i64 {
+    let rows: Vec<(i64,)> = store
+        .fetch_all(&Statement::new(sql, Vec::new()))
+        .await
+        .unwrap();
+    rows[0].0
 }
 
 /// `(sessions, session_ads, raw_heartbeats)` rows of `user_id`.
-async fn rows_of(pool: &SqlitePool, user_id: &str) -> (i64, i64, i64) {
+async fn rows_of(pool: &Store, user_id: &str) -> (i64, i64, i64) {
     let mut counts = [0; 3];
     for (count_of, table) in counts
         .iter_mut()
@@ -78,19 +87,28 @@ async fn rows_of(pool: &SqlitePool, user_id: &str) -> (i64, i64, i64) {
     (counts[0], counts[1], counts[2])
 }
 
-async fn erase(pool: &SqlitePool, user_id: &str) -> i64 {
+async fn erase(store: &Store, user_id: &str) -> i64 {
     let request = Request {
         user_id: user_id.into(),
         requested_by: "test".into(),
         requested_at_ms: hb_common::time::now_ms(),
     };
-    erase_and_record(&Store::Sqlite(pool.clone()), &request)
-        .await
-        .unwrap()
-        .0
+    erase_and_record(store, &request).await.unwrap().0
 }
 
-fn pipeline(store: Arc<SqliteStore>, raw: RawPlacement) -> Pipeline {
+/// `(mirror_erased_ms, mirror_videos)` of erasure `id`.
+async fn carried_out(store: &Store, id: i64) -> (Option<i64>, String) {
+    let rows: Vec<(Option<i64>, String)> = store
+        .fetch_all(&Statement::new(
+            "SELECT mirror_erased_ms, mirror_videos FROM erasures WHERE id = $1",
+            vec![hb_common::store::Param::Int(id)],
+        ))
+        .await
+        .unwrap();
+    rows[0].clone()
+}
+
+fn pipeline(store: Arc<dyn svc_stream::sink::SessionStore>, raw: RawPlacement) -> Pipeline {
     Pipeline::new(
         SessionConfig::default(),
         SourceKind::Handoff,
@@ -100,11 +118,7 @@ fn pipeline(store: Arc<SqliteStore>, raw: RawPlacement) -> Pipeline {
     )
 }
 
-#[tokio::test]
-async fn an_erased_users_open_sessions_do_not_come_back_and_new_heartbeats_start_afresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
-    let store = Arc::new(SqliteStore::new(pool.clone(), 30 * 86_400_000));
+async fn check_open_sessions_do_not_come_back(pool: Store, store: Arc<dyn RawInStore>) {
     let mut stage = pipeline(store.clone(), RawPlacement::InStore(store.clone()));
     stage.assign(EMBEDDED_PARTITION).await.unwrap();
     // Reads where to start: nothing erased yet.
@@ -138,12 +152,7 @@ async fn an_erased_users_open_sessions_do_not_come_back_and_new_heartbeats_start
     stage.flush().await.unwrap();
     assert_eq!(rows_of(&pool, "alice").await, (0, 0, 0));
     assert_eq!(rows_of(&pool, "bob").await, (1, 1, 15));
-    let (mirror_erased, videos): (Option<i64>, String) =
-        sqlx::query_as("SELECT mirror_erased_ms, mirror_videos FROM erasures WHERE id = $1")
-            .bind(erasure_id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (mirror_erased, videos) = carried_out(&pool, erasure_id).await;
     assert!(mirror_erased.is_some());
     assert_eq!(videos, "[]", "the audit keeps no viewing once carried out");
 
@@ -170,16 +179,34 @@ async fn an_erased_users_open_sessions_do_not_come_back_and_new_heartbeats_start
     let back_ms = stage_watermark(&pool).await + 60_000;
     watch(&mut stage, "alice", back_ms, 3);
     stage.flush().await.unwrap();
-    let (start_ms, heartbeats): (i64, i64) =
-        sqlx::query_as("SELECT start_ms, heartbeats FROM sessions WHERE user_id = 'alice'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let alice: Vec<(i64, i64)> = pool
+        .fetch_all(&Statement::new(
+            "SELECT start_ms, heartbeats FROM sessions WHERE user_id = 'alice'",
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    let (start_ms, heartbeats) = alice[0];
     assert_eq!((start_ms, heartbeats), (back_ms, 3));
     assert_eq!(rows_of(&pool, "alice").await, (1, 1, 3));
 }
 
-async fn stage_watermark(pool: &SqlitePool) -> i64 {
+#[tokio::test]
+async fn an_erased_users_open_sessions_do_not_come_back_and_new_heartbeats_start_afresh_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), 30 * 86_400_000));
+    check_open_sessions_do_not_come_back(Store::Sqlite(pool), store).await;
+}
+
+#[tokio::test]
+async fn an_erased_users_open_sessions_do_not_come_back_and_new_heartbeats_start_afresh_postgres() {
+    let (_db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
+    let store = Arc::new(PgStore::new(pool.clone(), 30 * 86_400_000));
+    check_open_sessions_do_not_come_back(Store::Postgres(pool), store).await;
+}
+
+async fn stage_watermark(pool: &Store) -> i64 {
     count(
         pool,
         "SELECT COALESCE(MAX(watermark_ms), 0) FROM stream_offsets",
@@ -230,6 +257,7 @@ async fn a_separate_raw_mirror_is_erased_before_the_flush_writes_new_rows() {
     let dir = tempfile::tempdir().unwrap();
     let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), 30 * 86_400_000));
+    let db = Store::Sqlite(pool);
     let mirror = Arc::new(RecordingMirror::default());
     let mut stage = pipeline(store.clone(), RawPlacement::Mirror(mirror.clone()));
     stage.assign(EMBEDDED_PARTITION).await.unwrap();
@@ -242,7 +270,7 @@ async fn a_separate_raw_mirror_is_erased_before_the_flush_writes_new_rows() {
         batch.iter().map(|hb| (None, hb)),
         hb_common::time::now_ms(),
     );
-    erase(&pool, "alice").await;
+    erase(&db, "alice").await;
     assert_eq!(stage.poll_erasures().await.unwrap(), 1);
     // Heartbeats after the erasure is applied are new data.
     watch(&mut stage, "alice", T0 + 30_000, 2);
@@ -257,12 +285,8 @@ async fn a_separate_raw_mirror_is_erased_before_the_flush_writes_new_rows() {
         ]
     );
     // The store kept the new session only (no raw rows: they are mirrored).
-    assert_eq!(rows_of(&pool, "alice").await, (1, 1, 0));
-    let (mirror_erased, videos): (Option<i64>, String) =
-        sqlx::query_as("SELECT mirror_erased_ms, mirror_videos FROM erasures")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    assert_eq!(rows_of(&db, "alice").await, (1, 1, 0));
+    let (mirror_erased, videos) = carried_out(&db, 1).await;
     assert!(mirror_erased.is_some());
     assert_eq!(videos, "[]");
 }
@@ -272,6 +296,7 @@ async fn a_stage_starting_after_an_erasure_no_stage_carried_out_applies_it() {
     let dir = tempfile::tempdir().unwrap();
     let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
     let store = Arc::new(SqliteStore::new(pool.clone(), 30 * 86_400_000));
+    let db = Store::Sqlite(pool);
     let mirror = Arc::new(RecordingMirror::default());
     let mut first = pipeline(store.clone(), RawPlacement::Mirror(mirror.clone()));
     first.assign(EMBEDDED_PARTITION).await.unwrap();
@@ -279,8 +304,8 @@ async fn a_stage_starting_after_an_erasure_no_stage_carried_out_applies_it() {
     first.flush().await.unwrap();
     drop(first);
     // Erased while no stage runs; a later erasure too.
-    erase(&pool, "alice").await;
-    erase(&pool, "nobody").await;
+    erase(&db, "alice").await;
+    erase(&db, "nobody").await;
     let mut second = pipeline(store.clone(), RawPlacement::Mirror(mirror.clone()));
     second.assign(EMBEDDED_PARTITION).await.unwrap();
     assert_eq!(second.poll_erasures().await.unwrap(), 2);
@@ -299,4 +324,62 @@ async fn a_stage_starting_after_an_erasure_no_stage_carried_out_applies_it() {
     let mut third = pipeline(store.clone(), RawPlacement::Mirror(mirror.clone()));
     third.assign(EMBEDDED_PARTITION).await.unwrap();
     assert_eq!(third.poll_erasures().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_embedded_stage_applies_an_erasure_on_its_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), 30 * 86_400_000));
+    let db = Store::Sqlite(pool);
+    let health = hb_common::health::Health::default();
+    let (tx, rx) = hb_common::handoff::channel(16);
+    let stage = tokio::spawn(svc_stream::embedded::run(
+        pipeline(store.clone(), RawPlacement::InStore(store.clone())),
+        rx,
+        svc_stream::embedded::StageSettings {
+            tick: std::time::Duration::from_millis(50),
+            flush_max: 20_000,
+            session_write_interval: std::time::Duration::from_secs(2),
+            defer_from: svc_stream::embedded::DEFER_FROM,
+        },
+        svc_stream::pipeline::Readiness::new(
+            health.register("stream"),
+            std::time::Duration::from_secs(30),
+        ),
+    ));
+    let first = [viewing("alice", T0, 10), viewing("bob", T0, 10)].concat();
+    tx.send(first, vec![]).await.expect("committed");
+    assert_eq!(rows_of(&db, "alice").await, (1, 1, 10));
+
+    let erasure_id = erase(&db, "alice").await;
+    let waited = std::time::Instant::now();
+    while carried_out(&db, erasure_id).await.0.is_none() {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(10),
+            "the stage never applied the erasure"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows_of(&db, "alice").await, (0, 0, 0));
+
+    // Bob goes on; Alice comes back later: new data.
+    let second = [
+        viewing("bob", T0 + 50_000, 5),
+        viewing("alice", T0 + 100_000, 3),
+    ]
+    .concat();
+    tx.send(second, vec![]).await.expect("committed");
+    drop(tx);
+    stage.await.unwrap().unwrap();
+    assert_eq!(rows_of(&db, "bob").await, (1, 1, 15));
+    assert_eq!(rows_of(&db, "alice").await, (1, 1, 3));
+    let alice: Vec<(i64, i64)> = db
+        .fetch_all(&Statement::new(
+            "SELECT start_ms, heartbeats FROM sessions WHERE user_id = 'alice'",
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(alice, vec![(T0 + 100_000, 3)]);
 }
