@@ -8,9 +8,10 @@ use crate::embedded::EMBEDDED_TOPIC;
 use crate::metrics::StreamMetrics;
 use crate::sessionizer::{Change, Event, EventRef, Outcome, SessionConfig, Sessionizer};
 use crate::sink::{
-    DeadLetter, Flush, OffsetRow, PendingErasure, RawHeartbeat, RawInStore, RawMirror,
-    RawPlacement, SessionStore, SinkError,
+    DeadLetter, Flush, OffsetRow, RawHeartbeat, RawInStore, RawMirror, RawPlacement, SessionStore,
+    SinkError,
 };
+use erasures::{erase_from_mirror, Erasures};
 use hb_common::health::HealthHandle;
 use hb_common::time::now_ms;
 use hb_proto::v1::Heartbeat;
@@ -19,13 +20,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+mod erasures;
+
 /// Attempts of a flush write before giving up (see [`Pipeline::retry_forever`]):
 /// writes are idempotent (upserts, first-copy-wins raw rows, absolute
 /// offsets), so retrying is always safe.
 const WRITE_ATTEMPTS: u32 = 5;
-
-/// Shortest time between two reads of the store's erasures.
-const ERASURE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest wait between two attempts of a failing write.
 const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
@@ -148,16 +148,6 @@ pub struct Pipeline {
     failing: Arc<AtomicU32>,
     /// The erasures applied so far (see [`Pipeline::poll_erasures`]).
     erasures: Erasures,
-}
-
-/// This process's progress through the store's erasures.
-#[derive(Default)]
-struct Erasures {
-    /// Id of the last erasure applied (`None`: read where to start first).
-    applied_through: Option<i64>,
-    polled: Option<Instant>,
-    /// Applied in memory, for the next flush to carry to the store and mirror.
-    pending: Vec<PendingErasure>,
 }
 
 impl Pipeline {
@@ -449,61 +439,6 @@ impl Pipeline {
         self.pending_raw.len() + self.pending_dead.len()
     }
 
-    /// Applies the erasures recorded in the store since the last one applied
-    /// (at most once per [`ERASURE_POLL`]; call it on the tick). A process
-    /// starts after the newest erasure, or at the oldest one no stream
-    /// process has carried to the raw mirror yet. Returns how many it applied.
-    pub async fn poll_erasures(&mut self) -> Result<usize, SinkError> {
-        if self
-            .erasures
-            .polled
-            .is_some_and(|polled| polled.elapsed() < ERASURE_POLL)
-        {
-            return Ok(0);
-        }
-        self.erasures.polled = Some(Instant::now());
-        let after_id = match self.erasures.applied_through {
-            Some(id) => id,
-            None => self.store.erasures_start().await?,
-        };
-        let erasures = self.store.erasures_since(after_id).await?;
-        self.erasures.applied_through = Some(erasures.last().map_or(after_id, |e| e.id));
-        let applied = erasures.len();
-        for erasure in erasures {
-            let forgotten = self.apply_erasure(erasure);
-            tracing::info!(forgotten, "erased user forgotten by the stream stage");
-        }
-        Ok(applied)
-    }
-
-    /// Forgets the erased user's sessions and heartbeats held in memory and
-    /// the user's rows waiting for the next flush, which then removes the
-    /// user's rows from the store (and the raw mirror) again. Heartbeats of
-    /// the user fed afterwards are new data. Returns the open sessions
-    /// forgotten.
-    pub fn apply_erasure(&mut self, mut erasure: PendingErasure) -> usize {
-        let user_id = erasure.user_id.clone();
-        let mut forgotten = 0;
-        for state in self.partitions.values_mut() {
-            erasure
-                .mirror_videos
-                .extend(state.sessionizer.videos_of(&user_id));
-            forgotten += state.sessionizer.forget_user(&user_id);
-        }
-        erasure.mirror_videos.extend(
-            self.pending_raw
-                .iter()
-                .filter(|row| row.user_id == user_id)
-                .map(|row| row.video_id.clone()),
-        );
-        erasure.mirror_videos.sort_unstable();
-        erasure.mirror_videos.dedup();
-        self.pending_raw.retain(|row| row.user_id != user_id);
-        self.erasures.pending.push(erasure);
-        self.update_gauges();
-        forgotten
-    }
-
     /// Finalizes by watermark. Call about once a second or more often, and
     /// only while the source has nothing waiting: a partition that received
     /// nothing since the last tick counts the time as quiet, and once quiet
@@ -701,15 +636,13 @@ impl PreparedFlush {
         if let Some((mirror, rows)) = &self.mirror {
             // Erased users' rows go before this flush's rows are written
             // (those came after the erasure); earlier flushes are done.
-            for erasure in &self.flush.erasures {
-                retry(self.attempts, &self.failing, || async {
-                    mirror
-                        .erase_user(&erasure.user_id, &erasure.mirror_videos)
-                        .await
-                        .map(drop)
-                })
-                .await?;
-            }
+            erase_from_mirror(
+                mirror.as_ref(),
+                &self.flush.erasures,
+                self.attempts,
+                &self.failing,
+            )
+            .await?;
             retry(self.attempts, &self.failing, || mirror.write(rows)).await?;
         }
         let store_started = Instant::now();
