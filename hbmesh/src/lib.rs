@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod demo;
+pub mod erase;
 pub mod mesh;
 pub mod sessionize;
 pub mod simulate;

@@ -1,9 +1,10 @@
 //! `hbmesh`: the operator binary. `up` runs the whole mesh in one process;
 //! `simulate` is the load generator; `sessionize` the offline sessionizer;
-//! `token` mints bearer tokens; `catalog import` loads the content catalog.
+//! `token` mints bearer tokens; `catalog import` loads the content catalog;
+//! `erase` removes one user's data.
 
 use clap::{Parser, Subcommand};
-use hbmesh::{catalog, sessionize, simulate, token, up};
+use hbmesh::{catalog, erase, sessionize, simulate, token, up};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Manage the content catalog.
     Catalog(catalog::CatalogArgs),
+    /// Erase a user: raw heartbeats, sessions and ad links, audited (in the store directly).
+    Erase(erase::EraseArgs),
 }
 
 #[tokio::main]
@@ -58,6 +61,7 @@ async fn main() {
         Command::Sessionize(args) => sessionize::run(args),
         Command::Token(args) => token::run(args),
         Command::Catalog(args) => catalog::run(args).await,
+        Command::Erase(args) => erase::run(args).await,
     };
     if let Err(err) = result {
         eprintln!("hbmesh: {err:#}");

@@ -17,10 +17,12 @@ pub enum Endpoint {
     Sessions,
     CatalogVideos,
     CatalogAds,
+    /// `DELETE /v1/users/{user_id}`: admin only.
+    EraseUser,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 9] = [
         Endpoint::Royalties,
         Endpoint::Impressions,
         Endpoint::Concurrency,
@@ -29,6 +31,7 @@ impl Endpoint {
         Endpoint::Sessions,
         Endpoint::CatalogVideos,
         Endpoint::CatalogAds,
+        Endpoint::EraseUser,
     ];
 
     /// Metric label value.
@@ -42,6 +45,7 @@ impl Endpoint {
             Endpoint::Sessions => "sessions",
             Endpoint::CatalogVideos => "catalog_videos",
             Endpoint::CatalogAds => "catalog_ads",
+            Endpoint::EraseUser => "erase_user",
         }
     }
 }
@@ -83,7 +87,7 @@ pub fn authorize(principal: Option<&Principal>, endpoint: Endpoint) -> Result<Sc
     };
     let denied = || {
         Err(ApiError::Forbidden(format!(
-            "role {} may not read {}",
+            "role {} may not call {}",
             principal.role,
             endpoint.label()
         )))
@@ -136,6 +140,24 @@ mod tests {
                 authorize(Some(&who(Role::App)), endpoint).is_ok(),
                 matches!(endpoint, Endpoint::Progress | Endpoint::Sessions)
             );
+        }
+        // Erasure and catalog writes: admin (or open mode) only.
+        for endpoint in [
+            Endpoint::EraseUser,
+            Endpoint::CatalogVideos,
+            Endpoint::CatalogAds,
+        ] {
+            for role in [
+                Role::App,
+                Role::Gateway,
+                Role::LicenseHolder("L1".into()),
+                Role::Advertiser("A1".into()),
+            ] {
+                assert!(
+                    authorize(Some(&who(role)), endpoint).is_err(),
+                    "{endpoint:?}"
+                );
+            }
         }
         assert_eq!(
             authorize(Some(&lh), Endpoint::Traffic)

@@ -8,9 +8,9 @@ use crate::report::{parse_id, ConcurrencySpec, Window, DEFAULT_STEP_S};
 use crate::service::QueryService;
 use hb_proto::v1::report_service_server::ReportService;
 use hb_proto::v1::{
-    ConcurrencyReply, ConcurrencyRequest, ConcurrencyRow, ImpressionRow, ImpressionsReply,
-    ProgressReply, ProgressRow, ReportRequest, RoyaltiesReply, RoyaltyRow, SessionRow,
-    SessionsReply, TrafficReply, TrafficRow, UserRequest, UserSessionsRequest,
+    ConcurrencyReply, ConcurrencyRequest, ConcurrencyRow, EraseUserReply, ImpressionRow,
+    ImpressionsReply, ProgressReply, ProgressRow, ReportRequest, RoyaltiesReply, RoyaltyRow,
+    SessionRow, SessionsReply, TrafficReply, TrafficRow, UserRequest, UserSessionsRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -230,6 +230,33 @@ impl ReportService for GrpcReports {
                             .collect(),
                     })
                 })
+                .await,
+        )
+    }
+
+    async fn erase_user(
+        &self,
+        request: Request<UserRequest>,
+    ) -> Result<Response<EraseUserReply>, Status> {
+        let token = authorization(&request);
+        let message = request.into_inner();
+        reply(
+            self.service
+                .call_as(
+                    Endpoint::EraseUser,
+                    token.as_deref(),
+                    |_scope, caller| async move {
+                        let user_id = parse_id("user_id", &message.user_id)?;
+                        let erased = self.service.erase_user(&user_id, &caller).await?;
+                        Ok(EraseUserReply {
+                            user_id: erased.user_id,
+                            raw_heartbeats: erased.raw_heartbeats,
+                            sessions: erased.sessions,
+                            ad_links: erased.ad_links,
+                            erasure_id: erased.erasure_id,
+                        })
+                    },
+                )
                 .await,
         )
     }

@@ -11,7 +11,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -58,6 +58,7 @@ pub fn router(service: QueryService) -> Router {
         .route("/v1/reports/traffic", get(traffic))
         .route("/v1/users/{user_id}/progress", get(progress))
         .route("/v1/users/{user_id}/sessions", get(sessions))
+        .route("/v1/users/{user_id}", delete(erase_user))
         .route("/v1/catalog/videos", put(put_videos))
         .route("/v1/catalog/ads", put(put_ads))
         .fallback(not_found)
@@ -255,4 +256,29 @@ async fn put_ads(State(service): State<QueryService>, headers: HeaderMap, body: 
             )
             .await,
     )
+}
+
+/// `DELETE /v1/users/{user_id}`: 200 with the counts removed, also for a
+/// user the store knows nothing of (all zero).
+async fn erase_user(
+    State(service): State<QueryService>,
+    headers: HeaderMap,
+    user_id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let svc = &service;
+    let erased = service
+        .call_as(
+            Endpoint::EraseUser,
+            authorization(&headers),
+            |_scope, caller| async move {
+                let Path(user_id) = user_id.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                let user_id = parse_id("user_id", &user_id)?;
+                svc.erase_user(&user_id, &caller).await
+            },
+        )
+        .await;
+    match erased {
+        Ok(erased) => Json(erased).into_response(),
+        Err(error) => error.into_response(),
+    }
 }

@@ -12,6 +12,7 @@ pub mod access;
 pub mod catalog;
 pub mod config;
 pub mod engine;
+pub mod erase;
 pub mod error;
 pub mod grpc;
 pub mod http;

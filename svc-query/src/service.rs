@@ -11,12 +11,15 @@ use crate::report::{
     ConcurrencyRow, ConcurrencySpec, ImpressionRow, ProgressRow, RoyaltyRow, SessionRow,
     TrafficRow, Window,
 };
-use crate::{catalog, store};
+use crate::{catalog, erase, store};
 use hb_common::auth::Authenticator;
 use hb_common::store::Store;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Who calls when the service runs without auth (no `HB_AUTH_SECRET`).
+pub const OPEN_CALLER: &str = "open";
 
 /// The query service core, cheap to clone.
 #[derive(Clone)]
@@ -67,11 +70,28 @@ impl QueryService {
         F: FnOnce(Scope) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
+        self.call_as(endpoint, authorization, |scope, _| work(scope))
+            .await
+    }
+
+    /// Like [`QueryService::call`], also telling `work` who calls: the
+    /// token's subject, or `open` without auth.
+    pub async fn call_as<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        authorization: Option<&str>,
+        work: F,
+    ) -> Result<T, ApiError>
+    where
+        F: FnOnce(Scope, String) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
         let started = Instant::now();
         let outcome = async {
             let principal = self.inner.auth.authenticate(authorization)?;
             let scope = authorize(principal.as_ref(), endpoint)?;
-            work(scope).await
+            let caller = principal.map_or_else(|| OPEN_CALLER.to_string(), |p| p.subject);
+            work(scope, caller).await
         }
         .await;
         let status = match &outcome {
@@ -161,6 +181,16 @@ impl QueryService {
 
     pub async fn upsert_ads(&self, ads: &[Ad]) -> Result<usize, ApiError> {
         self.on_store(catalog::upsert_ads(&self.inner.store, ads))
+            .await
+    }
+
+    /// Erases `user_id` on behalf of `requested_by` (see [`erase::erase_user`]).
+    pub async fn erase_user(
+        &self,
+        user_id: &str,
+        requested_by: &str,
+    ) -> Result<erase::UserErased, ApiError> {
+        self.on_store(erase::erase_user(&self.inner.store, user_id, requested_by))
             .await
     }
 }

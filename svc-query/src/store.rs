@@ -8,6 +8,7 @@ use crate::config::QueryConfig;
 use crate::error::EngineError;
 use crate::report::{ProgressRow, SessionRow, TrafficRow};
 use hb_common::store::columns::{SESSIONS, SESSION_COLUMNS};
+pub use hb_common::store::prepare_bound;
 use hb_common::store::rows::{ads_from_column, StoredSession};
 use hb_common::store::{classify_sqlite, Failure, Param, Statement, Store, SQLITE_MMAP_BYTES};
 use sqlx::SqlitePool;
@@ -296,27 +297,6 @@ where
             Err(EngineError::Deadline(deadline))
         }
     }
-}
-
-/// `statement` prepared (cached on the connection) with its values bound.
-pub fn prepare_bound<'c>(
-    connection: &'c rusqlite::Connection,
-    statement: &Statement,
-) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
-    let mut prepared = connection.prepare_cached(&statement.sql)?;
-    for (i, param) in statement.params.iter().enumerate() {
-        // `$n` may appear twice; SQLite gives both the same index.
-        let Some(index) = prepared.parameter_index(&format!("${}", i + 1))? else {
-            continue;
-        };
-        match param {
-            Param::Int(value) => prepared.raw_bind_parameter(index, value)?,
-            Param::Int4(value) => prepared.raw_bind_parameter(index, value)?,
-            Param::Bool(value) => prepared.raw_bind_parameter(index, value)?,
-            Param::Text(value) => prepared.raw_bind_parameter(index, value)?,
-        }
-    }
-    Ok(prepared)
 }
 
 /// Text column `column` of a row, borrowed from SQLite's buffer.

@@ -66,6 +66,13 @@ fn endpoints() -> Vec<(
             "/v1/catalog/ads".to_string(),
             Some(json!([{"ad_id": "a-new", "campaign_id": "c9", "advertiser_id": "A9"}])),
         ),
+        // A user the store does not know: erasing it changes no report.
+        (
+            "erase_user",
+            "DELETE",
+            "/v1/users/u-unknown".to_string(),
+            None,
+        ),
     ]
 }
 
@@ -88,6 +95,7 @@ async fn call(
 ) -> (u16, serde_json::Value) {
     match method {
         "GET" => app.get(path, bearer).await,
+        "DELETE" => app.delete(path, bearer).await,
         _ => app.put(path, bearer, body.as_ref().unwrap()).await,
     }
 }
@@ -118,7 +126,9 @@ async fn every_role_against_every_endpoint() {
             if allowed(role, name) {
                 assert_eq!(status, 200, "{role} {name}: {body}");
                 assert!(
-                    body.get("rows").is_some() || body.get("upserted").is_some(),
+                    body.get("rows").is_some()
+                        || body.get("upserted").is_some()
+                        || body.get("erasure_id").is_some(),
                     "{body}"
                 );
             } else {

@@ -442,6 +442,7 @@ async fn check_traffic_rollup_follows_changes(backend: Backend) {
     ];
     for (event_id, device) in late {
         seed.raw.push(common::SeedRaw {
+            user_id: "u".into(),
             event_id: event_id.into(),
             video_id: v1.video_id.clone(),
             device_id: device.into(),
@@ -494,6 +495,7 @@ async fn check_traffic_rollup_follows_changes(backend: Backend) {
     let summed = T0 + 5 * HOUR_MS;
     let before = engine.traffic(window, None).await.unwrap();
     seed.raw.push(common::SeedRaw {
+        user_id: "u".into(),
         event_id: "unannounced".into(),
         video_id: v1.video_id.clone(),
         device_id: "d-unannounced".into(),

@@ -110,6 +110,9 @@ pub async fn run(
                 if rx.is_empty() {
                     pipeline.tick(now_ms());
                 }
+                if let Err(err) = pipeline.poll_erasures().await {
+                    tracing::warn!(error = %err, "reading erasures failed; read again on a later tick");
+                }
                 ready.renew(&pipeline, in_flight.as_ref().map(|(_, _, started)| *started));
                 if last_expire.elapsed() >= EXPIRE_EVERY {
                     last_expire = Instant::now();

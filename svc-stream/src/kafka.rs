@@ -208,6 +208,9 @@ pub async fn run(
                 if rx.is_empty() && pipeline.pending() < flush_max {
                     pipeline.tick(now_ms());
                 }
+                if let Err(err) = pipeline.poll_erasures().await {
+                    tracing::warn!(error = %err, "reading erasures failed; read again on a later tick");
+                }
                 flush_due = true;
                 ready.renew(&pipeline, in_flight.as_ref().map(|f| f.started));
             }

@@ -13,6 +13,7 @@ use crate::sink::{
     DeadLetter, Flush, LateMark, OffsetRow, RawHeartbeat, RawInStore, RawMirror, RawPlacement,
     SessionStore, SinkError,
 };
+use erasures::{erase_from_mirror, Erasures};
 use hb_common::health::HealthHandle;
 use hb_common::time::now_ms;
 use hb_proto::v1::Heartbeat;
@@ -20,6 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+mod erasures;
 
 /// Attempts of a flush write before giving up (see [`Pipeline::retry_forever`]):
 /// writes are idempotent (upserts, first-copy-wins raw rows, absolute
@@ -177,6 +180,8 @@ pub struct Pipeline {
     write_attempts: Option<u32>,
     /// Write attempts failed in a row, across flushes.
     failing: Arc<AtomicU32>,
+    /// The erasures applied so far (see [`Pipeline::poll_erasures`]).
+    erasures: Erasures,
 }
 
 impl Pipeline {
@@ -207,6 +212,7 @@ impl Pipeline {
             source_replays: false,
             write_attempts: Some(WRITE_ATTEMPTS),
             failing: Arc::new(AtomicU32::new(0)),
+            erasures: Erasures::default(),
         }
     }
 
@@ -548,7 +554,9 @@ impl Pipeline {
     /// memory for a later `prepare_flush`. Only after
     /// [`Pipeline::defer_sessions`] returned true; otherwise a full flush.
     pub fn prepare_raw_flush(&mut self) -> Option<PreparedFlush> {
-        if !self.defer_sessions {
+        // An erasure's flush writes the sessions too: the stored sessions
+        // (and where a restart resumes them) then follow the erasure.
+        if !self.defer_sessions || !self.erasures.pending.is_empty() {
             return self.take_flush(true);
         }
         let replay_only = self
@@ -625,6 +633,7 @@ impl Pipeline {
         let late_marks: Vec<LateMark> = std::mem::take(&mut self.pending_marks)
             .into_values()
             .collect();
+        let erasures = std::mem::take(&mut self.erasures.pending);
         self.update_gauges();
         if changes.is_empty()
             && raw.is_empty()
@@ -632,6 +641,7 @@ impl Pipeline {
             && offsets.is_empty()
             && late_marks.is_empty()
             && corrections.is_empty()
+            && erasures.is_empty()
         {
             return None;
         }
@@ -664,6 +674,7 @@ impl Pipeline {
                 offsets,
                 late_marks,
                 corrected: Vec::new(),
+                erasures,
                 now_ms: now_ms(),
             }),
             corrections,
@@ -679,6 +690,9 @@ impl Pipeline {
         self.pending_raw.clear();
         self.pending_dead.clear();
         self.pending_marks.clear();
+        // Erasures whose flush failed are read again (none of them was
+        // carried to the mirror by this process).
+        self.erasures = Erasures::default();
         let owned: Vec<i32> = self.partitions.keys().copied().collect();
         self.partitions.clear();
         for partition in owned {
@@ -787,6 +801,15 @@ impl PreparedFlush {
     /// store transaction; each retried while the failure is transient.
     pub async fn commit(self) -> Result<FlushStats, SinkError> {
         if let Some((mirror, rows)) = &self.mirror {
+            // Erased users' rows go before this flush's rows are written
+            // (those came after the erasure); earlier flushes are done.
+            erase_from_mirror(
+                mirror.as_ref(),
+                &self.flush.erasures,
+                self.attempts,
+                &self.failing,
+            )
+            .await?;
             retry(self.attempts, &self.failing, || mirror.write(rows)).await?;
         }
         let store_started = Instant::now();

@@ -3,7 +3,8 @@
 //! --smp 1` then `HB_TEST_SCYLLA=127.0.0.1:9042 cargo test -p svc-stream --test
 //! scylla_gated`). Each run creates a fresh keyspace `hb_test_<random>` with
 //! RF 1 and drops it at the end, pass or fail. Without the variable the test
-//! prints why it skipped and passes.
+//! prints why it skipped and passes. Covers writes, replays and erasing a
+//! user from both tables.
 
 use std::panic::AssertUnwindSafe;
 
@@ -192,6 +193,71 @@ async fn exercise(config: &ScyllaConfig, session: &Session) {
         .await
         .expect("replay many");
     assert_eq!(replayed, many);
+
+    // Erasing user-1: both tables lose every row of theirs (merged or late),
+    // whatever the hour; other users keep theirs. A video without rows and
+    // erasing again change nothing.
+    let user_1 = [
+        &before_hour,
+        &on_hour,
+        &merged_then_late,
+        &late_then_merged,
+        &only_late,
+        &out_of_range,
+    ];
+    let erased = mirror
+        .erase_user("user-1", &["video-1".to_owned(), "video-none".to_owned()])
+        .await
+        .expect("erase user-1");
+    assert_eq!(erased, user_1.len() as u64);
+    assert!(mirror
+        .replay("user-1", "video-1", 0, i64::MAX)
+        .await
+        .expect("replay erased")
+        .is_empty());
+    for row in user_1 {
+        let partition = hour_partition(
+            session,
+            &config.keyspace,
+            hour_ms(row.event_time_ms),
+            bucket(&row.event_id),
+        )
+        .await;
+        assert!(
+            !partition.iter().any(|(id, _)| *id == row.event_id),
+            "{} left in by_hour",
+            row.event_id
+        );
+    }
+    let other = hour_partition(
+        session,
+        &config.keyspace,
+        hour_ms(other_user.event_time_ms),
+        bucket(&other_user.event_id),
+    )
+    .await;
+    assert!(other.iter().any(|(id, _)| *id == other_user.event_id));
+    assert_eq!(
+        mirror
+            .replay("user-2", "video-1", 0, i64::MAX)
+            .await
+            .expect("other user after erasure"),
+        vec![other_user.clone()]
+    );
+    assert_eq!(
+        mirror
+            .erase_user("user-1", &["video-1".to_owned()])
+            .await
+            .expect("erase again"),
+        0
+    );
+    assert_eq!(
+        mirror
+            .replay("user-3", "video-1", 0, i64::MAX)
+            .await
+            .expect("user-3 after erasure"),
+        many
+    );
 }
 
 #[tokio::test]

@@ -12,6 +12,8 @@ pub const SESSION_ADS: &str = "session_ads";
 pub const VIDEOS: &str = "videos";
 /// The content catalog: ads with their campaign and advertiser.
 pub const ADS: &str = "ads";
+/// One row per user erasure: the audit, and the stream stage's queue.
+pub const ERASURES: &str = "erasures";
 
 /// A raw heartbeat as read back, in the order of the stream's `RawHeartbeat`.
 pub const RAW_COLUMNS: &str = "event_id, user_id, video_id, device_id, event_time_ms, \

@@ -2,6 +2,7 @@
 //! reader: where it is ([`StoreSettings`]), opening and migrating it
 //! ([`open_sqlite`], [`open_postgres`]), what its errors call for
 //! ([`classify`]), the tables and columns both sides name ([`columns`]),
+//! erasing a user's rows ([`erase`]),
 //! the stored form of its rows ([`rows`]), statements with typed values run
 //! on either engine ([`Store`], [`Statement`]), and PostgreSQL's binary COPY
 //! ([`pg_copy`]).
@@ -11,6 +12,7 @@
 //! PostgreSQL and YugabyteDB's YSQL.
 
 pub mod columns;
+pub mod erase;
 mod error;
 mod open;
 pub mod pg_copy;
@@ -22,7 +24,7 @@ pub use open::{
     migrate_postgres, migrate_sqlite, open_postgres, open_sqlite, open_sqlite_for_reports,
     PING_IDLE_AFTER, SQLITE_FILE, SQLITE_MMAP_BYTES,
 };
-pub use statement::{Param, Statement};
+pub use statement::{prepare_bound, Param, Statement};
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;

@@ -1,7 +1,8 @@
 //! SQL with `$n` placeholders and the typed values they stand for, run on
-//! either engine of the store ([`super::Store`]) or, for engines without a
-//! bind step (Trino, PostgreSQL's `COPY`), rendered with the values printed
-//! as literals. Values are never spliced from request text.
+//! either engine of the store ([`super::Store`]), on a rusqlite connection
+//! ([`prepare_bound`]) or, for engines without a bind step (Trino,
+//! PostgreSQL's `COPY`), rendered with the values printed as literals.
+//! Values are never spliced from request text.
 
 use std::fmt::Write as _;
 
@@ -73,6 +74,27 @@ impl Statement {
         }
         out
     }
+}
+
+/// `statement` prepared (cached on the connection) with its values bound.
+pub fn prepare_bound<'c>(
+    connection: &'c rusqlite::Connection,
+    statement: &Statement,
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let mut prepared = connection.prepare_cached(&statement.sql)?;
+    for (i, param) in statement.params.iter().enumerate() {
+        // `$n` may appear twice; SQLite gives both the same index.
+        let Some(index) = prepared.parameter_index(&format!("${}", i + 1))? else {
+            continue;
+        };
+        match param {
+            Param::Int(value) => prepared.raw_bind_parameter(index, value)?,
+            Param::Int4(value) => prepared.raw_bind_parameter(index, value)?,
+            Param::Bool(value) => prepared.raw_bind_parameter(index, value)?,
+            Param::Text(value) => prepared.raw_bind_parameter(index, value)?,
+        }
+    }
+    Ok(prepared)
 }
 
 #[cfg(test)]

@@ -91,6 +91,7 @@ pub struct SeedSession {
 #[derive(Clone, Debug)]
 pub struct SeedRaw {
     pub event_id: String,
+    pub user_id: String,
     pub video_id: String,
     pub device_id: String,
     pub event_time_ms: i64,
@@ -103,9 +104,10 @@ async fn write_raw(store: &Store, raw: &[SeedRaw], bump: bool) {
             for r in raw {
                 sqlx::query(
                     "INSERT INTO raw_heartbeats (event_id, user_id, video_id, device_id, event_time_ms, \
-                     position_ms, state, expires_ms) VALUES ($1, 'u', $2, $3, $4, 0, 1, $5)",
+                     position_ms, state, expires_ms) VALUES ($1, $2, $3, $4, $5, 0, 1, $6)",
                 )
                 .bind(&r.event_id)
+                .bind(&r.user_id)
                 .bind(&r.video_id)
                 .bind(&r.device_id)
                 .bind(r.event_time_ms)
@@ -230,6 +232,8 @@ impl Seed {
         for i in 0..1_500 {
             data.raw.push(SeedRaw {
                 event_id: format!("e{i}"),
+                // Not drawn, so the rest of the data set stays as it was.
+                user_id: format!("u{}", i % 25),
                 video_id: format!("v{}", rng.random_range(0..13)),
                 device_id: format!("d{}", rng.random_range(0..30)),
                 event_time_ms: T0 - HOUR_MS + rng.random_range(0..27 * HOUR_MS),
@@ -241,6 +245,7 @@ impl Seed {
         {
             data.raw.push(SeedRaw {
                 event_id: format!("edge{i}"),
+                user_id: "u".into(),
                 video_id: "v2".into(),
                 device_id: "d-edge".into(),
                 event_time_ms: t,
@@ -511,6 +516,14 @@ impl Seed {
         rows
     }
 
+    /// Forgets everything of `user`: the data set an erasure leaves.
+    pub fn without_user(&self, user: &str) -> Seed {
+        let mut seed = self.clone();
+        seed.sessions.retain(|s| s.user_id != user);
+        seed.raw.retain(|r| r.user_id != user);
+        seed
+    }
+
     /// Users with the most sessions, for look-up tests.
     pub fn busiest_users(&self, n: usize) -> Vec<String> {
         let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -605,6 +618,20 @@ impl TestApp {
         body: &serde_json::Value,
     ) -> (u16, serde_json::Value) {
         let mut request = self.client.put(format!("{}{path}", self.http)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = self.client.delete(format!("{}{path}", self.http));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }

@@ -359,6 +359,48 @@ impl Sessionizer {
         }
     }
 
+    /// The videos of the keys of `user_id` held now.
+    pub fn videos_of(&self, user_id: &str) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|slot| slot.live && slot.user_id.is(user_id))
+            .map(|slot| slot.video_id.as_str().to_owned())
+            .collect()
+    }
+
+    /// Forgets everything held of `user_id` (an erased user): the open
+    /// sessions and held heartbeats of each of the user's keys, and the
+    /// user's changes not drained yet. Nothing is reported for them: the
+    /// store's rows of the user are removed by the erasure. Heartbeats of the
+    /// user pushed afterwards start new sessions, and ids seen before no
+    /// longer count as duplicates. Returns how many open sessions went.
+    pub fn forget_user(&mut self, user_id: &str) -> usize {
+        let mut forgotten = 0;
+        for slot_index in 0..self.slots.len() as SlotIndex {
+            let slot = &mut self.slots[slot_index as usize];
+            if !slot.live || !slot.user_id.is(user_id) {
+                continue;
+            }
+            let sessions = std::mem::take(&mut slot.sessions);
+            let count = sessions.as_slice().len();
+            if count > 0 {
+                self.held -= sessions
+                    .as_slice()
+                    .iter()
+                    .map(|session| session.tail.len())
+                    .sum::<usize>();
+                self.open_sessions -= count;
+                self.open_keys -= 1;
+                forgotten += count;
+            }
+            // Bumps the slot's generation: its queued finalizations go stale.
+            self.release_if_empty(slot_index);
+        }
+        self.deleted.retain(|key| key.user_id != user_id);
+        self.finals.retain(|session| session.user_id != user_id);
+        forgotten
+    }
+
     /// Number of open sessions.
     pub fn open_sessions(&self) -> usize {
         self.open_sessions

@@ -783,3 +783,97 @@ fn borrowed_pushes_and_drains_give_the_same_outcomes_and_changes_as_owned_ones()
         assert_eq!(refs[0].to_owned_event(), events[0]);
     }
 }
+
+fn on_video(mut event: Event, video_id: &str) -> Event {
+    event.video_id = video_id.to_owned();
+    event
+}
+
+#[test]
+fn forgetting_a_user_drops_every_key_of_theirs_and_nothing_else() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    for event in [
+        playing("a1", 0, 0).for_user("alice"),
+        playing("a2", 5_000, 5_000).for_user("alice"),
+        on_video(playing("a3", 6_000, 0).for_user("alice"), "w"),
+        playing("b1", 1_000, 0).for_user("bob"),
+        playing("b2", 6_000, 5_000).for_user("bob"),
+    ] {
+        assert_eq!(sessionizer.push(event), Outcome::Merged);
+    }
+    assert_eq!(sessionizer.open_sessions(), 3);
+    assert_eq!(sessionizer.forget_user("alice"), 2);
+    assert_eq!(sessionizer.forget_user("alice"), 0);
+    assert_eq!(sessionizer.forget_user("nobody"), 0);
+    assert_eq!(sessionizer.open_sessions(), 1);
+    assert_eq!(sessionizer.open_keys(), 1);
+    assert_eq!(sessionizer.held_events(), 2);
+    // Alice's undrained upserts are gone; Bob's remain.
+    let changes = sessionizer.drain_changes();
+    assert_eq!(upsert_keys(&changes), vec![key("bob", 1_000)]);
+    sessionizer.finish();
+    let finals: Vec<Session> = sessionizer
+        .drain_changes()
+        .into_iter()
+        .filter_map(|change| match change {
+            Change::Final(session) => Some(session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals.len(), 1);
+    assert_eq!(finals[0].user_id, "bob");
+    assert_eq!(finals[0].heartbeats, 2);
+}
+
+#[test]
+fn a_forgotten_users_pending_finals_and_deletes_are_not_reported() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a1", 0, 0).for_user("alice"));
+    sessionizer.push(playing("b1", 0, 0).for_user("bob"));
+    sessionizer.drain_changes();
+    // Alice's session moves its start (a delete of the stored key) and both
+    // sessions end (finals), none drained yet.
+    sessionizer.push(playing("a0", -1_000, 0).for_user("alice"));
+    sessionizer.push(playing("late-clock", 10 * G, 0).for_user("carol"));
+    sessionizer.advance(0);
+    assert_eq!(sessionizer.forget_user("alice"), 0, "already final");
+    let changes = sessionizer.drain_changes();
+    assert!(
+        changes.iter().all(|change| match change {
+            Change::Upsert(s) | Change::Final(s) => s.user_id != "alice",
+            Change::Delete(key) => key.user_id != "alice",
+        }),
+        "{changes:?}"
+    );
+    assert!(changes
+        .iter()
+        .any(|change| matches!(change, Change::Final(s) if s.user_id == "bob")));
+}
+
+#[test]
+fn heartbeats_of_a_forgotten_user_start_new_sessions_even_when_resent() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a1", 0, 0).for_user("alice"));
+    sessionizer.push(playing("a2", 5_000, 5_000).for_user("alice"));
+    sessionizer.drain_changes();
+    assert_eq!(sessionizer.forget_user("alice"), 1);
+    // The same heartbeat again is new data now, not a duplicate.
+    assert_eq!(
+        sessionizer.push(playing("a2", 5_000, 5_000).for_user("alice")),
+        Outcome::Merged
+    );
+    sessionizer.push(playing("a3", 10_000, 10_000).for_user("alice"));
+    let changes = sessionizer.drain_changes();
+    assert_eq!(upsert_keys(&changes), vec![key("alice", 5_000)]);
+    sessionizer.finish();
+    let finals: Vec<Session> = sessionizer
+        .drain_changes()
+        .into_iter()
+        .filter_map(|change| match change {
+            Change::Final(session) => Some(session),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finals.len(), 1);
+    assert_eq!((finals[0].start_ms, finals[0].heartbeats), (5_000, 2));
+}

@@ -8,6 +8,7 @@ pub mod sql;
 use crate::sessionizer::{Change, Event, EventRef, PlaybackState};
 use async_trait::async_trait;
 pub use hb_common::handoff::DeadLetter;
+pub use hb_common::store::erase::PendingErasure;
 use hb_proto::v1::Heartbeat;
 use std::sync::Arc;
 
@@ -98,6 +99,14 @@ pub trait RawMirror: Send + Sync {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<RawHeartbeat>, SinkError>;
+
+    /// Removes every row of `user_id` under the given videos (an erased
+    /// user: see [`Flush::erasures`]); returns how many were found. A mirror
+    /// that is the sessions store itself removes them in the flush's
+    /// transaction instead, and keeps this default.
+    async fn erase_user(&self, _user_id: &str, _videos: &[String]) -> Result<u64, SinkError> {
+        Ok(0)
+    }
 
     /// The heartbeats of every session in `open`, for restoring a partition.
     /// Mirrors keyed by user and video replay them one by one; a mirror
@@ -253,6 +262,11 @@ pub struct Flush {
     pub late_marks: Vec<LateMark>,
     /// Marks whose corrections `changes` holds: deleted with them.
     pub corrected: Vec<LateMark>,
+    /// Users erased since the last flush: their rows in the store are
+    /// removed first (again: the erasure removed them, but flushes committed
+    /// before the stage noticed it may have written some back), and each
+    /// erasure is marked as carried to the raw mirror.
+    pub erasures: Vec<PendingErasure>,
     pub now_ms: i64,
 }
 
@@ -281,4 +295,15 @@ pub trait SessionStore: Send + Sync {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<StoredSpan>, SinkError>;
+    /// The id after which a starting process applies erasures (see
+    /// [`hb_common::store::erase::first_to_apply`]). Stores without
+    /// erasures: 0.
+    async fn erasures_start(&self) -> Result<i64, SinkError> {
+        Ok(0)
+    }
+
+    /// The erasures recorded after `after_id`, by id.
+    async fn erasures_since(&self, _after_id: i64) -> Result<Vec<PendingErasure>, SinkError> {
+        Ok(Vec::new())
+    }
 }

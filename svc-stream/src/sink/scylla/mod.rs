@@ -51,7 +51,9 @@ use errors::{
     execution_error_is_transient, new_session_error_is_transient, next_row_error_is_transient,
     pager_error_is_transient, sink_error,
 };
-use rows::{hour_values, replay_order, row_from, ttl_bind_value, user_video_values, StoredRow};
+use rows::{
+    hour_key, hour_values, replay_order, row_from, ttl_bind_value, user_video_values, StoredRow,
+};
 use statements::{write_kind, Statements, Table};
 
 pub use config::{
@@ -61,8 +63,8 @@ pub use config::{
 pub use schema::{schema_statements, KEYSPACE_CQL, TABLES_CQL};
 pub use scylla::statement::Consistency;
 pub use statements::{
-    INSERT_BY_HOUR, INSERT_BY_HOUR_LATE, INSERT_BY_USER_VIDEO, INSERT_BY_USER_VIDEO_LATE,
-    LATE_WRITE_TIMESTAMP_MICROS, SELECT_REPLAY,
+    DELETE_BY_HOUR, DELETE_BY_USER_VIDEO, INSERT_BY_HOUR, INSERT_BY_HOUR_LATE,
+    INSERT_BY_USER_VIDEO, INSERT_BY_USER_VIDEO_LATE, LATE_WRITE_TIMESTAMP_MICROS, SELECT_REPLAY,
 };
 
 /// The raw mirror on a ScyllaDB cluster: one driver session (token- and
@@ -187,6 +189,44 @@ impl RawMirror for ScyllaMirror {
         )
         .try_for_each_concurrent(self.max_in_flight, |(row, table)| self.insert(row, table))
         .await
+    }
+
+    /// For each video, reads the user's partition of `by_user_video`,
+    /// deletes each of its rows from `by_hour` by full primary key (hour and
+    /// bucket follow from the row, as when it was written), then the
+    /// partition itself: a failure part-way leaves the partition to find
+    /// the rest from when the call is retried. Deletes carry the time of
+    /// the call, above any earlier write (late rows are written at
+    /// timestamp 1).
+    async fn erase_user(&self, user_id: &str, videos: &[String]) -> Result<u64, SinkError> {
+        let mut erased = 0;
+        for video_id in videos {
+            let rows = self.replay(user_id, video_id, i64::MIN, i64::MAX).await?;
+            futures::stream::iter(rows.iter().map(Ok::<_, SinkError>))
+                .try_for_each_concurrent(self.max_in_flight, |row| async move {
+                    self.session
+                        .execute_unpaged(&self.statements.delete_by_hour, hour_key(row))
+                        .await
+                        .map(drop)
+                        .map_err(|err| {
+                            let transient = execution_error_is_transient(&err);
+                            sink_error("scylla delete from by_hour", &err, transient)
+                        })
+                })
+                .await?;
+            self.session
+                .execute_unpaged(
+                    &self.statements.delete_by_user_video,
+                    (user_id, video_id.as_str()),
+                )
+                .await
+                .map_err(|err| {
+                    let transient = execution_error_is_transient(&err);
+                    sink_error("scylla delete from by_user_video", &err, transient)
+                })?;
+            erased += rows.len() as u64;
+        }
+        Ok(erased)
     }
 
     /// Reads by_user_video naming the full partition key, through every page.

@@ -98,6 +98,20 @@ pub(super) fn hour_values(row: &RawHeartbeat, ttl: i32) -> HourValues<'_> {
     }
 }
 
+/// The primary key of `row` in `by_hour`: `(hour_ms, bucket, event_time_ms,
+/// event_id)`, bound to [`DELETE_BY_HOUR`].
+///
+/// [`DELETE_BY_HOUR`]: super::DELETE_BY_HOUR
+pub(super) fn hour_key(row: &RawHeartbeat) -> (i64, i32, i64, &str) {
+    let values = hour_values(row, 0);
+    (
+        values.hour_ms,
+        values.bucket,
+        values.event_time_ms,
+        values.event_id,
+    )
+}
+
 /// A row of [`SELECT_REPLAY`], matched to the result columns by name.
 /// Context columns read a null (a row written by another tool) as empty.
 ///
@@ -449,5 +463,17 @@ mod tests {
             .map(|r| (r.event_time_ms, r.event_id.as_str()))
             .collect();
         assert_eq!(order, vec![(10, "z"), (20, "a"), (20, "b")]);
+    }
+
+    #[test]
+    fn the_by_hour_key_of_a_row_is_the_one_it_was_written_under() {
+        let row = heartbeat("evt-1", 3 * HOUR_MS + 59_999, true);
+        let written = hour_values(&row, 60);
+        assert_eq!(
+            hour_key(&row),
+            (written.hour_ms, written.bucket, row.event_time_ms, "evt-1")
+        );
+        assert_eq!(hour_key(&row).0, 3 * HOUR_MS);
+        assert_eq!(hour_key(&row).1, hb_common::raw::bucket("evt-1"));
     }
 }

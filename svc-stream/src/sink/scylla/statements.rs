@@ -43,6 +43,15 @@ pub const SELECT_REPLAY: &str = "SELECT event_id, user_id, video_id, device_id, 
      FROM {keyspace}.by_user_video \
      WHERE user_id = ? AND video_id = ? AND event_time_ms >= ? AND event_time_ms <= ?";
 
+/// Removes one row of `by_hour`, named by its full primary key (an erased
+/// user's row, found through `by_user_video`).
+pub const DELETE_BY_HOUR: &str = "DELETE FROM {keyspace}.by_hour \
+     WHERE hour_ms = ? AND bucket = ? AND event_time_ms = ? AND event_id = ?";
+
+/// Removes one user's whole partition of one video from `by_user_video`.
+pub const DELETE_BY_USER_VIDEO: &str =
+    "DELETE FROM {keyspace}.by_user_video WHERE user_id = ? AND video_id = ?";
+
 /// The two mirror tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Table {
@@ -97,6 +106,9 @@ pub(super) struct Statements {
     /// Indexed by [`Statements::slot`].
     inserts: Vec<PreparedStatement>,
     pub(super) replay: PreparedStatement,
+    /// An erased user's rows: [`DELETE_BY_HOUR`], [`DELETE_BY_USER_VIDEO`].
+    pub(super) delete_by_hour: PreparedStatement,
+    pub(super) delete_by_user_video: PreparedStatement,
 }
 
 impl Statements {
@@ -136,7 +148,22 @@ impl Statements {
         replay.set_is_idempotent(true);
         replay.set_consistency(config.consistency);
         replay.set_page_size(config.replay_page_size);
-        Ok(Self { inserts, replay })
+        let mut deletes = Vec::with_capacity(2);
+        for cql in [DELETE_BY_HOUR, DELETE_BY_USER_VIDEO] {
+            let mut statement = prepare(session, &render(cql, &config.keyspace)).await?;
+            // Deleting the same row or partition again changes nothing.
+            statement.set_is_idempotent(true);
+            statement.set_consistency(config.consistency);
+            deletes.push(statement);
+        }
+        let delete_by_user_video = deletes.pop().expect("two deletes prepared");
+        let delete_by_hour = deletes.pop().expect("two deletes prepared");
+        Ok(Self {
+            inserts,
+            replay,
+            delete_by_hour,
+            delete_by_user_video,
+        })
     }
 
     pub(super) fn insert(&self, table: Table, kind: WriteKind) -> &PreparedStatement {
@@ -209,6 +236,32 @@ mod tests {
             .collect();
         slots.sort();
         assert_eq!(slots, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn erasure_deletes_name_full_keys_of_both_tables() {
+        let by_hour = render(DELETE_BY_HOUR, "hb_unit");
+        assert_eq!(
+            by_hour,
+            "DELETE FROM hb_unit.by_hour WHERE hour_ms = ? AND bucket = ? \
+             AND event_time_ms = ? AND event_id = ?"
+        );
+        let by_user_video = render(DELETE_BY_USER_VIDEO, "hb_unit");
+        assert_eq!(
+            by_user_video,
+            "DELETE FROM hb_unit.by_user_video WHERE user_id = ? AND video_id = ?"
+        );
+        // The keys named are the tables' primary keys (a partition for
+        // by_user_video, a row for by_hour): no scan, no ALLOW FILTERING.
+        let statements = schema_statements(&config("hb_unit")).unwrap();
+        assert!(create_table(&statements, "by_hour")
+            .contains("PRIMARY KEY ((hour_ms, bucket), event_time_ms, event_id)"));
+        assert!(create_table(&statements, "by_user_video")
+            .contains("PRIMARY KEY ((user_id, video_id), event_time_ms, event_id)"));
+        for delete in [by_hour, by_user_video] {
+            assert!(!delete.contains("ALLOW FILTERING"));
+            assert!(!delete.contains("IF EXISTS"), "no LWT: {delete}");
+        }
     }
 
     #[test]

@@ -11,12 +11,13 @@ mod sqlite;
 mod writes;
 
 use super::{
-    Flush, LateMark, OpenSession, PartitionSnapshot, RawHeartbeat, RawInStore, RawMirror,
-    SessionStore, SinkError, StoredSpan,
+    Flush, LateMark, OpenSession, PartitionSnapshot, PendingErasure, RawHeartbeat, RawInStore,
+    RawMirror, SessionStore, SinkError, StoredSpan,
 };
 use async_trait::async_trait;
 use hb_common::raw::{hour_ms, BUMP_RAW_HOURS_UNTIL_SQL};
 use hb_common::store::columns::{RAW_COLUMNS, RAW_HEARTBEATS};
+use hb_common::store::erase;
 use hb_common::store::{Param, Statement, Store};
 use postgres::PgWriter;
 use sqlite::SqliteWriter;
@@ -251,6 +252,26 @@ impl<P: Send + Sync> SessionStore for SqlStore<P> {
         }
         tx.commit().await.map_err(sink_error)?;
         Ok(deleted)
+    }
+
+    async fn erasures_start(&self) -> Result<i64, SinkError> {
+        let rows: Vec<(Option<i64>, Option<i64>)> = self
+            .store
+            .fetch_all(&erase::start())
+            .await
+            .map_err(sink_error)?;
+        Ok(erase::first_to_apply(
+            rows.first().copied().unwrap_or((None, None)),
+        ))
+    }
+
+    async fn erasures_since(&self, after_id: i64) -> Result<Vec<PendingErasure>, SinkError> {
+        let rows: Vec<(i64, String, String)> = self
+            .store
+            .fetch_all(&erase::since(after_id))
+            .await
+            .map_err(sink_error)?;
+        Ok(rows.into_iter().map(erase::pending).collect())
     }
 }
 

@@ -18,8 +18,8 @@ use hb_common::store::columns::{
     count, DEAD_LETTER_COLUMNS, RAW_HEARTBEATS, RAW_WRITE_COLUMNS, SESSIONS, SESSION_ADS,
     SESSION_AD_COLUMNS, SESSION_WRITE_COLUMNS,
 };
-use hb_common::store::pg_copy;
 use hb_common::store::rows::ads_to_column;
+use hb_common::store::{erase, pg_copy, Transaction};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use std::sync::{Arc, LazyLock};
 
@@ -228,6 +228,30 @@ async fn insert_raw(
     Ok(())
 }
 
+/// Removes the rows of the flush's erased users in `tx` and marks each
+/// erasure as carried to the raw mirror.
+async fn erase_users(
+    tx: sqlx::Transaction<'static, Postgres>,
+    flush: &Flush,
+) -> Result<sqlx::Transaction<'static, Postgres>, SinkError> {
+    if flush.erasures.is_empty() {
+        return Ok(tx);
+    }
+    let mut tx = Transaction::Postgres(tx);
+    for erasure in &flush.erasures {
+        erase::erase_user(&mut tx, &erasure.user_id)
+            .await
+            .map_err(sink_error)?;
+        tx.execute(&erase::mirror_erased(erasure.id, flush.now_ms))
+            .await
+            .map_err(sink_error)?;
+    }
+    match tx {
+        Transaction::Postgres(tx) => Ok(tx),
+        Transaction::Sqlite(_) => unreachable!("wrapped a PostgreSQL transaction"),
+    }
+}
+
 async fn commit(
     pool: &PgPool,
     flush: &Flush,
@@ -235,7 +259,9 @@ async fn commit(
     copy_raw: bool,
 ) -> Result<(), RawConflict> {
     let started = std::time::Instant::now();
-    let mut tx = pool.begin().await.map_err(sink_error)?;
+    let tx = pool.begin().await.map_err(sink_error)?;
+    // Erased users first: the rows below are what came after the erasure.
+    let mut tx = erase_users(tx, flush).await?;
 
     write_raw(&mut tx, &flush.raw, raw_ttl_ms, copy_raw).await?;
     let raw_done = started.elapsed();

@@ -20,6 +20,7 @@ use hb_common::store::columns::{
     SESSION_AD_COLUMNS, SESSION_WRITE_COLUMNS,
 };
 use hb_common::store::rows::ads_to_column;
+use hb_common::store::{erase, prepare_bound};
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -138,6 +139,11 @@ fn write(
 ) -> rusqlite::Result<Result<(), SinkError>> {
     let started = std::time::Instant::now();
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Erased users first: the rows below are what came after the erasure.
+    for erasure in &flush.erasures {
+        erase::erase_user_rusqlite(&tx, &erasure.user_id)?;
+        prepare_bound(&tx, &erase::mirror_erased(erasure.id, flush.now_ms))?.raw_execute()?;
+    }
     {
         let mut statement = tx.prepare_cached(&insert(
             RAW_HEARTBEATS,
