@@ -2,11 +2,13 @@
 # Operations checks of the heartbeat mesh: Helm chart, ArgoCD manifests,
 # Prometheus rules, Grafana dashboards, metric names against the running
 # services, every Grafana PromQL panel evaluated by a real Prometheus that
-# scrapes them, the Superset dashboard over a store the mesh filled, opened in
-# headless Chromium. Installs what it needs on a fresh machine (Python venvs,
-# npm packages, Debian's prometheus for promtool and the server, chromium and
-# chromium-driver), is safe to run again, and exits non-zero when any check
-# fails. The dashboard's screenshot is left in target/ops/superset-dashboard.png.
+# scrapes them, svc-query's HTTP API against its OpenAPI document
+# (schemathesis, openapi_check.sh), the Superset dashboard over a store the
+# mesh filled, opened in headless Chromium. Installs what it needs on a fresh
+# machine (Python venvs, npm packages, Debian's prometheus for promtool and
+# the server, chromium and chromium-driver), is safe to run again, and exits
+# non-zero when any check fails. The dashboard's screenshot is left in
+# target/ops/superset-dashboard.png.
 #
 #   bash .ci/ops/check.sh                 everything
 #   HB_SKIP_SUPERSET=1 bash .ci/ops/check.sh   without the Superset check (announced)
@@ -344,6 +346,12 @@ catalog_csv() {
   } >"$2"
 }
 
+check_openapi() {
+  # Its own mesh (with HB_AUTH_SECRET and the demo's data); the hbmesh built
+  # for the live checks above when there is one.
+  HB_OPS_CACHE="$CACHE" HB_HBMESH="$HBMESH" bash "$OPS/openapi_check.sh"
+}
+
 check_superset() {
   local t0=$SECONDS
   local venv="$CACHE/superset-$(hash_of "$OPS/requirements-superset.txt")"
@@ -403,18 +411,19 @@ if ! install_tools; then
 fi
 
 if [ "${HB_ONLY_SUPERSET:-0}" = 1 ]; then
-  say "ONLY THE SUPERSET CHECK (HB_ONLY_SUPERSET=1): helm, argo, rules, Grafana and metrics checks were NOT run"
-  SKIPPED=$((SKIPPED + 8))
+  say "ONLY THE SUPERSET CHECK (HB_ONLY_SUPERSET=1): helm, argo, rules, Grafana, metrics and OpenAPI checks were NOT run"
+  SKIPPED=$((SKIPPED + 9))
 else
   run "helm lint + render + kubernetes-validate --strict" check_helm
   run "custom resources vs CRD schemas (@kubernetes-models)" check_crd_schemas
   run "tsc: dashboards vs @grafana/schema, CRs vs CRD types" check_types
   run "promtool check rules" check_promtool_check
   run "promtool test rules" check_promtool_test
-  run "pytest (chart invariants, argo, rules, metrics_exist, panels_eval, superset_browser, dockerfile)" check_pytest
+  run "pytest (chart invariants, argo, rules, metrics_exist, panels_eval, openapi_statuses, superset_browser, dockerfile)" check_pytest
   run "metrics named in rules/dashboards exist on live /metrics" check_metrics_exist
   run "every Grafana PromQL panel returns series in a real Prometheus" check_panels_eval
   stop_mesh
+  run "schemathesis: svc-query answers as its OpenAPI document says" check_openapi
 fi
 if [ "${HB_SKIP_SUPERSET:-0}" = 1 ]; then
   say "SUPERSET CHECK SKIPPED (HB_SKIP_SUPERSET=1): the Superset assets were NOT imported or queried"

@@ -12,6 +12,7 @@ use hb_common::store::columns::{ADS, VIDEOS};
 use hb_common::store::{Param, Store};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use utoipa::ToSchema;
 
 /// Longest title accepted.
 pub const MAX_TITLE_BYTES: usize = 1_024;
@@ -19,22 +20,49 @@ pub const MAX_TITLE_BYTES: usize = 1_024;
 pub const MAX_ROWS_PER_PUT: usize = 10_000;
 
 /// A catalog row: `video_id,title,license_holder_id,rate_micros_per_hour`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Video {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub video_id: String,
+    #[schema(max_length = 1024, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub title: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub license_holder_id: String,
     /// Royalty per hour watched, in millionths of the currency unit.
+    #[schema(minimum = 0)]
     pub rate_micros_per_hour: i64,
 }
 
 /// A catalog row: `ad_id,campaign_id,advertiser_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Ad {
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub ad_id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub campaign_id: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     pub advertiser_id: String,
 }
 

@@ -18,12 +18,16 @@ use serde::Serialize;
 pub const CLI_CALLER: &str = "cli";
 
 /// What an erasure answers: the rows removed and the audit row's id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserErased {
     pub user_id: String,
+    /// Raw heartbeats removed from the store (a ScyllaDB mirror is erased
+    /// by the stream stage's next flush).
     pub raw_heartbeats: i64,
     pub sessions: i64,
+    /// (session, ad) impressions removed.
     pub ad_links: i64,
+    /// The audit row's id.
     pub erasure_id: i64,
 }
 

@@ -17,7 +17,31 @@ use axum::response::{IntoResponse, Response};
 use hb_common::auth::AuthError;
 use hb_common::store::pg_copy::CopyError;
 use hb_common::store::Failure;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use utoipa::ToSchema;
+
+/// The body of every error answer, whatever its status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What kind of error, for programs: `bad_request`, `unauthenticated`,
+    /// `forbidden`, `not_found`, `method_not_allowed`, `internal`,
+    /// `upstream_error`, `unavailable` or `deadline_exceeded`.
+    #[schema(example = "bad_request")]
+    pub error: String,
+    /// What went wrong, for people.
+    #[schema(example = "missing from (RFC 3339 time, e.g. 2024-05-01T00:00:00Z)")]
+    pub detail: String,
+}
+
+impl ErrorBody {
+    pub fn new(error: &str, detail: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.to_string(),
+            detail: detail.into(),
+        }
+    }
+}
 
 /// A report backend's failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,7 +142,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = self.code(), detail = %self, "query failed");
         }
-        let body = serde_json::json!({ "error": self.code(), "detail": self.to_string() });
+        let body = ErrorBody::new(self.code(), self.to_string());
         (status, axum::Json(body)).into_response()
     }
 }

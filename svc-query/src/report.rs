@@ -17,6 +17,7 @@
 
 use hb_common::time::rfc3339_to_ms;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Most concurrency buckets one request may ask for.
 pub const MAX_BUCKETS: i64 = 10_000;
@@ -124,9 +125,10 @@ impl ConcurrencySpec {
         })
     }
 
-    /// `step_s` as the HTTP query string carries it (absent = 60).
+    /// `step_s` as the HTTP query string carries it (absent = 60; present
+    /// but empty is not a number).
     pub fn parse_step(step_s: Option<&str>) -> Result<i64, ParamError> {
-        match step_s.filter(|s| !s.is_empty()) {
+        match step_s {
             None => Ok(DEFAULT_STEP_S),
             Some(text) => text.parse::<i64>().map_err(|_| {
                 bad(format!(
@@ -329,16 +331,15 @@ pub fn parse_id(name: &str, value: &str) -> Result<String, ParamError> {
 }
 
 /// The optional period of `GET /v1/users/{id}/sessions`: absent bounds are
-/// open (all of the user's sessions), present ones are RFC 3339.
+/// open (all of the user's sessions), present ones are RFC 3339 (`?to=` is
+/// a bad time, not an absent one).
 pub fn optional_period(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), ParamError> {
-    let from_ms = match from.filter(|v| !v.is_empty()) {
-        Some(text) => parse_time("from", Some(text))?,
-        None => i64::MIN,
+    let bound = |name: &str, value: Option<&str>, open: i64| match value {
+        Some(text) => rfc3339_to_ms(text).map_err(|e| bad(format!("{name}: {e}"))),
+        None => Ok(open),
     };
-    let to_ms = match to.filter(|v| !v.is_empty()) {
-        Some(text) => parse_time("to", Some(text))?,
-        None => i64::MAX,
-    };
+    let from_ms = bound("from", from, i64::MIN)?;
+    let to_ms = bound("to", to, i64::MAX)?;
     if from_ms >= to_ms {
         return Err(bad("from must be before to"));
     }
@@ -346,7 +347,7 @@ pub fn optional_period(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64
 }
 
 /// `{license_holder_id, video_id, sessions, viewers, watch_ms, amount_micros}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RoyaltyRow {
     pub license_holder_id: String,
     pub video_id: String,
@@ -357,7 +358,7 @@ pub struct RoyaltyRow {
 }
 
 /// `{advertiser_id, campaign_id, ad_id, impressions, viewers}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct ImpressionRow {
     pub advertiser_id: String,
     pub campaign_id: String,
@@ -367,14 +368,14 @@ pub struct ImpressionRow {
 }
 
 /// `{bucket_start_ms, viewers}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ConcurrencyRow {
     pub bucket_start_ms: i64,
     pub viewers: i64,
 }
 
 /// `{hour_start_ms, license_holder_id, heartbeats, devices}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct TrafficRow {
     pub hour_start_ms: i64,
     pub license_holder_id: String,
@@ -383,7 +384,7 @@ pub struct TrafficRow {
 }
 
 /// `{video_id, last_position_ms, end_ms, start_ms}` of a user's latest session per video.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct ProgressRow {
     pub video_id: String,
     pub last_position_ms: i64,
@@ -392,7 +393,7 @@ pub struct ProgressRow {
 }
 
 /// A session with every field of SPEC 5.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SessionRow {
     pub user_id: String,
     pub video_id: String,
@@ -470,6 +471,7 @@ mod tests {
         assert!(ConcurrencySpec::new(long, 1).is_err());
         assert_eq!(ConcurrencySpec::parse_step(None).unwrap(), 60);
         assert!(ConcurrencySpec::parse_step(Some("1.5")).is_err());
+        assert!(ConcurrencySpec::parse_step(Some("")).is_err());
     }
 
     #[test]
@@ -541,6 +543,8 @@ mod tests {
     #[test]
     fn the_sessions_period_is_optional() {
         assert_eq!(optional_period(None, None).unwrap(), (i64::MIN, i64::MAX));
+        assert!(optional_period(None, Some("")).is_err());
+        assert!(optional_period(Some(""), None).is_err());
         assert!(
             optional_period(Some("2024-01-01T00:00:00Z"), Some("2023-01-01T00:00:00Z")).is_err()
         );

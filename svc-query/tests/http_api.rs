@@ -375,6 +375,12 @@ async fn bad_parameters_are_400_with_a_reason() {
         ),
         (format!("/v1/users/{}/progress", "x".repeat(129)), "user_id"),
         ("/v1/users/u1/sessions?from=never".to_string(), "from"),
+        // Present but empty is a bad value, not an absent one (schemathesis).
+        ("/v1/users/u1/sessions?to=".to_string(), "to"),
+        (
+            format!("/v1/reports/concurrency?from={t0}&to={t1}&step_s="),
+            "step_s",
+        ),
     ];
     for (path, needle) in cases {
         let (status, body) = app.get(&path, Some(&admin)).await;
