@@ -1,6 +1,7 @@
 //! What the three services and the `hbmesh` binary share. Plumbing: bearer
 //! tokens and their roles, config value parsing and the settings several
-//! services read, telemetry, shutdown, the metrics/health endpoint. And the
+//! services read, telemetry, progress of long work, shutdown, the
+//! metrics/health endpoint. And the
 //! contracts between the services: the sessions store layer (opening,
 //! migrations, error classification, columns, rows) that the stream writes
 //! and the query service reads ([`store`]), the raw mirror's layout ([`raw`])
@@ -14,6 +15,7 @@ pub mod duration;
 pub mod handoff;
 pub mod health;
 pub mod metrics_http;
+pub mod progress;
 pub mod raw;
 pub mod settings;
 pub mod shutdown;

@@ -1,6 +1,7 @@
 //! Structured logs with `tracing`: JSON when `HB_LOG_FORMAT=json`, filter from
 //! `HB_LOG` (or `RUST_LOG`), default `info`.
 
+use std::io::IsTerminal as _;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber once; later calls are no-ops (tests call it freely).
@@ -18,7 +19,10 @@ pub fn init() {
     let (json, bad_format) = log_format(&format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // stderr, around any progress bar shown there.
+        .with_writer(crate::progress::LogWriter)
+        // Colour for a person at a terminal, none in files, CI and journald.
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {

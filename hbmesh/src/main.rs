@@ -55,6 +55,10 @@ async fn main() {
             return;
         }
     };
+    if matches!(cli.command, Command::Sessionize(_) | Command::Catalog(_)) {
+        // Their progress is logged when stderr is no terminal.
+        hb_common::telemetry::init();
+    }
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Simulate(args) => simulate::run(args).await,

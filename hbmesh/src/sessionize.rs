@@ -9,6 +9,7 @@
 
 use anyhow::Context;
 use hb_common::duration::parse_duration;
+use hb_common::progress::{Progress, Unit};
 use rustc_hash::{FxHashSet, FxHasher};
 use serde::{de, Deserialize, Deserializer};
 use std::borrow::Cow;
@@ -174,9 +175,34 @@ struct Chunk<'a> {
     lines: usize,
 }
 
-fn parse_chunk(text: &str, strict: bool, shards: usize) -> Chunk<'_> {
+/// Bytes read or parsed between two progress counts: a count per block,
+/// never per line, keeps the progress off the parser's path.
+const PROGRESS_BLOCK: usize = 4 << 20;
+
+/// Parses `text` in blocks of about [`PROGRESS_BLOCK`], counting each.
+fn parse_chunk<'t>(text: &'t str, strict: bool, shards: usize, progress: &Progress) -> Chunk<'t> {
     let mut chunk = Chunk::default();
-    for (number, line) in text.lines().enumerate() {
+    let blocks = text.len().div_ceil(PROGRESS_BLOCK).max(1);
+    let mut rest = text;
+    for piece in split_lines(text.as_bytes(), blocks) {
+        // Pieces end at line ends, which are character boundaries.
+        let (block, tail) = rest.split_at(piece.len());
+        rest = tail;
+        let complete = parse_block(block, strict, shards, &mut chunk);
+        progress.inc(block.len() as u64);
+        if !complete {
+            break;
+        }
+    }
+    chunk
+}
+
+/// Parses the lines of `block` into `chunk`, numbering them on from the
+/// lines it holds; false when `strict` stopped at a bad line.
+fn parse_block<'t>(block: &'t str, strict: bool, shards: usize, chunk: &mut Chunk<'t>) -> bool {
+    let first = chunk.lines;
+    for (number, line) in block.lines().enumerate() {
+        let number = first + number;
         chunk.lines = number + 1;
         if line.trim().is_empty() {
             continue;
@@ -192,12 +218,12 @@ fn parse_chunk(text: &str, strict: bool, shards: usize) -> Chunk<'_> {
             Err(reason) => {
                 chunk.bad.push((number, reason));
                 if strict {
-                    break;
+                    return false;
                 }
             }
         }
     }
-    chunk
+    true
 }
 
 /// `text` cut into `n` pieces of about equal size, each ending at a line end.
@@ -247,13 +273,20 @@ fn sessionize_text(text: &str, gap_ms: i64, threads: usize, strict: bool) -> Ses
         &split_lines(text.as_bytes(), threads.max(1)),
         gap_ms,
         strict,
+        &Progress::hidden(),
     )
     .expect("UTF-8")
 }
 
 /// Sessions of the heartbeats in consecutive pieces of the input (each
-/// ending at a line end), one thread per piece.
-fn sessionize_pieces(pieces: &[&[u8]], gap_ms: i64, strict: bool) -> anyhow::Result<Sessionized> {
+/// ending at a line end), one thread per piece; `progress` counts the bytes
+/// parsed.
+fn sessionize_pieces(
+    pieces: &[&[u8]],
+    gap_ms: i64,
+    strict: bool,
+    progress: &Progress,
+) -> anyhow::Result<Sessionized> {
     let n = pieces.len().max(1);
     let chunks: Vec<Chunk> = std::thread::scope(|scope| {
         let workers: Vec<_> = pieces
@@ -261,7 +294,7 @@ fn sessionize_pieces(pieces: &[&[u8]], gap_ms: i64, strict: bool) -> anyhow::Res
             .map(|piece| {
                 scope.spawn(move || {
                     std::str::from_utf8(piece)
-                        .map(|text| parse_chunk(text, strict, n))
+                        .map(|text| parse_chunk(text, strict, n, progress))
                         .context("the input is not UTF-8")
                 })
             })
@@ -286,6 +319,7 @@ fn sessionize_pieces(pieces: &[&[u8]], gap_ms: i64, strict: bool) -> anyhow::Res
         bad.truncate(1);
         return Ok((Vec::new(), 0, bad));
     }
+    progress.set_stage("sessionizing");
     let records: Vec<&Record> = chunks.iter().flat_map(|c| c.records.iter()).collect();
     let sessions = if n == 1 {
         sessionize_shard(&records, &[first_copies(&records, 0, 1)], 0, gap_ms)
@@ -365,15 +399,40 @@ fn sessionize_shard(
     )
 }
 
+/// The input's size in bytes, when it is a file.
+fn input_len(path: &PathBuf) -> Option<u64> {
+    if path.as_os_str() == "-" {
+        return None;
+    }
+    std::fs::metadata(path).ok().map(|meta| meta.len())
+}
+
+/// Counts the bytes read through it, per read call (a pipe's buffer).
+struct Counted<'p, R> {
+    inner: R,
+    progress: &'p Progress,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}
+
 /// The input in `n` pieces of about equal size, each ending at a line end:
-/// a file is read by `n` threads at once, each its own range.
-fn read_pieces(path: &PathBuf, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+/// a file is read by `n` threads at once, each its own range. `progress`
+/// counts the bytes read.
+fn read_pieces(path: &PathBuf, n: usize, progress: &Progress) -> anyhow::Result<Vec<Vec<u8>>> {
     if path.as_os_str() == "-" {
         let mut text = Vec::new();
-        std::io::stdin()
-            .lock()
-            .read_to_end(&mut text)
-            .context("reading stdin")?;
+        Counted {
+            inner: std::io::stdin().lock(),
+            progress,
+        }
+        .read_to_end(&mut text)
+        .context("reading stdin")?;
         return Ok(split_lines(&text, n)
             .into_iter()
             .map(<[u8]>::to_vec)
@@ -386,7 +445,8 @@ fn read_pieces(path: &PathBuf, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
         let workers: Vec<_> = (0..n as u64)
             .map(|k| {
                 scope.spawn(move || {
-                    read_range(file, len, len * k / n as u64, len * (k + 1) / n as u64)
+                    let (from, to) = (len * k / n as u64, len * (k + 1) / n as u64);
+                    read_range(file, len, from, to, progress)
                 })
             })
             .collect();
@@ -398,13 +458,25 @@ fn read_pieces(path: &PathBuf, n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     .with_context(|| format!("reading {}", path.display()))
 }
 
-/// The lines of `file` that start in `[from, to)`, whole.
-fn read_range(file: &std::fs::File, len: u64, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+/// The lines of `file` that start in `[from, to)`, whole; read in blocks,
+/// each counted by `progress`.
+fn read_range(
+    file: &std::fs::File,
+    len: u64,
+    from: u64,
+    to: u64,
+    progress: &Progress,
+) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     // One byte before `from` tells whether a line starts at `from`.
     let begin = from.saturating_sub(1);
     let mut buf = vec![0; (to - begin) as usize];
-    file.read_exact_at(&mut buf, begin)?;
+    let mut at = begin;
+    for block in buf.chunks_mut(PROGRESS_BLOCK) {
+        file.read_exact_at(block, at)?;
+        at += block.len() as u64;
+        progress.inc(block.len() as u64);
+    }
     let start = if from == 0 {
         0
     } else {
@@ -437,17 +509,22 @@ pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         })
         .max(1);
-    let pieces = read_pieces(&args.input, threads)?;
+    let progress = Progress::start("sessionize", input_len(&args.input), Unit::Bytes);
+    progress.set_stage("reading");
+    let pieces = read_pieces(&args.input, threads, &progress)?;
     let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+    progress.restart("parsing", Some(pieces.iter().map(|p| p.len() as u64).sum()));
     let (sessions, heartbeats, bad) =
-        sessionize_pieces(&pieces, args.gap.as_millis() as i64, args.strict)?;
+        sessionize_pieces(&pieces, args.gap.as_millis() as i64, args.strict, &progress)?;
     if args.strict {
         if let Some((number, reason)) = bad.first() {
             anyhow::bail!("line {number}: {reason}");
         }
     }
     for (number, reason) in bad.iter().take(20) {
-        eprintln!("hbmesh sessionize: skipping line {number}: {reason}");
+        progress.note(&format!(
+            "hbmesh sessionize: skipping line {number}: {reason}"
+        ));
     }
     let sink: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
@@ -455,12 +532,14 @@ pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
         ),
         None => Box::new(std::io::stdout().lock()),
     };
+    progress.set_stage("writing sessions");
     let mut out = BufWriter::with_capacity(1 << 20, sink);
     for session in &sessions {
         serde_json::to_writer(&mut out, session)?;
         out.write_all(b"\n")?;
     }
     out.flush()?;
+    progress.finish();
     eprintln!(
         "hbmesh sessionize: {heartbeats} heartbeats -> {} sessions{}",
         sessions.len(),
@@ -552,7 +631,7 @@ mod tests {
         text.push_str("no line end");
         std::fs::write(&path, &text).unwrap();
         for n in [1, 2, 3, 7, 64, 500] {
-            let pieces = read_pieces(&path, n).unwrap();
+            let pieces = read_pieces(&path, n, &Progress::hidden()).unwrap();
             assert_eq!(pieces.len(), n);
             assert_eq!(pieces.concat(), text.as_bytes(), "{n} ranges");
             assert!(pieces[..n - 1]
@@ -589,6 +668,40 @@ mod tests {
             assert_eq!(many, one, "{threads} threads");
             assert_eq!(heartbeats_many, heartbeats);
             assert_eq!(bad_many, bad);
+        }
+    }
+
+    #[test]
+    fn line_numbers_run_on_across_the_blocks_counted_for_progress() {
+        let good = |i: usize| {
+            format!(
+                r#"{{"event_id":"e{i}","device_id":"d","user_id":"u{}","video_id":"v","event_time":"2026-01-01T00:00:05Z","state":1}}"#,
+                i % 50
+            )
+        };
+        let line_len = good(0).len() + 1;
+        // Two and a half blocks, with a bad line in the first, the second
+        // and the last block.
+        let lines = PROGRESS_BLOCK * 5 / 2 / line_len;
+        let bad_at = [10, PROGRESS_BLOCK / line_len + 7, lines - 3];
+        let text: String = (0..lines)
+            .map(|i| {
+                if bad_at.contains(&i) {
+                    "nope\n".to_string()
+                } else {
+                    good(i) + "\n"
+                }
+            })
+            .collect();
+        let expected: Vec<usize> = bad_at.iter().map(|i| i + 1).collect();
+        for threads in [1, 2] {
+            let (_, heartbeats, bad) = sessionize_text(&text, 600_000, threads, false);
+            assert_eq!(heartbeats, lines - 3, "{threads} threads");
+            let numbers: Vec<usize> = bad.iter().map(|(number, _)| *number).collect();
+            assert_eq!(numbers, expected, "{threads} threads");
+            let (_, _, strict) = sessionize_text(&text, 600_000, threads, true);
+            assert_eq!(strict.len(), 1);
+            assert_eq!(strict[0].0, expected[0], "{threads} threads");
         }
     }
 

@@ -8,6 +8,7 @@ use crate::error::EngineError;
 use crate::report::MAX_ID_BYTES;
 use crate::store::upsert_all;
 use anyhow::Context as _;
+use hb_common::progress::{Progress, Unit};
 use hb_common::store::columns::{ADS, VIDEOS};
 use hb_common::store::{Param, Store};
 use serde::{Deserialize, Serialize};
@@ -126,10 +127,15 @@ where
     Ok(rows)
 }
 
-/// Reads a CSV file with a header row into validated rows.
+/// Rows read between two progress counts of a CSV import.
+const READ_PROGRESS_ROWS: usize = 4_096;
+
+/// Reads a CSV file with a header row into validated rows; `progress`
+/// follows the bytes read.
 pub fn read_csv<T>(
     path: &Path,
     validate: impl Fn(&T) -> Result<(), String>,
+    progress: &Progress,
 ) -> anyhow::Result<Vec<T>>
 where
     T: for<'de> Deserialize<'de>,
@@ -139,18 +145,32 @@ where
         .from_path(path)
         .with_context(|| format!("opening {}", path.display()))?;
     let mut rows = Vec::new();
-    for (index, record) in reader.deserialize::<T>().enumerate() {
-        // Line numbers as an editor shows them: the header is line 1.
-        let line = index + 2;
+    let mut records = reader.deserialize::<T>();
+    // Line numbers as an editor shows them: the header is line 1.
+    let mut line = 1;
+    while let Some(record) = records.next() {
+        line += 1;
         let row = record.with_context(|| format!("{}:{line}: unreadable row", path.display()))?;
         validate(&row).map_err(|e| anyhow::anyhow!("{}:{line}: {e}", path.display()))?;
         rows.push(row);
+        if rows.len() % READ_PROGRESS_ROWS == 0 {
+            progress.set_position(records.reader().position().byte());
+        }
     }
     Ok(rows)
 }
 
 /// Inserts or replaces videos by `video_id`, all in one transaction.
 pub async fn upsert_videos(store: &Store, videos: &[Video]) -> Result<usize, EngineError> {
+    write_videos(store, videos, &Progress::hidden()).await
+}
+
+/// [`upsert_videos`], counting the rows given as they are written.
+async fn write_videos(
+    store: &Store,
+    videos: &[Video],
+    progress: &Progress,
+) -> Result<usize, EngineError> {
     let rows: Vec<Vec<Param>> = last_wins(videos, |v| &v.video_id)
         .into_iter()
         .map(|v| {
@@ -168,12 +188,20 @@ pub async fn upsert_videos(store: &Store, videos: &[Video]) -> Result<usize, Eng
         "license_holder_id",
         "rate_micros_per_hour",
     ];
-    upsert_all(store, VIDEOS, &columns, &rows).await?;
+    progress.set_stage("writing videos");
+    // A row superseded by a later copy of its key is done too.
+    progress.inc((videos.len() - rows.len()) as u64);
+    upsert_all(store, VIDEOS, &columns, &rows, progress).await?;
     Ok(rows.len())
 }
 
 /// Inserts or replaces ads by `ad_id`, all in one transaction.
 pub async fn upsert_ads(store: &Store, ads: &[Ad]) -> Result<usize, EngineError> {
+    write_ads(store, ads, &Progress::hidden()).await
+}
+
+/// [`upsert_ads`], counting the rows given as they are written.
+async fn write_ads(store: &Store, ads: &[Ad], progress: &Progress) -> Result<usize, EngineError> {
     let rows: Vec<Vec<Param>> = last_wins(ads, |a| &a.ad_id)
         .into_iter()
         .map(|a| {
@@ -185,7 +213,9 @@ pub async fn upsert_ads(store: &Store, ads: &[Ad]) -> Result<usize, EngineError>
         })
         .collect();
     let columns = ["ad_id", "campaign_id", "advertiser_id"];
-    upsert_all(store, ADS, &columns, &rows).await?;
+    progress.set_stage("writing ads");
+    progress.inc((ads.len() - rows.len()) as u64);
+    upsert_all(store, ADS, &columns, &rows, progress).await?;
     Ok(rows.len())
 }
 
@@ -217,18 +247,23 @@ pub async fn import_csv(
     ads: Option<&Path>,
 ) -> anyhow::Result<(usize, usize)> {
     let videos = match videos {
-        Some(path) => read_csv(path, Video::validate)?,
+        Some(path) => read_csv_file(path, Video::validate)?,
         None => Vec::new(),
     };
     let ads = match ads {
-        Some(path) => read_csv(path, Ad::validate)?,
+        Some(path) => read_csv_file(path, Ad::validate)?,
         None => Vec::new(),
     };
     let store = crate::store::open(config).await?;
-    let written_videos = upsert_videos(&store, &videos)
+    let rows = (videos.len() + ads.len()) as u64;
+    let progress = Progress::start("catalog import", Some(rows), Unit::Count("rows"));
+    let written_videos = write_videos(&store, &videos, &progress)
         .await
         .context("writing videos")?;
-    let written_ads = upsert_ads(&store, &ads).await.context("writing ads")?;
+    let written_ads = write_ads(&store, &ads, &progress)
+        .await
+        .context("writing ads")?;
+    progress.finish();
     store.close().await;
     tracing::info!(
         videos = written_videos,
@@ -237,6 +272,22 @@ pub async fn import_csv(
         "catalog imported"
     );
     Ok((written_videos, written_ads))
+}
+
+/// [`read_csv`] with its own progress over the file's size.
+fn read_csv_file<T>(
+    path: &Path,
+    validate: impl Fn(&T) -> Result<(), String>,
+) -> anyhow::Result<Vec<T>>
+where
+    T: for<'de> Deserialize<'de>,
+{
+    let size = std::fs::metadata(path).ok().map(|meta| meta.len());
+    let progress = Progress::start("catalog import", size, Unit::Bytes);
+    progress.set_stage(format!("reading {}", path.display()));
+    let rows = read_csv(path, validate, &progress)?;
+    progress.finish();
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -302,7 +353,7 @@ mod tests {
             "video_id,title,license_holder_id,rate_micros_per_hour\nv1,\"A, title\",L1,1500000\n",
         )
         .unwrap();
-        let rows = read_csv(&path, Video::validate).unwrap();
+        let rows = read_csv(&path, Video::validate, &Progress::hidden()).unwrap();
         assert_eq!(rows[0].title, "A, title");
         assert_eq!(rows[0].rate_micros_per_hour, 1_500_000);
         std::fs::write(
@@ -310,7 +361,9 @@ mod tests {
             "video_id,title,license_holder_id,rate_micros_per_hour\nv1,t,L1,-1\n",
         )
         .unwrap();
-        let err = read_csv(&path, Video::validate).unwrap_err().to_string();
+        let err = read_csv(&path, Video::validate, &Progress::hidden())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(":2:"), "{err}");
     }
 }

@@ -7,6 +7,7 @@
 use crate::config::QueryConfig;
 use crate::error::EngineError;
 use crate::report::{ProgressRow, SessionRow, TrafficRow};
+use hb_common::progress::Progress;
 use hb_common::store::columns::{SESSIONS, SESSION_COLUMNS};
 pub use hb_common::store::prepare_bound;
 use hb_common::store::rows::{ads_from_column, StoredSession};
@@ -96,17 +97,20 @@ fn session_row(stored: StoredSession) -> Result<SessionRow, EngineError> {
 }
 
 /// Inserts or replaces `rows` (each one value per column, keyed by the
-/// first column) in `table`, all in one transaction.
+/// first column) in `table`, all in one transaction; `progress` counts the
+/// rows sent.
 pub async fn upsert_all(
     store: &Store,
     table: &str,
     columns: &[&str],
     rows: &[Vec<Param>],
+    progress: &Progress,
 ) -> Result<(), EngineError> {
     let mut tx = store.begin().await?;
     for chunk in rows.chunks(UPSERT_CHUNK) {
         let statement = Statement::new(upsert_sql(table, columns, chunk.len()), chunk.concat());
         tx.execute(&statement).await?;
+        progress.inc(chunk.len() as u64);
     }
     tx.commit().await?;
     Ok(())

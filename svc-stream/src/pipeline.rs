@@ -15,6 +15,7 @@ use crate::sink::{
 };
 use erasures::{erase_from_mirror, Erasures};
 use hb_common::health::HealthHandle;
+use hb_common::progress::{Progress, Unit};
 use hb_common::time::now_ms;
 use hb_proto::v1::Heartbeat;
 use std::collections::{BTreeMap, HashMap};
@@ -263,8 +264,14 @@ impl Pipeline {
     /// stored sessions' offset (the committed one when sessions are never
     /// deferred, where the two are equal).
     pub async fn assign(&mut self, partition: i32) -> Result<Option<i64>, SinkError> {
+        let restoring = Progress::start(
+            format!("restoring partition {partition}"),
+            None,
+            Unit::Count("raw rows"),
+        );
         let snapshot = self.store.load_partition(&self.topic, partition).await?;
         let rows = self.raw.mirror().replay_open(&snapshot.open).await?;
+        restoring.inc(rows.len() as u64);
         let events: Vec<Event> = rows
             .iter()
             .filter(|r| !r.late)
@@ -285,6 +292,7 @@ impl Pipeline {
             partition,
             next_offset = ?snapshot.next_offset,
             open_sessions = snapshot.open.len(),
+            raw_rows = rows.len(),
             replayed,
             late_keys = snapshot.late.len(),
             "partition assigned and restored"

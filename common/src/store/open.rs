@@ -8,9 +8,11 @@
 //! be idempotent (`IF NOT EXISTS`), so a turn that was cut short is harmless.
 
 use super::error::{classify, Failure};
-use sqlx::migrate::MigrateError;
+use crate::progress::{Progress, Unit};
+use sqlx::migrate::{Migrate, MigrateError, Migration, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection as _, Executor as _, PgConnection, PgPool, SqlitePool};
+use sqlx::{Connection as _, Database, Executor as _, PgConnection, PgPool, Pool, SqlitePool};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -79,10 +81,7 @@ pub async fn migrate_postgres(pool: &PgPool) -> anyhow::Result<()> {
 
 /// One attempt: takes the migration turn on a dedicated connection, runs
 /// the migrator on `pool`, ends the turn.
-async fn migrate_postgres_in_turn(
-    pool: &PgPool,
-    migrator: &sqlx::migrate::Migrator,
-) -> Result<(), MigrateError> {
+async fn migrate_postgres_in_turn(pool: &PgPool, migrator: &Migrator) -> Result<(), MigrateError> {
     let mut lock_connection = PgConnection::connect_with(&pool.connect_options()).await?;
     let outcome = async {
         lock_connection
@@ -107,7 +106,7 @@ async fn migrate_postgres_in_turn(
         ))
         .fetch_one(&mut *turn)
         .await?;
-        migrator.run(pool).await?;
+        apply_pending(migrator, pool).await?;
         // The migrations are in; a failure to end the turn cleanly (a
         // YugabyteDB conflict that aborted the lock transaction, a cut
         // connection) changes nothing: closing the connection ends it too.
@@ -160,7 +159,7 @@ pub async fn migrate_sqlite(pool: &SqlitePool) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match migrator.run(pool).await {
+        match apply_pending(&migrator, pool).await {
             Ok(()) => return Ok(()),
             Err(MigrateError::Execute(_) | MigrateError::ExecuteMigration(..))
                 if attempt < MIGRATION_ATTEMPTS =>
@@ -170,6 +169,70 @@ pub async fn migrate_sqlite(pool: &SqlitePool) -> anyhow::Result<()> {
             Err(error) => return Err(error.into()),
         }
     }
+}
+
+/// Applies the migrations of `migrator` that `pool`'s database lacks, in
+/// order, on one connection, showing which one runs ([`Progress`]: a
+/// migration that rewrites a large table can take minutes) and logging each.
+///
+/// The steps are those of sqlx's `Migrator::run`, which has no hook between
+/// migrations: create the bookkeeping table, refuse a dirty (half-applied)
+/// version, a version applied here but no longer shipped, or a shipped
+/// migration whose checksum changed, then apply the rest. Its lock is left
+/// out: [`migrate_postgres`] takes its own turn, and SQLite's is a no-op.
+async fn apply_pending<DB>(migrator: &Migrator, pool: &Pool<DB>) -> Result<(), MigrateError>
+where
+    DB: Database,
+    DB::Connection: Migrate,
+{
+    let mut connection = pool.acquire().await?;
+    let connection: &mut DB::Connection = &mut connection;
+    connection.ensure_migrations_table().await?;
+    if let Some(version) = connection.dirty_version().await? {
+        return Err(MigrateError::Dirty(version));
+    }
+    let applied: HashMap<i64, _> = connection
+        .list_applied_migrations()
+        .await?
+        .into_iter()
+        .map(|applied| (applied.version, applied.checksum))
+        .collect();
+    if let Some(&gone) = applied.keys().find(|&&v| !migrator.version_exists(v)) {
+        return Err(MigrateError::VersionMissing(gone));
+    }
+    let mut pending: Vec<&Migration> = Vec::new();
+    for migration in migrator.iter() {
+        if migration.migration_type.is_down_migration() {
+            continue;
+        }
+        match applied.get(&migration.version) {
+            Some(checksum) if *checksum != migration.checksum => {
+                return Err(MigrateError::VersionMismatch(migration.version));
+            }
+            Some(_) => {}
+            None => pending.push(migration),
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let progress = Progress::start(
+        "migrating the store",
+        Some(pending.len() as u64),
+        Unit::Count("migrations"),
+    );
+    for migration in pending {
+        tracing::info!(
+            version = migration.version,
+            description = %migration.description,
+            "applying migration"
+        );
+        progress.set_stage(format!("{} {}", migration.version, migration.description));
+        connection.apply(migration).await?;
+        progress.inc(1);
+    }
+    progress.finish();
+    Ok(())
 }
 
 /// File name of the embedded store inside `HB_DATA_DIR`.
@@ -275,9 +338,10 @@ pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<Pg
 
 #[cfg(test)]
 mod tests {
-    use super::PING_IDLE_AFTER;
+    use super::{apply_pending, PING_IDLE_AFTER};
     use crate::store::connection_lost;
     use hb_testkit::db::TestDb;
+    use sqlx::migrate::{MigrateError, Migrator};
     use sqlx::Connection as _;
 
     #[tokio::test]
@@ -309,6 +373,77 @@ mod tests {
             .collect();
         assert_eq!(versions, shipped);
         connection.close().await.unwrap();
+    }
+
+    /// A one-connection in-memory SQLite database and a migrations folder.
+    async fn scratch() -> (sqlx::SqlitePool, tempfile::TempDir) {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        (pool, tempfile::tempdir().unwrap())
+    }
+
+    async fn applied(pool: &sqlx::SqlitePool) -> Vec<i64> {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pending_migrations_are_applied_in_order_once() {
+        let (pool, dir) = scratch().await;
+        std::fs::write(
+            dir.path().join("0001_first.sql"),
+            "CREATE TABLE a (x INTEGER);",
+        )
+        .unwrap();
+        let migrator = Migrator::new(dir.path()).await.unwrap();
+        apply_pending(&migrator, &pool).await.unwrap();
+        assert_eq!(applied(&pool).await, [1]);
+        std::fs::write(
+            dir.path().join("0002_second.sql"),
+            "INSERT INTO a VALUES (1);",
+        )
+        .unwrap();
+        let migrator = Migrator::new(dir.path()).await.unwrap();
+        apply_pending(&migrator, &pool).await.unwrap();
+        apply_pending(&migrator, &pool).await.unwrap();
+        assert_eq!(applied(&pool).await, [1, 2]);
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM a")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "the second migration ran once");
+    }
+
+    #[tokio::test]
+    async fn a_changed_or_withdrawn_migration_is_refused_as_sqlx_would() {
+        let (pool, dir) = scratch().await;
+        let first = dir.path().join("0001_first.sql");
+        std::fs::write(&first, "CREATE TABLE a (x INTEGER);").unwrap();
+        std::fs::write(
+            dir.path().join("0002_second.sql"),
+            "CREATE TABLE b (x INTEGER);",
+        )
+        .unwrap();
+        apply_pending(&Migrator::new(dir.path()).await.unwrap(), &pool)
+            .await
+            .unwrap();
+        std::fs::write(&first, "CREATE TABLE a (y INTEGER);").unwrap();
+        let changed = apply_pending(&Migrator::new(dir.path()).await.unwrap(), &pool).await;
+        assert!(
+            matches!(changed, Err(MigrateError::VersionMismatch(1))),
+            "{changed:?}"
+        );
+        std::fs::remove_file(&first).unwrap();
+        let withdrawn = apply_pending(&Migrator::new(dir.path()).await.unwrap(), &pool).await;
+        assert!(
+            matches!(withdrawn, Err(MigrateError::VersionMissing(1))),
+            "{withdrawn:?}"
+        );
     }
 
     #[tokio::test]
