@@ -126,6 +126,9 @@ struct PartitionState {
 /// corrected once, not once per flush over an ever longer span.
 pub const CORRECTION_SETTLE_MS: i64 = 2_000;
 
+/// Keys whose correction reads run at once.
+const CORRECTION_READS_IN_FLIGHT: usize = 16;
+
 /// Whether a key's late heartbeats can be corrected now (processing time
 /// `now_ms`): they have settled, no heartbeat still to come can be within
 /// the gap of them (it would be at or after the lateness horizon), and the
@@ -744,46 +747,70 @@ impl Corrections {
     /// late heartbeats can reach are recomputed from the raw mirror over
     /// their whole span and replaced. Idempotent: a redo computes the same.
     async fn changes(&self, store: &dyn SessionStore) -> Result<Vec<(i32, Change)>, SinkError> {
-        let mut changes = Vec::new();
-        for mark in &self.marks {
-            // A heartbeat joins a session within the gap of it.
-            let reach_from = mark.from_ms.saturating_sub(self.gap_ms);
-            let reach_to = mark.to_ms.saturating_add(self.gap_ms);
-            let stored = store
-                .key_sessions(&mark.user_id, &mark.video_id, reach_from, reach_to)
-                .await?;
-            // Sessions of a key are a gap apart, so the reached ones cover
-            // every heartbeat a recount of the span needs.
-            let from_ms = stored
-                .iter()
-                .map(|s| s.start_ms)
-                .fold(mark.from_ms, i64::min);
-            let to_ms = stored.iter().map(|s| s.end_ms).fold(mark.to_ms, i64::max);
-            let rows = self
-                .replay
-                .mirror()
-                .replay(&mark.user_id, &mark.video_id, from_ms, to_ms)
-                .await?;
-            let events: Vec<Event> = rows.iter().filter_map(RawHeartbeat::event).collect();
-            let sessions = sessionize_all(events, self.gap_ms);
-            for old in &stored {
-                if !sessions.iter().any(|s| s.start_ms == old.start_ms) {
-                    changes.push((
-                        mark.partition,
-                        Change::Delete(SessionKey {
-                            user_id: mark.user_id.clone(),
-                            video_id: mark.video_id.clone(),
-                            start_ms: old.start_ms,
-                        }),
-                    ));
-                }
+        use futures::stream::{StreamExt as _, TryStreamExt as _};
+        // Keys are independent: their reads overlap (a pool of connections,
+        // or a mirror's many nodes) instead of waiting on each other.
+        type KeyChanges<'a> = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Vec<(i32, Change)>, SinkError>> + Send + 'a,
+            >,
+        >;
+        // Boxed as `Send` here: the stage commits on a spawned task.
+        let reads: Vec<KeyChanges<'_>> = self
+            .marks
+            .iter()
+            .map(|mark| Box::pin(self.key_changes(store, mark)) as KeyChanges<'_>)
+            .collect();
+        let per_key: Vec<Vec<(i32, Change)>> = futures::stream::iter(reads)
+            .buffered(CORRECTION_READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(per_key.into_iter().flatten().collect())
+    }
+
+    async fn key_changes(
+        &self,
+        store: &dyn SessionStore,
+        mark: &LateMark,
+    ) -> Result<Vec<(i32, Change)>, SinkError> {
+        // A heartbeat joins a session within the gap of it.
+        let reach_from = mark.from_ms.saturating_sub(self.gap_ms);
+        let reach_to = mark.to_ms.saturating_add(self.gap_ms);
+        let stored = store
+            .key_sessions(&mark.user_id, &mark.video_id, reach_from, reach_to)
+            .await?;
+        // Sessions of a key are a gap apart, so the reached ones cover every
+        // heartbeat a recount of the span needs.
+        let from_ms = stored
+            .iter()
+            .map(|s| s.start_ms)
+            .fold(mark.from_ms, i64::min);
+        let to_ms = stored.iter().map(|s| s.end_ms).fold(mark.to_ms, i64::max);
+        let rows = self
+            .replay
+            .mirror()
+            .replay(&mark.user_id, &mark.video_id, from_ms, to_ms)
+            .await?;
+        let events: Vec<Event> = rows.iter().filter_map(RawHeartbeat::event).collect();
+        let sessions = sessionize_all(events, self.gap_ms);
+        let mut changes = Vec::with_capacity(stored.len() + sessions.len());
+        for old in &stored {
+            if !sessions.iter().any(|s| s.start_ms == old.start_ms) {
+                changes.push((
+                    mark.partition,
+                    Change::Delete(SessionKey {
+                        user_id: mark.user_id.clone(),
+                        video_id: mark.video_id.clone(),
+                        start_ms: old.start_ms,
+                    }),
+                ));
             }
-            changes.extend(
-                sessions
-                    .into_iter()
-                    .map(|s| (mark.partition, Change::Final(s))),
-            );
         }
+        changes.extend(
+            sessions
+                .into_iter()
+                .map(|s| (mark.partition, Change::Final(s))),
+        );
         Ok(changes)
     }
 }

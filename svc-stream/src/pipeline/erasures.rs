@@ -63,7 +63,8 @@ impl Pipeline {
             forgotten += state.sessionizer.forget_user(&user_id);
             state.late.retain(|(user, _), _| *user != user_id);
         }
-        self.pending_marks.retain(|(_, user, _), _| *user != user_id);
+        self.pending_marks
+            .retain(|(_, user, _), _| *user != user_id);
         erasure.mirror_videos.extend(
             self.pending_raw
                 .iter()
