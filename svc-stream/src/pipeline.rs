@@ -720,13 +720,25 @@ impl Pipeline {
         }
     }
 
-    fn update_gauges(&self) {
-        let open: usize = self
-            .partitions
+    /// Open sessions across the owned partitions.
+    pub fn open_sessions(&self) -> usize {
+        self.partitions
             .values()
             .map(|p| p.sessionizer.open_sessions())
-            .sum();
-        self.metrics.open_sessions.set(open as i64);
+            .sum()
+    }
+
+    /// Heartbeats held in full across the owned partitions (see
+    /// [`Sessionizer::held_events`]).
+    pub fn held_events(&self) -> usize {
+        self.partitions
+            .values()
+            .map(|p| p.sessionizer.held_events())
+            .sum()
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.open_sessions.set(self.open_sessions() as i64);
         let late: usize = self.partitions.values().map(|p| p.late.len()).sum();
         self.metrics.corrections_pending.set(late as i64);
     }

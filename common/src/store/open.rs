@@ -242,11 +242,18 @@ pub const SQLITE_FILE: &str = "hbmesh.db";
 /// (virtual, not resident).
 pub const SQLITE_MMAP_BYTES: u64 = 1 << 30;
 
+/// Page cache of each pooled stream-stage connection, in KiB. Flushes go
+/// through the writer's own connection (with the large cache); the pool only
+/// scans (restore, late-lane corrections, erasures, the hourly expiry), which
+/// re-read little. A cache stays as full as the connection ever filled it, so
+/// a larger one is memory held for good after the first restore or expiry.
+pub const SQLITE_POOL_CACHE_KIB: u32 = 16 * 1024;
+
 /// Opens (creating if needed) the embedded store in `data_dir` and migrates
-/// it, for the stream stage: a large page cache for the open sessions its
-/// flushes rewrite.
+/// it, for the stream stage's reads (see [`SQLITE_POOL_CACHE_KIB`]).
 pub async fn open_sqlite(data_dir: &Path, max_connections: u32) -> anyhow::Result<SqlitePool> {
-    let options = sqlite_options(data_dir)?.pragma("cache_size", "-262144");
+    let options =
+        sqlite_options(data_dir)?.pragma("cache_size", format!("-{SQLITE_POOL_CACHE_KIB}"));
     connect_sqlite(data_dir, options, max_connections).await
 }
 

@@ -26,6 +26,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Page cache of the writer's connection, in KiB: every flush rewrites the
+/// rows (and index entries) of the sessions it changed, spread over the whole
+/// sessions table, so its pages stay hot here instead of being read back from
+/// the file; 256 MiB holds those of about a million open sessions (about
+/// 230 B of table and index pages each). Raw rows pass through it too, so it
+/// is full once that much has been written: a fixed cost, not one per session.
+pub const WRITER_CACHE_KIB: u32 = 256 * 1024;
+
 /// Writes flushes to one SQLite file.
 pub struct SqliteWriter {
     connection: Arc<Mutex<Connection>>,
@@ -82,11 +90,11 @@ impl SqliteWriter {
             .busy_timeout(Duration::from_secs(10))
             .map_err(map_err)?;
         connection
-            .execute_batch(
+            .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA cache_size = -262144; PRAGMA temp_store = MEMORY; \
-                 PRAGMA wal_autocheckpoint = 0;",
-            )
+                 PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY; \
+                 PRAGMA wal_autocheckpoint = 0;"
+            ))
             .map_err(map_err)?;
         connection.set_prepared_statement_cache_capacity(32);
         Ok(SqliteWriter {

@@ -1,0 +1,292 @@
+//! Memory per open session: opens one session per simulated viewer and prints
+//! the resident memory it took, per open session and per held heartbeat, for
+//! the stream stage as `hbmesh up` runs it (realistic heartbeats through
+//! `Pipeline::ingest_batch` and flushes into the embedded SQLite store) and
+//! for a bare `Sessionizer` fed the same heartbeats, and what a restart
+//! takes to restore those sessions from the store (time and memory). Each
+//! part runs in a process of its own, so none inherits another's heap.
+//! `cargo run -p svc-stream --example state_bench` (allocation sizes do not
+//! depend on the build profile).
+//! Env: HB_BENCH_VIEWERS (default 100_000), HB_BENCH_BEATS (heartbeats per
+//! viewer, one every 5 s of event time; default 3), HB_BENCH_FLUSH (default
+//! 20_000), HB_BENCH_PART (`pipeline`, `restore` or `sessionizer`: that
+//! part only; the first two on the store in HB_BENCH_DIR).
+//! With `--features dhat-heap` each part writes its Rust heap as it stands at
+//! the end (`dhat-<part>.json`, "eb" bytes per allocation site); SQLite
+//! allocates outside it, so resident minus that heap is mostly SQLite's.
+
+use hb_proto::v1::Heartbeat;
+use hb_testkit::fleet::{Fleet, FleetConfig};
+use prometheus_client::registry::Registry;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use svc_stream::embedded::EMBEDDED_PARTITION;
+use svc_stream::metrics::StreamMetrics;
+use svc_stream::pipeline::{Pipeline, SourceKind};
+use svc_stream::sessionizer::{EventRef, SessionConfig, Sessionizer};
+use svc_stream::sink::sql::SqliteStore;
+use svc_stream::sink::RawPlacement;
+
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+/// Heartbeats generated and handed over at a time (a consumer poll's worth).
+const BATCH: usize = 2_048;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident and anonymous resident bytes of this process.
+#[derive(Clone, Copy)]
+struct Resident {
+    rss: u64,
+    anon: u64,
+}
+
+impl Resident {
+    fn now() -> Resident {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1_024)
+        };
+        Resident {
+            rss: field("VmRSS:"),
+            anon: field("RssAnon:"),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// One session per viewer: every device is mid-video from the start, and
+/// a user has about 1.4 devices, as in the pipeline benchmark.
+fn fleet(viewers: usize) -> Fleet {
+    Fleet::new(FleetConfig {
+        devices: viewers,
+        users: (viewers * 7 / 10).max(1),
+        seed: 42,
+        active_at_start: 1.0,
+        ..FleetConfig::default()
+    })
+}
+
+struct Run {
+    heartbeats: usize,
+    open: usize,
+    held: usize,
+    before: Resident,
+    after: Resident,
+    seconds: f64,
+    /// The state measured, dropped only after the heap profile is taken.
+    _state: Box<dyn std::any::Any>,
+}
+
+fn report(part: &str, viewers: usize, run: &Run) {
+    let grown = run.after.rss.saturating_sub(run.before.rss);
+    let anon = run.after.anon.saturating_sub(run.before.anon);
+    let work = if run.heartbeats == 0 {
+        format!("restored in {:.1}s", run.seconds)
+    } else {
+        format!("{} heartbeats in {:.1}s", run.heartbeats, run.seconds)
+    };
+    println!(
+        "{part}: {viewers} viewers, {work}, {} open sessions, {} held heartbeats; \
+         resident {:.1} -> {:.1} MiB (anonymous {:.1} -> {:.1} MiB); \
+         {:.0} B per open session ({:.0} B anonymous), {:.0} B per held heartbeat",
+        run.open,
+        run.held,
+        mib(run.before.rss),
+        mib(run.after.rss),
+        mib(run.before.anon),
+        mib(run.after.anon),
+        grown as f64 / run.open.max(1) as f64,
+        anon as f64 / run.open.max(1) as f64,
+        grown as f64 / run.held.max(1) as f64,
+    );
+}
+
+/// Generates `total` heartbeats of `fleet` a batch at a time (none is kept
+/// once handed over, so only the state grows) and hands each batch to `sink`.
+fn feed(fleet: &mut Fleet, total: usize, mut sink: impl FnMut(&[Heartbeat])) {
+    let mut left = total;
+    while left > 0 {
+        let batch: Vec<Heartbeat> = fleet.heartbeats(left.min(BATCH)).collect();
+        left -= batch.len();
+        sink(&batch);
+    }
+}
+
+fn sessionizer_alone(viewers: usize, beats: usize, flush_every: usize) -> Run {
+    let mut fleet = fleet(viewers);
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    let before = Resident::now();
+    let started = Instant::now();
+    let mut unflushed = 0;
+    feed(&mut fleet, viewers * beats, |batch| {
+        let events: Vec<EventRef<'_>> = batch
+            .iter()
+            .filter_map(|hb| EventRef::from_proto(hb).ok())
+            .collect();
+        sessionizer.push_event_refs(&events);
+        unflushed += batch.len();
+        // The changes go where a flush would take them.
+        if unflushed >= flush_every {
+            unflushed = 0;
+            sessionizer.drain_changes_with(|_| {});
+        }
+    });
+    sessionizer.drain_changes_with(|_| {});
+    Run {
+        heartbeats: viewers * beats,
+        open: sessionizer.open_sessions(),
+        held: sessionizer.held_events(),
+        before,
+        after: Resident::now(),
+        seconds: started.elapsed().as_secs_f64(),
+        _state: Box::new(sessionizer),
+    }
+}
+
+/// The embedded stage's pipeline on the store in `dir`, as `hbmesh up`
+/// opens it (a restart restores the open sessions from it).
+async fn open_pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
+    let pool = hb_common::store::open_sqlite(dir, 4).await?;
+    let store = Arc::new(SqliteStore::new(pool, 30 * 86_400_000));
+    let metrics = StreamMetrics::register(&mut Registry::default());
+    let mut pipeline = Pipeline::new(
+        SessionConfig::default(),
+        SourceKind::Handoff,
+        store.clone(),
+        RawPlacement::InStore(store),
+        metrics,
+    );
+    pipeline.assign(EMBEDDED_PARTITION).await?;
+    Ok(pipeline)
+}
+
+async fn pipeline(
+    dir: &Path,
+    viewers: usize,
+    beats: usize,
+    flush_every: usize,
+) -> anyhow::Result<Run> {
+    let mut fleet = fleet(viewers);
+    let mut pipeline = open_pipeline(dir).await?;
+    let before = Resident::now();
+    let started = Instant::now();
+    let mut left = viewers * beats;
+    while left > 0 {
+        let batch: Vec<Heartbeat> = fleet.heartbeats(left.min(BATCH)).collect();
+        left -= batch.len();
+        pipeline.ingest_batch(
+            EMBEDDED_PARTITION,
+            batch.iter().map(|hb| (None, hb)),
+            hb_common::time::now_ms(),
+        );
+        if pipeline.pending() >= flush_every {
+            pipeline.flush().await?;
+        }
+    }
+    pipeline.flush().await?;
+    let open = pipeline.metrics().open_sessions.get() as usize;
+    assert_eq!(
+        open,
+        pipeline.open_sessions(),
+        "the gauge follows the state"
+    );
+    Ok(Run {
+        heartbeats: viewers * beats,
+        open,
+        held: pipeline.held_events(),
+        before,
+        after: Resident::now(),
+        seconds: started.elapsed().as_secs_f64(),
+        _state: Box::new(pipeline),
+    })
+}
+
+/// A restart on the store the pipeline part left: the open sessions are
+/// rebuilt from their stored rows and raw heartbeats.
+async fn restore(dir: &Path) -> anyhow::Result<Run> {
+    let before = Resident::now();
+    let started = Instant::now();
+    let pipeline = open_pipeline(dir).await?;
+    Ok(Run {
+        heartbeats: 0,
+        open: pipeline.open_sessions(),
+        held: pipeline.held_events(),
+        before,
+        after: Resident::now(),
+        seconds: started.elapsed().as_secs_f64(),
+        _state: Box::new(pipeline),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let viewers = env_usize("HB_BENCH_VIEWERS", 100_000).max(1);
+    let beats = env_usize("HB_BENCH_BEATS", 3).max(1);
+    let flush_every = env_usize("HB_BENCH_FLUSH", 20_000).max(1);
+    let part = std::env::var("HB_BENCH_PART").unwrap_or_default();
+    match part.as_str() {
+        "sessionizer" => {
+            #[cfg(feature = "dhat-heap")]
+            let profiler = dhat::Profiler::builder()
+                .file_name("dhat-sessionizer.json")
+                .build();
+            let run = sessionizer_alone(viewers, beats, flush_every);
+            // The heap as it stands with the state held.
+            #[cfg(feature = "dhat-heap")]
+            drop(profiler);
+            report("sessionizer alone", viewers, &run);
+        }
+        "pipeline" | "restore" => {
+            let dir = std::env::var_os("HB_BENCH_DIR")
+                .map(PathBuf::from)
+                .ok_or_else(|| anyhow::anyhow!("HB_BENCH_DIR names the store's directory"))?;
+            #[cfg(feature = "dhat-heap")]
+            let profiler = dhat::Profiler::builder()
+                .file_name(format!("dhat-{part}.json"))
+                .build();
+            let runtime = tokio::runtime::Runtime::new()?;
+            let run = runtime.block_on(async {
+                match part.as_str() {
+                    "pipeline" => pipeline(&dir, viewers, beats, flush_every).await,
+                    _ => restore(&dir).await,
+                }
+            })?;
+            #[cfg(feature = "dhat-heap")]
+            drop(profiler);
+            match part.as_str() {
+                "pipeline" => report("pipeline + SQLite", viewers, &run),
+                _ => report("restored after a restart", viewers, &run),
+            }
+        }
+        "" => {
+            let dir = tempfile::tempdir()?;
+            for part in ["pipeline", "restore", "sessionizer"] {
+                let status = std::process::Command::new(std::env::current_exe()?)
+                    .env("HB_BENCH_PART", part)
+                    .env("HB_BENCH_DIR", dir.path())
+                    .status()?;
+                anyhow::ensure!(status.success(), "the {part} part failed: {status}");
+            }
+        }
+        other => {
+            anyhow::bail!("HB_BENCH_PART is `pipeline`, `restore` or `sessionizer`, not `{other}`")
+        }
+    }
+    Ok(())
+}
