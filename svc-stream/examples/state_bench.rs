@@ -118,24 +118,44 @@ fn report(part: &str, viewers: usize, run: &Run) {
     );
 }
 
-/// Generates `total` heartbeats of `fleet` a batch at a time (none is kept
-/// once handed over, so only the state grows) and hands each batch to `sink`.
-fn feed(fleet: &mut Fleet, total: usize, mut sink: impl FnMut(&[Heartbeat])) {
-    let mut left = total;
-    while left > 0 {
-        let batch: Vec<Heartbeat> = fleet.heartbeats(left.min(BATCH)).collect();
-        left -= batch.len();
-        sink(&batch);
+/// The heartbeats of `fleet` a batch at a time, none kept once handed over.
+/// The first batch is generated at once: it sets up every device's queue, so
+/// memory measured after it grows with the state only.
+struct Batches<'a> {
+    fleet: &'a mut Fleet,
+    left: usize,
+    next: Vec<Heartbeat>,
+}
+
+impl<'a> Batches<'a> {
+    fn new(fleet: &'a mut Fleet, total: usize) -> Batches<'a> {
+        let next = fleet.heartbeats(total.min(BATCH)).collect::<Vec<_>>();
+        Batches {
+            left: total - next.len(),
+            fleet,
+            next,
+        }
+    }
+
+    fn next_batch(&mut self) -> Option<Vec<Heartbeat>> {
+        if self.next.is_empty() {
+            return None;
+        }
+        let count = self.left.min(BATCH);
+        self.left -= count;
+        let following = self.fleet.heartbeats(count).collect();
+        Some(std::mem::replace(&mut self.next, following))
     }
 }
 
 fn sessionizer_alone(viewers: usize, beats: usize, flush_every: usize) -> Run {
     let mut fleet = fleet(viewers);
+    let mut batches = Batches::new(&mut fleet, viewers * beats);
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
     let before = Resident::now();
     let started = Instant::now();
     let mut unflushed = 0;
-    feed(&mut fleet, viewers * beats, |batch| {
+    while let Some(batch) = batches.next_batch() {
         let events: Vec<EventRef<'_>> = batch
             .iter()
             .filter_map(|hb| EventRef::from_proto(hb).ok())
@@ -147,7 +167,7 @@ fn sessionizer_alone(viewers: usize, beats: usize, flush_every: usize) -> Run {
             unflushed = 0;
             sessionizer.drain_changes_with(|_| {});
         }
-    });
+    }
     sessionizer.drain_changes_with(|_| {});
     Run {
         heartbeats: viewers * beats,
@@ -184,13 +204,11 @@ async fn pipeline(
     flush_every: usize,
 ) -> anyhow::Result<Run> {
     let mut fleet = fleet(viewers);
+    let mut batches = Batches::new(&mut fleet, viewers * beats);
     let mut pipeline = open_pipeline(dir).await?;
     let before = Resident::now();
     let started = Instant::now();
-    let mut left = viewers * beats;
-    while left > 0 {
-        let batch: Vec<Heartbeat> = fleet.heartbeats(left.min(BATCH)).collect();
-        left -= batch.len();
+    while let Some(batch) = batches.next_batch() {
         pipeline.ingest_batch(
             EMBEDDED_PARTITION,
             batch.iter().map(|hb| (None, hb)),
