@@ -479,22 +479,15 @@ impl Pipeline {
                         marked_ms: now_ms,
                         latest_ms: now_ms,
                     };
-                    let key = (mark.user_id.clone(), mark.video_id.clone());
-                    match state.late.get_mut(&key) {
-                        Some(known) => known.absorb(&mark),
-                        None => {
-                            state.late.insert(key.clone(), mark.clone());
-                        }
-                    }
-                    match self
-                        .pending_marks
-                        .get_mut(&(partition, key.0.clone(), key.1.clone()))
-                    {
-                        Some(pending) => pending.absorb(&mark),
-                        None => {
-                            self.pending_marks.insert((partition, key.0, key.1), mark);
-                        }
-                    }
+                    state
+                        .late
+                        .entry((mark.user_id.clone(), mark.video_id.clone()))
+                        .and_modify(|known| known.absorb(&mark))
+                        .or_insert_with(|| mark.clone());
+                    self.pending_marks
+                        .entry((partition, mark.user_id.clone(), mark.video_id.clone()))
+                        .and_modify(|pending| pending.absorb(&mark))
+                        .or_insert(mark);
                 }
             }
         }
