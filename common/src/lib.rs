@@ -27,13 +27,13 @@ pub mod time;
 /// from a crash.
 pub const EXIT_CONFIG: i32 = 64;
 
-/// Installs rustls' ring crypto provider as the process default. Both ring
-/// and aws-lc-rs are linked into the binaries (a dependency brings the
-/// latter), so rustls cannot pick one by itself and any TLS server built
-/// without an explicit provider (tonic's, axum-server's) would panic. Every
-/// binary calls this at start; calling it again is harmless.
+/// Installs rustls' aws-lc-rs crypto provider as the process default, the
+/// one provider the binaries link (trino-rust-client's reqwest requires it).
+/// Naming it here keeps every TLS server (tonic's, axum-server's) working if
+/// a dependency ever links a second provider, where rustls would refuse to
+/// choose. Every binary calls this at start; calling it again is harmless.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// True when `addr` is a loopback address; services refuse to listen elsewhere

@@ -50,7 +50,7 @@ pub async fn run_to(
             let ca = reqwest::Certificate::from_pem(&pem)
                 .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
             let client = reqwest::Client::builder()
-                .add_root_certificate(ca)
+                .tls_certs_only([ca])
                 .build()
                 .context("the demo's HTTPS client")?;
             ("https", client)

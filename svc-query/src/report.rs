@@ -357,14 +357,16 @@ pub struct RoyaltyRow {
     pub amount_micros: i64,
 }
 
-/// `{advertiser_id, campaign_id, ad_id, impressions, viewers}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct ImpressionRow {
-    pub advertiser_id: String,
-    pub campaign_id: String,
-    pub ad_id: String,
-    pub impressions: i64,
-    pub viewers: i64,
+hb_common::row_struct! {
+    /// `{advertiser_id, campaign_id, ad_id, impressions, viewers}`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+    pub struct ImpressionRow {
+        pub advertiser_id: String,
+        pub campaign_id: String,
+        pub ad_id: String,
+        pub impressions: i64,
+        pub viewers: i64,
+    }
 }
 
 /// `{bucket_start_ms, viewers}`.
@@ -374,22 +376,26 @@ pub struct ConcurrencyRow {
     pub viewers: i64,
 }
 
-/// `{hour_start_ms, license_holder_id, heartbeats, devices}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct TrafficRow {
-    pub hour_start_ms: i64,
-    pub license_holder_id: String,
-    pub heartbeats: i64,
-    pub devices: i64,
+hb_common::row_struct! {
+    /// `{hour_start_ms, license_holder_id, heartbeats, devices}`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+    pub struct TrafficRow {
+        pub hour_start_ms: i64,
+        pub license_holder_id: String,
+        pub heartbeats: i64,
+        pub devices: i64,
+    }
 }
 
-/// `{video_id, last_position_ms, end_ms, start_ms}` of a user's latest session per video.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct ProgressRow {
-    pub video_id: String,
-    pub last_position_ms: i64,
-    pub end_ms: i64,
-    pub start_ms: i64,
+hb_common::row_struct! {
+    /// `{video_id, last_position_ms, end_ms, start_ms}` of a user's latest session per video.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+    pub struct ProgressRow {
+        pub video_id: String,
+        pub last_position_ms: i64,
+        pub end_ms: i64,
+        pub start_ms: i64,
+    }
 }
 
 /// A session with every field of SPEC 5.

@@ -14,6 +14,7 @@
 pub mod columns;
 pub mod erase;
 mod error;
+mod migrations;
 mod open;
 pub mod pg_copy;
 pub mod rows;

@@ -63,7 +63,7 @@ const MIGRATION_ATTEMPTS: u32 = 20;
 /// are for. YugabyteDB's DDL-concurrency errors (catalog version mismatch)
 /// are SQLSTATE 40001 too, and are retried the same way.
 pub async fn migrate_postgres(pool: &PgPool) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("migrations/postgres");
+    let mut migrator = super::migrations::postgres().await?;
     migrator.set_locking(false);
     let mut attempt = 0;
     loop {
@@ -155,7 +155,7 @@ fn retry_pause(attempt: u32) -> Duration {
 /// and finds the work done. Only execution errors are retried; a changed
 /// or missing migration fails at once.
 pub async fn migrate_sqlite(pool: &SqlitePool) -> anyhow::Result<()> {
-    let migrator = sqlx::migrate!("migrations/sqlite");
+    let migrator = super::migrations::sqlite().await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -374,7 +374,9 @@ mod tests {
         .fetch_all(&mut connection)
         .await
         .unwrap();
-        let shipped: Vec<i64> = sqlx::migrate!("migrations/postgres")
+        let shipped: Vec<i64> = crate::store::migrations::postgres()
+            .await
+            .unwrap()
             .iter()
             .map(|m| m.version)
             .collect();

@@ -57,15 +57,17 @@ pub trait ReportEngine: Send + Sync + 'static {
     ) -> Result<Vec<TrafficRow>, EngineError>;
 }
 
-/// A royalties aggregate before the amount is computed.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct RoyaltyAggregate {
-    pub license_holder_id: String,
-    pub video_id: String,
-    pub sessions: i64,
-    pub viewers: i64,
-    pub watch_ms: i64,
-    pub rate_micros_per_hour: i64,
+hb_common::row_struct! {
+    /// A royalties aggregate before the amount is computed.
+    #[derive(Debug, Clone)]
+    pub struct RoyaltyAggregate {
+        pub license_holder_id: String,
+        pub video_id: String,
+        pub sessions: i64,
+        pub viewers: i64,
+        pub watch_ms: i64,
+        pub rate_micros_per_hour: i64,
+    }
 }
 
 /// Sessions, distinct viewers and watch time per title, fed one session at
