@@ -3,7 +3,9 @@
 //! the stream stage as `hbmesh up` runs it (realistic heartbeats through
 //! `Pipeline::ingest_batch` and flushes into the embedded SQLite store) and
 //! for a bare `Sessionizer` fed the same heartbeats, and what a restart
-//! takes to restore those sessions from the store (time and memory). Each
+//! after a crash (the pipeline part exits without closing anything) takes
+//! to restore those sessions from the store (time and memory; it fails
+//! unless every open session comes back). Each
 //! part runs in a process of its own, so none inherits another's heap.
 //! `cargo run -p svc-stream --example state_bench` (allocation sizes do not
 //! depend on the build profile).
@@ -236,8 +238,8 @@ async fn pipeline(
     })
 }
 
-/// A restart on the store the pipeline part left: the open sessions are
-/// rebuilt from their stored rows and raw heartbeats.
+/// A restart on the store the pipeline part left as a crash does: the open
+/// sessions are rebuilt from their stored rows and raw heartbeats.
 async fn restore(dir: &Path) -> anyhow::Result<Run> {
     let before = Resident::now();
     let started = Instant::now();
@@ -287,10 +289,21 @@ fn main() -> anyhow::Result<()> {
             })?;
             #[cfg(feature = "dhat-heap")]
             drop(profiler);
-            match part.as_str() {
-                "pipeline" => report("pipeline + SQLite", viewers, &run),
-                _ => report("restored after a restart", viewers, &run),
+            let left_open = dir.join("open_sessions");
+            if part == "pipeline" {
+                report("pipeline + SQLite", viewers, &run);
+                std::fs::write(&left_open, run.open.to_string())?;
+                // Gone as a crash leaves it: no store closed, nothing dropped.
+                std::process::exit(0);
             }
+            report("restored after a crash", viewers, &run);
+            let expected: usize = std::fs::read_to_string(&left_open)
+                .map_or(Ok(run.open), |text| text.trim().parse())?;
+            anyhow::ensure!(
+                run.open == expected,
+                "restored {} open sessions where the pipeline left {expected}",
+                run.open
+            );
         }
         "" => {
             let dir = tempfile::tempdir()?;

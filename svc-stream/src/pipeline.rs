@@ -274,11 +274,12 @@ impl Pipeline {
         );
         let snapshot = self.store.load_partition(&self.topic, partition).await?;
         let rows = self.raw.mirror().replay_open(&snapshot.open).await?;
-        restoring.inc(rows.len() as u64);
+        let raw_rows = rows.len();
+        restoring.inc(raw_rows as u64);
         let events: Vec<Event> = rows
-            .iter()
+            .into_iter()
             .filter(|r| !r.late)
-            .filter_map(RawHeartbeat::event)
+            .filter_map(RawHeartbeat::into_event)
             .collect();
         let mut sessionizer = Sessionizer::new(self.config);
         sessionizer.restore(events, snapshot.watermark_ms);
@@ -295,7 +296,7 @@ impl Pipeline {
             partition,
             next_offset = ?snapshot.next_offset,
             open_sessions = snapshot.open.len(),
-            raw_rows = rows.len(),
+            raw_rows,
             replayed,
             late_keys = snapshot.late.len(),
             "partition assigned and restored"
@@ -351,9 +352,9 @@ impl Pipeline {
     ) -> Result<usize, SinkError> {
         let rows = store.replay_since(since_ms).await?;
         let mut events: Vec<Event> = rows
-            .iter()
+            .into_iter()
             .filter(|r| !r.late)
-            .filter_map(RawHeartbeat::event)
+            .filter_map(RawHeartbeat::into_event)
             .collect();
         events.sort_unstable_by(|a, b| {
             (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
@@ -796,7 +797,10 @@ impl Corrections {
             .mirror()
             .replay(&mark.user_id, &mark.video_id, from_ms, to_ms)
             .await?;
-        let events: Vec<Event> = rows.iter().filter_map(RawHeartbeat::event).collect();
+        let events: Vec<Event> = rows
+            .into_iter()
+            .filter_map(RawHeartbeat::into_event)
+            .collect();
         let sessions = sessionize_all(events, self.gap_ms);
         let mut changes = Vec::with_capacity(stored.len() + sessions.len());
         for old in &stored {

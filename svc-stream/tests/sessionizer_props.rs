@@ -231,8 +231,17 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     Position::Doubled(wobble) => 2 * time_ms + wobble,
                     Position::Anywhere(n) => n,
                 };
+                // Half the ids canonical UUIDs (held as 16 bytes), half other
+                // text (held as text), in an order unrelated to the index, so
+                // ties in time are broken across both forms.
+                let event_id = if index % 2 == 0 {
+                    let scrambled = (index as u32).wrapping_mul(0x9e37_79b9);
+                    format!("{scrambled:08x}-0000-4000-8000-{index:012x}")
+                } else {
+                    format!("e{index:03}")
+                };
                 let event = Event {
-                    event_id: format!("e{index:03}"),
+                    event_id,
                     user_id: format!("u{}", draft.user),
                     video_id: format!("v{}", draft.video),
                     device_id: format!("d{}", draft.device),

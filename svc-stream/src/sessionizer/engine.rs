@@ -9,7 +9,7 @@ use std::collections::{BinaryHeap, HashSet, VecDeque};
 use super::config::SessionConfig;
 use super::events::{Event, EventRef, PlaybackState};
 use super::fxhash::{fingerprint, key_fingerprint, FxBuildHasher};
-use super::id::Id;
+use super::id::{EventId, Id};
 use super::prefetch;
 use super::sessions::{Change, ChangeRef, Outcome, Session, SessionKey};
 use super::state::{HeldEvent, KeySlot, LiveSession};
@@ -32,12 +32,14 @@ impl Fingerprints {
     }
 }
 
-/// Tail buffers kept for reuse (at most ~8 MiB of them).
+/// Tail buffers kept for reuse.
 const SPARE_TAILS: usize = 4_096;
 
-/// Capacity of a new tail: the lateness window at one heartbeat per 5 s, so
-/// most tails never regrow.
-const TAIL_CAPACITY: usize = 32;
+/// Capacity of a new tail. A tail doubles up to what its session holds over
+/// the lateness window (32 at one heartbeat per 5 s and 2 minutes); starting
+/// small keeps a crowd of new viewers (a live event's start) at a few
+/// hundred bytes each.
+const TAIL_CAPACITY: usize = 4;
 
 /// What the drain reads of a slot: up to the first session's frozen summary.
 const SLOT_DRAIN_BYTES: usize =
@@ -321,31 +323,20 @@ impl Sessionizer {
         events.sort_unstable_by(|a, b| {
             (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
         });
-        let mut newest_ms = self.watermark_ms;
-        let mut touched = Vec::new();
-        for event in &events {
-            let event = event.to_ref();
-            if self.is_late(event.time_ms) {
-                continue;
-            }
-            let fingerprints = Fingerprints::of(&event);
-            let id_fingerprint = fingerprints.id;
-            if self.holds_id(id_fingerprint, event.event_id) {
-                continue;
-            }
-            let slot_index = self.slot_for(fingerprints.key, event.user_id, event.video_id);
-            newest_ms = newest_ms.max(Some(event.time_ms));
-            self.merge(slot_index, event, id_fingerprint);
-            touched.push(slot_index);
+        // Pushed in time order, so each tail freezes as the restore passes
+        // it and holds no more than the lateness window, like a running
+        // one; each event is dropped once merged.
+        let pushed_since_advance = self.pushed_since_advance;
+        for owned in events {
+            let event = owned.to_ref();
+            self.push_fingerprinted(event, Fingerprints::of(&event));
         }
-        self.watermark_ms = newest_ms.max(watermark_ms);
-        touched.dedup();
-        if let Some(watermark_ms) = self.watermark_ms {
-            let horizon_ms = watermark_ms.saturating_sub(self.config.lateness_ms);
-            for &slot_index in &touched {
-                for session in self.slots[slot_index as usize].sessions.as_mut_slice() {
-                    self.held -= session.freeze_before(horizon_ms);
-                }
+        self.pushed_since_advance = pushed_since_advance;
+        self.watermark_ms = self.watermark_ms.max(watermark_ms);
+        let horizon_ms = self.horizon_ms();
+        for slot in &mut self.slots {
+            for session in slot.sessions.as_mut_slice() {
+                self.held -= session.freeze_before(horizon_ms);
             }
         }
         if fresh {
@@ -512,13 +503,13 @@ impl Sessionizer {
         let held = HeldEvent {
             time_ms,
             position_ms,
-            event_id: Id::new(event_id),
+            event_id: EventId::new(event_id),
             playing: state == PlaybackState::Playing,
             has_ad: !ad_id.is_empty(),
         };
         let gap_ms = self.config.gap_ms;
         let slot = &mut self.slots[slot_index as usize];
-        let id = held.event_id.as_bytes();
+        let id = event_id.as_bytes();
         let sessions = slot.sessions.as_slice();
         let after = sessions.partition_point(|s| s.starts_before(time_ms, id));
         let inside = after > 0 && sessions[after - 1].ends_after(time_ms, id);
@@ -528,7 +519,7 @@ impl Sessionizer {
             after < sessions.len() && sessions[after].start_ms.saturating_sub(time_ms) < gap_ms;
         let target = match (inside, joins_previous, joins_next) {
             (true, _, _) => {
-                slot.sessions.as_mut_slice()[after - 1].insert_within(held);
+                slot.sessions.as_mut_slice()[after - 1].insert_within(held, id);
                 after - 1
             }
             (false, true, true) => {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::coverage::Coverage;
-use super::id::Id;
+use super::id::{EventId, Id};
 use super::sessions::{Session, SessionKey, SessionRef};
 
 /// The parts of a heartbeat that session arithmetic needs.
@@ -27,12 +27,12 @@ fn watched_span(a: &Point, b: &Point) -> Option<(i64, i64)> {
     (dp > 0 && dp <= dt.saturating_mul(2)).then_some((a.position_ms, b.position_ms))
 }
 
-/// An unfrozen heartbeat, held in full (64 bytes with a UUID inline).
+/// An unfrozen heartbeat, held in full (48 bytes with a UUID id).
 #[derive(Debug)]
 pub(super) struct HeldEvent {
     pub(super) time_ms: i64,
     pub(super) position_ms: i64,
-    pub(super) event_id: Id,
+    pub(super) event_id: EventId,
     pub(super) playing: bool,
     pub(super) has_ad: bool,
 }
@@ -51,7 +51,8 @@ impl HeldEvent {
     /// True when this heartbeat sorts before `(time_ms, event_id)`.
     #[inline]
     fn is_before(&self, time_ms: i64, event_id: &[u8]) -> bool {
-        self.time_ms < time_ms || (self.time_ms == time_ms && self.event_id.as_bytes() < event_id)
+        self.time_ms < time_ms
+            || (self.time_ms == time_ms && self.event_id.cmp_text(event_id).is_lt())
     }
 }
 
@@ -171,7 +172,7 @@ impl LiveSession {
     pub(super) fn starts_before(&self, time_ms: i64, event_id: &[u8]) -> bool {
         self.has_frozen()
             || self.start_ms < time_ms
-            || (self.start_ms == time_ms && self.tail[0].event_id.as_bytes() < event_id)
+            || (self.start_ms == time_ms && self.tail[0].event_id.cmp_text(event_id).is_lt())
     }
 
     /// True when `(time_ms, event_id)` sorts before the last heartbeat.
@@ -181,7 +182,7 @@ impl LiveSession {
             None => false,
             Some(last) => {
                 time_ms < last.time_ms
-                    || (time_ms == last.time_ms && event_id < last.event_id.as_bytes())
+                    || (time_ms == last.time_ms && last.event_id.cmp_text(event_id).is_gt())
             }
         }
     }
@@ -221,12 +222,13 @@ impl LiveSession {
         self.heartbeats += 1;
     }
 
-    /// Adds a heartbeat that sorts between two tail heartbeats: the step it
-    /// splits is replaced, so the totals are rebuilt from the frozen summary.
-    pub(super) fn insert_within(&mut self, event: HeldEvent) {
+    /// Adds a heartbeat (whose id is `event_id`) that sorts between two tail
+    /// heartbeats: the step it splits is replaced, so the totals are rebuilt
+    /// from the frozen summary.
+    pub(super) fn insert_within(&mut self, event: HeldEvent, event_id: &[u8]) {
         let index = self
             .tail
-            .partition_point(|held| held.is_before(event.time_ms, event.event_id.as_bytes()));
+            .partition_point(|held| held.is_before(event.time_ms, event_id));
         self.tail.insert(index, event);
         self.tail_front_ms = self.tail[0].time_ms;
         self.heartbeats += 1;

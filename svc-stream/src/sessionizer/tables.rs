@@ -171,10 +171,12 @@ pub(super) struct IdTable {
     occupied: usize,
 }
 
-/// 16 bytes: four entries per cache line.
+/// 12 bytes. The fingerprint's low 32 bits both place the entry and tell
+/// entries apart: a match is verified against the slot's heartbeats anyway,
+/// and two ids of one probe run agreeing on 32 bits are rare.
 #[derive(Clone, Copy, Debug)]
 struct IdEntry {
-    fingerprint: u64,
+    fingerprint: u32,
     /// Event time in whole seconds (clamped to `u32`): an entry is dead once
     /// that entire second is behind the horizon.
     time_s: u32,
@@ -182,12 +184,18 @@ struct IdEntry {
 }
 
 const EMPTY_ID: IdEntry = IdEntry {
-    fingerprint: EMPTY,
+    fingerprint: 0,
     time_s: 0,
     slot: 0,
 };
 
 impl IdEntry {
+    /// The stored form of a fingerprint (never 0, the empty marker).
+    #[inline]
+    fn fingerprint(fingerprint: u64) -> u32 {
+        (fingerprint as u32).max(1)
+    }
+
     #[inline]
     fn seconds(time_ms: i64) -> u32 {
         time_ms.div_euclid(1_000).clamp(0, i64::from(u32::MAX)) as u32
@@ -211,10 +219,11 @@ impl Default for IdTable {
 }
 
 impl IdTable {
-    /// Where a fingerprint's probe starts (any table size: multiply-shift).
+    /// Where a stored fingerprint's probe starts (any table size:
+    /// multiply-shift).
     #[inline]
-    fn home(&self, fingerprint: u64) -> usize {
-        ((u128::from(fingerprint) * self.entries.len() as u128) >> 64) as usize
+    fn home(&self, fingerprint: u32) -> usize {
+        ((u64::from(fingerprint) * self.entries.len() as u64) >> 32) as usize
     }
 
     #[inline]
@@ -235,11 +244,11 @@ impl IdTable {
         horizon_ms: i64,
         holds: impl Fn(SlotIndex) -> bool,
     ) -> bool {
-        let fingerprint = stored(fingerprint);
+        let fingerprint = IdEntry::fingerprint(fingerprint);
         let mut at = self.home(fingerprint);
         loop {
             let entry = self.entries[at];
-            if entry.fingerprint == EMPTY {
+            if entry.fingerprint == 0 {
                 return false;
             }
             if entry.fingerprint == fingerprint && entry.is_live(horizon_ms) && holds(entry.slot) {
@@ -252,7 +261,7 @@ impl IdTable {
     /// Loads the entry where this fingerprint's lookup starts (a hint).
     #[inline]
     pub(super) fn touch(&self, fingerprint: u64) {
-        super::prefetch::line(&self.entries[self.home(stored(fingerprint))]);
+        super::prefetch::line(&self.entries[self.home(IdEntry::fingerprint(fingerprint))]);
     }
 
     /// Records the id of a heartbeat held in `slot`. `horizon_ms` (no later
@@ -269,7 +278,7 @@ impl IdTable {
             self.sweep(horizon_ms);
         }
         self.place(IdEntry {
-            fingerprint: stored(fingerprint),
+            fingerprint: IdEntry::fingerprint(fingerprint),
             time_s: IdEntry::seconds(time_ms),
             slot,
         });
@@ -278,7 +287,7 @@ impl IdTable {
 
     fn place(&mut self, entry: IdEntry) {
         let mut at = self.home(entry.fingerprint);
-        while self.entries[at].fingerprint != EMPTY {
+        while self.entries[at].fingerprint != 0 {
             at = self.next(at);
         }
         self.entries[at] = entry;
@@ -300,13 +309,13 @@ impl IdTable {
         let start = self
             .entries
             .iter()
-            .position(|entry| entry.fingerprint == EMPTY)
+            .position(|entry| entry.fingerprint == 0)
             .expect("sweeps come at half full");
         let (mut at, mut live) = (start, 0);
         for _ in 0..size {
             at = self.next(at);
             let entry = self.entries[at];
-            if entry.fingerprint == EMPTY {
+            if entry.fingerprint == 0 {
                 continue;
             }
             self.entries[at] = EMPTY_ID;
@@ -326,7 +335,7 @@ impl IdTable {
         if let Some(resized) = resized {
             let old = std::mem::replace(&mut self.entries, vec![EMPTY_ID; resized]);
             for entry in old {
-                if entry.fingerprint != EMPTY {
+                if entry.fingerprint != 0 {
                     self.place(entry);
                 }
             }
@@ -463,8 +472,9 @@ mod tests {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            // Clustered fingerprints: long runs that wrap around the end.
-            let fingerprint = state | 0xffff_ff00_0000_0000;
+            // Clustered stored fingerprints (their low 32 bits): long runs
+            // that wrap around the end.
+            let fingerprint = state | 0xffff_ff00;
             let horizon_ms = (second - 300) * 1_000;
             table.insert(fingerprint, second * 1_000, 1, horizon_ms);
             recent.push_back((fingerprint, second));
@@ -497,6 +507,11 @@ mod tests {
         set.clear();
         assert!(set.is_empty());
         set.drain(|_| panic!("cleared"));
+    }
+
+    #[test]
+    fn an_id_entry_takes_twelve_bytes() {
+        assert_eq!(std::mem::size_of::<IdEntry>(), 12);
     }
 
     #[test]

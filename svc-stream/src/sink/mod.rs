@@ -66,17 +66,18 @@ impl RawHeartbeat {
     }
 
     /// The event this row was written from, for a restore (`None`: a row no
-    /// accepted heartbeat wrote, such as one with an unknown state).
-    pub fn event(&self) -> Option<Event> {
+    /// accepted heartbeat wrote, such as one with an unknown state). Takes
+    /// the row, so a restore holds each heartbeat once.
+    pub fn into_event(self) -> Option<Event> {
         Some(Event {
-            event_id: self.event_id.clone(),
-            user_id: self.user_id.clone(),
-            video_id: self.video_id.clone(),
-            device_id: self.device_id.clone(),
+            state: PlaybackState::try_from(self.state).ok()?,
+            event_id: self.event_id,
+            user_id: self.user_id,
+            video_id: self.video_id,
+            device_id: self.device_id,
             time_ms: self.event_time_ms,
             position_ms: self.position_ms,
-            state: PlaybackState::try_from(self.state).ok()?,
-            ad_id: self.ad_id.clone(),
+            ad_id: self.ad_id,
         })
     }
 }
