@@ -681,6 +681,7 @@ impl Pipeline {
                 corrected: Vec::new(),
                 erasures,
                 now_ms: now_ms(),
+                open_sessions: Some(self.open_sessions()),
             }),
             corrections,
             metrics: self.metrics.clone(),

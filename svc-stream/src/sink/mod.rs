@@ -269,6 +269,9 @@ pub struct Flush {
     /// erasure is marked as carried to the raw mirror.
     pub erasures: Vec<PendingErasure>,
     pub now_ms: i64,
+    /// Sessions the stage holds open once this flush is taken, which sizes
+    /// a store's caches (the SQLite writer's); `None` leaves them as they are.
+    pub open_sessions: Option<usize>,
 }
 
 /// The sessions store: sessions, impressions, offsets (and catalog, read by svc-query).

@@ -26,19 +26,46 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Page cache of the writer's connection, in KiB: every flush rewrites the
-/// rows (and index entries) of the sessions it changed, spread over the whole
-/// sessions table, so its pages stay hot here instead of being read back from
-/// the file; 256 MiB holds those of about a million open sessions (about
-/// 230 B of table and index pages each). Raw rows pass through it too, so it
-/// is full once that much has been written: a fixed cost, not one per session.
-pub const WRITER_CACHE_KIB: u32 = 256 * 1024;
+/// Page cache of the writer's connection, in KiB, for a stage holding
+/// `open_sessions`: every flush rewrites the rows (and index entries) of the
+/// sessions it changed, spread over the whole sessions table, so their pages
+/// stay hot here instead of being read back from the file. That is about
+/// 230 B of table and index pages per open session (`dbstat`); the cache
+/// keeps 512 B per open session, at least 16 MiB (raw rows, offsets, the
+/// rest of a flush) and at most 256 MiB (a million open sessions), in 16 MiB
+/// steps so that a changing count does not resize it at every flush. Sized
+/// to the state instead of fixed, since a cache stays as full as the writes
+/// once made it.
+pub fn writer_cache_kib(open_sessions: usize) -> u32 {
+    const STEP_KIB: u64 = 16 * 1024;
+    let kib = (open_sessions as u64 / 2).clamp(STEP_KIB, 16 * STEP_KIB);
+    (kib.div_ceil(STEP_KIB) * STEP_KIB) as u32
+}
 
 /// Writes flushes to one SQLite file.
 pub struct SqliteWriter {
-    connection: Arc<Mutex<Connection>>,
+    connection: Arc<Mutex<Cached>>,
     raw_ttl_ms: i64,
     checkpoints: Checkpointer,
+}
+
+/// The writer's connection and the page cache it has now, in KiB.
+struct Cached {
+    connection: Connection,
+    cache_kib: u32,
+}
+
+impl Cached {
+    /// Sizes the page cache for `open_sessions` (see [`writer_cache_kib`]).
+    fn fit_cache(&mut self, open_sessions: usize) -> rusqlite::Result<()> {
+        let cache_kib = writer_cache_kib(open_sessions);
+        if cache_kib != self.cache_kib {
+            self.connection
+                .execute_batch(&format!("PRAGMA cache_size = -{cache_kib};"))?;
+            self.cache_kib = cache_kib;
+        }
+        Ok(())
+    }
 }
 
 /// Copies committed WAL frames into the database file on its own thread and
@@ -90,15 +117,19 @@ impl SqliteWriter {
             .busy_timeout(Duration::from_secs(10))
             .map_err(map_err)?;
         connection
-            .execute_batch(&format!(
+            .execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY; \
-                 PRAGMA wal_autocheckpoint = 0;"
-            ))
+                 PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 0;",
+            )
             .map_err(map_err)?;
         connection.set_prepared_statement_cache_capacity(32);
+        let mut cached = Cached {
+            connection,
+            cache_kib: 0,
+        };
+        cached.fit_cache(0).map_err(map_err)?;
         Ok(SqliteWriter {
-            connection: Arc::new(Mutex::new(connection)),
+            connection: Arc::new(Mutex::new(cached)),
             raw_ttl_ms,
             checkpoints: Checkpointer::start(path)?,
         })
@@ -113,8 +144,11 @@ impl FlushWriter for SqliteWriter {
         let raw_ttl_ms = self.raw_ttl_ms;
         let written = tokio::task::spawn_blocking(move || {
             // A panic mid-write rolled its transaction back; the connection is fine.
-            let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
-            write(&mut connection, &flush, raw_ttl_ms)
+            let mut cached = connection.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(open_sessions) = flush.open_sessions {
+                cached.fit_cache(open_sessions).map_err(map_err)?;
+            }
+            write(&mut cached.connection, &flush, raw_ttl_ms)
                 .map_err(map_err)
                 .and_then(|written| written)
         })
@@ -302,4 +336,39 @@ fn write(
         "rusqlite",
     );
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_cache_keeps_512_bytes_per_open_session_in_16_mib_steps() {
+        assert_eq!(writer_cache_kib(0), 16 * 1024);
+        assert_eq!(writer_cache_kib(65_536), 32 * 1024);
+        assert_eq!(writer_cache_kib(65_538), 48 * 1024);
+        assert_eq!(writer_cache_kib(100_000), 64 * 1024);
+        assert_eq!(writer_cache_kib(1_000_000), 256 * 1024);
+        assert_eq!(writer_cache_kib(usize::MAX), 256 * 1024);
+    }
+
+    #[test]
+    fn the_connection_cache_follows_the_open_sessions_it_is_told() {
+        let mut cached = Cached {
+            connection: Connection::open_in_memory().unwrap(),
+            cache_kib: 0,
+        };
+        let cache_size = |cached: &Cached| -> i64 {
+            cached
+                .connection
+                .query_row("PRAGMA cache_size", [], |row| row.get(0))
+                .unwrap()
+        };
+        cached.fit_cache(0).unwrap();
+        assert_eq!(cache_size(&cached), -16 * 1024);
+        cached.fit_cache(1_000_000).unwrap();
+        assert_eq!(cache_size(&cached), -256 * 1024);
+        cached.fit_cache(100_000).unwrap();
+        assert_eq!(cache_size(&cached), -64 * 1024);
+    }
 }
