@@ -273,16 +273,22 @@ impl Pipeline {
             Unit::Count("raw rows"),
         );
         let snapshot = self.store.load_partition(&self.topic, partition).await?;
-        let rows = self.raw.mirror().replay_open(&snapshot.open).await?;
-        let raw_rows = rows.len();
-        restoring.inc(raw_rows as u64);
-        let events: Vec<Event> = rows
-            .into_iter()
-            .filter(|r| !r.late)
-            .filter_map(RawHeartbeat::into_event)
-            .collect();
         let mut sessionizer = Sessionizer::new(self.config);
-        sessionizer.restore(events, snapshot.watermark_ms);
+        let mut rebuilt = sessionizer.start_restore();
+        let mut raw_rows = 0;
+        self.raw
+            .mirror()
+            .replay_open(&snapshot.open, &mut |row| {
+                raw_rows += 1;
+                restoring.inc(1);
+                if !row.late {
+                    if let Some(event) = row.into_event() {
+                        rebuilt.push(event.to_ref());
+                    }
+                }
+            })
+            .await?;
+        rebuilt.finish(snapshot.watermark_ms);
         let since_ms = snapshot
             .watermark_ms
             .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));

@@ -310,43 +310,36 @@ impl Sessionizer {
 
     /// Re-seeds state after a restart with the heartbeats of the open sessions
     /// (in any order; read back from the raw mirror, late ones excluded) and
-    /// the stored watermark. Emits no changes for them: the store already
-    /// holds these sessions under their current keys. Duplicates among them
-    /// are ignored. Meant for a fresh sessionizer; on one that already holds
-    /// state, heartbeats behind its lateness horizon are skipped and the rest
-    /// are merged (and reported) like pushes.
+    /// the stored watermark: [`Sessionizer::start_restore`] after sorting
+    /// them by time.
     pub fn restore(&mut self, mut events: Vec<Event>, watermark_ms: Option<i64>) {
-        let fresh = self.open_sessions == 0
-            && self.changed.is_empty()
-            && self.deleted.is_empty()
-            && self.finals.is_empty();
         events.sort_unstable_by(|a, b| {
             (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
         });
-        // Pushed in time order, so each tail freezes as the restore passes
-        // it and holds no more than the lateness window, like a running
-        // one; each event is dropped once merged.
-        let pushed_since_advance = self.pushed_since_advance;
-        for owned in events {
-            let event = owned.to_ref();
-            self.push_fingerprinted(event, Fingerprints::of(&event));
+        let mut restoring = self.start_restore();
+        for event in events {
+            restoring.push(event.to_ref());
         }
-        self.pushed_since_advance = pushed_since_advance;
-        self.watermark_ms = self.watermark_ms.max(watermark_ms);
-        let horizon_ms = self.horizon_ms();
-        for slot in &mut self.slots {
-            for session in slot.sessions.as_mut_slice() {
-                self.held -= session.freeze_before(horizon_ms);
-            }
-        }
-        if fresh {
-            self.changed.clear();
-            for slot in &mut self.slots {
-                for session in slot.sessions.as_mut_slice() {
-                    session.dirty = false;
-                    session.stored_start_ms = Some(session.start_ms);
-                }
-            }
+        restoring.finish(watermark_ms);
+    }
+
+    /// Re-seeds state after a restart, one heartbeat at a time in
+    /// non-decreasing event time (one further back than the lateness behind
+    /// an earlier one would be late), so a restore holds no more than the
+    /// running state: each tail freezes as the restore passes it. Emits no
+    /// changes for them: the store already holds these sessions under their
+    /// current keys. Duplicates among them are ignored. Meant for a fresh
+    /// sessionizer; on one that already holds state, heartbeats behind its
+    /// lateness horizon are skipped and the rest are merged (and reported)
+    /// like pushes.
+    pub fn start_restore(&mut self) -> Restoring<'_> {
+        Restoring {
+            fresh: self.open_sessions == 0
+                && self.changed.is_empty()
+                && self.deleted.is_empty()
+                && self.finals.is_empty(),
+            pushed_since_advance: self.pushed_since_advance,
+            sessionizer: self,
         }
     }
 
@@ -648,5 +641,44 @@ impl Sessionizer {
         slot.user_id = Id::default();
         slot.video_id = Id::default();
         self.free_slots.push(slot_index);
+    }
+}
+
+/// A restore under way: see [`Sessionizer::start_restore`].
+pub struct Restoring<'a> {
+    sessionizer: &'a mut Sessionizer,
+    fresh: bool,
+    /// A restore is not a push: idleness continues as it was.
+    pushed_since_advance: bool,
+}
+
+impl Restoring<'_> {
+    /// Merges one restored heartbeat.
+    pub fn push(&mut self, event: EventRef<'_>) {
+        self.sessionizer
+            .push_fingerprinted(event, Fingerprints::of(&event));
+    }
+
+    /// Ends the restore at the stored watermark (or the newest restored
+    /// heartbeat's time, if later): tails are frozen up to its horizon.
+    pub fn finish(self, watermark_ms: Option<i64>) {
+        let sessionizer = self.sessionizer;
+        sessionizer.pushed_since_advance = self.pushed_since_advance;
+        sessionizer.watermark_ms = sessionizer.watermark_ms.max(watermark_ms);
+        let horizon_ms = sessionizer.horizon_ms();
+        for slot in &mut sessionizer.slots {
+            for session in slot.sessions.as_mut_slice() {
+                sessionizer.held -= session.freeze_before(horizon_ms);
+            }
+        }
+        if self.fresh {
+            sessionizer.changed.clear();
+            for slot in &mut sessionizer.slots {
+                for session in slot.sessions.as_mut_slice() {
+                    session.dirty = false;
+                    session.stored_start_ms = Some(session.start_ms);
+                }
+            }
+        }
     }
 }

@@ -66,7 +66,7 @@ mod tables;
 mod tests;
 
 pub use config::SessionConfig;
-pub use engine::Sessionizer;
+pub use engine::{Restoring, Sessionizer};
 pub use events::{Event, EventRef, PlaybackState};
 pub use offline::{sessionize_all, sessionize_sorted, sort_sessions};
 pub use sessions::{Change, ChangeRef, Outcome, Session, SessionKey, SessionRef};

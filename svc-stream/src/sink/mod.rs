@@ -109,10 +109,16 @@ pub trait RawMirror: Send + Sync {
         Ok(0)
     }
 
-    /// The heartbeats of every session in `open`, for restoring a partition.
-    /// Mirrors keyed by user and video replay them one by one; a mirror
-    /// clustered by time reads one time range for all of them.
-    async fn replay_open(&self, open: &[OpenSession]) -> Result<Vec<RawHeartbeat>, SinkError> {
+    /// Hands `visit` the heartbeats of every session in `open`, in
+    /// non-decreasing event time, for restoring a partition without holding
+    /// them all at once. Mirrors keyed by user and video replay the sessions
+    /// one by one and sort what they read; a mirror clustered by time
+    /// streams one time range for all of them.
+    async fn replay_open(
+        &self,
+        open: &[OpenSession],
+        visit: &mut (dyn FnMut(RawHeartbeat) + Send),
+    ) -> Result<(), SinkError> {
         let mut rows = Vec::new();
         for session in open {
             rows.extend(
@@ -125,7 +131,9 @@ pub trait RawMirror: Send + Sync {
                 .await?,
             );
         }
-        Ok(rows)
+        rows.sort_by_key(|row| row.event_time_ms);
+        rows.into_iter().for_each(visit);
+        Ok(())
     }
 }
 

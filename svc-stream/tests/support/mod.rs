@@ -181,8 +181,12 @@ impl<S: RawInStore> RawMirror for FaultyStore<S> {
         self.inner.replay(user_id, video_id, from_ms, to_ms).await
     }
 
-    async fn replay_open(&self, open: &[OpenSession]) -> Result<Vec<RawHeartbeat>, SinkError> {
-        self.inner.replay_open(open).await
+    async fn replay_open(
+        &self,
+        open: &[OpenSession],
+        visit: &mut (dyn FnMut(RawHeartbeat) + Send),
+    ) -> Result<(), SinkError> {
+        self.inner.replay_open(open, visit).await
     }
 }
 

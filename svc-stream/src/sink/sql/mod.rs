@@ -329,14 +329,18 @@ impl<P: Send + Sync> RawInStore for SqlStore<P> {
 impl<P: Send + Sync> RawMirror for SqlStore<P> {
     /// The raw table is clustered by event time (SQLite migration 0002,
     /// PostgreSQL 0006), so the open sessions of a partition are restored
-    /// from one range scan over `[earliest start, latest end]`, keeping each
-    /// session's own rows.
-    async fn replay_open(&self, open: &[OpenSession]) -> Result<Vec<RawHeartbeat>, SinkError> {
+    /// from one range scan over `[earliest start, latest end]` in time
+    /// order, handing on each session's own rows as they come.
+    async fn replay_open(
+        &self,
+        open: &[OpenSession],
+        visit: &mut (dyn FnMut(RawHeartbeat) + Send),
+    ) -> Result<(), SinkError> {
         let (Some(from_ms), Some(to_ms)) = (
             open.iter().map(|s| s.start_ms).min(),
             open.iter().map(|s| s.end_ms).max(),
         ) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let mut spans: HashMap<(&str, &str), Vec<(i64, i64)>> = HashMap::new();
         for s in open {
@@ -351,7 +355,6 @@ impl<P: Send + Sync> RawMirror for SqlStore<P> {
             ),
             vec![Param::Int(from_ms), Param::Int(to_ms)],
         );
-        let mut kept = Vec::new();
         self.store
             .fetch_each(&statement, |row: RawRow| {
                 let time_ms = row.4;
@@ -359,13 +362,13 @@ impl<P: Send + Sync> RawMirror for SqlStore<P> {
                     .get(&(row.1.as_str(), row.2.as_str()))
                     .is_some_and(|s| s.iter().any(|(from, to)| (*from..=*to).contains(&time_ms)));
                 if wanted {
-                    kept.push(raw_heartbeat(row));
+                    visit(raw_heartbeat(row));
                 }
                 Ok::<_, sqlx::Error>(())
             })
             .await
             .map_err(sink_error)?;
-        Ok(kept)
+        Ok(())
     }
 
     async fn write(&self, rows: &[RawHeartbeat]) -> Result<(), SinkError> {
