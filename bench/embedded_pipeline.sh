@@ -3,12 +3,13 @@
 # checks that nothing was lost or double counted (distinct acked heartbeats ==
 # raw rows == sum of session heartbeats). Usage:
 #   bench/embedded_pipeline.sh RATE [DEVICES] [DURATION] [--pregenerate]
+# (HB_BENCH_BIN: the hbmesh binary to run, default target/release/hbmesh)
 # --pregenerate draws the whole run before traffic starts, so the load
 # generator's own CPU (it shares the 2 cores) is mostly spent before the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-20000}; devices=${2:-20000}; duration=${3:-20s}; extra=${4:-}
-bin=target/release/hbmesh
+bin=${HB_BENCH_BIN:-target/release/hbmesh}
 [[ -x $bin ]] || cargo build --release --bin hbmesh
 dir=$(mktemp -d)
 export HB_DATA_DIR=$dir HB_DEVICE_RATE=0 HB_LOG=${HB_LOG:-warn} \
@@ -39,6 +40,11 @@ sampler=$!
 $bin simulate --devices "$devices" --rate "$rate" --duration "$duration" \
   --target http://127.0.0.1:51051 --json $extra > "$dir/sim.json"
 kill $sampler 2>/dev/null || true
+# Resident memory of the whole mesh process against the sessions it holds open.
+rss_kib=$(awk '/^VmRSS/ {print $2}' /proc/$up/status)
+open=$(curl -s http://127.0.0.1:59102/metrics | awk '$1 == "hb_stream_open_sessions" {print $2}')
+echo "hbmesh up at the end: resident $((rss_kib / 1024)) MiB for ${open:-?} open sessions" \
+  "($(( rss_kib * 1024 / (${open:-0} > 0 ? ${open:-1} : 1) )) B per open session)"
 kill -TERM $up; wait $up || true
 python3 - "$dir" <<'PY'
 import json, sqlite3, sys
