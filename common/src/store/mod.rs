@@ -181,10 +181,14 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction that writes. On SQLite it takes the write lock
+    /// at once (`BEGIN IMMEDIATE`, waiting up to the busy timeout): a
+    /// deferred transaction that reads first and then writes fails at once
+    /// with "database is locked" when the stream's writer committed in
+    /// between, since its snapshot is then stale.
     pub async fn begin(&self) -> Result<Transaction, sqlx::Error> {
         Ok(match self {
-            Store::Sqlite(pool) => Transaction::Sqlite(pool.begin().await?),
+            Store::Sqlite(pool) => Transaction::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Store::Postgres(pool) => Transaction::Postgres(pool.begin().await?),
         })
     }
@@ -278,4 +282,42 @@ where
         .map_err(sqlx::Error::Encode)?;
     }
     Ok(arguments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{open_sqlite, Param, Statement, Store, SQLITE_FILE};
+    use std::time::Duration;
+
+    /// An erasure reads the user's videos, then deletes: the stream's writer
+    /// committing in between must not fail it with "database is locked".
+    #[tokio::test]
+    async fn a_transaction_that_reads_first_still_writes_when_another_connection_commits_meanwhile()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Sqlite(open_sqlite(dir.path(), 2).await.unwrap());
+        let mut tx = store.begin().await.unwrap();
+        let before: Vec<(i64,)> = tx
+            .fetch_all(&Statement::new("SELECT COUNT(*) FROM erasures", Vec::new()))
+            .await
+            .unwrap();
+        assert_eq!(before, [(0,)]);
+        // The writer's connection tries to commit while the transaction is
+        // open: it waits for it (here it gives up after its short timeout).
+        let writer = rusqlite::Connection::open(dir.path().join(SQLITE_FILE)).unwrap();
+        writer.busy_timeout(Duration::from_millis(50)).unwrap();
+        let _ = writer.execute(
+            "INSERT INTO erasures (user_id, requested_by, requested_at_ms, raw_heartbeats, \
+             sessions, ad_links, mirror_videos) VALUES ('w', 'writer', 0, 0, 0, 0, '[]')",
+            [],
+        );
+        tx.execute(&Statement::new(
+            "INSERT INTO erasures (user_id, requested_by, requested_at_ms, raw_heartbeats, \
+             sessions, ad_links, mirror_videos) VALUES ($1, 'test', 0, 0, 0, 0, '[]')",
+            vec![Param::Text("u".into())],
+        ))
+        .await
+        .expect("the transaction holds the write lock from its start");
+        tx.commit().await.unwrap();
+    }
 }
