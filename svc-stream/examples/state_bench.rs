@@ -96,6 +96,40 @@ struct Run {
     _state: Box<dyn std::any::Any>,
 }
 
+/// Resident memory and the clock as a part starts measuring.
+struct Start {
+    before: Resident,
+    started: Instant,
+}
+
+impl Start {
+    fn now() -> Start {
+        Start {
+            before: Resident::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The run, with `state` held until it is dropped.
+    fn finish(
+        self,
+        heartbeats: usize,
+        open: usize,
+        held: usize,
+        state: Box<dyn std::any::Any>,
+    ) -> Run {
+        Run {
+            heartbeats,
+            open,
+            held,
+            before: self.before,
+            after: Resident::now(),
+            seconds: self.started.elapsed().as_secs_f64(),
+            _state: state,
+        }
+    }
+}
+
 fn report(part: &str, viewers: usize, run: &Run) {
     let grown = run.after.rss.saturating_sub(run.before.rss);
     let anon = run.after.anon.saturating_sub(run.before.anon);
@@ -154,8 +188,7 @@ fn sessionizer_alone(viewers: usize, beats: usize, flush_every: usize) -> Run {
     let mut fleet = fleet(viewers);
     let mut batches = Batches::new(&mut fleet, viewers * beats);
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
-    let before = Resident::now();
-    let started = Instant::now();
+    let start = Start::now();
     let mut unflushed = 0;
     while let Some(batch) = batches.next_batch() {
         let events: Vec<EventRef<'_>> = batch
@@ -171,15 +204,8 @@ fn sessionizer_alone(viewers: usize, beats: usize, flush_every: usize) -> Run {
         }
     }
     sessionizer.drain_changes_with(|_| {});
-    Run {
-        heartbeats: viewers * beats,
-        open: sessionizer.open_sessions(),
-        held: sessionizer.held_events(),
-        before,
-        after: Resident::now(),
-        seconds: started.elapsed().as_secs_f64(),
-        _state: Box::new(sessionizer),
-    }
+    let (open, held) = (sessionizer.open_sessions(), sessionizer.held_events());
+    start.finish(viewers * beats, open, held, Box::new(sessionizer))
 }
 
 /// The embedded stage's pipeline on the store in `dir`, as `hbmesh up`
@@ -208,8 +234,7 @@ async fn pipeline(
     let mut fleet = fleet(viewers);
     let mut batches = Batches::new(&mut fleet, viewers * beats);
     let mut pipeline = open_pipeline(dir).await?;
-    let before = Resident::now();
-    let started = Instant::now();
+    let start = Start::now();
     while let Some(batch) = batches.next_batch() {
         pipeline.ingest_batch(
             EMBEDDED_PARTITION,
@@ -227,32 +252,17 @@ async fn pipeline(
         pipeline.open_sessions(),
         "the gauge follows the state"
     );
-    Ok(Run {
-        heartbeats: viewers * beats,
-        open,
-        held: pipeline.held_events(),
-        before,
-        after: Resident::now(),
-        seconds: started.elapsed().as_secs_f64(),
-        _state: Box::new(pipeline),
-    })
+    let held = pipeline.held_events();
+    Ok(start.finish(viewers * beats, open, held, Box::new(pipeline)))
 }
 
 /// A restart on the store the pipeline part left as a crash does: the open
 /// sessions are rebuilt from their stored rows and raw heartbeats.
 async fn restore(dir: &Path) -> anyhow::Result<Run> {
-    let before = Resident::now();
-    let started = Instant::now();
+    let start = Start::now();
     let pipeline = open_pipeline(dir).await?;
-    Ok(Run {
-        heartbeats: 0,
-        open: pipeline.open_sessions(),
-        held: pipeline.held_events(),
-        before,
-        after: Resident::now(),
-        seconds: started.elapsed().as_secs_f64(),
-        _state: Box::new(pipeline),
-    })
+    let (open, held) = (pipeline.open_sessions(), pipeline.held_events());
+    Ok(start.finish(0, open, held, Box::new(pipeline)))
 }
 
 fn main() -> anyhow::Result<()> {

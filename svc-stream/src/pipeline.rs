@@ -763,11 +763,7 @@ impl Corrections {
         use futures::stream::{StreamExt as _, TryStreamExt as _};
         // Keys are independent: their reads overlap (a pool of connections,
         // or a mirror's many nodes) instead of waiting on each other.
-        type KeyChanges<'a> = std::pin::Pin<
-            Box<
-                dyn std::future::Future<Output = Result<Vec<(i32, Change)>, SinkError>> + Send + 'a,
-            >,
-        >;
+        type KeyChanges<'a> = futures::future::BoxFuture<'a, Result<Vec<(i32, Change)>, SinkError>>;
         // Boxed as `Send` here: the stage commits on a spawned task.
         let reads: Vec<KeyChanges<'_>> = self
             .marks

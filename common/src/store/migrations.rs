@@ -1,11 +1,10 @@
 //! The migration files of each dialect, embedded at build time by
 //! `build.rs`, as sqlx migrators.
 
+use futures::future::BoxFuture;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Migrator};
 use std::borrow::Cow;
-use std::future::Future;
-use std::pin::Pin;
 
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
@@ -23,10 +22,7 @@ pub async fn sqlite() -> Result<Migrator, MigrateError> {
 struct Embedded(&'static [(i64, &'static str, &'static str)]);
 
 impl MigrationSource<'static> for Embedded {
-    #[allow(clippy::type_complexity)]
-    fn resolve(
-        self,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 'static>> {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
         let migrations = self
             .0
             .iter()
@@ -61,13 +57,12 @@ mod tests {
             let shape = |m: &Migrator| -> Vec<_> {
                 m.iter()
                     .map(|m| {
-                        let (v, d, c, t) = (
+                        (
                             m.version,
                             m.description.clone(),
                             m.checksum.clone(),
                             m.no_tx,
-                        );
-                        (v, d, c, t)
+                        )
                     })
                     .collect()
             };

@@ -669,16 +669,14 @@ impl Restoring<'_> {
         for slot in &mut sessionizer.slots {
             for session in slot.sessions.as_mut_slice() {
                 sessionizer.held -= session.freeze_before(horizon_ms);
-            }
-        }
-        if self.fresh {
-            sessionizer.changed.clear();
-            for slot in &mut sessionizer.slots {
-                for session in slot.sessions.as_mut_slice() {
+                if self.fresh {
                     session.dirty = false;
                     session.stored_start_ms = Some(session.start_ms);
                 }
             }
+        }
+        if self.fresh {
+            sessionizer.changed.clear();
         }
     }
 }

@@ -190,10 +190,16 @@ const EMPTY_ID: IdEntry = IdEntry {
 };
 
 impl IdEntry {
-    /// The stored form of a fingerprint (never 0, the empty marker).
+    /// The stored form of a fingerprint (never 0, which marks an empty
+    /// entry).
     #[inline]
     fn fingerprint(fingerprint: u64) -> u32 {
         (fingerprint as u32).max(1)
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.fingerprint == 0
     }
 
     #[inline]
@@ -248,7 +254,7 @@ impl IdTable {
         let mut at = self.home(fingerprint);
         loop {
             let entry = self.entries[at];
-            if entry.fingerprint == 0 {
+            if entry.is_empty() {
                 return false;
             }
             if entry.fingerprint == fingerprint && entry.is_live(horizon_ms) && holds(entry.slot) {
@@ -287,7 +293,7 @@ impl IdTable {
 
     fn place(&mut self, entry: IdEntry) {
         let mut at = self.home(entry.fingerprint);
-        while self.entries[at].fingerprint != 0 {
+        while !self.entries[at].is_empty() {
             at = self.next(at);
         }
         self.entries[at] = entry;
@@ -309,13 +315,13 @@ impl IdTable {
         let start = self
             .entries
             .iter()
-            .position(|entry| entry.fingerprint == 0)
+            .position(IdEntry::is_empty)
             .expect("sweeps come at half full");
         let (mut at, mut live) = (start, 0);
         for _ in 0..size {
             at = self.next(at);
             let entry = self.entries[at];
-            if entry.fingerprint == 0 {
+            if entry.is_empty() {
                 continue;
             }
             self.entries[at] = EMPTY_ID;
@@ -335,7 +341,7 @@ impl IdTable {
         if let Some(resized) = resized {
             let old = std::mem::replace(&mut self.entries, vec![EMPTY_ID; resized]);
             for entry in old {
-                if entry.fingerprint != 0 {
+                if !entry.is_empty() {
                     self.place(entry);
                 }
             }

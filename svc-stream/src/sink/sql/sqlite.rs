@@ -36,7 +36,7 @@ use std::time::Duration;
 /// steps so that a changing count does not resize it at every flush. Sized
 /// to the state instead of fixed, since a cache stays as full as the writes
 /// once made it.
-pub fn writer_cache_kib(open_sessions: usize) -> u32 {
+fn writer_cache_kib(open_sessions: usize) -> u32 {
     const STEP_KIB: u64 = 16 * 1024;
     let kib = (open_sessions as u64 / 2).clamp(STEP_KIB, 16 * STEP_KIB);
     (kib.div_ceil(STEP_KIB) * STEP_KIB) as u32
