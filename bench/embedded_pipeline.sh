@@ -3,7 +3,9 @@
 # checks that nothing was lost or double counted (distinct acked heartbeats ==
 # raw rows == sum of session heartbeats). Usage:
 #   bench/embedded_pipeline.sh RATE [DEVICES] [DURATION] [--pregenerate]
-# (HB_BENCH_BIN: the hbmesh binary to run, default target/release/hbmesh)
+# (HB_BENCH_BIN: the hbmesh binary to run, default target/release/hbmesh;
+# HB_BENCH_SIM_BIN: the one that simulates, default the same, so a before/after
+# can keep the load generator fixed)
 # --pregenerate draws the whole run before traffic starts, so the load
 # generator's own CPU (it shares the 2 cores) is mostly spent before the run.
 set -euo pipefail
@@ -37,7 +39,7 @@ while True:
         print(int(time.time() * 1000) - row[0], flush=True)
 PY
 sampler=$!
-$bin simulate --devices "$devices" --rate "$rate" --duration "$duration" \
+${HB_BENCH_SIM_BIN:-$bin} simulate --devices "$devices" --rate "$rate" --duration "$duration" \
   --target http://127.0.0.1:51051 --json $extra > "$dir/sim.json"
 kill $sampler 2>/dev/null || true
 # Resident memory of the whole mesh process against the sessions it holds open.

@@ -9,11 +9,12 @@ use std::collections::{BinaryHeap, HashSet, VecDeque};
 use super::config::SessionConfig;
 use super::events::{Event, EventRef, PlaybackState};
 use super::fxhash::{fingerprint, key_fingerprint, FxBuildHasher};
-use super::id::{EventId, Id};
+use super::id::Id;
 use super::prefetch;
 use super::sessions::{Change, ChangeRef, Outcome, Session, SessionKey};
-use super::state::{HeldEvent, KeySlot, LiveSession};
+use super::state::{KeySlot, LiveSession};
 use super::tables::{IdTable, KeyTable, SlotIndex, SlotSet};
+use super::tail::{Held, NewHeld, Point, Tail};
 
 /// The hashes a push needs, computed once.
 #[derive(Clone, Copy, Debug)]
@@ -35,8 +36,9 @@ impl Fingerprints {
 /// Tail buffers kept for reuse.
 const SPARE_TAILS: usize = 4_096;
 
-/// Capacity of a new tail. A tail doubles up to what its session holds over
-/// the lateness window (32 at one heartbeat per 5 s and 2 minutes); starting
+/// Capacity of a new tail. A tail grows by half up to what its session holds
+/// over the lateness window (4, 6, 9, ..., 28: at one heartbeat per 5 s and
+/// 2 minutes, a session holds up to 28 before a freeze); starting
 /// small keeps a crowd of new viewers (a live event's start) at a few
 /// hundred bytes each.
 const TAIL_CAPACITY: usize = 4;
@@ -67,7 +69,7 @@ pub struct Sessionizer {
     held: usize,
     /// Emptied tail buffers of finalized sessions, for new ones: a tail
     /// allocation is large enough to be slow in common allocators.
-    spare_tails: Vec<VecDeque<HeldEvent>>,
+    spare_tails: Vec<VecDeque<Held>>,
     next_uid: u64,
     /// `(deadline, slot, generation, uid)`: a session may be final once the
     /// watermark passes `deadline` (a lower bound of `end + gap + lateness`,
@@ -493,12 +495,14 @@ impl Sessionizer {
         self.ids
             .insert(id_fingerprint, time_ms, slot_index, horizon_ms);
         self.held += 1;
-        let held = HeldEvent {
-            time_ms,
-            position_ms,
-            event_id: EventId::new(event_id),
-            playing: state == PlaybackState::Playing,
-            has_ad: !ad_id.is_empty(),
+        let held = NewHeld {
+            point: Point {
+                time_ms,
+                position_ms,
+                playing: state == PlaybackState::Playing,
+                has_ad: !ad_id.is_empty(),
+            },
+            event_id,
         };
         let gap_ms = self.config.gap_ms;
         let slot = &mut self.slots[slot_index as usize];
@@ -512,7 +516,7 @@ impl Sessionizer {
             after < sessions.len() && sessions[after].start_ms.saturating_sub(time_ms) < gap_ms;
         let target = match (inside, joins_previous, joins_next) {
             (true, _, _) => {
-                slot.sessions.as_mut_slice()[after - 1].insert_within(held, id);
+                slot.sessions.as_mut_slice()[after - 1].insert_within(held);
                 after - 1
             }
             (false, true, true) => {
@@ -551,12 +555,13 @@ impl Sessionizer {
                 if slot.sessions.is_empty() {
                     self.open_keys += 1;
                 }
-                let tail_buffer = self
-                    .spare_tails
-                    .pop()
-                    .unwrap_or_else(|| VecDeque::with_capacity(TAIL_CAPACITY));
+                let tail = Tail::in_buffer(
+                    self.spare_tails
+                        .pop()
+                        .unwrap_or_else(|| VecDeque::with_capacity(TAIL_CAPACITY)),
+                );
                 slot.sessions
-                    .insert(after, LiveSession::new(uid, held, device_id, tail_buffer));
+                    .insert(after, LiveSession::new(uid, held, device_id, tail));
                 self.open_sessions += 1;
                 after
             }
@@ -608,9 +613,8 @@ impl Sessionizer {
         let mut session = slot.sessions.remove(index);
         self.held -= session.tail.len();
         if self.spare_tails.len() < SPARE_TAILS {
-            let mut tail = std::mem::take(&mut session.tail);
-            tail.clear();
-            self.spare_tails.push(tail);
+            let tail = std::mem::take(&mut session.tail);
+            self.spare_tails.push(Tail::into_buffer(tail));
         }
         if let Some(stored_ms) = session
             .stored_start_ms

@@ -6,7 +6,8 @@ use super::engine::Fingerprints;
 use super::events::{Event, EventRef};
 use super::prefetch;
 use super::sessions::Outcome;
-use super::state::{Frozen, HeldEvent, KeySlot, LiveSession};
+use super::state::{Frozen, KeySlot, LiveSession};
+use super::tail::Held;
 use super::Sessionizer;
 
 /// What the batch push methods can borrow a heartbeat from.
@@ -115,7 +116,7 @@ impl Sessionizer {
             return;
         };
         if let Some(held) = session.tail.back() {
-            let held: *const HeldEvent = held;
+            let held: *const Held = held;
             prefetch::line(held);
             prefetch::line(held.wrapping_add(1));
         }
@@ -123,7 +124,7 @@ impl Sessionizer {
         // frozen summary too, both cold by then.
         if session.tail_front_ms < self.freeze_before_ms() {
             if let Some(front) = session.tail.front() {
-                prefetch::lines(front, 3 * std::mem::size_of::<HeldEvent>());
+                prefetch::lines(front, 3 * std::mem::size_of::<Held>());
             }
             prefetch::lines(&session.frozen, std::mem::size_of::<Frozen>());
         }

@@ -62,6 +62,7 @@ mod prefetch;
 mod sessions;
 mod state;
 mod tables;
+mod tail;
 #[cfg(test)]
 mod tests;
 

@@ -1,20 +1,10 @@
 //! Per-key state: a key's slot, its open sessions, each with the unfrozen
 //! tail of heartbeats held in full, the frozen summary and running totals.
 
-use std::collections::VecDeque;
-
 use super::coverage::Coverage;
-use super::id::{EventId, Id};
+use super::id::Id;
 use super::sessions::{Session, SessionKey, SessionRef};
-
-/// The parts of a heartbeat that session arithmetic needs.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Point {
-    pub(super) time_ms: i64,
-    position_ms: i64,
-    playing: bool,
-    has_ad: bool,
-}
+use super::tail::{Held, NewHeld, Point, Tail};
 
 /// The watched interval of the step `a -> b` (SPEC 5.4), if it is watched.
 #[inline]
@@ -25,35 +15,6 @@ fn watched_span(a: &Point, b: &Point) -> Option<(i64, i64)> {
     let dp = b.position_ms.saturating_sub(a.position_ms);
     let dt = b.time_ms.saturating_sub(a.time_ms);
     (dp > 0 && dp <= dt.saturating_mul(2)).then_some((a.position_ms, b.position_ms))
-}
-
-/// An unfrozen heartbeat, held in full (48 bytes with a UUID id).
-#[derive(Debug)]
-pub(super) struct HeldEvent {
-    pub(super) time_ms: i64,
-    pub(super) position_ms: i64,
-    pub(super) event_id: EventId,
-    pub(super) playing: bool,
-    pub(super) has_ad: bool,
-}
-
-impl HeldEvent {
-    #[inline]
-    fn point(&self) -> Point {
-        Point {
-            time_ms: self.time_ms,
-            position_ms: self.position_ms,
-            playing: self.playing,
-            has_ad: self.has_ad,
-        }
-    }
-
-    /// True when this heartbeat sorts before `(time_ms, event_id)`.
-    #[inline]
-    fn is_before(&self, time_ms: i64, event_id: &[u8]) -> bool {
-        self.time_ms < time_ms
-            || (self.time_ms == time_ms && self.event_id.cmp_text(event_id).is_lt())
-    }
 }
 
 /// Summary of a session's frozen heartbeats (all older than the lateness
@@ -108,7 +69,7 @@ pub(super) struct LiveSession {
     /// so deciding whether to freeze does not touch the tail.
     pub(super) tail_front_ms: i64,
     /// Unfrozen heartbeats in `(time_ms, event_id)` order.
-    pub(super) tail: VecDeque<HeldEvent>,
+    pub(super) tail: Tail,
     /// Totals over frozen part and tail.
     heartbeats: u64,
     watch_ms: i64,
@@ -127,14 +88,9 @@ pub(super) struct LiveSession {
 }
 
 impl LiveSession {
-    /// A session of one heartbeat; `tail` is an empty buffer to hold it in.
-    pub(super) fn new(
-        uid: u64,
-        first: HeldEvent,
-        device_id: &str,
-        mut tail: VecDeque<HeldEvent>,
-    ) -> Self {
-        let last = first.point();
+    /// A session of one heartbeat; `tail` is an empty tail to hold it in.
+    pub(super) fn new(uid: u64, first: NewHeld<'_>, device_id: &str, mut tail: Tail) -> Self {
+        let last = first.point;
         tail.push_back(first);
         LiveSession {
             uid,
@@ -172,7 +128,10 @@ impl LiveSession {
     pub(super) fn starts_before(&self, time_ms: i64, event_id: &[u8]) -> bool {
         self.has_frozen()
             || self.start_ms < time_ms
-            || (self.start_ms == time_ms && self.tail[0].event_id.cmp_text(event_id).is_lt())
+            || (self.start_ms == time_ms
+                && (self.tail.id_of(self.tail.get(0)))
+                    .cmp_text(event_id)
+                    .is_lt())
     }
 
     /// True when `(time_ms, event_id)` sorts before the last heartbeat.
@@ -181,8 +140,9 @@ impl LiveSession {
         match self.tail.back() {
             None => false,
             Some(last) => {
-                time_ms < last.time_ms
-                    || (time_ms == last.time_ms && last.event_id.cmp_text(event_id).is_gt())
+                let last_ms = last.time_ms();
+                time_ms < last_ms
+                    || (time_ms == last_ms && self.tail.id_of(last).cmp_text(event_id).is_gt())
             }
         }
     }
@@ -197,8 +157,8 @@ impl LiveSession {
 
     /// Adds a heartbeat that sorts after every held one.
     #[inline]
-    pub(super) fn append(&mut self, event: HeldEvent) {
-        let (last, point) = (self.last, event.point());
+    pub(super) fn append(&mut self, event: NewHeld<'_>) {
+        let (last, point) = (self.last, event.point);
         self.count_step(&last, &point);
         self.last = point;
         if self.tail.is_empty() {
@@ -209,12 +169,12 @@ impl LiveSession {
     }
 
     /// Adds a heartbeat that sorts before every held one (the start moves).
-    pub(super) fn prepend(&mut self, event: HeldEvent) {
+    pub(super) fn prepend(&mut self, event: NewHeld<'_>) {
         debug_assert_eq!(
             self.frozen.heartbeats, 0,
             "nothing sorts before frozen heartbeats"
         );
-        let (point, first) = (event.point(), self.tail[0].point());
+        let (point, first) = (event.point, self.tail.get(0).point());
         self.count_step(&point, &first);
         self.start_ms = point.time_ms;
         self.tail_front_ms = point.time_ms;
@@ -222,21 +182,17 @@ impl LiveSession {
         self.heartbeats += 1;
     }
 
-    /// Adds a heartbeat (whose id is `event_id`) that sorts between two tail
-    /// heartbeats: the step it splits is replaced, so the totals are rebuilt
-    /// from the frozen summary.
-    pub(super) fn insert_within(&mut self, event: HeldEvent, event_id: &[u8]) {
-        let index = self
-            .tail
-            .partition_point(|held| held.is_before(event.time_ms, event_id));
-        self.tail.insert(index, event);
-        self.tail_front_ms = self.tail[0].time_ms;
+    /// Adds a heartbeat that sorts between two tail heartbeats: the step it
+    /// splits is replaced, so the totals are rebuilt from the frozen summary.
+    pub(super) fn insert_within(&mut self, event: NewHeld<'_>) {
+        self.tail.insert(event);
+        self.tail_front_ms = self.tail.get(0).time_ms();
         self.heartbeats += 1;
         self.watch_ms = self.frozen.watch_ms;
         self.coverage = self.frozen.coverage.clone();
         let mut previous = self.frozen.last;
         for index in 0..self.tail.len() {
-            let point = self.tail[index].point();
+            let point = self.tail.get(index).point();
             if let Some(a) = previous {
                 self.count_step(&a, &point);
             }
@@ -251,13 +207,13 @@ impl LiveSession {
             later.frozen.heartbeats, 0,
             "a later session cannot be frozen"
         );
-        let (last, first) = (self.last, later.tail[0].point());
+        let (last, first) = (self.last, later.tail.get(0).point());
         self.count_step(&last, &first);
         self.last = later.last;
         self.heartbeats += later.heartbeats;
         self.watch_ms = self.watch_ms.saturating_add(later.watch_ms);
         self.coverage.extend(&later.coverage);
-        self.tail.extend(later.tail);
+        self.tail.append(later.tail);
         self.devices.absorb(later.devices);
         for ad in &later.ads {
             self.add_ad(ad);
@@ -282,7 +238,7 @@ impl LiveSession {
         while self
             .tail
             .front()
-            .is_some_and(|first| first.time_ms < horizon_ms)
+            .is_some_and(|first| first.time_ms() < horizon_ms)
         {
             let event = self.tail.pop_front().expect("checked non-empty");
             let (frozen, point) = (&mut self.frozen, event.point());
@@ -296,7 +252,7 @@ impl LiveSession {
             frozen.last = Some(point);
             frozen_now += 1;
         }
-        self.tail_front_ms = self.tail.front().map_or(i64::MAX, |first| first.time_ms);
+        self.tail_front_ms = self.tail.front().map_or(i64::MAX, Held::time_ms);
         frozen_now
     }
 
@@ -416,7 +372,7 @@ impl KeySlot {
         self.sessions
             .as_slice()
             .iter()
-            .any(|session| session.tail.iter().any(|held| held.event_id.is(event_id)))
+            .any(|session| session.tail.holds(event_id))
     }
 
     pub(super) fn key(&self, start_ms: i64) -> SessionKey {

@@ -280,7 +280,7 @@ impl IdTable {
         slot: SlotIndex,
         horizon_ms: i64,
     ) {
-        if (self.occupied + 1) * 2 > self.entries.len() {
+        if (self.occupied + 1) * 4 > self.entries.len() * 3 {
             self.sweep(horizon_ms);
         }
         self.place(IdEntry {
@@ -300,14 +300,13 @@ impl IdTable {
     }
 
     /// Drops dead entries in place, in one sequential pass (no allocation).
-    /// When the live ones then fill more than a third or less than a
-    /// sixteenth of the table, they move to a new one: twice the size when
-    /// growing (a new table's pages are fresh, and faulting them in costs
-    /// more than the sweep, so growth goes in few large steps), a quarter
-    /// full when shrinking. With sweeps due at half full, one comes every
-    /// `size / 6` inserts or more.
+    /// When the live ones then fill more than half or less than an eighth of
+    /// the table, they move to a new one, two-fifths full. With sweeps due
+    /// at three quarters full, one comes every `size / 4` inserts or more,
+    /// and at a steady rate the table stays at 2 to 2.5 entries per live id
+    /// (each is memory every open session pays for).
     fn sweep(&mut self, horizon_ms: i64) {
-        // From an empty entry (sweeps come at half full), every entry is
+        // From an empty entry (sweeps come at three quarters full), every entry is
         // taken out and, if live, placed again: dropping entries may have
         // cut probe runs, and an entry can only move back towards its home,
         // into a part of its run already swept.
@@ -316,7 +315,7 @@ impl IdTable {
             .entries
             .iter()
             .position(IdEntry::is_empty)
-            .expect("sweeps come at half full");
+            .expect("sweeps come at three quarters full");
         let (mut at, mut live) = (start, 0);
         for _ in 0..size {
             at = self.next(at);
@@ -331,10 +330,8 @@ impl IdTable {
             }
         }
         self.occupied = live;
-        let resized = if live * 3 > size {
-            Some((size * 2).max(live * 4))
-        } else if live * 16 < size && size > 64 {
-            Some((live * 4).max(64))
+        let resized = if live * 2 > size || (live * 8 < size && size > 64) {
+            Some((live * 5 / 2).max(64))
         } else {
             None
         };
