@@ -1,6 +1,8 @@
 //! Union of watched position intervals, kept as sorted disjoint spans so the
 //! covered length is always at hand and linear playback costs O(1) per step.
 
+use super::spill::Spill;
+
 /// Sorted, disjoint closed spans `[lo, hi]` (`lo < hi`) and their total length.
 /// The last span is kept inline: linear playback only ever touches it.
 #[repr(C)]
@@ -8,8 +10,8 @@
 pub(super) struct Coverage {
     covered_ms: i64,
     last: Option<(i64, i64)>,
-    /// Every span before `last`.
-    earlier: Vec<(i64, i64)>,
+    /// Every span before `last` (none while playback is linear).
+    earlier: Spill<(i64, i64)>,
 }
 
 impl Coverage {
@@ -29,7 +31,7 @@ impl Coverage {
                 self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(lo));
             }
             Some(last) if lo > last.1 => {
-                self.earlier.push(*last);
+                self.earlier.as_vec_mut().push(*last);
                 *last = (lo, hi);
                 self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(lo));
             }
@@ -44,7 +46,7 @@ impl Coverage {
     }
 
     fn add_before_last(&mut self, lo: i64, hi: i64) {
-        let mut spans = std::mem::take(&mut self.earlier);
+        let mut spans = self.earlier.take();
         spans.extend(self.last.take());
         // Spans are disjoint, so their ends are sorted too.
         let first = spans.partition_point(|span| span.1 < lo);
@@ -67,19 +69,24 @@ impl Coverage {
             spans.drain(first + 1..beyond);
         }
         self.last = spans.pop();
-        self.earlier = spans;
+        self.earlier.put(spans);
     }
 
     /// Adds every span of `other`.
     pub(super) fn extend(&mut self, other: &Coverage) {
-        for &(lo, hi) in other.earlier.iter().chain(&other.last) {
+        for &(lo, hi) in other.earlier.as_slice().iter().chain(&other.last) {
             self.add(lo, hi);
         }
     }
 
     #[cfg(test)]
     pub(super) fn spans(&self) -> Vec<(i64, i64)> {
-        self.earlier.iter().chain(&self.last).copied().collect()
+        self.earlier
+            .as_slice()
+            .iter()
+            .chain(&self.last)
+            .copied()
+            .collect()
     }
 }
 

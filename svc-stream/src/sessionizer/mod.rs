@@ -60,6 +60,7 @@ mod lookahead;
 mod offline;
 mod prefetch;
 mod sessions;
+mod spill;
 mod state;
 mod tables;
 mod tail;

@@ -4,6 +4,7 @@
 use super::coverage::Coverage;
 use super::id::Id;
 use super::sessions::{Session, SessionKey, SessionRef};
+use super::spill::Spill;
 use super::tail::{Held, NewHeld, Point, Tail};
 
 /// The watched interval of the step `a -> b` (SPEC 5.4), if it is watched.
@@ -34,23 +35,29 @@ pub(super) struct Frozen {
 #[derive(Debug)]
 pub(super) struct Devices {
     first: Id,
-    more: Vec<Id>,
+    more: Spill<Id>,
 }
 
 impl Devices {
     #[inline]
     pub(super) fn add(&mut self, device_id: &str) {
-        if !self.first.is(device_id) && !self.more.iter().any(|device| device.is(device_id)) {
-            self.more.push(Id::new(device_id));
+        if !self.first.is(device_id)
+            && !self
+                .more
+                .as_slice()
+                .iter()
+                .any(|device| device.is(device_id))
+        {
+            self.more.as_vec_mut().push(Id::new(device_id));
         }
     }
 
     fn count(&self) -> u64 {
-        1 + self.more.len() as u64
+        1 + self.more.as_slice().len() as u64
     }
 
-    fn absorb(&mut self, other: Devices) {
-        for device in std::iter::once(other.first).chain(other.more) {
+    fn absorb(&mut self, mut other: Devices) {
+        for device in std::iter::once(other.first).chain(other.more.take()) {
             self.add(device.as_str());
         }
     }
@@ -83,7 +90,7 @@ pub(super) struct LiveSession {
     coverage: Coverage,
     pub(super) devices: Devices,
     /// Sorted, distinct.
-    pub(super) ads: Vec<String>,
+    pub(super) ads: Spill<String>,
     pub(super) frozen: Frozen,
 }
 
@@ -104,9 +111,9 @@ impl LiveSession {
             coverage: Coverage::default(),
             devices: Devices {
                 first: Id::new(device_id),
-                more: Vec::new(),
+                more: Spill::default(),
             },
-            ads: Vec::new(),
+            ads: Spill::default(),
             stored_start_ms: None,
             dirty: false,
         }
@@ -215,7 +222,7 @@ impl LiveSession {
         self.coverage.extend(&later.coverage);
         self.tail.append(later.tail);
         self.devices.absorb(later.devices);
-        for ad in &later.ads {
+        for ad in later.ads.as_slice() {
             self.add_ad(ad);
         }
     }
@@ -225,8 +232,12 @@ impl LiveSession {
         if ad_id.is_empty() {
             return;
         }
-        if let Err(index) = self.ads.binary_search_by(|ad| ad.as_str().cmp(ad_id)) {
-            self.ads.insert(index, ad_id.to_owned());
+        if let Err(index) = self
+            .ads
+            .as_slice()
+            .binary_search_by(|ad| ad.as_str().cmp(ad_id))
+        {
+            self.ads.as_vec_mut().insert(index, ad_id.to_owned());
         }
     }
 
@@ -275,7 +286,7 @@ impl LiveSession {
             watch_ms: self.watch_ms,
             coverage_ms: self.coverage.covered_ms(),
             last_position_ms: self.last.position_ms,
-            ads: &self.ads,
+            ads: self.ads.as_slice(),
             devices: self.devices.count(),
         }
     }
@@ -392,5 +403,21 @@ fn session_key(user_id: &Id, video_id: &Id, start_ms: i64) -> SessionKey {
         user_id: user_id.as_str().to_owned(),
         video_id: video_id.as_str().to_owned(),
         start_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open session pays for its slot: keep rarely used fields behind
+    /// one pointer each.
+    #[test]
+    fn a_key_slot_with_its_first_session_inline_stays_under_400_bytes() {
+        assert!(
+            std::mem::size_of::<KeySlot>() <= 400,
+            "{}",
+            std::mem::size_of::<KeySlot>()
+        );
     }
 }
