@@ -68,14 +68,14 @@ struct Texts {
 }
 
 impl Texts {
-    fn add(&mut self, text: &str) -> u32 {
+    fn add(&mut self, text: Box<str>) -> u32 {
         match self.free.pop() {
             Some(index) => {
-                self.slots[index as usize] = Some(text.into());
+                self.slots[index as usize] = Some(text);
                 index
             }
             None => {
-                self.slots.push(Some(text.into()));
+                self.slots.push(Some(text));
                 (self.slots.len() - 1) as u32
             }
         }
@@ -109,7 +109,8 @@ impl Tail {
         }
     }
 
-    /// Empties the tail and hands its buffer on for reuse.
+    /// The tail's record buffer, for a new tail to reuse (see
+    /// [`Tail::in_buffer`]); the texts go with the tail.
     pub(super) fn into_buffer(self) -> VecDeque<Held> {
         self.records
     }
@@ -174,7 +175,7 @@ impl Tail {
             Some(bytes) => bytes,
             None => {
                 flags |= TEXT;
-                let index = self.texts.get_or_insert_default().add(new.event_id);
+                let index = self.texts.get_or_insert_default().add(new.event_id.into());
                 let mut id = [0; 16];
                 id[..4].copy_from_slice(&index.to_ne_bytes());
                 id
@@ -239,7 +240,7 @@ impl Tail {
         for mut held in later.records.drain(..) {
             if let Some(index) = held.text_index() {
                 let text = later_texts.as_mut().expect("texts").take(index);
-                let moved = self.texts.get_or_insert_default().add(&text);
+                let moved = self.texts.get_or_insert_default().add(text);
                 held.id[..4].copy_from_slice(&moved.to_ne_bytes());
             }
             self.records.push_back(held);
