@@ -136,9 +136,7 @@ impl LiveSession {
         self.has_frozen()
             || self.start_ms < time_ms
             || (self.start_ms == time_ms
-                && (self.tail.id_of(self.tail.get(0)))
-                    .cmp_text(event_id)
-                    .is_lt())
+                && self.tail.id_of(self.tail.get(0)).cmp_text(event_id).is_lt())
     }
 
     /// True when `(time_ms, event_id)` sorts before the last heartbeat.
