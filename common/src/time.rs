@@ -32,9 +32,77 @@ pub fn ms_to_rfc3339(ms: i64) -> String {
 
 /// Epoch milliseconds of an RFC 3339 timestamp.
 pub fn rfc3339_to_ms(text: &str) -> Result<i64, String> {
+    if let Some(ms) = utc_millis(text.as_bytes()) {
+        return Ok(ms);
+    }
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
         .map_err(|e| format!("invalid RFC 3339 time {text:?}: {e}"))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` or `YYYY-MM-DDTHH:MM:SS.mmmZ` (the form players and
+/// [`ms_to_rfc3339`] write), read without the general parser, which took
+/// longer than the rest of a heartbeat line. `None` for anything else
+/// (offsets, other precisions, leap seconds, bad dates): the general parser
+/// decides those.
+fn utc_millis(text: &[u8]) -> Option<i64> {
+    let millis = match text.len() {
+        20 => 0,
+        24 if text[19] == b'.' => digits(&text[20..23])?,
+        _ => return None,
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if text[text.len() - 1] != b'Z' || separators.iter().any(|&(at, c)| text[at] != c) {
+        return None;
+    }
+    let (year, month, day) = (
+        digits(&text[..4])?,
+        digits(&text[5..7])?,
+        digits(&text[8..10])?,
+    );
+    let (hour, minute, second) = (
+        digits(&text[11..13])?,
+        digits(&text[14..16])?,
+        digits(&text[17..19])?,
+    );
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let seconds = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second;
+    Some(seconds * 1_000 + millis)
+}
+
+/// The value of ASCII decimal digits; `None` if any byte is not one.
+fn digits(text: &[u8]) -> Option<i64> {
+    text.iter().try_fold(0, |value, &c| {
+        c.is_ascii_digit().then(|| value * 10 + i64::from(c - b'0'))
+    })
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
+/// (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
@@ -53,5 +121,57 @@ mod tests {
         let ms = 1_700_000_000_123;
         assert_eq!(rfc3339_to_ms(&ms_to_rfc3339(ms)).unwrap(), ms);
         assert!(rfc3339_to_ms("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_short_path_reads_times_exactly_as_chrono_does() {
+        let chrono = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.timestamp_millis())
+                .ok()
+        };
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Years 0000 to 9999.
+            let ms = (state % 315_537_897_600_000) as i64 - 62_167_219_200_000;
+            for text in [
+                ms_to_rfc3339(ms),
+                ms_to_rfc3339(ms - ms.rem_euclid(1_000)).replace(".000", ""),
+            ] {
+                assert_eq!(utc_millis(text.as_bytes()), chrono(&text), "{text}");
+            }
+        }
+        for text in [
+            "2024-02-29T00:00:00Z",
+            "2000-02-29T23:59:59.999Z",
+            "1970-01-01T00:00:00.000Z",
+            "1969-12-31T23:59:59.999Z",
+        ] {
+            assert_eq!(utc_millis(text.as_bytes()), chrono(text), "{text}");
+        }
+        // Left to chrono: impossible dates and times, leap seconds, other
+        // forms; the answer is chrono's either way.
+        for text in [
+            "2026-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-00-10T00:00:00Z",
+            "2026-01-00T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:60:00Z",
+            "2016-12-31T23:59:60Z",
+            "2026-01-01t00:00:00z",
+            "2026-01-01T00:00:00+00:00",
+            "2026-01-01T00:00:00.5Z",
+            "2026-01-01T00:00:00.123456Z",
+            "2026-01-01T0a:00:00Z",
+            "+2026-01-01T00:00:00Z",
+        ] {
+            assert_eq!(utc_millis(text.as_bytes()), None, "{text}");
+            assert_eq!(rfc3339_to_ms(text).ok(), chrono(text), "{text}");
+        }
     }
 }

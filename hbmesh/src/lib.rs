@@ -1,6 +1,6 @@
 //! The `hbmesh` operator binary as a library, so end-to-end tests start the
 //! very same all-in-one mesh ([`mesh::start`]) that `hbmesh up` runs.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod catalog;
 pub mod demo;

@@ -231,14 +231,15 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     Position::Doubled(wobble) => 2 * time_ms + wobble,
                     Position::Anywhere(n) => n,
                 };
-                // Half the ids canonical UUIDs (held as 16 bytes), half other
-                // text (held as text), in an order unrelated to the index, so
-                // ties in time are broken across both forms.
-                let event_id = if index % 2 == 0 {
-                    let scrambled = (index as u32).wrapping_mul(0x9e37_79b9);
-                    format!("{scrambled:08x}-0000-4000-8000-{index:012x}")
-                } else {
-                    format!("e{index:03}")
+                // A third of the ids canonical UUIDs and a third 32 plain hex
+                // digits (both held as 16 bytes), a third other text (held as
+                // text), in an order unrelated to the index, so ties in time
+                // are broken across all three forms.
+                let scrambled = (index as u32).wrapping_mul(0x9e37_79b9);
+                let event_id = match index % 3 {
+                    0 => format!("{scrambled:08x}-0000-4000-8000-{index:012x}"),
+                    1 => format!("{scrambled:08x}00004000a000{index:012x}"),
+                    _ => format!("{:x}{index:03}", scrambled >> 28),
                 };
                 let event = Event {
                     event_id,

@@ -61,65 +61,95 @@ impl Id {
     }
 }
 
-/// The id of a held heartbeat. Clients send canonical UUIDs (36 characters,
-/// lowercase hex), held as their 16 bytes; any other id is held as text.
-/// Both compare like the text they stand for, which orders heartbeats of the
-/// same time, and a canonical UUID has exactly one form, so equality is exact.
+/// The id of a held heartbeat. An id of 32 lowercase hex digits, as a
+/// canonical UUID (hyphens at 8, 13, 18, 23) or plain, is held as its 16
+/// bytes; any other id as text. Both compare like the text they stand for,
+/// which orders heartbeats of the same time, and each packed form has exactly
+/// one text, so equality is exact.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum EventId<'a> {
-    Uuid([u8; 16]),
+    Hex(HexId),
     Text(&'a str),
+}
+
+/// 32 hex digits as 16 bytes, and whether their text is hyphenated.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct HexId {
+    pub(super) bytes: [u8; 16],
+    pub(super) hyphens: bool,
 }
 
 /// Positions of the hyphens in a canonical UUID.
 const HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
-#[inline]
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        _ => None,
+/// Value of each byte as a hex digit; [`NOT_HEX`] for any other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        digit += 1;
     }
-}
+    table
+};
+const NOT_HEX: u8 = 0x80;
 
-/// The 16 bytes of a canonical UUID's text; `None` for any other text.
+/// The 16 bytes of a canonical UUID's text or of 32 plain lowercase hex
+/// digits; `None` for any other text. Runs once per held heartbeat, so it
+/// looks every digit up without a branch.
 #[inline]
-pub(super) fn pack_uuid(text: &[u8]) -> Option<[u8; 16]> {
-    if text.len() != 36 || HYPHENS.iter().any(|&at| text[at] != b'-') {
-        return None;
-    }
-    let mut bytes = [0u8; 16];
-    let mut digits = text.iter().filter(|&&c| c != b'-');
-    for byte in &mut bytes {
-        let high = hex_value(*digits.next()?)?;
-        let low = hex_value(*digits.next()?)?;
+pub(super) fn pack_hex(text: &[u8]) -> Option<HexId> {
+    let mut digits = [0u8; 32];
+    let hyphens = match text.len() {
+        32 => {
+            digits.copy_from_slice(text);
+            false
+        }
+        36 if HYPHENS.iter().all(|&at| text[at] == b'-') => {
+            digits[..8].copy_from_slice(&text[..8]);
+            digits[8..12].copy_from_slice(&text[9..13]);
+            digits[12..16].copy_from_slice(&text[14..18]);
+            digits[16..20].copy_from_slice(&text[19..23]);
+            digits[20..].copy_from_slice(&text[24..]);
+            true
+        }
+        _ => return None,
+    };
+    let (mut bytes, mut seen) = ([0u8; 16], 0u8);
+    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        let (high, low) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        seen |= high | low;
         *byte = high << 4 | low;
     }
-    Some(bytes)
+    (seen & NOT_HEX == 0).then_some(HexId { bytes, hyphens })
 }
 
-/// The canonical text of 16 UUID bytes.
-fn unpack_uuid(bytes: &[u8; 16]) -> [u8; 36] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [b'-'; 36];
-    let mut at = 0;
-    for byte in bytes {
-        if HYPHENS.contains(&at) {
-            at += 1;
+impl HexId {
+    /// The text these bytes stand for, in the first `len` bytes.
+    fn text(&self) -> ([u8; 36], usize) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b'-'; 36];
+        let mut at = 0;
+        for byte in &self.bytes {
+            if self.hyphens && HYPHENS.contains(&at) {
+                at += 1;
+            }
+            text[at] = DIGITS[usize::from(byte >> 4)];
+            text[at + 1] = DIGITS[usize::from(byte & 0xf)];
+            at += 2;
         }
-        text[at] = DIGITS[usize::from(byte >> 4)];
-        text[at + 1] = DIGITS[usize::from(byte & 0xf)];
-        at += 2;
+        (text, at)
     }
-    text
 }
 
 impl<'a> EventId<'a> {
     #[cfg(test)]
     fn new(text: &'a str) -> Self {
-        match pack_uuid(text.as_bytes()) {
-            Some(bytes) => EventId::Uuid(bytes),
+        match pack_hex(text.as_bytes()) {
+            Some(hex) => EventId::Hex(hex),
             None => EventId::Text(text),
         }
     }
@@ -128,7 +158,7 @@ impl<'a> EventId<'a> {
     #[inline]
     pub(super) fn is(&self, text: &str) -> bool {
         match self {
-            EventId::Uuid(bytes) => pack_uuid(text.as_bytes()).is_some_and(|other| other == *bytes),
+            EventId::Hex(hex) => pack_hex(text.as_bytes()) == Some(*hex),
             EventId::Text(own) => *own == text,
         }
     }
@@ -137,9 +167,13 @@ impl<'a> EventId<'a> {
     #[inline]
     pub(super) fn cmp_text(&self, text: &[u8]) -> std::cmp::Ordering {
         match self {
-            EventId::Uuid(bytes) => match pack_uuid(text) {
-                Some(other) => bytes.cmp(&other),
-                None => unpack_uuid(bytes).as_slice().cmp(text),
+            EventId::Hex(hex) => match pack_hex(text) {
+                // One form on both sides: hex digits order like their values.
+                Some(other) if other.hyphens == hex.hyphens => hex.bytes.cmp(&other.bytes),
+                _ => {
+                    let (own, len) = hex.text();
+                    own[..len].cmp(text)
+                }
             },
             EventId::Text(own) => own.as_bytes().cmp(text),
         }
@@ -149,9 +183,9 @@ impl<'a> EventId<'a> {
 impl fmt::Debug for EventId<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EventId::Uuid(bytes) => {
-                let text = unpack_uuid(bytes);
-                fmt::Debug::fmt(std::str::from_utf8(&text).expect("hex digits"), f)
+            EventId::Hex(hex) => {
+                let (text, len) = hex.text();
+                fmt::Debug::fmt(std::str::from_utf8(&text[..len]).expect("hex digits"), f)
             }
             EventId::Text(text) => fmt::Debug::fmt(text, f),
         }
@@ -194,12 +228,21 @@ mod tests {
             "0f8fad5bxd9cb-469f-a165-70867728950e",
             "0f8fad5b-d9cb-469f-a165-7086772895g0",
             "0f8fad5b",
+            "0f8fad5bd9cb469fa16570867728950e",
+            "0f8fad5bd9cb469fa16570867728950f",
+            "0f8fad5bd9cb469fa16570867728950",
+            "0F8FAD5BD9CB469FA16570867728950E",
+            "0f8fad5b-d9cb469fa16570867728950e",
             "",
             "e",
             "~",
         ];
-        assert!(matches!(EventId::new(ids[0]), EventId::Uuid(_)));
-        assert!(matches!(EventId::new(ids[3]), EventId::Uuid(_)));
+        assert!(matches!(EventId::new(ids[0]), EventId::Hex(_)));
+        assert!(matches!(EventId::new(ids[3]), EventId::Hex(_)));
+        assert!(matches!(EventId::new(ids[10]), EventId::Hex(_)));
+        assert!(matches!(EventId::new(ids[12]), EventId::Text(_)));
+        assert!(matches!(EventId::new(ids[13]), EventId::Text(_)));
+        assert!(matches!(EventId::new(ids[14]), EventId::Text(_)));
         assert!(matches!(EventId::new(ids[4]), EventId::Text(_)));
         assert!(matches!(EventId::new(ids[8]), EventId::Text(_)));
         for a in ids {

@@ -62,9 +62,19 @@ impl Sessionizer {
     }
 
     fn push_many<E: AsEventRef>(&mut self, events: &[E]) -> Vec<Outcome> {
-        let fingerprints: Vec<Fingerprints> = events
-            .iter()
-            .map(|event| Fingerprints::of(&event.event_ref()))
+        // The strings of a heartbeat a few ahead are asked for while this
+        // one is hashed: heartbeats borrowed from a large input (a file
+        // sessionized offline) are no longer cached when pushed.
+        let fingerprints: Vec<Fingerprints> = (0..events.len())
+            .map(|at| {
+                if let Some(ahead) = events.get(at + AHEAD) {
+                    let ahead = ahead.event_ref();
+                    prefetch::line(ahead.event_id.as_ptr());
+                    prefetch::line(ahead.user_id.as_ptr());
+                    prefetch::line(ahead.video_id.as_ptr());
+                }
+                Fingerprints::of(&events[at].event_ref())
+            })
             .collect();
         let mut outcomes = Vec::with_capacity(events.len());
         // A software pipeline: step `at` asks for the table entries of

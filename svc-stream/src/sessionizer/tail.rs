@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::id::{pack_uuid, EventId};
+use super::id::{pack_hex, EventId, HexId};
 
 /// The parts of a heartbeat that session arithmetic needs.
 #[derive(Clone, Copy, Debug)]
@@ -24,9 +24,11 @@ pub(super) struct NewHeld<'a> {
 
 const PLAYING: u8 = 1;
 const HAS_AD: u8 = 2;
-/// The id is not a canonical UUID: `id` holds the index of its text among
-/// the tail's texts.
+/// The id is not 32 hex digits: `id` holds the index of its text among the
+/// tail's texts.
 const TEXT: u8 = 4;
+/// The id is 32 hex digits without hyphens.
+const PLAIN: u8 = 8;
 
 /// One held heartbeat. Byte arrays only, so records pack at 33 bytes with no
 /// padding.
@@ -60,7 +62,7 @@ impl Held {
     }
 }
 
-/// Texts of the ids that are not canonical UUIDs, in slots that are reused.
+/// Texts of the ids that are not 32 hex digits, in slots that are reused.
 #[derive(Debug, Default)]
 struct Texts {
     slots: Vec<Option<Box<str>>>,
@@ -95,7 +97,7 @@ impl Texts {
 #[derive(Default)]
 pub(super) struct Tail {
     records: VecDeque<Held>,
-    /// Only for sessions that hold an id that is not a canonical UUID.
+    /// Only for sessions that hold an id that is not 32 hex digits.
     texts: Option<Box<Texts>>,
 }
 
@@ -144,7 +146,10 @@ impl Tail {
     #[inline]
     pub(super) fn id_of<'a>(&'a self, held: &Held) -> EventId<'a> {
         match held.text_index() {
-            None => EventId::Uuid(held.id),
+            None => EventId::Hex(HexId {
+                bytes: held.id,
+                hyphens: held.flags & PLAIN == 0,
+            }),
             Some(index) => EventId::Text(self.texts.as_ref().expect("texts").get(index)),
         }
     }
@@ -171,8 +176,13 @@ impl Tail {
         if new.point.has_ad {
             flags |= HAS_AD;
         }
-        let id = match pack_uuid(new.event_id.as_bytes()) {
-            Some(bytes) => bytes,
+        let id = match pack_hex(new.event_id.as_bytes()) {
+            Some(hex) => {
+                if !hex.hyphens {
+                    flags |= PLAIN;
+                }
+                hex.bytes
+            }
             None => {
                 flags |= TEXT;
                 let index = self.texts.get_or_insert_default().add(new.event_id.into());
@@ -282,6 +292,7 @@ mod tests {
     }
 
     const UUID: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    const PLAIN_HEX: &str = "0f8fad5bd9cb469fa16570867728950e";
 
     #[test]
     fn a_held_heartbeat_takes_thirty_three_bytes() {
@@ -352,6 +363,23 @@ mod tests {
             format!("{tail:?}"),
             format!("{:?}", [(2, "two"), (3, "three"), (4, "four"), (5, UUID)])
         );
+    }
+
+    #[test]
+    fn hex_ids_with_or_without_hyphens_take_no_text() {
+        let mut tail = Tail::default();
+        tail.push_back(new(1, UUID));
+        tail.push_back(new(1, PLAIN_HEX));
+        assert!(tail.texts.is_none());
+        assert!(tail.holds(PLAIN_HEX) && tail.holds(UUID));
+        assert!(!tail.holds(&PLAIN_HEX.to_uppercase()));
+        assert_eq!(
+            format!("{tail:?}"),
+            format!("{:?}", [(1, UUID), (1, PLAIN_HEX)])
+        );
+        // Same time: ordered as texts ('-' sorts before the digits).
+        assert!(tail.is_before(tail.get(0), 1, PLAIN_HEX.as_bytes()));
+        assert!(!tail.is_before(tail.get(1), 1, UUID.as_bytes()));
     }
 
     #[test]

@@ -7,14 +7,17 @@
 //! sessions of different keys are independent, and the output is sorted by
 //! `(user_id, video_id, start_ms)` whatever the number of threads.
 
+mod input;
+
 use anyhow::Context;
+use hashbrown::HashTable;
 use hb_common::duration::parse_duration;
 use hb_common::progress::{Progress, Unit};
-use rustc_hash::{FxHashSet, FxHasher};
+use input::Input;
+use rustc_hash::FxHasher;
 use serde::{de, Deserialize, Deserializer};
-use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 use svc_stream::sessionizer::{
@@ -83,92 +86,150 @@ impl<'de> Deserialize<'de> for State {
     }
 }
 
-/// One input line, its strings borrowed from the input where they hold no escapes.
+/// One input line. Parsed with `S = &str` (its strings borrowed from the
+/// input), and only when a string holds an escape again with `S = String`.
 #[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(borrow)]
-    event_id: Cow<'a, str>,
-    #[serde(borrow)]
-    device_id: Cow<'a, str>,
-    #[serde(borrow)]
-    user_id: Cow<'a, str>,
-    #[serde(borrow)]
-    video_id: Cow<'a, str>,
-    #[serde(borrow)]
-    event_time: Cow<'a, str>,
+struct Line<S> {
+    event_id: S,
+    device_id: S,
+    user_id: S,
+    video_id: S,
+    event_time: S,
     #[serde(default)]
     position_ms: u64,
     state: State,
-    #[serde(borrow, default)]
-    ad_id: Cow<'a, str>,
+    #[serde(default)]
+    ad_id: S,
 }
 
-/// A valid line: the heartbeat, borrowed from the input where it can be.
-struct Record<'a> {
-    event_id: Cow<'a, str>,
-    user_id: Cow<'a, str>,
-    video_id: Cow<'a, str>,
-    device_id: Cow<'a, str>,
-    ad_id: Cow<'a, str>,
-    time_ms: i64,
-    position_ms: i64,
-    state: PlaybackState,
-    /// Shard of its `event_id` and of its `(user_id, video_id)` (see [`shard`]).
-    id_shard: u32,
-    key_shard: u32,
-}
-
-impl Record<'_> {
-    fn event_ref(&self) -> EventRef<'_> {
-        EventRef {
+impl Line<String> {
+    fn borrowed(&self) -> Line<&str> {
+        Line {
             event_id: &self.event_id,
+            device_id: &self.device_id,
             user_id: &self.user_id,
             video_id: &self.video_id,
-            device_id: &self.device_id,
-            time_ms: self.time_ms,
+            event_time: &self.event_time,
             position_ms: self.position_ms,
-            state: self.state,
+            state: State(self.state.0),
             ad_id: &self.ad_id,
         }
     }
 }
 
-/// Parses one line, with a reason when it is not a heartbeat.
-fn decode(text: &str) -> Result<Record<'_>, String> {
-    let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    for (name, value) in [
-        ("event_id", &line.event_id),
-        ("user_id", &line.user_id),
-        ("video_id", &line.video_id),
-    ] {
-        if value.is_empty() {
-            return Err(format!("{name} is empty"));
+/// A valid line: the heartbeat and what the shards need of it. Plain data
+/// (strings borrowed), so a million of them are one allocation to free.
+#[derive(Clone, Copy)]
+struct Record<'a> {
+    event_id: &'a str,
+    user_id: &'a str,
+    video_id: &'a str,
+    device_id: &'a str,
+    ad_id: &'a str,
+    time_ms: i64,
+    position_ms: i64,
+    state: PlaybackState,
+    /// Hash of its `event_id`: it picks the id shard (see [`shard`]) and
+    /// files the id for deduplication.
+    id_hash: u64,
+    /// The first 8 bytes of its `event_id`, big-endian and zero-padded: it
+    /// orders most ties in time without reading the ids.
+    id_prefix: u64,
+    /// Shard of its `(user_id, video_id)` among `shards` (0 for one).
+    key_shard: u32,
+}
+
+impl<'a> Record<'a> {
+    /// The record of a parsed line, or why the line is not a heartbeat.
+    fn new(line: &Line<&'a str>, shards: usize) -> Result<Record<'a>, String> {
+        for (name, value) in [
+            ("event_id", line.event_id),
+            ("user_id", line.user_id),
+            ("video_id", line.video_id),
+        ] {
+            if value.is_empty() {
+                return Err(format!("{name} is empty"));
+            }
+        }
+        Ok(Record {
+            event_id: line.event_id,
+            user_id: line.user_id,
+            video_id: line.video_id,
+            device_id: line.device_id,
+            ad_id: line.ad_id,
+            time_ms: hb_common::time::rfc3339_to_ms(line.event_time)?,
+            position_ms: i64::try_from(line.position_ms)
+                .map_err(|_| "position_ms out of range".to_string())?,
+            state: line.state.0,
+            id_hash: hash_of(&[line.event_id]),
+            id_prefix: prefix_of(line.event_id),
+            key_shard: if shards > 1 {
+                shard(hash_of(&[line.user_id, line.video_id]), shards) as u32
+            } else {
+                0
+            },
+        })
+    }
+
+    fn event_ref(&self) -> EventRef<'a> {
+        EventRef {
+            event_id: self.event_id,
+            user_id: self.user_id,
+            video_id: self.video_id,
+            device_id: self.device_id,
+            time_ms: self.time_ms,
+            position_ms: self.position_ms,
+            state: self.state,
+            ad_id: self.ad_id,
         }
     }
-    Ok(Record {
-        time_ms: hb_common::time::rfc3339_to_ms(&line.event_time)?,
-        position_ms: i64::try_from(line.position_ms)
-            .map_err(|_| "position_ms out of range".to_string())?,
-        state: line.state.0,
-        event_id: line.event_id,
-        user_id: line.user_id,
-        video_id: line.video_id,
-        device_id: line.device_id,
-        ad_id: line.ad_id,
-        id_shard: 0,
-        key_shard: 0,
-    })
+}
+
+/// A parsed line: borrowed from the input, or (its strings held escapes)
+/// unescaped into a line of its own, with its record's hash and shard.
+enum Decoded<'a> {
+    Borrowed(Record<'a>),
+    Unescaped(Box<Line<String>>, Record<'static>),
+}
+
+/// Parses one line, with a reason when it is not a heartbeat.
+fn decode(text: &str, shards: usize) -> Result<Decoded<'_>, String> {
+    match serde_json::from_str::<Line<&str>>(text) {
+        Ok(line) => Record::new(&line, shards).map(Decoded::Borrowed),
+        Err(_) => {
+            let line: Line<String> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            let record = Record::new(&line.borrowed(), shards)?;
+            let placeholder = Record {
+                id_hash: record.id_hash,
+                key_shard: record.key_shard,
+                ..PLACEHOLDER
+            };
+            Ok(Decoded::Unescaped(Box::new(line), placeholder))
+        }
+    }
 }
 
 /// Parses one line into an event, with a reason when it is not one.
 pub fn parse_line(text: &str) -> Result<Event, String> {
-    decode(text).map(|record| record.event_ref().to_owned_event())
+    let event = |record: Record| record.event_ref().to_owned_event();
+    match decode(text, 1)? {
+        Decoded::Borrowed(record) => Ok(event(record)),
+        Decoded::Unescaped(line, _) => Ok(event(Record::new(&line.borrowed(), 1)?)),
+    }
 }
 
 /// The parsed lines of one chunk of the input.
 #[derive(Default)]
 struct Chunk<'a> {
+    /// Every valid line in order; a line with escapes holds a placeholder
+    /// until [`Chunk::unescaped`] is made records.
     records: Vec<Record<'a>>,
+    /// Lines whose strings held escapes, with their index in `records`.
+    unescaped: Vec<(usize, Box<Line<String>>)>,
+    /// With several shards: the index in `records` of each line, by the
+    /// shard of its `event_id`, so each deduplicating thread reads only its
+    /// own share.
+    by_id_shard: Vec<Vec<u32>>,
     /// Bad lines: number within the chunk (from 0) and reason.
     bad: Vec<(usize, String)>,
     /// Lines in the chunk, blank ones included.
@@ -180,14 +241,20 @@ struct Chunk<'a> {
 const PROGRESS_BLOCK: usize = 4 << 20;
 
 /// Parses `text` in blocks of about [`PROGRESS_BLOCK`], counting each.
-fn parse_chunk<'t>(text: &'t str, strict: bool, shards: usize, progress: &Progress) -> Chunk<'t> {
-    let mut chunk = Chunk::default();
+fn parse_chunk<'t>(text: &'t [u8], strict: bool, shards: usize, progress: &Progress) -> Chunk<'t> {
+    // Lines are rarely shorter than 128 bytes: one allocation, never moved.
+    let lines = text.len() / 128;
+    let mut chunk = Chunk {
+        records: Vec::with_capacity(lines),
+        by_id_shard: if shards > 1 {
+            vec![Vec::with_capacity(lines / shards); shards]
+        } else {
+            Vec::new()
+        },
+        ..Chunk::default()
+    };
     let blocks = text.len().div_ceil(PROGRESS_BLOCK).max(1);
-    let mut rest = text;
-    for piece in split_lines(text.as_bytes(), blocks) {
-        // Pieces end at line ends, which are character boundaries.
-        let (block, tail) = rest.split_at(piece.len());
-        rest = tail;
+    for block in split_lines(text, blocks) {
         let complete = parse_block(block, strict, shards, &mut chunk);
         progress.inc(block.len() as u64);
         if !complete {
@@ -199,32 +266,59 @@ fn parse_chunk<'t>(text: &'t str, strict: bool, shards: usize, progress: &Progre
 
 /// Parses the lines of `block` into `chunk`, numbering them on from the
 /// lines it holds; false when `strict` stopped at a bad line.
-fn parse_block<'t>(block: &'t str, strict: bool, shards: usize, chunk: &mut Chunk<'t>) -> bool {
+fn parse_block<'t>(block: &'t [u8], strict: bool, shards: usize, chunk: &mut Chunk<'t>) -> bool {
     let first = chunk.lines;
-    for (number, line) in block.lines().enumerate() {
+    let block = block.strip_suffix(b"\n").unwrap_or(block);
+    // The whole block is checked at once (far faster than line by line); a
+    // block that is not UTF-8 is checked again by line, to say which.
+    let lines: Box<dyn Iterator<Item = Result<&str, String>>> = match std::str::from_utf8(block) {
+        Ok(text) => Box::new(text.split('\n').map(Ok)),
+        Err(_) => Box::new(block.split(|&b| b == b'\n').map(|line| {
+            std::str::from_utf8(line).map_err(|e| format!("the line is not UTF-8: {e}"))
+        })),
+    };
+    for (number, line) in lines.enumerate() {
         let number = first + number;
         chunk.lines = number + 1;
-        if line.trim().is_empty() {
+        if line.as_ref().is_ok_and(|line| line.trim_ascii().is_empty()) {
             continue;
         }
-        match decode(line) {
-            Ok(mut record) if shards > 1 => {
-                record.id_shard = shard(hash_of(&[&record.event_id]), shards) as u32;
-                record.key_shard =
-                    shard(hash_of(&[&record.user_id, &record.video_id]), shards) as u32;
-                chunk.records.push(record);
+        let record = match line.and_then(|line| decode(line, shards)) {
+            Ok(Decoded::Borrowed(record)) => record,
+            Ok(Decoded::Unescaped(line, placeholder)) => {
+                chunk.unescaped.push((chunk.records.len(), line));
+                placeholder
             }
-            Ok(record) => chunk.records.push(record),
             Err(reason) => {
                 chunk.bad.push((number, reason));
                 if strict {
                     return false;
                 }
+                continue;
             }
+        };
+        if shards > 1 {
+            chunk.by_id_shard[shard(record.id_hash, shards)].push(chunk.records.len() as u32);
         }
+        chunk.records.push(record);
     }
     true
 }
+
+/// Stands for an unescaped line in [`Chunk::records`] until it is replaced.
+const PLACEHOLDER: Record<'static> = Record {
+    event_id: "",
+    user_id: "",
+    video_id: "",
+    device_id: "",
+    ad_id: "",
+    time_ms: 0,
+    position_ms: 0,
+    state: PlaybackState::Playing,
+    id_hash: 0,
+    id_prefix: 0,
+    key_shard: 0,
+};
 
 /// `text` cut into `n` pieces of about equal size, each ending at a line end.
 fn split_lines(text: &[u8], n: usize) -> Vec<&[u8]> {
@@ -251,6 +345,15 @@ fn split_lines(text: &[u8], n: usize) -> Vec<&[u8]> {
     pieces
 }
 
+/// The first 8 bytes of `text`, big-endian, zero-padded: ordering two of
+/// these orders the texts, unless they are equal.
+fn prefix_of(text: &str) -> u64 {
+    let mut bytes = [0; 8];
+    let head = &text.as_bytes()[..text.len().min(8)];
+    bytes[..head.len()].copy_from_slice(head);
+    u64::from_be_bytes(bytes)
+}
+
 fn hash_of(parts: &[&str]) -> u64 {
     let mut hasher = FxHasher::default();
     parts.hash(&mut hasher);
@@ -275,7 +378,6 @@ fn sessionize_text(text: &str, gap_ms: i64, threads: usize, strict: bool) -> Ses
         strict,
         &Progress::hidden(),
     )
-    .expect("UTF-8")
 }
 
 /// Sessions of the heartbeats in consecutive pieces of the input (each
@@ -286,24 +388,9 @@ fn sessionize_pieces(
     gap_ms: i64,
     strict: bool,
     progress: &Progress,
-) -> anyhow::Result<Sessionized> {
+) -> Sessionized {
     let n = pieces.len().max(1);
-    let chunks: Vec<Chunk> = std::thread::scope(|scope| {
-        let workers: Vec<_> = pieces
-            .iter()
-            .map(|piece| {
-                scope.spawn(move || {
-                    std::str::from_utf8(piece)
-                        .map(|text| parse_chunk(text, strict, n, progress))
-                        .context("the input is not UTF-8")
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("parser thread"))
-            .collect::<anyhow::Result<_>>()
-    })?;
+    let chunks = in_parallel(pieces, |piece| parse_chunk(piece, strict, n, progress));
     let mut bad = Vec::new();
     let mut first_line = 1;
     for chunk in &chunks {
@@ -317,55 +404,80 @@ fn sessionize_pieces(
     }
     if strict && !bad.is_empty() {
         bad.truncate(1);
-        return Ok((Vec::new(), 0, bad));
+        return (Vec::new(), 0, bad);
     }
     progress.set_stage("sessionizing");
-    let records: Vec<&Record> = chunks.iter().flat_map(|c| c.records.iter()).collect();
+    let unescaped: Vec<Vec<Record>> = chunks
+        .iter()
+        .map(|chunk| {
+            chunk
+                .unescaped
+                .iter()
+                .map(|(_, line)| Record::new(&line.borrowed(), n).expect("checked when parsed"))
+                .collect()
+        })
+        .collect();
+    let mut records: Vec<&Record> =
+        Vec::with_capacity(chunks.iter().map(|c| c.records.len()).sum());
+    for (chunk, unescaped) in chunks.iter().zip(&unescaped) {
+        let first = records.len();
+        records.extend(&chunk.records);
+        for ((index, _), record) in chunk.unescaped.iter().zip(unescaped) {
+            records[first + index] = record;
+        }
+    }
     let sessions = if n == 1 {
-        sessionize_shard(&records, &[first_copies(&records, 0, 1)], 0, gap_ms)
+        let all = 0..records.len() as u32;
+        sessionize_shard(&records, &[first_copies(&records, all, 1)], 0, gap_ms)
     } else {
         // The first copy of an event_id counts: each thread keeps the first
         // copies of its share of the ids, filed by key shard; then each
         // thread sessionizes one key shard.
-        let by_id: Vec<Vec<Vec<u32>>> = std::thread::scope(|scope| {
-            let records = &records;
-            let workers: Vec<_> = (0..n)
-                .map(|s| scope.spawn(move || first_copies(records, s, n)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("dedup thread"))
-                .collect()
+        let by_id = in_parallel(0..n, |s| {
+            let mut first = 0;
+            let share = chunks.iter().flat_map(|chunk| {
+                let offset = first;
+                first += chunk.records.len() as u32;
+                chunk.by_id_shard[s]
+                    .iter()
+                    .map(move |&index| offset + index)
+            });
+            first_copies(&records, share, n)
         });
-        let mut sessions: Vec<Session> = std::thread::scope(|scope| {
-            let (records, by_id) = (&records, &by_id);
-            let workers: Vec<_> = (0..n)
-                .map(|k| scope.spawn(move || sessionize_shard(records, by_id, k, gap_ms)))
-                .collect();
-            workers
+        let mut sessions: Vec<Session> =
+            in_parallel(0..n, |k| sessionize_shard(&records, &by_id, k, gap_ms))
                 .into_iter()
-                .flat_map(|w| w.join().expect("sessionizer thread"))
-                .collect()
-        });
+                .flatten()
+                .collect();
         sort_sessions(&mut sessions);
         sessions
     };
     let heartbeats = records.len();
-    Ok((sessions, heartbeats, bad))
+    (sessions, heartbeats, bad)
 }
 
-/// Indices of the first copies of the event ids in id shard `s` of `n`,
-/// filed by key shard.
-fn first_copies(records: &[&Record], s: usize, n: usize) -> Vec<Vec<u32>> {
-    let mut seen: FxHashSet<&str> =
-        FxHashSet::with_capacity_and_hasher(records.len() / n + 1, Default::default());
+/// Of the records at `share` (indices in input order, every record of some
+/// ids), the indices of the first copies of each id, filed by key shard (of
+/// `n`).
+fn first_copies(records: &[&Record], share: impl Iterator<Item = u32>, n: usize) -> Vec<Vec<u32>> {
+    // The table's hash: the id hash with its halves swapped, so the bits that
+    // chose the shard (the high ones) do not also pick the buckets.
+    let table_hash = |record: &Record| record.id_hash.rotate_left(32);
+    let mut seen: HashTable<u32> = HashTable::with_capacity(records.len() / n + 1);
     let mut by_key = vec![Vec::with_capacity(records.len() / (n * n) + 1); n];
-    for (index, record) in records.iter().enumerate() {
-        if record.id_shard as usize != s {
-            continue;
-        }
-        if seen.insert(&record.event_id) {
-            by_key[record.key_shard as usize].push(index as u32);
+    for index in share {
+        let record = records[index as usize];
+        let is_copy = |&seen: &u32| {
+            let other = records[seen as usize];
+            other.id_hash == record.id_hash && other.event_id == record.event_id
+        };
+        if let hashbrown::hash_table::Entry::Vacant(vacant) =
+            seen.entry(table_hash(record), is_copy, |&seen| {
+                table_hash(records[seen as usize])
+            })
+        {
+            vacant.insert(index);
+            by_key[record.key_shard as usize].push(index);
         }
     }
     by_key
@@ -379,22 +491,25 @@ fn sessionize_shard(
     k: usize,
     gap_ms: i64,
 ) -> Vec<Session> {
-    let mut order: Vec<(i64, u32)> = by_id
+    let mut order: Vec<(i64, u64, u32)> = by_id
         .iter()
         .flat_map(|shards| shards[k].iter())
-        .map(|&index| (records[index as usize].time_ms, index))
+        .map(|&index| {
+            let record = records[index as usize];
+            (record.time_ms, record.id_prefix, index)
+        })
         .collect();
     order.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0).then_with(|| {
-            records[a.1 as usize]
+        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
+            records[a.2 as usize]
                 .event_id
-                .cmp(&records[b.1 as usize].event_id)
+                .cmp(records[b.2 as usize].event_id)
         })
     });
     sessionize_sorted(
         order
             .iter()
-            .map(|&(_, index)| records[index as usize].event_ref()),
+            .map(|&(_, _, index)| records[index as usize].event_ref()),
         gap_ms,
     )
 }
@@ -407,99 +522,39 @@ fn input_len(path: &PathBuf) -> Option<u64> {
     std::fs::metadata(path).ok().map(|meta| meta.len())
 }
 
-/// Counts the bytes read through it, per read call (a pipe's buffer).
-struct Counted<'p, R> {
-    inner: R,
-    progress: &'p Progress,
-}
-
-impl<R: Read> Read for Counted<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.inc(n as u64);
-        Ok(n)
-    }
-}
-
-/// The input in `n` pieces of about equal size, each ending at a line end:
-/// a file is read by `n` threads at once, each its own range. `progress`
-/// counts the bytes read.
-fn read_pieces(path: &PathBuf, n: usize, progress: &Progress) -> anyhow::Result<Vec<Vec<u8>>> {
-    if path.as_os_str() == "-" {
-        let mut text = Vec::new();
-        Counted {
-            inner: std::io::stdin().lock(),
-            progress,
+/// The sessions as JSON Lines, in order, in up to `threads` parts written
+/// side by side.
+fn session_lines(sessions: &[Session], threads: usize) -> serde_json::Result<Vec<Vec<u8>>> {
+    let part = sessions.len().div_ceil(threads).max(1);
+    in_parallel(sessions.chunks(part), |sessions| {
+        let mut bytes = Vec::with_capacity(sessions.len() * 256);
+        for session in sessions {
+            serde_json::to_writer(&mut bytes, session)?;
+            bytes.push(b'\n');
         }
-        .read_to_end(&mut text)
-        .context("reading stdin")?;
-        return Ok(split_lines(&text, n)
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect());
-    }
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let len = file.metadata()?.len();
+        Ok(bytes)
+    })
+    .into_iter()
+    .collect()
+}
+
+/// `work` on each item, each on a thread of its own; the results in the
+/// items' order.
+fn in_parallel<T: Send, R: Send>(
+    items: impl IntoIterator<Item = T>,
+    work: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let work = &work;
     std::thread::scope(|scope| {
-        let file = &file;
-        let workers: Vec<_> = (0..n as u64)
-            .map(|k| {
-                scope.spawn(move || {
-                    let (from, to) = (len * k / n as u64, len * (k + 1) / n as u64);
-                    read_range(file, len, from, to, progress)
-                })
-            })
+        let workers: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || work(item)))
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().expect("reader thread"))
-            .collect::<std::io::Result<Vec<_>>>()
+            .map(|worker| worker.join().expect("worker thread"))
+            .collect()
     })
-    .with_context(|| format!("reading {}", path.display()))
-}
-
-/// The lines of `file` that start in `[from, to)`, whole; read in blocks,
-/// each counted by `progress`.
-fn read_range(
-    file: &std::fs::File,
-    len: u64,
-    from: u64,
-    to: u64,
-    progress: &Progress,
-) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    // One byte before `from` tells whether a line starts at `from`.
-    let begin = from.saturating_sub(1);
-    let mut buf = vec![0; (to - begin) as usize];
-    let mut at = begin;
-    for block in buf.chunks_mut(PROGRESS_BLOCK) {
-        file.read_exact_at(block, at)?;
-        at += block.len() as u64;
-        progress.inc(block.len() as u64);
-    }
-    let start = if from == 0 {
-        0
-    } else {
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(at) => at + 1,
-            None => return Ok(Vec::new()),
-        }
-    };
-    // The last line runs on to its end past `to`.
-    let mut at = to;
-    while at < len && buf.last() != Some(&b'\n') {
-        let mut more = vec![0; (len - at).min(1 << 16) as usize];
-        file.read_exact_at(&mut more, at)?;
-        at += more.len() as u64;
-        match more.iter().position(|&b| b == b'\n') {
-            Some(end) => buf.extend_from_slice(&more[..=end]),
-            None => buf.extend_from_slice(&more),
-        }
-    }
-    if start > 0 {
-        buf.drain(..start);
-    }
-    Ok(buf)
 }
 
 pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
@@ -511,11 +566,15 @@ pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
         .max(1);
     let progress = Progress::start("sessionize", input_len(&args.input), Unit::Bytes);
     progress.set_stage("reading");
-    let pieces = read_pieces(&args.input, threads, &progress)?;
-    let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
-    progress.restart("parsing", Some(pieces.iter().map(|p| p.len() as u64).sum()));
+    let input = Input::open(&args.input, &progress)?;
+    if input.counted() {
+        progress.restart("parsing", Some(input.bytes().len() as u64));
+    } else {
+        progress.set_stage("parsing");
+    }
+    let pieces = split_lines(input.bytes(), threads);
     let (sessions, heartbeats, bad) =
-        sessionize_pieces(&pieces, args.gap.as_millis() as i64, args.strict, &progress)?;
+        sessionize_pieces(&pieces, args.gap.as_millis() as i64, args.strict, &progress);
     if args.strict {
         if let Some((number, reason)) = bad.first() {
             anyhow::bail!("line {number}: {reason}");
@@ -534,9 +593,8 @@ pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     };
     progress.set_stage("writing sessions");
     let mut out = BufWriter::with_capacity(1 << 20, sink);
-    for session in &sessions {
-        serde_json::to_writer(&mut out, session)?;
-        out.write_all(b"\n")?;
+    for part in session_lines(&sessions, threads)? {
+        out.write_all(&part)?;
     }
     out.flush()?;
     progress.finish();
@@ -619,51 +677,41 @@ mod tests {
     }
 
     #[test]
-    fn a_file_read_in_ranges_gives_whole_lines_and_the_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("in.jsonl");
-        let mut text = String::new();
-        for i in 0..200 {
-            // Lines from 1 to 400 bytes: some longer than a range.
-            text.push_str(&"x".repeat((i * 37) % 400 + 1));
-            text.push('\n');
-        }
-        text.push_str("no line end");
-        std::fs::write(&path, &text).unwrap();
-        for n in [1, 2, 3, 7, 64, 500] {
-            let pieces = read_pieces(&path, n, &Progress::hidden()).unwrap();
-            assert_eq!(pieces.len(), n);
-            assert_eq!(pieces.concat(), text.as_bytes(), "{n} ranges");
-            assert!(pieces[..n - 1]
-                .iter()
-                .all(|p| p.is_empty() || p.ends_with(b"\n")));
-        }
-    }
-
-    #[test]
     fn any_number_of_threads_gives_the_same_sessions_and_bad_line_numbers() {
-        let mut text = String::new();
-        for i in 0..3_000u64 {
-            let (user, video) = (i % 7, i % 5);
-            // Every 10th heartbeat is resent; every 500th line is bad.
-            let copies = if i % 10 == 0 { 2 } else { 1 };
-            for _ in 0..copies {
-                text.push_str(&format!(
-                    r#"{{"event_id":"e{i}","device_id":"d{user}","user_id":"u{user}","video_id":"v{video}","event_time":"{}","position_ms":{},"state":"PLAYING","ad_id":""}}"#,
-                    hb_common::time::ms_to_rfc3339(1_767_225_600_000 + (i as i64 % 97) * 13_000 + (i as i64 / 97) * 900_000),
-                    i * 1000,
-                ));
-                text.push('\n');
+        let lines = |escaped: bool| {
+            let mut text = String::new();
+            for i in 0..3_000u64 {
+                let (user, video) = (i % 7, i % 5);
+                // Every 7th line spells its user id with an escape ("\u0075"
+                // is "u") when `escaped`.
+                let user_id = if escaped && i % 7 == 3 {
+                    format!("\\u0075{user}")
+                } else {
+                    format!("u{user}")
+                };
+                // Every 10th heartbeat is resent; every 500th line is bad.
+                let copies = if i % 10 == 0 { 2 } else { 1 };
+                for _ in 0..copies {
+                    text.push_str(&format!(
+                        r#"{{"event_id":"e{i}","device_id":"d{user}","user_id":"{user_id}","video_id":"v{video}","event_time":"{}","position_ms":{},"state":"PLAYING","ad_id":""}}"#,
+                        hb_common::time::ms_to_rfc3339(1_767_225_600_000 + (i as i64 % 97) * 13_000 + (i as i64 / 97) * 900_000),
+                        i * 1000,
+                    ));
+                    text.push('\n');
+                }
+                if i % 500 == 0 {
+                    text.push_str("{\"broken\n");
+                }
             }
-            if i % 500 == 0 {
-                text.push_str("{\"broken\n");
-            }
-        }
-        let (one, heartbeats, bad) = sessionize_text(&text, 600_000, 1, false);
+            text
+        };
+        let (one, heartbeats, bad) = sessionize_text(&lines(false), 600_000, 1, false);
         assert_eq!(heartbeats, 3_300);
         assert_eq!(bad.len(), 6);
         assert!(!one.is_empty());
-        for threads in [2, 3, 4] {
+        let text = lines(true);
+        assert!(text.contains("\\u0075"));
+        for threads in [1, 2, 3, 4] {
             let (many, heartbeats_many, bad_many) = sessionize_text(&text, 600_000, threads, false);
             assert_eq!(many, one, "{threads} threads");
             assert_eq!(heartbeats_many, heartbeats);
@@ -702,6 +750,38 @@ mod tests {
             let (_, _, strict) = sessionize_text(&text, 600_000, threads, true);
             assert_eq!(strict.len(), 1);
             assert_eq!(strict[0].0, expected[0], "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_skipped_and_named() {
+        let good = |i: usize| {
+            format!(
+                r#"{{"event_id":"e{i}","device_id":"d","user_id":"u","video_id":"v","event_time":"2026-01-01T00:00:0{i}Z","state":1}}"#
+            )
+            .into_bytes()
+        };
+        let mut text = Vec::new();
+        for i in 0..6 {
+            text.extend(if i == 3 {
+                b"{\"event_id\":\"\xff\"}".to_vec()
+            } else {
+                good(i)
+            });
+            text.push(b'\n');
+        }
+        for threads in [1, 2] {
+            let (sessions, heartbeats, bad) = sessionize_pieces(
+                &split_lines(&text, threads),
+                600_000,
+                false,
+                &Progress::hidden(),
+            );
+            assert_eq!(heartbeats, 5, "{threads} threads");
+            assert_eq!(sessions.len(), 1);
+            assert_eq!(bad.len(), 1);
+            assert_eq!(bad[0].0, 4);
+            assert!(bad[0].1.contains("not UTF-8"), "{}", bad[0].1);
         }
     }
 
