@@ -51,8 +51,13 @@ fn utc_millis(text: &[u8]) -> Option<i64> {
         24 if text[19] == b'.' => digits(&text[20..23])?,
         _ => return None,
     };
-    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
-    if text[text.len() - 1] != b'Z' || separators.iter().any(|&(at, c)| text[at] != c) {
+    if text[4] != b'-'
+        || text[7] != b'-'
+        || text[10] != b'T'
+        || text[13] != b':'
+        || text[16] != b':'
+        || text[text.len() - 1] != b'Z'
+    {
         return None;
     }
     let (year, month, day) = (
@@ -79,10 +84,17 @@ fn utc_millis(text: &[u8]) -> Option<i64> {
 }
 
 /// The value of ASCII decimal digits; `None` if any byte is not one.
+#[inline]
 fn digits(text: &[u8]) -> Option<i64> {
-    text.iter().try_fold(0, |value, &c| {
-        c.is_ascii_digit().then(|| value * 10 + i64::from(c - b'0'))
-    })
+    let mut value = 0;
+    for &c in text {
+        let digit = c.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value * 10 + i64::from(digit);
+    }
+    Some(value)
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {

@@ -10,7 +10,6 @@
 mod input;
 
 use anyhow::Context;
-use hashbrown::HashTable;
 use hb_common::duration::parse_duration;
 use hb_common::progress::{Progress, Unit};
 use input::Input;
@@ -427,22 +426,25 @@ fn sessionize_pieces(
         }
     }
     let sessions = if n == 1 {
-        let all = 0..records.len() as u32;
-        sessionize_shard(&records, &[first_copies(&records, all, 1)], 0, gap_ms)
+        let all: Vec<u32> = (0..records.len() as u32).collect();
+        sessionize_shard(&records, &[first_copies(&records, &all, 1)], 0, gap_ms)
     } else {
         // The first copy of an event_id counts: each thread keeps the first
         // copies of its share of the ids, filed by key shard; then each
         // thread sessionizes one key shard.
         let by_id = in_parallel(0..n, |s| {
             let mut first = 0;
-            let share = chunks.iter().flat_map(|chunk| {
-                let offset = first;
-                first += chunk.records.len() as u32;
-                chunk.by_id_shard[s]
-                    .iter()
-                    .map(move |&index| offset + index)
-            });
-            first_copies(&records, share, n)
+            let share: Vec<u32> = chunks
+                .iter()
+                .flat_map(|chunk| {
+                    let offset = first;
+                    first += chunk.records.len() as u32;
+                    chunk.by_id_shard[s]
+                        .iter()
+                        .map(move |&index| offset + index)
+                })
+                .collect();
+            first_copies(&records, &share, n)
         });
         let mut sessions: Vec<Session> =
             in_parallel(0..n, |k| sessionize_shard(&records, &by_id, k, gap_ms))
@@ -459,28 +461,60 @@ fn sessionize_pieces(
 /// Of the records at `share` (indices in input order, every record of some
 /// ids), the indices of the first copies of each id, filed by key shard (of
 /// `n`).
-fn first_copies(records: &[&Record], share: impl Iterator<Item = u32>, n: usize) -> Vec<Vec<u32>> {
-    // The table's hash: the id hash with its halves swapped, so the bits that
-    // chose the shard (the high ones) do not also pick the buckets.
-    let table_hash = |record: &Record| record.id_hash.rotate_left(32);
-    let mut seen: HashTable<u32> = HashTable::with_capacity(records.len() / n + 1);
-    let mut by_key = vec![Vec::with_capacity(records.len() / (n * n) + 1); n];
-    for index in share {
+fn first_copies(records: &[&Record], share: &[u32], n: usize) -> Vec<Vec<u32>> {
+    let mut seen = IdSet::with_capacity(share.len());
+    let mut by_key = vec![Vec::with_capacity(share.len() / n + 1); n];
+    for &index in share {
         let record = records[index as usize];
-        let is_copy = |&seen: &u32| {
+        let is_copy = |seen: u32| {
             let other = records[seen as usize];
             other.id_hash == record.id_hash && other.event_id == record.event_id
         };
-        if let hashbrown::hash_table::Entry::Vacant(vacant) =
-            seen.entry(table_hash(record), is_copy, |&seen| {
-                table_hash(records[seen as usize])
-            })
-        {
-            vacant.insert(index);
+        if seen.insert(record.id_hash, index, is_copy) {
             by_key[record.key_shard as usize].push(index);
         }
     }
     by_key
+}
+
+/// The records seen, by the hash of their id: open addressing over one
+/// array, so an insert reads one cache line. An entry is the high half of
+/// the hash (it tells most other ids apart without reading their record)
+/// and the record's index + 1 (0: empty).
+struct IdSet {
+    entries: Vec<u64>,
+    shift: u32,
+}
+
+impl IdSet {
+    /// At most half full with `len` records.
+    fn with_capacity(len: usize) -> IdSet {
+        let size = (2 * len).next_power_of_two().max(16);
+        IdSet {
+            entries: vec![0; size],
+            shift: 64 - size.trailing_zeros(),
+        }
+    }
+
+    /// Records `index` unless `is_copy` confirms a record seen with this
+    /// hash; true when it was recorded.
+    fn insert(&mut self, hash: u64, index: u32, is_copy: impl Fn(u32) -> bool) -> bool {
+        let tag = hash >> 32;
+        let mask = self.entries.len() - 1;
+        // Multiply-shift: every bit of the hash picks the home.
+        let mut at = (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize;
+        loop {
+            let entry = self.entries[at];
+            if entry == 0 {
+                self.entries[at] = tag << 32 | (u64::from(index) + 1);
+                return true;
+            }
+            if entry >> 32 == tag && is_copy((entry as u32).wrapping_sub(1)) {
+                return false;
+            }
+            at = (at + 1) & mask;
+        }
+    }
 }
 
 /// The sessions of key shard `k`: its first copies (from every id shard)
@@ -782,6 +816,31 @@ mod tests {
             assert_eq!(bad.len(), 1);
             assert_eq!(bad[0].0, 4);
             assert!(bad[0].1.contains("not UTF-8"), "{}", bad[0].1);
+        }
+    }
+
+    #[test]
+    fn the_id_set_keeps_one_record_per_id_whatever_the_hashes_share() {
+        // Ids 0..300 under 3 hashes (full collisions: only `is_copy` tells
+        // them apart), each id seen twice; then 4,000 distinct hashes that
+        // fill and wrap the table.
+        let ids: Vec<u32> = (0..300).chain(0..300).collect();
+        let mut set = IdSet::with_capacity(ids.len() + 4_000);
+        let recorded: Vec<bool> = ids
+            .iter()
+            .enumerate()
+            .map(|(index, &id)| {
+                set.insert(u64::from(id % 3) << 40, index as u32, |seen| {
+                    ids[seen as usize] == id
+                })
+            })
+            .collect();
+        assert!(recorded[..300].iter().all(|&r| r));
+        assert!(recorded[300..].iter().all(|&r| !r));
+        for index in 0..4_000u32 {
+            let hash = u64::from(index).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            assert!(set.insert(hash, 1_000 + index, |_| false));
+            assert!(!set.insert(hash, 9_000 + index, |seen| seen == 1_000 + index));
         }
     }
 
