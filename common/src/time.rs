@@ -41,10 +41,9 @@ pub fn rfc3339_to_ms(text: &str) -> Result<i64, String> {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` or `YYYY-MM-DDTHH:MM:SS.mmmZ` (the form players and
-/// [`ms_to_rfc3339`] write), read without the general parser, which took
-/// longer than the rest of a heartbeat line. `None` for anything else
-/// (offsets, other precisions, leap seconds, bad dates): the general parser
-/// decides those.
+/// [`ms_to_rfc3339`] write), read without the general parser: `hbmesh
+/// sessionize` reads one per line. `None` for anything else (offsets, other
+/// precisions, leap seconds, bad dates): the general parser decides those.
 fn utc_millis(text: &[u8]) -> Option<i64> {
     let millis = match text.len() {
         20 => 0,
