@@ -51,18 +51,27 @@ impl Input {
     }
 }
 
-fn read_all(mut from: impl Read, progress: &Progress) -> std::io::Result<Input> {
+fn read_all(from: impl Read, progress: &Progress) -> std::io::Result<Input> {
     let mut bytes = Vec::new();
-    let mut block = vec![0; 1 << 16];
-    loop {
-        let n = match from.read(&mut block) {
-            Ok(0) => return Ok(Input::Read(bytes)),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        bytes.extend_from_slice(&block[..n]);
-        progress.inc(n as u64);
+    Counted {
+        inner: from,
+        progress,
+    }
+    .read_to_end(&mut bytes)?;
+    Ok(Input::Read(bytes))
+}
+
+/// Counts the bytes read through it, per read call (a pipe's buffer).
+struct Counted<'p, R> {
+    inner: R,
+    progress: &'p Progress,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
     }
 }
 
