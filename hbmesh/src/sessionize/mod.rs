@@ -490,8 +490,15 @@ impl IdSet {
     /// At most half full with `len` records.
     fn with_capacity(len: usize) -> IdSet {
         let size = (2 * len).next_power_of_two().max(16);
+        // Written, not allocated zeroed: zeroed pages are mapped to the
+        // shared zero page on their first read, so the insert that then
+        // writes faults a second time and flushes the other threads' TLBs.
+        // (`black_box` keeps the compiler from making the fill a zeroed
+        // allocation again.)
+        let mut entries = Vec::with_capacity(size);
+        entries.resize(size, std::hint::black_box(0));
         IdSet {
-            entries: vec![0; size],
+            entries,
             shift: 64 - size.trailing_zeros(),
         }
     }

@@ -83,6 +83,9 @@ pub struct Sessionizer {
     quiet_ms: i64,
     /// Record upserts (off for the offline batch, which only wants finals).
     pub(super) track_upserts: bool,
+    /// Look up and file each heartbeat's id (off for the offline batch,
+    /// whose input holds one copy per id).
+    pub(super) checks_ids: bool,
     /// Slots holding a session changed since the last drain: the drain walks
     /// them in slot order without sorting a list of changes.
     changed: SlotSet,
@@ -117,6 +120,7 @@ impl Sessionizer {
             pushed_since_advance: false,
             quiet_ms: 0,
             track_upserts: true,
+            checks_ids: true,
             changed: SlotSet::default(),
             drained: Vec::new(),
             deleted: Vec::new(),
@@ -153,7 +157,7 @@ impl Sessionizer {
             return Outcome::Late;
         }
         let id_fingerprint = fingerprints.id;
-        if self.holds_id(id_fingerprint, event.event_id) {
+        if self.checks_ids && self.holds_id(id_fingerprint, event.event_id) {
             return Outcome::Duplicate;
         }
         let slot_index = self.slot_for(fingerprints.key, event.user_id, event.video_id);
@@ -492,8 +496,10 @@ impl Sessionizer {
             ..
         } = event;
         let horizon_ms = self.horizon_ms();
-        self.ids
-            .insert(id_fingerprint, time_ms, slot_index, horizon_ms);
+        if self.checks_ids {
+            self.ids
+                .insert(id_fingerprint, time_ms, slot_index, horizon_ms);
+        }
         self.held += 1;
         let held = NewHeld {
             point: Point {

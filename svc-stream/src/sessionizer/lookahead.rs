@@ -4,6 +4,7 @@
 
 use super::engine::Fingerprints;
 use super::events::{Event, EventRef};
+use super::fxhash::key_fingerprint;
 use super::prefetch;
 use super::sessions::Outcome;
 use super::state::{Frozen, KeySlot, LiveSession};
@@ -65,6 +66,7 @@ impl Sessionizer {
         // The strings of a heartbeat a few ahead are asked for while this
         // one is hashed: heartbeats borrowed from a large input (a file
         // sessionized offline) are no longer cached when pushed.
+        let checks_ids = self.checks_ids;
         let fingerprints: Vec<Fingerprints> = (0..events.len())
             .map(|at| {
                 if let Some(ahead) = events.get(at + AHEAD) {
@@ -73,7 +75,15 @@ impl Sessionizer {
                     prefetch::line(ahead.user_id.as_ptr());
                     prefetch::line(ahead.video_id.as_ptr());
                 }
-                Fingerprints::of(&events[at].event_ref())
+                let event = events[at].event_ref();
+                if checks_ids {
+                    Fingerprints::of(&event)
+                } else {
+                    Fingerprints {
+                        key: key_fingerprint(event.user_id, event.video_id),
+                        id: 0,
+                    }
+                }
             })
             .collect();
         let mut outcomes = Vec::with_capacity(events.len());
@@ -86,7 +96,9 @@ impl Sessionizer {
         for at in 0..events.len() + 3 * AHEAD {
             if let Some(ahead) = fingerprints.get(at) {
                 self.keys.touch(ahead.key);
-                self.ids.touch(ahead.id);
+                if self.checks_ids {
+                    self.ids.touch(ahead.id);
+                }
             }
             if let Some(ahead) = at.checked_sub(AHEAD).and_then(|at| fingerprints.get(at)) {
                 self.touch_slot(ahead.key, false);

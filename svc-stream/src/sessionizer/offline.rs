@@ -9,14 +9,17 @@ use super::sessions::{Outcome, Session};
 use super::Sessionizer;
 
 /// Heartbeats pushed at once: enough for the look-ahead to pay off, few
-/// enough that finished sessions are collected (and their state freed) often.
-const BATCH: usize = 4096;
+/// enough that the strings a batch's fingerprints read first (a few cache
+/// lines of each heartbeat) are still in the core's cache when its pushes
+/// compare them, and that finished sessions are collected often.
+const BATCH: usize = 512;
 
 impl Sessionizer {
     /// A sessionizer for a whole input sorted by `(time_ms, event_id)`: with
     /// zero lateness nothing is late, and everything behind the newest time is
     /// frozen and finalized as it goes, so memory stays bounded by the open
-    /// sessions. Records no upserts.
+    /// sessions. Records no upserts, and keeps no ids: the input holds one
+    /// copy of each.
     fn for_sorted_batch(gap_ms: i64) -> Self {
         let mut sessionizer = Sessionizer::new(SessionConfig {
             gap_ms,
@@ -24,6 +27,7 @@ impl Sessionizer {
             idle_timeout_ms: i64::MAX / 4,
         });
         sessionizer.track_upserts = false;
+        sessionizer.checks_ids = false;
         sessionizer
     }
 }
