@@ -85,7 +85,7 @@ pub async fn run_to(
     // The fleet's gateway token is minted from the mesh's own secret, not
     // from whatever HB_TOKEN / HB_AUTH_SECRET the environment holds.
     args.token = None;
-    args.auth_secret = secret.map(str::to_string);
+    args.auth.secret = secret.map(hb_common::settings::Secret::new);
     args.ca_cert = ca_cert.map(Path::to_path_buf);
     crate::simulate::run(args).await?;
     // Sessions become visible within a flush; give the pipeline a moment.

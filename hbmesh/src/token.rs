@@ -4,6 +4,7 @@
 use anyhow::Context;
 use hb_common::auth::{Role, TokenKey};
 use hb_common::duration::{format_duration, parse_duration};
+use hb_common::settings::AuthSettings;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -23,9 +24,9 @@ pub struct TokenArgs {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub ttl: Duration,
 
-    /// The secret the services verify tokens with.
-    #[arg(long, env = "HB_AUTH_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
+    /// The secret the services verify tokens with (`HB_AUTH_SECRET`).
+    #[command(flatten)]
+    pub auth: AuthSettings,
 }
 
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
@@ -41,11 +42,9 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
 
 /// The token `args` ask for, expiring `args.ttl` after `now_s` (epoch seconds).
 pub fn mint(args: &TokenArgs, now_s: i64) -> anyhow::Result<String> {
-    let secret = args
-        .secret
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .context("no secret: set HB_AUTH_SECRET (or pass --secret) to the secret the services verify tokens with")?;
+    let secret = args.auth.secret().context(
+        "no secret: set HB_AUTH_SECRET (or pass --auth-secret) to the secret the services verify tokens with",
+    )?;
     let role = Role::from_parts(&args.role, args.subject.as_deref()).with_context(|| {
         format!(
             "invalid --role {:?}: use admin, app, gateway, device:<id>, license_holder:<id> or advertiser:<id>",
@@ -65,6 +64,7 @@ pub fn mint(args: &TokenArgs, now_s: i64) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hb_common::settings::Secret;
 
     const NOW: i64 = 1_700_000_000;
 
@@ -73,7 +73,9 @@ mod tests {
             role: role.into(),
             subject: subject.map(Into::into),
             ttl: parse_duration(ttl).unwrap(),
-            secret: secret.map(Into::into),
+            auth: AuthSettings {
+                secret: secret.map(Secret::new),
+            },
         }
     }
 
@@ -120,5 +122,23 @@ mod tests {
             assert!(format!("{err:#}").contains("invalid --role"), "{err:#}");
         }
         assert!(mint(&args("admin", None, "0s", Some("s")), NOW).is_err());
+    }
+
+    #[test]
+    fn the_secret_is_the_services_own_setting() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            token: TokenArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "token",
+            "--role",
+            "admin",
+            "--auth-secret",
+            "s3cret",
+        ])
+        .unwrap();
+        assert_eq!(cli.token.auth.secret(), Some("s3cret"));
     }
 }

@@ -43,9 +43,9 @@ pub struct StreamConfig {
     #[arg(long, env = "HB_SCYLLA_REPLICATION", default_value_t = 3)]
     pub scylla_replication: u32,
 
-    /// Gap G: heartbeats this far apart start a new session.
-    #[arg(long, env = "HB_SESSION_GAP", default_value = default_session_gap(), value_parser = parse_duration)]
-    pub session_gap: Duration,
+    /// Gap G (`HB_SESSION_GAP`).
+    #[command(flatten)]
+    pub gap: SessionGap,
 
     /// How far behind a partition's newest event time a heartbeat may arrive and still be merged.
     #[arg(long, env = "HB_ALLOWED_LATENESS", default_value = default_allowed_lateness(), value_parser = parse_duration)]
@@ -98,12 +98,12 @@ pub struct StreamConfig {
 
 impl StreamConfig {
     pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout.unwrap_or(self.session_gap)
+        self.idle_timeout.unwrap_or(self.gap.session_gap)
     }
 
     pub fn session_config(&self) -> crate::sessionizer::SessionConfig {
         crate::sessionizer::SessionConfig {
-            gap_ms: self.session_gap.as_millis() as i64,
+            gap_ms: self.gap.ms(),
             lateness_ms: self.allowed_lateness.as_millis() as i64,
             idle_timeout_ms: self.idle_timeout().as_millis() as i64,
         }
@@ -116,6 +116,20 @@ impl StreamConfig {
             .try_get_matches_from(["defaults"])
             .expect("defaults parse");
         StreamConfig::from_arg_matches(&matches).expect("defaults parse")
+    }
+}
+
+/// Gap G, read by the stream service and by `hbmesh sessionize`.
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionGap {
+    /// Gap G: heartbeats this far apart start a new session.
+    #[arg(long = "session-gap", visible_alias = "gap", env = "HB_SESSION_GAP", default_value = default_session_gap(), value_parser = parse_duration)]
+    pub session_gap: Duration,
+}
+
+impl SessionGap {
+    pub fn ms(&self) -> i64 {
+        self.session_gap.as_millis() as i64
     }
 }
 

@@ -49,7 +49,7 @@ fn expected(heartbeats: &[Heartbeat]) -> BTreeMap<String, Vec<Session>> {
 async fn offline_viewing_uploaded_late_ends_in_exact_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app_configured(dir.path().to_path_buf(), Tier::default(), |_, stream, _| {
-        stream.session_gap = GAP;
+        stream.gap.session_gap = GAP;
         stream.allowed_lateness = Duration::from_secs(2);
         stream.idle_timeout = Some(Duration::from_secs(1));
     })

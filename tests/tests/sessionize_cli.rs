@@ -47,7 +47,9 @@ fn a_shuffled_file_gives_the_exact_sessions_and_skips_bad_lines() {
     run(SessionizeArgs {
         input,
         output: Some(output.clone()),
-        gap: Duration::from_secs(600),
+        gap: svc_stream::config::SessionGap {
+            session_gap: Duration::from_secs(600),
+        },
         strict: false,
         threads: None,
     })

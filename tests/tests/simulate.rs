@@ -16,7 +16,7 @@ fn args(target: String, seed: u64) -> SimulateArgs {
         duration: Duration::from_secs(5),
         target,
         token: None,
-        auth_secret: None,
+        auth: Default::default(),
         mode: Mode::Stream,
         connections: 2,
         streams: Some(4),

@@ -10,7 +10,6 @@
 mod input;
 
 use anyhow::Context;
-use hb_common::duration::parse_duration;
 use hb_common::progress::{Progress, Unit};
 use input::Input;
 use rustc_hash::FxHasher;
@@ -18,7 +17,6 @@ use serde::{de, Deserialize, Deserializer};
 use std::hash::{Hash, Hasher};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 use svc_stream::sessionizer::{
     sessionize_sorted, sort_sessions, Event, EventRef, PlaybackState, Session,
 };
@@ -33,9 +31,9 @@ pub struct SessionizeArgs {
     #[arg(long)]
     pub output: Option<PathBuf>,
 
-    /// Gap that starts a new session.
-    #[arg(long, env = "HB_SESSION_GAP", default_value = svc_stream::config::default_session_gap(), value_parser = parse_duration)]
-    pub gap: Duration,
+    /// Gap that starts a new session (`HB_SESSION_GAP`).
+    #[command(flatten)]
+    pub gap: svc_stream::config::SessionGap,
 
     /// Fail on the first bad line instead of skipping it.
     #[arg(long)]
@@ -615,7 +613,7 @@ pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     }
     let pieces = split_lines(input.bytes(), threads);
     let (sessions, heartbeats, bad) =
-        sessionize_pieces(&pieces, args.gap.as_millis() as i64, args.strict, &progress);
+        sessionize_pieces(&pieces, args.gap.ms(), args.strict, &progress);
     if args.strict {
         if let Some((number, reason)) = bad.first() {
             anyhow::bail!("line {number}: {reason}");
@@ -654,6 +652,26 @@ pub fn run(args: SessionizeArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gap_is_the_stream_services_setting_under_either_flag() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sessionize: SessionizeArgs,
+        }
+        for flag in ["--gap", "--session-gap"] {
+            let cli = <Cli as clap::Parser>::try_parse_from([
+                "sessionize",
+                "--input",
+                "in.jsonl",
+                flag,
+                "5m",
+            ])
+            .unwrap();
+            assert_eq!(cli.sessionize.gap.ms(), 300_000);
+        }
+    }
 
     #[test]
     fn a_line_with_proto_names_parses() {

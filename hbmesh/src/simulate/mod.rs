@@ -289,7 +289,7 @@ mod tests {
             // 1000 devices at 2000/s: 2 per device per second, within the default device limit.
             let mut a = args(1_000, 2_000.0, "1s");
             a.target = addr.to_string();
-            a.auth_secret = Some("s".into());
+            a.auth.secret = Some(hb_common::settings::Secret::new("s"));
             a.mode = mode;
             a.pregenerate = pregenerate;
             a.streams = Some(6);

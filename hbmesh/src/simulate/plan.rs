@@ -5,6 +5,7 @@
 use anyhow::{bail, Context};
 use hb_common::auth::{Role, TokenKey};
 use hb_common::duration::parse_duration;
+use hb_common::settings::AuthSettings;
 use hb_testkit::fleet::FleetConfig;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -56,9 +57,9 @@ pub struct SimulateArgs {
     #[arg(long, env = "HB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// Without `--token`, a gateway token is minted with this secret.
-    #[arg(long, env = "HB_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<String>,
+    /// Without `--token`, a gateway token is minted with this secret (`HB_AUTH_SECRET`).
+    #[command(flatten)]
+    pub auth: AuthSettings,
 
     /// `stream` (bidirectional, acks as it goes) or `push` (client-streaming batches).
     #[arg(long, value_enum, default_value = "stream")]
@@ -151,12 +152,12 @@ pub(super) fn plan(args: &SimulateArgs, now_ms: i64) -> anyhow::Result<Plan> {
     let interval_ms = (interval.round() as i64).min(MAX_INTERVAL_MS);
     // The clocks start now and follow the wall clock.
     let start_ms = now_ms;
-    let authorization = match (&args.token, &args.auth_secret) {
+    let authorization = match (&args.token, args.auth.secret()) {
         (Some(token), _) if !token.is_empty() => {
             let token = token.strip_prefix("Bearer ").unwrap_or(token);
             Some(format!("Bearer {token}"))
         }
-        (_, Some(secret)) if !secret.is_empty() => {
+        (_, Some(secret)) => {
             let ttl_s = (args.duration + DRAIN_TIMEOUT).as_secs() as i64 + 3_600;
             let token = TokenKey::new(secret).mint(
                 "hbmesh-simulate",
@@ -239,7 +240,7 @@ pub(super) mod tests {
             duration: parse_duration(duration).unwrap(),
             target: "127.0.0.1:50051".into(),
             token: None,
-            auth_secret: None,
+            auth: AuthSettings::default(),
             mode: Mode::Stream,
             connections: 8,
             streams: None,
@@ -308,7 +309,7 @@ pub(super) mod tests {
     #[test]
     fn a_secret_mints_a_gateway_token_and_an_explicit_token_wins() {
         let mut a = args(10, 1.0, "1s");
-        a.auth_secret = Some("s".into());
+        a.auth.secret = Some(hb_common::settings::Secret::new("s"));
         let minted = plan(&a, NOW).unwrap().authorization.unwrap();
         let token = minted.strip_prefix("Bearer ").unwrap();
         let principal = TokenKey::new("s").verify(token, NOW / 1_000).unwrap();
