@@ -266,7 +266,7 @@ fn parse_chunk<'t>(text: &'t [u8], strict: bool, shards: usize, progress: &Progr
 fn parse_block<'t>(block: &'t [u8], strict: bool, shards: usize, chunk: &mut Chunk<'t>) -> bool {
     let first = chunk.lines;
     let block = block.strip_suffix(b"\n").unwrap_or(block);
-    // The whole block is checked at once (far faster than line by line); a
+    // The whole block is checked in one pass rather than one per line; a
     // block that is not UTF-8 is checked again by line, to say which.
     let lines: Box<dyn Iterator<Item = Result<&str, String>>> = match std::str::from_utf8(block) {
         Ok(text) => Box::new(text.split('\n').map(Ok)),

@@ -24,11 +24,16 @@ pub(super) struct Fingerprints {
 }
 
 impl Fingerprints {
+    /// The hashes of `event`; its id is hashed only when `checks_ids`.
     #[inline]
-    pub(super) fn of(event: &EventRef<'_>) -> Self {
+    pub(super) fn of(event: &EventRef<'_>, checks_ids: bool) -> Self {
         Fingerprints {
             key: key_fingerprint(event.user_id, event.video_id),
-            id: fingerprint(event.event_id.as_bytes()),
+            id: if checks_ids {
+                fingerprint(event.event_id.as_bytes())
+            } else {
+                0
+            },
         }
     }
 }
@@ -143,7 +148,7 @@ impl Sessionizer {
 
     /// Like [`Sessionizer::push`], borrowing the heartbeat.
     pub fn push_ref(&mut self, event: EventRef<'_>) -> Outcome {
-        let fingerprints = Fingerprints::of(&event);
+        let fingerprints = Fingerprints::of(&event, self.checks_ids);
         self.push_fingerprinted(event, fingerprints)
     }
 
@@ -666,7 +671,7 @@ impl Restoring<'_> {
     /// Merges one restored heartbeat.
     pub fn push(&mut self, event: EventRef<'_>) {
         self.sessionizer
-            .push_fingerprinted(event, Fingerprints::of(&event));
+            .push_fingerprinted(event, Fingerprints::of(&event, self.sessionizer.checks_ids));
     }
 
     /// Ends the restore at the stored watermark (or the newest restored

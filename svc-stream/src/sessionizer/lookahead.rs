@@ -4,7 +4,6 @@
 
 use super::engine::Fingerprints;
 use super::events::{Event, EventRef};
-use super::fxhash::key_fingerprint;
 use super::prefetch;
 use super::sessions::Outcome;
 use super::state::{Frozen, KeySlot, LiveSession};
@@ -75,15 +74,7 @@ impl Sessionizer {
                     prefetch::line(ahead.user_id.as_ptr());
                     prefetch::line(ahead.video_id.as_ptr());
                 }
-                let event = events[at].event_ref();
-                if checks_ids {
-                    Fingerprints::of(&event)
-                } else {
-                    Fingerprints {
-                        key: key_fingerprint(event.user_id, event.video_id),
-                        id: 0,
-                    }
-                }
+                Fingerprints::of(&events[at].event_ref(), checks_ids)
             })
             .collect();
         let mut outcomes = Vec::with_capacity(events.len());
