@@ -1,6 +1,6 @@
 //! Conversions between protobuf timestamps, epoch milliseconds and RFC 3339.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use hb_proto::Timestamp;
 
 /// Epoch milliseconds of a protobuf timestamp (saturating, never panics).
@@ -69,18 +69,21 @@ fn utc_millis(text: &[u8]) -> Option<i64> {
         digits(&text[14..16])?,
         digits(&text[17..19])?,
     );
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
+    // chrono's calendar checks the date; only the text is read by hand.
+    let date = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(year).ok()?,
+        u32::try_from(month).ok()?,
+        u32::try_from(day).ok()?,
+    )?;
+    if hour > 23 || minute > 59 || second > 59 {
         return None;
     }
-    let seconds = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second;
-    Some(seconds * 1_000 + millis)
+    let days = i64::from(date.num_days_from_ce()) - UNIX_EPOCH_DAYS_FROM_CE;
+    Some((((days * 24 + hour) * 60 + minute) * 60 + second) * 1_000 + millis)
 }
+
+/// `NaiveDate::num_days_from_ce` of 1970-01-01.
+const UNIX_EPOCH_DAYS_FROM_CE: i64 = 719_163;
 
 /// The value of ASCII decimal digits; `None` if any byte is not one.
 #[inline]
@@ -94,26 +97,6 @@ fn digits(text: &[u8]) -> Option<i64> {
         value = value * 10 + i64::from(digit);
     }
     Some(value)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
-/// (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 #[cfg(test)]
