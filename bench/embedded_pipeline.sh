@@ -21,7 +21,10 @@ $bin up > "$dir/up.log" 2>&1 &
 up=$!
 # HB_BENCH_LOG=FILE keeps the mesh's log (e.g. with HB_LOG=warn,svc_stream=debug
 # for per-flush phase timings).
-trap 'kill $up 2>/dev/null || true; [[ -n ${HB_BENCH_LOG:-} ]] && cp "$dir/up.log" "$HB_BENCH_LOG"; rm -rf "$dir"' EXIT
+# The staleness sampler (below) goes too: left running, it would hold the
+# caller's pipe open after a failed run (e.g. a simulator that gave up draining).
+sampler=
+trap 'kill $up $sampler 2>/dev/null || true; [[ -n ${HB_BENCH_LOG:-} ]] && cp "$dir/up.log" "$HB_BENCH_LOG"; rm -rf "$dir"' EXIT
 sleep 2
 # How far the sessions table trails real time while the load runs (sampled
 # once a second): a heartbeat becomes visible in its session at most its ack

@@ -2,7 +2,9 @@
 //! the pipeline (sessionizer + flushes) into the embedded SQLite store, or
 //! PostgreSQL with `HB_BENCH_PG=postgres://...`. Prints heartbeats/s and the
 //! flush latency. `cargo run --release -p svc-stream --example pipeline_bench`
-//! Env: HB_BENCH_EVENTS (default 1_000_000), HB_BENCH_FLUSH (default 20_000),
+//! Env: HB_BENCH_EVENTS (default 1_000_000), HB_BENCH_DEVICES (simulated
+//! players, one heartbeat per 5 s each, 7 users per 10 devices; default
+//! 100_000), HB_BENCH_FLUSH (default 20_000),
 //! HB_BENCH_BATCH (heartbeats per `ingest_batch`, as a consumer poll hands
 //! them over; default 2_048, 1: one at a time), HB_BENCH_LATE_SHARE (share of
 //! devices, 0 to 1, whose heartbeats arrive an hour late and go through the
@@ -33,9 +35,10 @@ async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Re
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
+    let devices = env_usize("HB_BENCH_DEVICES", 100_000);
     let mut fleet = Fleet::new(FleetConfig {
-        devices: 100_000,
-        users: 70_000,
+        devices,
+        users: devices * 7 / 10,
         seed: 42,
         ..FleetConfig::default()
     });
