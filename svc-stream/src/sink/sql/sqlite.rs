@@ -175,6 +175,11 @@ fn insert(table: &str, columns: &str, tail: &str) -> String {
     )
 }
 
+/// A session's primary key in the sessions table, borrowed.
+fn table_key(session: &Session) -> (&str, &str, i64) {
+    (&session.user_id, &session.video_id, session.start_ms)
+}
+
 /// The inner error: the partition was taken over (the transaction is rolled back).
 fn write(
     connection: &mut Connection,
@@ -268,13 +273,7 @@ fn write(
                 Change::Delete(_) => None,
             })
             .collect();
-        written.sort_by(|(_, a, _), (_, b, _)| {
-            (a.user_id.as_str(), a.video_id.as_str(), a.start_ms).cmp(&(
-                b.user_id.as_str(),
-                b.video_id.as_str(),
-                b.start_ms,
-            ))
-        });
+        written.sort_by(|(_, a, _), (_, b, _)| table_key(a).cmp(&table_key(b)));
         for (partition, session, is_final) in written {
             let statement = if is_final { &mut last } else { &mut open };
             statement.execute(params![
