@@ -125,6 +125,9 @@ enum Position {
     Playhead(i64),
     Doubled(i64),
     Anywhere(i64),
+    /// Billions of milliseconds away (a seek across a live stream's days):
+    /// beyond what a held heartbeat keeps in 32 bits from its tail's base.
+    Far(i64),
 }
 
 fn draft() -> impl Strategy<Value = Draft> {
@@ -145,6 +148,7 @@ fn draft() -> impl Strategy<Value = Draft> {
         6 => (-3i64..=3).prop_map(Position::Playhead),
         1 => (-1i64..=1).prop_map(Position::Doubled),
         2 => (0i64..2_000).prop_map(Position::Anywhere),
+        1 => (-2i64..=2).prop_map(Position::Far),
     ];
     (
         (0u8..3, 0u8..2, 0u8..3, 0i64..8),
@@ -230,6 +234,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     Position::Playhead(wobble) => time_ms + wobble,
                     Position::Doubled(wobble) => 2 * time_ms + wobble,
                     Position::Anywhere(n) => n,
+                    Position::Far(n) => time_ms + n * 3_000_000_000,
                 };
                 // A third of the ids canonical UUIDs and a third 32 plain hex
                 // digits (both held as 16 bytes), a third other text (held as

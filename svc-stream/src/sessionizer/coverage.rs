@@ -9,12 +9,21 @@ use super::spill::Spill;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Coverage {
     covered_ms: i64,
-    last: Option<(i64, i64)>,
+    /// The last span; [`NO_SPAN`] (empty) while there is none, one word
+    /// less than an `Option`.
+    last: (i64, i64),
     /// Every span before `last` (none while playback is linear).
     earlier: Spill<(i64, i64)>,
 }
 
+/// Marks "no last span": every span held is non-empty.
+const NO_SPAN: (i64, i64) = (0, 0);
+
 impl Coverage {
+    fn last(&self) -> Option<(i64, i64)> {
+        (self.last.0 < self.last.1).then_some(self.last)
+    }
+
     /// Length of the union of every span added so far.
     pub(super) fn covered_ms(&self) -> i64 {
         self.covered_ms
@@ -25,20 +34,20 @@ impl Coverage {
     pub(super) fn add(&mut self, lo: i64, hi: i64) {
         debug_assert!(lo < hi, "empty span [{lo}, {hi}]");
         // Fast path: linear playback extends the last span or starts after it.
-        match &mut self.last {
+        match self.last() {
             None => {
-                self.last = Some((lo, hi));
+                self.last = (lo, hi);
                 self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(lo));
             }
             Some(last) if lo > last.1 => {
-                self.earlier.as_vec_mut().push(*last);
-                *last = (lo, hi);
+                self.earlier.as_vec_mut().push(last);
+                self.last = (lo, hi);
                 self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(lo));
             }
             Some(last) if lo >= last.0 => {
                 if hi > last.1 {
                     self.covered_ms = self.covered_ms.saturating_add(hi.saturating_sub(last.1));
-                    last.1 = hi;
+                    self.last.1 = hi;
                 }
             }
             Some(_) => self.add_before_last(lo, hi),
@@ -47,7 +56,7 @@ impl Coverage {
 
     fn add_before_last(&mut self, lo: i64, hi: i64) {
         let mut spans = self.earlier.take();
-        spans.extend(self.last.take());
+        spans.extend(self.last());
         // Spans are disjoint, so their ends are sorted too.
         let first = spans.partition_point(|span| span.1 < lo);
         let beyond = spans.partition_point(|span| span.0 <= hi);
@@ -68,13 +77,13 @@ impl Coverage {
             spans[first] = (merged_lo, merged_hi);
             spans.drain(first + 1..beyond);
         }
-        self.last = spans.pop();
+        self.last = spans.pop().unwrap_or(NO_SPAN);
         self.earlier.put(spans);
     }
 
     /// Adds every span of `other`.
     pub(super) fn extend(&mut self, other: &Coverage) {
-        for &(lo, hi) in other.earlier.as_slice().iter().chain(&other.last) {
+        for &(lo, hi) in other.earlier.as_slice().iter().chain(&other.last()) {
             self.add(lo, hi);
         }
     }
@@ -84,7 +93,7 @@ impl Coverage {
         self.earlier
             .as_slice()
             .iter()
-            .chain(&self.last)
+            .chain(&self.last())
             .copied()
             .collect()
     }
@@ -110,6 +119,11 @@ mod tests {
             };
         }
         total + current.map_or(0, |(lo, hi)| hi - lo)
+    }
+
+    #[test]
+    fn a_coverage_takes_four_words() {
+        assert_eq!(std::mem::size_of::<Coverage>(), 32);
     }
 
     #[test]

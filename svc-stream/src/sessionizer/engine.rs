@@ -75,11 +75,11 @@ pub struct Sessionizer {
     /// Emptied tail buffers of finalized sessions, for new ones: a tail
     /// allocation is large enough to be slow in common allocators.
     spare_tails: Vec<VecDeque<Held>>,
-    next_uid: u64,
-    /// `(deadline, slot, generation, uid)`: a session may be final once the
-    /// watermark passes `deadline` (a lower bound of `end + gap + lateness`,
-    /// re-checked when popped). One entry per session.
-    watermark_queue: BinaryHeap<Reverse<(i64, SlotIndex, u32, u64)>>,
+    pub(super) next_uid: u32,
+    /// `(deadline, slot, uid)`: a session may be final once the watermark
+    /// passes `deadline` (a lower bound of `end + gap + lateness`, re-checked
+    /// when popped). An entry per session, and stale ones of sessions gone.
+    watermark_queue: BinaryHeap<Reverse<(i64, SlotIndex, u32)>>,
     /// Processing time of the last advance.
     last_advance_ms: Option<i64>,
     /// A heartbeat came in since the last advance.
@@ -116,7 +116,7 @@ impl Sessionizer {
             slots: Vec::new(),
             free_slots: Vec::new(),
             keys: KeyTable::default(),
-            ids: IdTable::default(),
+            ids: IdTable::new(config.lateness_ms),
             held: 0,
             spare_tails: Vec::new(),
             next_uid: 0,
@@ -292,7 +292,7 @@ impl Sessionizer {
             for session in slot.sessions.as_mut_slice() {
                 if session.dirty {
                     session.dirty = false;
-                    session.stored_start_ms = Some(session.start_ms);
+                    session.set_stored_start_ms(Some(session.start_ms));
                     visit(ChangeRef::Upsert(session.to_session_ref(user_id, video_id)));
                 }
             }
@@ -388,7 +388,6 @@ impl Sessionizer {
                 self.open_keys -= 1;
                 forgotten += count;
             }
-            // Bumps the slot's generation: its queued finalizations go stale.
             self.release_if_empty(slot_index);
         }
         self.deleted.retain(|key| key.user_id != user_id);
@@ -461,6 +460,15 @@ impl Sessionizer {
             .saturating_sub(self.config.lateness_ms / 8)
     }
 
+    /// How far behind the newest heartbeat a tail's front may fall before
+    /// a push freezes it (see [`Sessionizer::freeze_before_ms`]).
+    #[inline]
+    fn hold_ms(&self) -> i64 {
+        self.config
+            .lateness_ms
+            .saturating_add(self.config.lateness_ms / 8)
+    }
+
     /// The slot of `(user_id, video_id)`, created if needed.
     #[inline]
     fn slot_for(&mut self, key_fingerprint: u64, user_id: &str, video_id: &str) -> SlotIndex {
@@ -514,6 +522,7 @@ impl Sessionizer {
                 has_ad: !ad_id.is_empty(),
             },
             event_id,
+            hold_ms: self.hold_ms(),
         };
         let gap_ms = self.config.gap_ms;
         let slot = &mut self.slots[slot_index as usize];
@@ -532,7 +541,7 @@ impl Sessionizer {
             }
             (false, true, true) => {
                 let later = slot.sessions.remove(after);
-                if let Some(stored_ms) = later.stored_start_ms {
+                if let Some(stored_ms) = later.stored_start_ms() {
                     self.deleted.push(slot.key(stored_ms));
                 }
                 let previous = &mut slot.sessions.as_mut_slice()[after - 1];
@@ -550,19 +559,20 @@ impl Sessionizer {
                 session.prepend(held);
                 // The store holds it under its old start (queued once: the
                 // start only moves earlier).
-                if let Some(stored_ms) = session.stored_start_ms.take() {
+                if let Some(stored_ms) = session.stored_start_ms() {
+                    session.set_stored_start_ms(None);
                     self.deleted.push(slot.key(stored_ms));
                 }
                 after
             }
             (false, false, false) => {
                 let uid = self.next_uid;
-                self.next_uid += 1;
+                self.next_uid = uid.wrapping_add(1);
                 let deadline_ms = time_ms
                     .saturating_add(gap_ms)
                     .saturating_add(self.config.lateness_ms);
                 self.watermark_queue
-                    .push(Reverse((deadline_ms, slot_index, slot.generation, uid)));
+                    .push(Reverse((deadline_ms, slot_index, uid)));
                 if slot.sessions.is_empty() {
                     self.open_keys += 1;
                 }
@@ -589,32 +599,37 @@ impl Sessionizer {
 
     fn finalize_by_watermark(&mut self, watermark_ms: i64) {
         let lateness_ms = self.config.lateness_ms;
-        while let Some(&Reverse((deadline_ms, slot_index, generation, uid))) =
-            self.watermark_queue.peek()
-        {
+        while let Some(&Reverse((deadline_ms, slot_index, uid))) = self.watermark_queue.peek() {
             if deadline_ms >= watermark_ms {
                 break;
             }
             self.watermark_queue.pop();
-            let slot = &mut self.slots[slot_index as usize];
-            if !slot.live || slot.generation != generation {
-                continue;
+            // Every session of the slot with this uid: the entry's own (none
+            // once it was finalized or merged away, or its slot released),
+            // and any other that shares its uid after the counter wrapped.
+            // A session is finalized only once its own due time has passed,
+            // else queued again, so an entry that finds the wrong session
+            // costs a check and nothing else.
+            let mut index = 0;
+            while let Some(found) = self.slots[slot_index as usize].sessions.as_slice()[index..]
+                .iter()
+                .position(|session| session.uid == uid)
+            {
+                index += found;
+                let due_ms = self.slots[slot_index as usize].sessions.as_slice()[index]
+                    .last
+                    .time_ms
+                    .saturating_add(self.config.gap_ms)
+                    .saturating_add(lateness_ms);
+                if due_ms < watermark_ms {
+                    self.finalize(slot_index, index);
+                } else {
+                    self.watermark_queue
+                        .push(Reverse((due_ms, slot_index, uid)));
+                    index += 1;
+                }
             }
-            let Some(index) = slot.position_of(uid) else {
-                continue;
-            };
-            let due_ms = slot.sessions.as_slice()[index]
-                .last
-                .time_ms
-                .saturating_add(self.config.gap_ms)
-                .saturating_add(lateness_ms);
-            if due_ms < watermark_ms {
-                self.finalize(slot_index, index);
-                self.release_if_empty(slot_index);
-            } else {
-                self.watermark_queue
-                    .push(Reverse((due_ms, slot_index, generation, uid)));
-            }
+            self.release_if_empty(slot_index);
         }
     }
 
@@ -628,7 +643,7 @@ impl Sessionizer {
             self.spare_tails.push(Tail::into_buffer(tail));
         }
         if let Some(stored_ms) = session
-            .stored_start_ms
+            .stored_start_ms()
             .filter(|&stored_ms| stored_ms != session.start_ms)
         {
             self.deleted.push(slot.key(stored_ms));
@@ -652,7 +667,6 @@ impl Sessionizer {
             slot_index,
         );
         slot.live = false;
-        slot.generation = slot.generation.wrapping_add(1);
         slot.user_id = Id::default();
         slot.video_id = Id::default();
         self.free_slots.push(slot_index);
@@ -686,7 +700,7 @@ impl Restoring<'_> {
                 sessionizer.held -= session.freeze_before(horizon_ms);
                 if self.fresh {
                     session.dirty = false;
-                    session.stored_start_ms = Some(session.start_ms);
+                    session.set_stored_start_ms(Some(session.start_ms));
                 }
             }
         }

@@ -5,7 +5,7 @@ use super::coverage::Coverage;
 use super::id::Id;
 use super::sessions::{Session, SessionKey, SessionRef};
 use super::spill::Spill;
-use super::tail::{Held, NewHeld, Point, Tail};
+use super::tail::{NewHeld, Point, Tail};
 
 /// The watched interval of the step `a -> b` (SPEC 5.4), if it is watched.
 #[inline]
@@ -23,7 +23,6 @@ fn watched_span(a: &Point, b: &Point) -> Option<(i64, i64)> {
 /// session's earliest, so its start time is theirs.
 #[derive(Debug, Default)]
 pub(super) struct Frozen {
-    heartbeats: u64,
     watch_ms: i64,
     coverage: Coverage,
     /// The last frozen heartbeat: predecessor of the first tail heartbeat.
@@ -80,13 +79,16 @@ pub(super) struct LiveSession {
     /// Totals over frozen part and tail.
     heartbeats: u64,
     watch_ms: i64,
-    /// Identifies the session in the finalization queue.
-    uid: u64,
+    /// Identifies the session in the finalization queue (a wrapping
+    /// counter: see `Sessionizer::finalize_by_watermark`).
+    pub(super) uid: u32,
     /// Changed since the last drain (its slot is in `Sessionizer::changed`).
     pub(super) dirty: bool,
-    /// Start under which the store holds this session (as of the last drain;
-    /// `None` again once the start moved and that row's delete is queued).
-    pub(super) stored_start_ms: Option<i64>,
+    /// The store holds this session, under `stored_ms` (see
+    /// [`LiveSession::stored_start_ms`]); beside `dirty`, where an
+    /// `Option<i64>` would take a word more.
+    stored: bool,
+    stored_ms: i64,
     coverage: Coverage,
     pub(super) devices: Devices,
     /// Sorted, distinct.
@@ -96,7 +98,7 @@ pub(super) struct LiveSession {
 
 impl LiveSession {
     /// A session of one heartbeat; `tail` is an empty tail to hold it in.
-    pub(super) fn new(uid: u64, first: NewHeld<'_>, device_id: &str, mut tail: Tail) -> Self {
+    pub(super) fn new(uid: u32, first: NewHeld<'_>, device_id: &str, mut tail: Tail) -> Self {
         let last = first.point;
         tail.push_back(first);
         LiveSession {
@@ -114,18 +116,28 @@ impl LiveSession {
                 more: Spill::default(),
             },
             ads: Spill::default(),
-            stored_start_ms: None,
+            stored: false,
+            stored_ms: 0,
             dirty: false,
         }
     }
 
-    /// Some heartbeats are frozen (read from hot fields only).
+    /// Start under which the store holds this session (as of the last drain;
+    /// `None` again once the start moved and that row's delete is queued).
+    #[inline]
+    pub(super) fn stored_start_ms(&self) -> Option<i64> {
+        self.stored.then_some(self.stored_ms)
+    }
+
+    #[inline]
+    pub(super) fn set_stored_start_ms(&mut self, start_ms: Option<i64>) {
+        (self.stored, self.stored_ms) = (start_ms.is_some(), start_ms.unwrap_or(0));
+    }
+
+    /// Some heartbeats are frozen: the tail does not hold them all (read
+    /// from hot fields only).
     #[inline]
     fn has_frozen(&self) -> bool {
-        debug_assert_eq!(
-            self.heartbeats,
-            self.frozen.heartbeats + self.tail.len() as u64
-        );
         self.heartbeats > self.tail.len() as u64
     }
 
@@ -145,7 +157,7 @@ impl LiveSession {
         match self.tail.back() {
             None => false,
             Some(last) => {
-                let last_ms = last.time_ms();
+                let last_ms = self.tail.time_of(last);
                 time_ms < last_ms
                     || (time_ms == last_ms && self.tail.id_of(last).cmp_text(event_id).is_gt())
             }
@@ -175,11 +187,8 @@ impl LiveSession {
 
     /// Adds a heartbeat that sorts before every held one (the start moves).
     pub(super) fn prepend(&mut self, event: NewHeld<'_>) {
-        debug_assert_eq!(
-            self.frozen.heartbeats, 0,
-            "nothing sorts before frozen heartbeats"
-        );
-        let (point, first) = (event.point, self.tail.get(0).point());
+        debug_assert!(!self.has_frozen(), "nothing sorts before frozen heartbeats");
+        let (point, first) = (event.point, self.tail.point_of(self.tail.get(0)));
         self.count_step(&point, &first);
         self.start_ms = point.time_ms;
         self.tail_front_ms = point.time_ms;
@@ -191,13 +200,13 @@ impl LiveSession {
     /// splits is replaced, so the totals are rebuilt from the frozen summary.
     pub(super) fn insert_within(&mut self, event: NewHeld<'_>) {
         self.tail.insert(event);
-        self.tail_front_ms = self.tail.get(0).time_ms();
+        self.tail_front_ms = self.tail.time_of(self.tail.get(0));
         self.heartbeats += 1;
         self.watch_ms = self.frozen.watch_ms;
         self.coverage = self.frozen.coverage.clone();
         let mut previous = self.frozen.last;
         for index in 0..self.tail.len() {
-            let point = self.tail.get(index).point();
+            let point = self.tail.point_of(self.tail.get(index));
             if let Some(a) = previous {
                 self.count_step(&a, &point);
             }
@@ -208,11 +217,8 @@ impl LiveSession {
     /// Appends a later session of the same key; `self` already ends with the
     /// heartbeat that bridges the two.
     pub(super) fn absorb(&mut self, later: LiveSession) {
-        debug_assert_eq!(
-            later.frozen.heartbeats, 0,
-            "a later session cannot be frozen"
-        );
-        let (last, first) = (self.last, later.tail.get(0).point());
+        debug_assert!(!later.has_frozen(), "a later session cannot be frozen");
+        let (last, first) = (self.last, later.tail.point_of(later.tail.get(0)));
         self.count_step(&last, &first);
         self.last = later.last;
         self.heartbeats += later.heartbeats;
@@ -247,21 +253,23 @@ impl LiveSession {
         while self
             .tail
             .front()
-            .is_some_and(|first| first.time_ms() < horizon_ms)
+            .is_some_and(|first| self.tail.time_of(first) < horizon_ms)
         {
-            let event = self.tail.pop_front().expect("checked non-empty");
-            let (frozen, point) = (&mut self.frozen, event.point());
+            let point = self.tail.pop_front().expect("checked non-empty");
+            let frozen = &mut self.frozen;
             if let Some(previous) = frozen.last {
                 if let Some((lo, hi)) = watched_span(&previous, &point) {
                     frozen.watch_ms = frozen.watch_ms.saturating_add(hi.saturating_sub(lo));
                     frozen.coverage.add(lo, hi);
                 }
             }
-            frozen.heartbeats += 1;
             frozen.last = Some(point);
             frozen_now += 1;
         }
-        self.tail_front_ms = self.tail.front().map_or(i64::MAX, Held::time_ms);
+        self.tail_front_ms = self
+            .tail
+            .front()
+            .map_or(i64::MAX, |first| self.tail.time_of(first));
         frozen_now
     }
 
@@ -369,8 +377,6 @@ impl SessionList {
 pub(super) struct KeySlot {
     pub(super) user_id: Id,
     pub(super) video_id: Id,
-    /// Bumped when the slot is released, so queued references go stale.
-    pub(super) generation: u32,
     pub(super) live: bool,
     pub(super) sessions: SessionList,
 }
@@ -386,13 +392,6 @@ impl KeySlot {
 
     pub(super) fn key(&self, start_ms: i64) -> SessionKey {
         session_key(&self.user_id, &self.video_id, start_ms)
-    }
-
-    pub(super) fn position_of(&self, uid: u64) -> Option<usize> {
-        self.sessions
-            .as_slice()
-            .iter()
-            .position(|session| session.uid == uid)
     }
 }
 
@@ -411,9 +410,9 @@ mod tests {
     /// Every open session pays for its slot: keep rarely used fields behind
     /// one pointer each.
     #[test]
-    fn a_key_slot_with_its_first_session_inline_stays_under_400_bytes() {
+    fn a_key_slot_with_its_first_session_inline_stays_within_368_bytes() {
         assert!(
-            std::mem::size_of::<KeySlot>() <= 400,
+            std::mem::size_of::<KeySlot>() <= 368,
             "{}",
             std::mem::size_of::<KeySlot>()
         );

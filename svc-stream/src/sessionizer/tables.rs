@@ -9,21 +9,21 @@
 pub(super) type SlotIndex = u32;
 
 /// Fingerprint value marking an empty entry (real fingerprints avoid it).
-const EMPTY: u64 = 0;
+const EMPTY: u32 = 0;
 
+/// The stored form of a key fingerprint: its low 32 bits (which also place
+/// the entry), never [`EMPTY`].
 #[inline]
-fn stored(fingerprint: u64) -> u64 {
-    if fingerprint == EMPTY {
-        1
-    } else {
-        fingerprint
-    }
+fn stored(fingerprint: u64) -> u32 {
+    (fingerprint as u32).max(1)
 }
 
 /// Fingerprint -> slot, exact insert and remove (backward-shift deletion).
+/// 8-byte entries: every candidate is verified against its slot's key, so
+/// 32 bits of fingerprint only need to keep false candidates rare.
 #[derive(Debug)]
 pub(super) struct KeyTable {
-    entries: Vec<(u64, SlotIndex)>,
+    entries: Vec<(u32, SlotIndex)>,
     len: usize,
 }
 
@@ -97,7 +97,7 @@ impl KeyTable {
         self.len += 1;
     }
 
-    fn place(&mut self, fingerprint: u64, slot: SlotIndex) {
+    fn place(&mut self, fingerprint: u32, slot: SlotIndex) {
         let mask = self.mask();
         let mut at = fingerprint as usize & mask;
         while self.entries[at].0 != EMPTY {
@@ -169,67 +169,113 @@ pub(super) struct IdTable {
     entries: Vec<IdEntry>,
     /// Occupied entries, live or dead.
     occupied: usize,
+    /// Length of the event-time ticks entries are stamped with.
+    tick_ms: i64,
 }
 
-/// 12 bytes. The fingerprint's low 32 bits both place the entry and tell
+/// Bits of an entry's tag that hold its tick (the rest hold the fingerprint).
+const TICK_BITS: u32 = 5;
+const TICK_MASK: u32 = (1 << TICK_BITS) - 1;
+/// Ticks in the lateness window: an entry never stamps a tick more than this
+/// (plus one) ahead of the horizon's, as no held heartbeat is newer than the
+/// horizon plus the lateness.
+const WINDOW_TICKS: i64 = 12;
+/// Ticks behind the horizon's that read as dead; the remaining ages of the
+/// 32 read as live: at least the `WINDOW_TICKS + 1` ahead of the horizon a
+/// live entry can stand at, so no live entry ever reads as dead.
+const DEAD_AGES: u32 = (1 << TICK_BITS) - WINDOW_TICKS as u32 - 2;
+
+/// 8 bytes: the fingerprint's top 27 bits and the event time's tick (modulo
+/// 32) share one word. The fingerprint both places the entry and tells
 /// entries apart: a match is verified against the slot's heartbeats anyway,
-/// and two ids of one probe run agreeing on 32 bits are rare.
+/// and two ids of one probe run agreeing on 27 bits are rare. The tick only
+/// decides which entries a sweep may drop: an entry far behind the horizon
+/// can read as live again (it stays until a later sweep), never the other way.
 #[derive(Clone, Copy, Debug)]
 struct IdEntry {
-    fingerprint: u32,
-    /// Event time in whole seconds (clamped to `u32`): an entry is dead once
-    /// that entire second is behind the horizon.
-    time_s: u32,
+    tag: u32,
     slot: SlotIndex,
 }
 
-const EMPTY_ID: IdEntry = IdEntry {
-    fingerprint: 0,
-    time_s: 0,
-    slot: 0,
-};
+const EMPTY_ID: IdEntry = IdEntry { tag: 0, slot: 0 };
 
 impl IdEntry {
-    /// The stored form of a fingerprint (never 0, which marks an empty
-    /// entry).
+    /// The stored form of a fingerprint: its low 32 bits with the tick bits
+    /// cleared, never 0 (which marks an empty entry).
     #[inline]
     fn fingerprint(fingerprint: u64) -> u32 {
-        (fingerprint as u32).max(1)
+        (fingerprint as u32 & !TICK_MASK).max(1 << TICK_BITS)
+    }
+
+    #[inline]
+    fn stored_fingerprint(&self) -> u32 {
+        self.tag & !TICK_MASK
+    }
+
+    #[inline]
+    fn tick(&self) -> u32 {
+        self.tag & TICK_MASK
     }
 
     #[inline]
     fn is_empty(&self) -> bool {
-        self.fingerprint == 0
+        self.tag == 0
     }
+}
 
-    #[inline]
-    fn seconds(time_ms: i64) -> u32 {
-        time_ms.div_euclid(1_000).clamp(0, i64::from(u32::MAX)) as u32
-    }
+/// The horizon's tick, to tell live entries by.
+#[derive(Clone, Copy)]
+struct Liveness {
+    horizon_tick: u32,
+    /// No horizon yet: nothing is late.
+    always: bool,
+}
 
-    /// False only when every heartbeat with this entry's id would be late
-    /// (times beyond the `u32` range of seconds never die).
+impl Liveness {
+    /// False only when every heartbeat with the entry's id would be late:
+    /// the entry's whole tick is behind the horizon.
     #[inline]
-    fn is_live(&self, horizon_ms: i64) -> bool {
-        i64::from(self.time_s) * 1_000 + 999 >= horizon_ms || self.time_s == u32::MAX
+    fn is_live(self, entry: &IdEntry) -> bool {
+        let age = self.horizon_tick.wrapping_sub(entry.tick()) & TICK_MASK;
+        self.always || age == 0 || age > DEAD_AGES
     }
 }
 
 impl Default for IdTable {
     fn default() -> Self {
-        IdTable {
-            entries: vec![EMPTY_ID; 64],
-            occupied: 0,
-        }
+        IdTable::new(0)
     }
 }
 
 impl IdTable {
+    /// A table for heartbeats accepted up to `lateness_ms` behind the newest.
+    pub(super) fn new(lateness_ms: i64) -> Self {
+        IdTable {
+            entries: vec![EMPTY_ID; 64],
+            occupied: 0,
+            tick_ms: (lateness_ms.max(0) / WINDOW_TICKS + 1).max(1_000),
+        }
+    }
+
+    #[inline]
+    fn tick(&self, time_ms: i64) -> u32 {
+        time_ms.div_euclid(self.tick_ms) as u32 & TICK_MASK
+    }
+
+    /// Tells live entries for one horizon.
+    #[inline]
+    fn liveness(&self, horizon_ms: i64) -> Liveness {
+        Liveness {
+            horizon_tick: self.tick(horizon_ms),
+            always: horizon_ms == i64::MIN,
+        }
+    }
+
     /// Where a stored fingerprint's probe starts (any table size:
     /// multiply-shift).
     #[inline]
-    fn home(&self, fingerprint: u32) -> usize {
-        ((u64::from(fingerprint) * self.entries.len() as u64) >> 32) as usize
+    fn home(&self, stored_fingerprint: u32) -> usize {
+        ((u64::from(stored_fingerprint) * self.entries.len() as u64) >> 32) as usize
     }
 
     #[inline]
@@ -250,14 +296,18 @@ impl IdTable {
         horizon_ms: i64,
         holds: impl Fn(SlotIndex) -> bool,
     ) -> bool {
-        let fingerprint = IdEntry::fingerprint(fingerprint);
+        let (fingerprint, liveness) =
+            (IdEntry::fingerprint(fingerprint), self.liveness(horizon_ms));
         let mut at = self.home(fingerprint);
         loop {
             let entry = self.entries[at];
             if entry.is_empty() {
                 return false;
             }
-            if entry.fingerprint == fingerprint && entry.is_live(horizon_ms) && holds(entry.slot) {
+            if entry.stored_fingerprint() == fingerprint
+                && liveness.is_live(&entry)
+                && holds(entry.slot)
+            {
                 return true;
             }
             at = self.next(at);
@@ -284,15 +334,14 @@ impl IdTable {
             self.sweep(horizon_ms);
         }
         self.place(IdEntry {
-            fingerprint: IdEntry::fingerprint(fingerprint),
-            time_s: IdEntry::seconds(time_ms),
+            tag: IdEntry::fingerprint(fingerprint) | self.tick(time_ms),
             slot,
         });
         self.occupied += 1;
     }
 
     fn place(&mut self, entry: IdEntry) {
-        let mut at = self.home(entry.fingerprint);
+        let mut at = self.home(entry.stored_fingerprint());
         while !self.entries[at].is_empty() {
             at = self.next(at);
         }
@@ -300,17 +349,18 @@ impl IdTable {
     }
 
     /// Drops dead entries in place, in one sequential pass (no allocation).
-    /// When the live ones then fill more than half or less than an eighth of
-    /// the table, they move to a new one, two-fifths full. With sweeps due
-    /// at three quarters full, one comes every `size / 4` inserts or more,
-    /// and at a steady rate the table stays at 2 to 2.5 entries per live id
+    /// When the live ones then fill more than three fifths or less than an
+    /// eighth of the table, they move to a new one, half full. With sweeps
+    /// due at three quarters full, one comes every `size / 4` inserts or
+    /// more (a pass over the table per half of the live ids inserted), and
+    /// at a steady rate the table stays at 1.7 to 2 entries per live id
     /// (each is memory every open session pays for).
     fn sweep(&mut self, horizon_ms: i64) {
         // From an empty entry (sweeps come at three quarters full), every entry is
         // taken out and, if live, placed again: dropping entries may have
         // cut probe runs, and an entry can only move back towards its home,
         // into a part of its run already swept.
-        let size = self.entries.len();
+        let (size, liveness) = (self.entries.len(), self.liveness(horizon_ms));
         let start = self
             .entries
             .iter()
@@ -324,14 +374,14 @@ impl IdTable {
                 continue;
             }
             self.entries[at] = EMPTY_ID;
-            if entry.is_live(horizon_ms) {
+            if liveness.is_live(&entry) {
                 live += 1;
                 self.place(entry);
             }
         }
         self.occupied = live;
-        let resized = if live * 2 > size || (live * 8 < size && size > 64) {
-            Some((live * 5 / 2).max(64))
+        let resized = if live * 5 > size * 3 || (live * 8 < size && size > 64) {
+            Some((live * 2).max(64))
         } else {
             None
         };
@@ -452,15 +502,16 @@ mod tests {
     #[test]
     fn ids_behind_the_horizon_are_dead_and_swept_in_bulk() {
         let fingerprint = |i: i64| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let mut table = IdTable::default();
+        let mut table = IdTable::new(100_000);
         for i in 0..1_000i64 {
             table.insert(fingerprint(i), i * 1_000, 7, (i - 100) * 1_000);
         }
         assert!(table.occupied() < 1_000, "sweeps dropped dead entries");
         let horizon_ms = 899_000;
         assert!(table.contains(fingerprint(999), horizon_ms, |slot| slot == 7));
-        assert!(table.contains(fingerprint(899), horizon_ms, |slot| slot == 7));
-        assert!(!table.contains(fingerprint(898), horizon_ms, |_| true));
+        // Ticks of 8,334 ms: the horizon's runs from 891,738 to 900,071.
+        assert!(table.contains(fingerprint(892), horizon_ms, |slot| slot == 7));
+        assert!(!table.contains(fingerprint(891), horizon_ms, |_| true));
         assert!(!table.contains(fingerprint(10), horizon_ms, |_| true));
         // A live fingerprint whose slot does not hold the id is no duplicate.
         assert!(!table.contains(fingerprint(999), horizon_ms, |_| false));
@@ -468,7 +519,7 @@ mod tests {
 
     #[test]
     fn sweeping_in_place_keeps_every_live_entry_findable() {
-        let mut table = IdTable::default();
+        let mut table = IdTable::new(300_000);
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut recent = std::collections::VecDeque::new();
         for second in 0..20_000i64 {
@@ -513,20 +564,48 @@ mod tests {
     }
 
     #[test]
-    fn an_id_entry_takes_twelve_bytes() {
-        assert_eq!(std::mem::size_of::<IdEntry>(), 12);
+    fn id_and_key_entries_take_eight_bytes() {
+        assert_eq!(std::mem::size_of::<IdEntry>(), 8);
+        assert_eq!(std::mem::size_of_val(&KeyTable::default().entries[0]), 8);
     }
 
     #[test]
-    fn an_entry_stays_live_while_any_millisecond_of_its_second_is_not_late() {
-        let entry = IdEntry {
-            fingerprint: 1,
-            time_s: IdEntry::seconds(5_250),
+    fn an_entry_stays_live_while_any_millisecond_of_its_tick_is_not_late() {
+        let table = IdTable::new(0);
+        let entry = |time_ms| IdEntry {
+            tag: IdEntry::fingerprint(u64::MAX) | table.tick(time_ms),
             slot: 0,
         };
-        assert!(entry.is_live(5_999));
-        assert!(!entry.is_live(6_000));
-        assert_eq!(IdEntry::seconds(-1), 0);
-        assert_eq!(IdEntry::seconds(i64::MAX), u32::MAX);
+        assert!(table.liveness(5_999).is_live(&entry(5_250)));
+        assert!(!table.liveness(6_000).is_live(&entry(5_250)));
+        assert!(table.liveness(i64::MIN).is_live(&entry(5_250)));
+        assert!(table.liveness(-1).is_live(&entry(-1_000)));
+        assert!(!table.liveness(0).is_live(&entry(-1_000)));
+    }
+
+    #[test]
+    fn no_entry_up_to_the_lateness_ahead_of_the_horizon_reads_as_dead() {
+        for lateness_ms in [0, 1, 999, 120_000, 3_600_000, 86_400_000 * 30] {
+            let table = IdTable::new(lateness_ms);
+            for horizon_ms in [-7_777, 0, 1, 123_456_789, 1_700_000_000_000] {
+                let liveness = table.liveness(horizon_ms);
+                let step = (lateness_ms / 97).max(1);
+                for time_ms in (horizon_ms..=horizon_ms + lateness_ms).step_by(step as usize) {
+                    let entry = IdEntry {
+                        tag: IdEntry::fingerprint(7) | table.tick(time_ms),
+                        slot: 0,
+                    };
+                    assert!(
+                        liveness.is_live(&entry),
+                        "{lateness_ms} {horizon_ms} {time_ms}"
+                    );
+                }
+                let behind = IdEntry {
+                    tag: IdEntry::fingerprint(7) | table.tick(horizon_ms - table.tick_ms - 1),
+                    slot: 0,
+                };
+                assert!(!liveness.is_live(&behind), "{lateness_ms} {horizon_ms}");
+            }
+        }
     }
 }

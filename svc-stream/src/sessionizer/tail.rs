@@ -1,4 +1,4 @@
-//! A session's unfrozen heartbeats, held in full as 33-byte records: most of
+//! A session's unfrozen heartbeats, held in full as 25-byte records: most of
 //! an open session's memory is its tail, one record per heartbeat of the
 //! lateness window.
 
@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use super::id::{pack_hex, EventId, HexId};
 
 /// The parts of a heartbeat that session arithmetic needs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Point {
     pub(super) time_ms: i64,
     pub(super) position_ms: i64,
@@ -20,6 +20,9 @@ pub(super) struct Point {
 pub(super) struct NewHeld<'a> {
     pub(super) point: Point,
     pub(super) event_id: &'a str,
+    /// How much event time a tail spans before its front is frozen: what
+    /// a growing tail is sized for.
+    pub(super) hold_ms: i64,
 }
 
 const PLAYING: u8 = 1;
@@ -29,76 +32,96 @@ const HAS_AD: u8 = 2;
 const TEXT: u8 = 4;
 /// The id is 32 hex digits without hyphens.
 const PLAIN: u8 = 8;
+/// Time or position is too far from the tail's base for 32 bits: `time`
+/// holds the index of both among the tail's wide values.
+const WIDE: u8 = 16;
 
-/// One held heartbeat. Byte arrays only, so records pack at 33 bytes with no
-/// padding.
+/// One held heartbeat: time and position as 32-bit offsets from the tail's
+/// base (a tail spans about the lateness window, so they nearly always fit).
+/// Byte arrays only, so records pack at 25 bytes with no padding.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Held {
-    time_ms: [u8; 8],
-    position_ms: [u8; 8],
+    time: [u8; 4],
+    position: [u8; 4],
     id: [u8; 16],
     flags: u8,
 }
 
 impl Held {
-    #[inline]
-    pub(super) fn time_ms(&self) -> i64 {
-        i64::from_ne_bytes(self.time_ms)
-    }
-
-    #[inline]
-    pub(super) fn point(&self) -> Point {
-        Point {
-            time_ms: self.time_ms(),
-            position_ms: i64::from_ne_bytes(self.position_ms),
-            playing: self.flags & PLAYING != 0,
-            has_ad: self.flags & HAS_AD != 0,
-        }
+    fn index_in(field: [u8; 4]) -> usize {
+        u32::from_ne_bytes(field) as usize
     }
 
     fn text_index(&self) -> Option<usize> {
         (self.flags & TEXT != 0)
-            .then(|| u32::from_ne_bytes(self.id[..4].try_into().expect("four bytes")) as usize)
+            .then(|| Self::index_in(self.id[..4].try_into().expect("four bytes")))
+    }
+
+    fn wide_index(&self) -> Option<usize> {
+        (self.flags & WIDE != 0).then(|| Self::index_in(self.time))
     }
 }
 
-/// Texts of the ids that are not 32 hex digits, in slots that are reused.
-#[derive(Debug, Default)]
-struct Texts {
-    slots: Vec<Option<Box<str>>>,
+/// Values of the rare records that do not fit inline, in slots that are
+/// reused.
+#[derive(Debug)]
+struct Slots<T> {
+    slots: Vec<Option<T>>,
     free: Vec<u32>,
 }
 
-impl Texts {
-    fn add(&mut self, text: Box<str>) -> u32 {
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    fn add(&mut self, value: T) -> u32 {
         match self.free.pop() {
             Some(index) => {
-                self.slots[index as usize] = Some(text);
+                self.slots[index as usize] = Some(value);
                 index
             }
             None => {
-                self.slots.push(Some(text));
+                self.slots.push(Some(value));
                 (self.slots.len() - 1) as u32
             }
         }
     }
 
-    fn take(&mut self, index: usize) -> Box<str> {
+    fn take(&mut self, index: usize) -> T {
         self.free.push(index as u32);
-        self.slots[index].take().expect("a held text")
+        self.slots[index].take().expect("a held value")
     }
 
-    fn get(&self, index: usize) -> &str {
-        self.slots[index].as_deref().expect("a held text")
+    fn get(&self, index: usize) -> &T {
+        self.slots[index].as_ref().expect("a held value")
     }
+}
+
+/// What a tail keeps beside its records for the rare ones.
+#[derive(Debug, Default)]
+struct Aside {
+    /// Ids that are not 32 hex digits.
+    texts: Slots<Box<str>>,
+    /// `(time_ms, position_ms)` too far from the base.
+    wide: Slots<(i64, i64)>,
 }
 
 /// Held heartbeats in `(time_ms, event_id)` order.
 #[derive(Default)]
 pub(super) struct Tail {
     records: VecDeque<Held>,
-    /// Only for sessions that hold an id that is not 32 hex digits.
-    texts: Option<Box<Texts>>,
+    /// What record offsets count from: the values of the record that
+    /// started or last rebased the tail.
+    base_time_ms: i64,
+    base_position_ms: i64,
+    /// Only for sessions that hold a record that does not fit inline.
+    aside: Option<Box<Aside>>,
 }
 
 impl Tail {
@@ -107,12 +130,12 @@ impl Tail {
         buffer.clear();
         Tail {
             records: buffer,
-            texts: None,
+            ..Tail::default()
         }
     }
 
     /// The tail's record buffer, for a new tail to reuse (see
-    /// [`Tail::in_buffer`]); the texts go with the tail.
+    /// [`Tail::in_buffer`]); the values aside go with the tail.
     pub(super) fn into_buffer(self) -> VecDeque<Held> {
         self.records
     }
@@ -142,6 +165,41 @@ impl Tail {
         &self.records[index]
     }
 
+    fn aside(&self) -> &Aside {
+        self.aside.as_deref().expect("values aside")
+    }
+
+    fn aside_mut(&mut self) -> &mut Aside {
+        self.aside.get_or_insert_default()
+    }
+
+    /// The time of a record of this tail.
+    #[inline]
+    pub(super) fn time_of(&self, held: &Held) -> i64 {
+        match held.wide_index() {
+            None => self.base_time_ms + i64::from(i32::from_ne_bytes(held.time)),
+            Some(index) => self.aside().wide.get(index).0,
+        }
+    }
+
+    /// The heartbeat a record of this tail stands for.
+    #[inline]
+    pub(super) fn point_of(&self, held: &Held) -> Point {
+        let (time_ms, position_ms) = match held.wide_index() {
+            None => (
+                self.base_time_ms + i64::from(i32::from_ne_bytes(held.time)),
+                self.base_position_ms + i64::from(i32::from_ne_bytes(held.position)),
+            ),
+            Some(index) => *self.aside().wide.get(index),
+        };
+        Point {
+            time_ms,
+            position_ms,
+            playing: held.flags & PLAYING != 0,
+            has_ad: held.flags & HAS_AD != 0,
+        }
+    }
+
     /// The id of a record of this tail.
     #[inline]
     pub(super) fn id_of<'a>(&'a self, held: &Held) -> EventId<'a> {
@@ -150,14 +208,14 @@ impl Tail {
                 bytes: held.id,
                 hyphens: held.flags & PLAIN == 0,
             }),
-            Some(index) => EventId::Text(self.texts.as_ref().expect("texts").get(index)),
+            Some(index) => EventId::Text(self.aside().texts.get(index)),
         }
     }
 
     /// True when `held` sorts before `(time_ms, event_id)`.
     #[inline]
     pub(super) fn is_before(&self, held: &Held, time_ms: i64, event_id: &[u8]) -> bool {
-        let held_ms = held.time_ms();
+        let held_ms = self.time_of(held);
         held_ms < time_ms || (held_ms == time_ms && self.id_of(held).cmp_text(event_id).is_lt())
     }
 
@@ -168,12 +226,67 @@ impl Tail {
             .any(|held| self.id_of(held).is(event_id))
     }
 
+    /// Time and position as offsets from the base, when both fit.
+    #[inline]
+    fn offsets(&self, time_ms: i64, position_ms: i64) -> Option<([u8; 4], [u8; 4])> {
+        let time = i32::try_from(time_ms.checked_sub(self.base_time_ms)?).ok()?;
+        let position = i32::try_from(position_ms.checked_sub(self.base_position_ms)?).ok()?;
+        Some((time.to_ne_bytes(), position.to_ne_bytes()))
+    }
+
+    /// Stores `time_ms` and `position_ms` in `held`: inline when they fit,
+    /// aside otherwise (`held` holds nothing aside yet).
+    fn place_values(&mut self, held: &mut Held, time_ms: i64, position_ms: i64) {
+        match self.offsets(time_ms, position_ms) {
+            Some((time, position)) => {
+                held.flags &= !WIDE;
+                (held.time, held.position) = (time, position);
+            }
+            None => {
+                held.flags |= WIDE;
+                let index = self.aside_mut().wide.add((time_ms, position_ms));
+                (held.time, held.position) = (index.to_ne_bytes(), [0; 4]);
+            }
+        }
+    }
+
+    /// Makes `(time_ms, position_ms)` the base and stores every record's
+    /// values from it: a tail whose heartbeats moved far from where it
+    /// started (a long session, a seek) keeps its records inline.
+    fn rebase(&mut self, time_ms: i64, position_ms: i64) {
+        let points: Vec<Point> = self
+            .records
+            .iter()
+            .map(|held| self.point_of(held))
+            .collect();
+        if let Some(aside) = self.aside.as_deref_mut() {
+            aside.wide = Slots::default();
+        }
+        (self.base_time_ms, self.base_position_ms) = (time_ms, position_ms);
+        let mut records = std::mem::take(&mut self.records);
+        for (held, point) in records.iter_mut().zip(points) {
+            self.place_values(held, point.time_ms, point.position_ms);
+        }
+        self.records = records;
+    }
+
     fn record(&mut self, new: NewHeld<'_>) -> Held {
+        let Point {
+            time_ms,
+            position_ms,
+            playing,
+            has_ad,
+        } = new.point;
+        if self.records.is_empty() {
+            (self.base_time_ms, self.base_position_ms) = (time_ms, position_ms);
+        } else if self.offsets(time_ms, position_ms).is_none() {
+            self.rebase(time_ms, position_ms);
+        }
         let mut flags = 0;
-        if new.point.playing {
+        if playing {
             flags |= PLAYING;
         }
-        if new.point.has_ad {
+        if has_ad {
             flags |= HAS_AD;
         }
         let id = match pack_hex(new.event_id.as_bytes()) {
@@ -185,40 +298,62 @@ impl Tail {
             }
             None => {
                 flags |= TEXT;
-                let index = self.texts.get_or_insert_default().add(new.event_id.into());
+                let index = self.aside_mut().texts.add(new.event_id.into());
                 let mut id = [0; 16];
                 id[..4].copy_from_slice(&index.to_ne_bytes());
                 id
             }
         };
-        Held {
-            time_ms: new.point.time_ms.to_ne_bytes(),
-            position_ms: new.point.position_ms.to_ne_bytes(),
+        let mut held = Held {
+            time: [0; 4],
+            position: [0; 4],
             id,
             flags,
-        }
+        };
+        self.place_values(&mut held, time_ms, position_ms);
+        held
     }
 
-    /// Grows by half when full: a tail settles at about what its session
-    /// holds over the lateness window, not at the next power of two.
+    /// Makes room for `more` records. A full tail grows to what its
+    /// heartbeats' pace fills in `hold_ms`, plus three (both ends of the
+    /// span, the heartbeat whose push freezes the front, one for an uneven
+    /// pace), at most eight times its length and at least by half. So it
+    /// settles at what its session holds in a step or two, instead of
+    /// through a run of growths whose freed buffers a crowd of sessions
+    /// growing together leaves behind as holes in the heap.
     #[inline]
-    fn make_room(&mut self, more: usize) {
+    fn make_room(&mut self, more: usize, hold_ms: i64) {
         let len = self.records.len();
         if len + more > self.records.capacity() {
-            self.records.reserve_exact((len / 2).max(2).max(more));
+            let paced = match (self.records.front(), self.records.back()) {
+                (Some(front), Some(back)) if len >= 2 => {
+                    let span_ms = self.time_of(back).saturating_sub(self.time_of(front));
+                    let per_hold = (len as i64 - 1)
+                        .saturating_mul(hold_ms)
+                        .checked_div(span_ms)
+                        .unwrap_or(i64::MAX);
+                    usize::try_from(per_hold.saturating_add(3)).unwrap_or(usize::MAX)
+                }
+                _ => 0,
+            };
+            let target = paced
+                .min(len.saturating_mul(8))
+                .max(len + (len / 2).max(2))
+                .max(len + more);
+            self.records.reserve_exact(target - len);
         }
     }
 
     #[inline]
     pub(super) fn push_back(&mut self, new: NewHeld<'_>) {
         let held = self.record(new);
-        self.make_room(1);
+        self.make_room(1, new.hold_ms);
         self.records.push_back(held);
     }
 
     pub(super) fn push_front(&mut self, new: NewHeld<'_>) {
         let held = self.record(new);
-        self.make_room(1);
+        self.make_room(1, new.hold_ms);
         self.records.push_front(held);
     }
 
@@ -229,30 +364,45 @@ impl Tail {
             .records
             .partition_point(|held| self.is_before(held, time_ms, id));
         let held = self.record(new);
-        self.make_room(1);
+        self.make_room(1, new.hold_ms);
         self.records.insert(index, held);
     }
 
-    /// Takes the first record (its text, if any, is let go).
+    /// Takes the first heartbeat out (what it held aside is let go).
     #[inline]
-    pub(super) fn pop_front(&mut self) -> Option<Held> {
-        let held = self.records.pop_front()?;
+    pub(super) fn pop_front(&mut self) -> Option<Point> {
+        let held = *self.records.front()?;
+        let point = self.point_of(&held);
+        self.records.pop_front();
+        self.let_go(&held);
+        Some(point)
+    }
+
+    /// Lets go of what a record that left held aside.
+    fn let_go(&mut self, held: &Held) {
         if let Some(index) = held.text_index() {
-            self.texts.as_mut().expect("texts").take(index);
+            self.aside_mut().texts.take(index);
         }
-        Some(held)
+        if let Some(index) = held.wide_index() {
+            self.aside_mut().wide.take(index);
+        }
     }
 
     /// Appends a tail whose records all sort after this one's.
     pub(super) fn append(&mut self, mut later: Tail) {
-        self.make_room(later.len());
-        let mut later_texts = later.texts.take();
-        for mut held in later.records.drain(..) {
+        self.make_room(later.len(), 0);
+        let mut records = std::mem::take(&mut later.records);
+        for mut held in records.drain(..) {
+            let point = later.point_of(&held);
             if let Some(index) = held.text_index() {
-                let text = later_texts.as_mut().expect("texts").take(index);
-                let moved = self.texts.get_or_insert_default().add(text);
+                let text = later.aside_mut().texts.take(index);
+                let moved = self.aside_mut().texts.add(text);
                 held.id[..4].copy_from_slice(&moved.to_ne_bytes());
             }
+            if self.records.is_empty() {
+                (self.base_time_ms, self.base_position_ms) = (point.time_ms, point.position_ms);
+            }
+            self.place_values(&mut held, point.time_ms, point.position_ms);
             self.records.push_back(held);
         }
     }
@@ -269,7 +419,7 @@ impl std::fmt::Debug for Tail {
             .entries(
                 self.records
                     .iter()
-                    .map(|held| (held.time_ms(), self.id_of(held))),
+                    .map(|held| (self.time_of(held), self.id_of(held))),
             )
             .finish()
     }
@@ -288,6 +438,7 @@ mod tests {
                 has_ad: time_ms % 3 == 0,
             },
             event_id,
+            hold_ms: 0,
         }
     }
 
@@ -295,8 +446,8 @@ mod tests {
     const PLAIN_HEX: &str = "0f8fad5bd9cb469fa16570867728950e";
 
     #[test]
-    fn a_held_heartbeat_takes_thirty_three_bytes() {
-        assert_eq!(std::mem::size_of::<Held>(), 33);
+    fn a_held_heartbeat_takes_twenty_five_bytes() {
+        assert_eq!(std::mem::size_of::<Held>(), 25);
     }
 
     #[test]
@@ -309,7 +460,7 @@ mod tests {
         let held: Vec<_> = tail
             .iter()
             .map(|held| {
-                let point = held.point();
+                let point = tail.point_of(held);
                 (
                     point.time_ms,
                     point.position_ms,
@@ -353,7 +504,7 @@ mod tests {
         tail.pop_front();
         assert!(!tail.holds("one"));
         tail.push_back(new(3, "three"));
-        let texts = tail.texts.as_ref().expect("texts");
+        let texts = &tail.aside().texts;
         assert_eq!(texts.slots.len(), 2, "the freed slot was reused");
         let mut later = Tail::default();
         later.push_back(new(4, "four"));
@@ -370,7 +521,7 @@ mod tests {
         let mut tail = Tail::default();
         tail.push_back(new(1, UUID));
         tail.push_back(new(1, PLAIN_HEX));
-        assert!(tail.texts.is_none());
+        assert!(tail.aside.is_none());
         assert!(tail.holds(PLAIN_HEX) && tail.holds(UUID));
         assert!(!tail.holds(&PLAIN_HEX.to_uppercase()));
         assert_eq!(
@@ -389,5 +540,106 @@ mod tests {
             tail.push_back(new(time_ms, UUID));
         }
         assert!(tail.records.capacity() < 32, "{}", tail.records.capacity());
+    }
+
+    fn at(time_ms: i64, position_ms: i64, event_id: &str) -> NewHeld<'_> {
+        NewHeld {
+            point: Point {
+                time_ms,
+                position_ms,
+                playing: true,
+                has_ad: false,
+            },
+            event_id,
+            hold_ms: 0,
+        }
+    }
+
+    fn points(tail: &Tail) -> Vec<(i64, i64)> {
+        tail.iter()
+            .map(|held| {
+                let point = tail.point_of(held);
+                (point.time_ms, point.position_ms)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn values_far_from_the_base_are_held_exactly_and_let_go_with_their_record() {
+        let mut tail = Tail::default();
+        let far = [
+            (i64::MIN, i64::MAX),
+            (-1, 0),
+            (0, i64::MIN),
+            (i64::from(i32::MAX) + 1, 5),
+            (i64::MAX, -1),
+        ];
+        for (time_ms, position_ms) in far {
+            tail.push_back(at(time_ms, position_ms, UUID));
+        }
+        assert_eq!(points(&tail), far);
+        assert_eq!(tail.time_of(tail.get(4)), i64::MAX);
+        while tail.pop_front().is_some() {}
+        if let Some(aside) = &tail.aside {
+            assert!(aside.wide.slots.iter().all(Option::is_none));
+        }
+    }
+
+    #[test]
+    fn a_tail_that_moved_far_from_its_base_rebases_and_holds_its_records_inline() {
+        let mut tail = Tail::default();
+        let day_ms = 86_400_000;
+        // A session of many days, one heartbeat a minute, the front frozen as it goes.
+        for minute in 0..60 * 24 * 30 {
+            let time_ms = 1_700_000_000_000 + minute * 60_000;
+            tail.push_back(at(time_ms, minute * 60_000, UUID));
+            if tail.len() > 3 {
+                tail.pop_front();
+            }
+        }
+        let last = 1_700_000_000_000 + (60 * 24 * 30 - 1) * 60_000;
+        assert_eq!(
+            points(&tail),
+            [-2, -1, 0].map(|back| (
+                last + back * 60_000,
+                last - 1_700_000_000_000 + back * 60_000
+            ))
+        );
+        assert!(tail.iter().all(|held| held.wide_index().is_none()));
+        // A seek far away and back: records on both sides stay exact.
+        tail.push_back(at(last + 1, 40 * day_ms, UUID));
+        tail.push_back(at(last + 2, 0, UUID));
+        tail.insert(at(last + 1, -40 * day_ms, "a"));
+        let held = points(&tail);
+        assert_eq!(
+            held[3..],
+            [
+                (last + 1, 40 * day_ms),
+                (last + 1, -40 * day_ms),
+                (last + 2, 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_appended_tail_keeps_its_values_and_texts_whatever_its_base() {
+        let mut tail = Tail::default();
+        tail.push_back(at(10, 100, UUID));
+        let mut later = Tail::default();
+        later.push_back(at(i64::from(i32::MAX) * 2, 7, "later"));
+        later.push_back(at(i64::from(i32::MAX) * 2 + 1, 8, UUID));
+        tail.append(later);
+        assert_eq!(
+            points(&tail),
+            [
+                (10, 100),
+                (i64::from(i32::MAX) * 2, 7),
+                (i64::from(i32::MAX) * 2 + 1, 8)
+            ]
+        );
+        assert!(tail.holds("later"));
+        let mut empty = Tail::default();
+        empty.append(tail);
+        assert_eq!(points(&empty)[0], (10, 100));
     }
 }

@@ -84,11 +84,20 @@ fn only_session(events: Vec<Event>) -> Session {
 }
 
 fn upsert_keys(changes: &[Change]) -> Vec<SessionKey> {
+    keys_of(changes, |change| matches!(change, Change::Upsert(_)))
+}
+
+fn final_keys(changes: &[Change]) -> Vec<SessionKey> {
+    keys_of(changes, |change| matches!(change, Change::Final(_)))
+}
+
+fn keys_of(changes: &[Change], wanted: impl Fn(&Change) -> bool) -> Vec<SessionKey> {
     changes
         .iter()
+        .filter(|change| wanted(change))
         .filter_map(|change| match change {
-            Change::Upsert(session) => Some(session.key()),
-            _ => None,
+            Change::Upsert(session) | Change::Final(session) => Some(session.key()),
+            Change::Delete(_) => None,
         })
         .collect()
 }
@@ -393,6 +402,28 @@ fn a_session_becomes_final_once_the_watermark_passes_end_plus_gap_plus_lateness(
         2,
         "only the open session's heartbeats are held"
     );
+}
+
+#[test]
+fn sessions_of_one_key_that_share_a_wrapped_uid_each_become_final_on_their_own_time() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    sessionizer.push(playing("a", 0, 0));
+    // The counter wrapped around to the first session's uid.
+    sessionizer.next_uid = 0;
+    sessionizer.push(playing("b", G, 0));
+    assert_eq!(sessionizer.open_sessions(), 2);
+    sessionizer.drain_changes();
+    sessionizer.push(playing("c", G + L + 1, 0).for_user("other"));
+    sessionizer.advance(0);
+    assert_eq!(final_keys(&sessionizer.drain_changes()), [key("u", 0)]);
+    assert_eq!(sessionizer.open_sessions(), 2, "the later one and other's");
+    sessionizer.push(playing("d", 2 * G + L, 0).for_user("other"));
+    sessionizer.advance(0);
+    assert_eq!(final_keys(&sessionizer.drain_changes()), [], "not due yet");
+    sessionizer.push(playing("e", 2 * G + L + 1, 0).for_user("other"));
+    sessionizer.advance(0);
+    assert_eq!(final_keys(&sessionizer.drain_changes()), [key("u", G)]);
+    assert_eq!(sessionizer.open_sessions(), 1);
 }
 
 /// Advances every half second of processing time from `from_ms` to `to_ms`,

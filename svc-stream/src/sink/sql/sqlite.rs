@@ -31,16 +31,16 @@ use std::time::Duration;
 /// sessions it changed, spread over the whole sessions table, so their pages
 /// stay hot here instead of being read back from the file. That is about
 /// 230 B of table and index pages per open session (`dbstat`); the cache
-/// keeps 320 B per open session, at least 16 MiB (raw rows, offsets, the
-/// rest of a flush) and at most 256 MiB, in 8 MiB steps so that a changing
+/// keeps 256 B per open session, at least 16 MiB (raw rows, offsets, the
+/// rest of a flush) and at most 256 MiB, in 4 MiB steps so that a changing
 /// count does not resize it at every flush. Sized to the state instead of
 /// fixed, since a cache stays as full as the writes once made it.
 fn writer_cache_kib(open_sessions: usize) -> u32 {
-    const STEP_KIB: u64 = 8 * 1024;
+    const STEP_KIB: u64 = 4 * 1024;
     let kib = (open_sessions as u64)
-        .saturating_mul(5)
-        .div_euclid(16)
-        .clamp(2 * STEP_KIB, 32 * STEP_KIB);
+        .saturating_mul(256)
+        .div_euclid(1024)
+        .clamp(4 * STEP_KIB, 64 * STEP_KIB);
     (kib.div_ceil(STEP_KIB) * STEP_KIB) as u32
 }
 
@@ -360,12 +360,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_writer_cache_keeps_320_bytes_per_open_session_in_8_mib_steps() {
+    fn the_writer_cache_keeps_256_bytes_per_open_session_in_4_mib_steps() {
         assert_eq!(writer_cache_kib(0), 16 * 1024);
-        assert_eq!(writer_cache_kib(52_428), 16 * 1024);
-        assert_eq!(writer_cache_kib(52_432), 24 * 1024);
-        assert_eq!(writer_cache_kib(100_000), 32 * 1024);
-        assert_eq!(writer_cache_kib(1_000_000), 256 * 1024);
+        assert_eq!(writer_cache_kib(65_536), 16 * 1024);
+        assert_eq!(writer_cache_kib(65_540), 20 * 1024);
+        assert_eq!(writer_cache_kib(100_000), 28 * 1024);
+        assert_eq!(writer_cache_kib(1_000_000), 248 * 1024);
+        assert_eq!(writer_cache_kib(1_048_576), 256 * 1024);
         assert_eq!(writer_cache_kib(usize::MAX), 256 * 1024);
     }
 
@@ -383,9 +384,9 @@ mod tests {
         };
         cached.fit_cache(0).unwrap();
         assert_eq!(cache_size(&cached), -16 * 1024);
-        cached.fit_cache(1_000_000).unwrap();
+        cached.fit_cache(2_000_000).unwrap();
         assert_eq!(cache_size(&cached), -256 * 1024);
         cached.fit_cache(100_000).unwrap();
-        assert_eq!(cache_size(&cached), -32 * 1024);
+        assert_eq!(cache_size(&cached), -28 * 1024);
     }
 }
