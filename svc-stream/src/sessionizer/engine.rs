@@ -41,10 +41,10 @@ impl Fingerprints {
 /// Tail buffers kept for reuse.
 const SPARE_TAILS: usize = 4_096;
 
-/// Capacity of a new tail. A tail grows by half up to what its session holds
-/// over the lateness window (4, 6, 9, ..., 28: at one heartbeat per 5 s and
-/// 2 minutes, a session holds up to 28 before a freeze); starting
-/// small keeps a crowd of new viewers (a live event's start) at a few
+/// Capacity of a new tail: enough for its first heartbeats to show their
+/// pace, from which it grows to what its session holds over the lateness
+/// window (30 at one heartbeat per 5 s and 2 minutes; see `Tail`); starting
+/// small keeps a crowd of new viewers (a live event's start) at about a
 /// hundred bytes each.
 const TAIL_CAPACITY: usize = 4;
 
