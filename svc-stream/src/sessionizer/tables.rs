@@ -185,8 +185,8 @@ const WINDOW_TICKS: i64 = 12;
 /// live entry can stand at, so no live entry ever reads as dead.
 const DEAD_AGES: u32 = (1 << TICK_BITS) - WINDOW_TICKS as u32 - 2;
 
-/// 8 bytes: the fingerprint's top 27 bits and the event time's tick (modulo
-/// 32) share one word. The fingerprint both places the entry and tells
+/// 8 bytes: 27 bits of the fingerprint and the event time's tick (modulo 32)
+/// share one word. The fingerprint both places the entry and tells
 /// entries apart: a match is verified against the slot's heartbeats anyway,
 /// and two ids of one probe run agreeing on 27 bits are rare. The tick only
 /// decides which entries a sweep may drop: an entry far behind the horizon
@@ -238,12 +238,6 @@ impl Liveness {
     fn is_live(self, entry: &IdEntry) -> bool {
         let age = self.horizon_tick.wrapping_sub(entry.tick()) & TICK_MASK;
         self.always || age == 0 || age > DEAD_AGES
-    }
-}
-
-impl Default for IdTable {
-    fn default() -> Self {
-        IdTable::new(0)
     }
 }
 
