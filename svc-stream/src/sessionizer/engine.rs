@@ -456,12 +456,12 @@ impl Sessionizer {
     /// once and the tail's front is read once per run.
     #[inline]
     pub(super) fn freeze_before_ms(&self) -> i64 {
-        self.horizon_ms()
-            .saturating_sub(self.config.lateness_ms / 8)
+        self.watermark_ms
+            .map_or(i64::MIN, |wm| wm.saturating_sub(self.hold_ms()))
     }
 
     /// How far behind the newest heartbeat a tail's front may fall before
-    /// a push freezes it (see [`Sessionizer::freeze_before_ms`]).
+    /// a push freezes it: the lateness and an eighth of it.
     #[inline]
     fn hold_ms(&self) -> i64 {
         self.config

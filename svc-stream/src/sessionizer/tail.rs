@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use super::id::{pack_hex, EventId, HexId};
 
 /// The parts of a heartbeat that session arithmetic needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub(super) struct Point {
     pub(super) time_ms: i64,
     pub(super) position_ms: i64,
@@ -173,25 +173,28 @@ impl Tail {
         self.aside.get_or_insert_default()
     }
 
-    /// The time of a record of this tail.
+    /// `(time_ms, position_ms)` of a record of this tail.
     #[inline]
-    pub(super) fn time_of(&self, held: &Held) -> i64 {
+    fn values_of(&self, held: &Held) -> (i64, i64) {
         match held.wide_index() {
-            None => self.base_time_ms + i64::from(i32::from_ne_bytes(held.time)),
-            Some(index) => self.aside().wide.get(index).0,
-        }
-    }
-
-    /// The heartbeat a record of this tail stands for.
-    #[inline]
-    pub(super) fn point_of(&self, held: &Held) -> Point {
-        let (time_ms, position_ms) = match held.wide_index() {
             None => (
                 self.base_time_ms + i64::from(i32::from_ne_bytes(held.time)),
                 self.base_position_ms + i64::from(i32::from_ne_bytes(held.position)),
             ),
             Some(index) => *self.aside().wide.get(index),
-        };
+        }
+    }
+
+    /// The time of a record of this tail.
+    #[inline]
+    pub(super) fn time_of(&self, held: &Held) -> i64 {
+        self.values_of(held).0
+    }
+
+    /// The heartbeat a record of this tail stands for.
+    #[inline]
+    pub(super) fn point_of(&self, held: &Held) -> Point {
+        let (time_ms, position_ms) = self.values_of(held);
         Point {
             time_ms,
             position_ms,
