@@ -42,11 +42,14 @@ while True:
         print(int(time.time() * 1000) - row[0], flush=True)
 PY
 sampler=$!
-${HB_BENCH_SIM_BIN:-$bin} simulate --devices "$devices" --rate "$rate" --duration "$duration" \
+/usr/bin/time -f '%U %S' -o "$dir/sim.cpu" ${HB_BENCH_SIM_BIN:-$bin} simulate --devices "$devices" --rate "$rate" --duration "$duration" \
   --target http://127.0.0.1:51051 --json $extra > "$dir/sim.json"
 kill $sampler 2>/dev/null || true
 # Resident memory of the whole mesh process against the sessions it holds open.
 rss_kib=$(awk '/^VmRSS/ {print $2}' /proc/$up/status)
+# CPU seconds of each process (utime + stime, in clock ticks), for the CPU
+# per heartbeat below.
+awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/$up/stat > "$dir/up.cpu"
 open=$(curl -s http://127.0.0.1:59102/metrics | awk '$1 == "hb_stream_open_sessions" {print $2}')
 echo "hbmesh up at the end: resident $((rss_kib / 1024)) MiB for ${open:-?} open sessions" \
   "($(( rss_kib * 1024 / (${open:-0} > 0 ? ${open:-1} : 1) )) B per open session)"
@@ -67,6 +70,11 @@ stale = sorted(int(x) for x in open(f"{d}/staleness.txt").read().split())
 if stale:
     print(f"sessions table behind real time while loaded: p50 {stale[len(stale)//2]} ms, "
           f"max {stale[-1]} ms ({len(stale)} samples)")
+up_cpu = float(open(f"{d}/up.cpu").read())
+sim_cpu = sum(float(x) for x in open(f"{d}/sim.cpu").read().split()[-2:])
+acked = max(sim["accepted"], 1)
+print(f"CPU: hbmesh up {up_cpu:.1f} s ({up_cpu * 1e6 / acked:.2f} µs per accepted heartbeat), "
+      f"simulate {sim_cpu:.1f} s ({sim_cpu * 1e6 / acked:.2f} µs)")
 ok = raw == sess[0] and sim["unacknowledged"] == 0
 print("nothing lost or double counted" if ok else "MISMATCH")
 PY

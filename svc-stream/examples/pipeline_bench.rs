@@ -72,17 +72,15 @@ async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Re
     let started = Instant::now();
     let mut flushes = Vec::new();
     let mut unflushed = 0;
-    for (index, chunk) in heartbeats.chunks(batch).enumerate() {
-        let first = (index * batch) as i64;
+    let mut offsets = heartbeats.into_iter().zip(0i64..).peekable();
+    while offsets.peek().is_some() {
+        let chunk: Vec<_> = offsets.by_ref().take(batch).collect();
+        unflushed += chunk.len();
         pipeline.ingest_batch(
             0,
-            chunk
-                .iter()
-                .enumerate()
-                .map(|(at, hb)| (Some(first + at as i64), hb)),
+            chunk.into_iter().map(|(hb, offset)| (Some(offset), hb)),
             hb_common::time::now_ms(),
         );
-        unflushed += chunk.len();
         if unflushed >= flush_every {
             unflushed = 0;
             let t = Instant::now();

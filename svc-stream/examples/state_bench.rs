@@ -238,7 +238,7 @@ async fn pipeline(
     while let Some(batch) = batches.next_batch() {
         pipeline.ingest_batch(
             EMBEDDED_PARTITION,
-            batch.iter().map(|hb| (None, hb)),
+            batch.into_iter().map(|hb| (None, hb)),
             hb_common::time::now_ms(),
         );
         if pipeline.pending() >= flush_every {

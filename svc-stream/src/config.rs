@@ -74,9 +74,10 @@ pub struct StreamConfig {
 
     /// Under load: how long an open session's row may lag the committed
     /// raw heartbeats (acknowledged ones, in the embedded tier). Once a commit holds
-    /// 20,000 heartbeats or more, commits write only their raw rows until
-    /// this much time has passed since sessions were last written or the
-    /// stage is quiet; each session write then covers several heartbeats of
+    /// 10,000 heartbeats or more, commits write only their raw rows until
+    /// this much time has passed since sessions were last written, and so on
+    /// until the stage is quiet or fewer than 10,000 heartbeats came in an
+    /// interval; each session write then covers several heartbeats of
     /// every playing session instead of one, which is most of the writer's
     /// cost under load. Under light load, and at
     /// shutdown, every commit writes sessions. A restart rebuilds the deferred

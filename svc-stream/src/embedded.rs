@@ -152,9 +152,12 @@ pub async fn run(
 }
 
 fn accept(pipeline: &mut Pipeline, mut batch: HandoffBatch, waiting: &mut Vec<HandoffBatch>) {
+    // The batch stays only for its acknowledgement; the heartbeats' strings
+    // move on into the raw rows.
+    let heartbeats = std::mem::take(&mut batch.heartbeats);
     pipeline.ingest_batch(
         EMBEDDED_PARTITION,
-        batch.heartbeats.iter().map(|hb| (None, hb)),
+        heartbeats.into_iter().map(|hb| (None, hb)),
         now_ms(),
     );
     pipeline.dead_letters(std::mem::take(&mut batch.dead_letters));

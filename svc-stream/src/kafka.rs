@@ -271,7 +271,7 @@ fn absorb(pipeline: &mut Pipeline, messages: Vec<(i32, i64, Vec<u8>)>) {
             if let Some(partition) = partition.filter(|_| !run.is_empty()) {
                 pipeline.ingest_batch(
                     partition,
-                    run.iter().map(|(offset, hb)| (Some(*offset), hb)),
+                    run.drain(..).map(|(offset, hb)| (Some(offset), hb)),
                     now,
                 );
             }

@@ -410,24 +410,24 @@ impl Pipeline {
 
     /// Feeds one heartbeat read at `offset` of `partition`.
     pub fn ingest(&mut self, partition: i32, offset: Option<i64>, hb: &Heartbeat, now_ms: i64) {
-        self.ingest_batch(partition, [(offset, hb)], now_ms);
+        self.ingest_batch(partition, [(offset, hb.clone())], now_ms);
     }
 
     /// Feeds heartbeats of `partition` in the order read (each with its
     /// offset from a log; `None` from the hand-off), pushed into the sessionizer as one
     /// batch: it loads what the next heartbeats need while the current one
     /// is merged. Raw rows, dead letters and replays as for each one alone.
-    pub fn ingest_batch<'a>(
+    /// Takes the heartbeats: their strings become the raw rows.
+    pub fn ingest_batch(
         &mut self,
         partition: i32,
-        heartbeats: impl IntoIterator<Item = (Option<i64>, &'a Heartbeat)>,
+        heartbeats: impl IntoIterator<Item = (Option<i64>, Heartbeat)>,
         now_ms: i64,
     ) {
         self.clock_ms = self.clock_ms.max(now_ms);
         let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
-        let mut events = Vec::new();
         let mut read = Vec::new();
         for (offset, hb) in heartbeats {
             let mut replayed = false;
@@ -436,11 +436,8 @@ impl Pipeline {
                 offsets.next = Some(offset + 1);
             }
             state.dirty = true;
-            match EventRef::from_proto(hb) {
-                Ok(event) => {
-                    events.push(event);
-                    read.push((hb, replayed));
-                }
+            match Event::scalars(&hb) {
+                Ok(scalars) => read.push((hb, replayed, scalars)),
                 // Dead-lettered when first read.
                 Err(_) if replayed => {}
                 Err(reason) => {
@@ -451,13 +448,18 @@ impl Pipeline {
                         event_id: hb.event_id.clone(),
                         device_id: hb.device_id.clone(),
                         reason: format!("not a valid heartbeat: {reason}"),
-                        payload: prost::Message::encode_to_vec(hb),
+                        payload: prost::Message::encode_to_vec(&hb),
                     });
                 }
             }
         }
+        let events: Vec<EventRef<'_>> = read
+            .iter()
+            .map(|(hb, _, scalars)| EventRef::with_scalars(hb, *scalars))
+            .collect();
         let outcomes = state.sessionizer.push_event_refs(&events);
-        for (((hb, replayed), event), outcome) in read.into_iter().zip(&events).zip(outcomes) {
+        drop(events);
+        for ((hb, replayed, scalars), outcome) in read.into_iter().zip(outcomes) {
             if replayed {
                 continue; // its raw row and counts were committed when first read
             }
@@ -465,7 +467,7 @@ impl Pipeline {
                 Outcome::Merged => {
                     self.metrics.heartbeats.inc();
                     self.pending_raw
-                        .push(RawHeartbeat::accepted(event, hb, false));
+                        .push(RawHeartbeat::accepted(hb, scalars, false));
                 }
                 Outcome::Duplicate => {
                     self.metrics.duplicates.inc();
@@ -473,19 +475,20 @@ impl Pipeline {
                 Outcome::Late => {
                     self.metrics.heartbeats.inc();
                     self.metrics.late.inc();
-                    self.pending_raw
-                        .push(RawHeartbeat::accepted(event, hb, true));
+                    let (time_ms, _, _) = scalars;
                     let mark = LateMark {
                         topic: self.topic.clone(),
                         partition,
-                        user_id: event.user_id.to_owned(),
-                        video_id: event.video_id.to_owned(),
-                        from_ms: event.time_ms,
-                        to_ms: event.time_ms,
+                        user_id: hb.user_id.clone(),
+                        video_id: hb.video_id.clone(),
+                        from_ms: time_ms,
+                        to_ms: time_ms,
                         heartbeats: 1,
                         marked_ms: now_ms,
                         latest_ms: now_ms,
                     };
+                    self.pending_raw
+                        .push(RawHeartbeat::accepted(hb, scalars, true));
                     state
                         .late
                         .entry((mark.user_id.clone(), mark.video_id.clone()))
@@ -941,8 +944,9 @@ impl Readiness {
 }
 
 /// A commit this large means the writer is the bottleneck (see
-/// [`SessionWrites`]).
-pub const DEFER_FROM: usize = 20_000;
+/// [`SessionWrites`]): at 200 k heartbeats/s on two cores, a stage writing
+/// sessions with every commit makes commits of 10 to 20 thousand.
+pub const DEFER_FROM: usize = 10_000;
 
 /// How a stage batches its commits.
 #[derive(Clone, Copy, Debug)]
@@ -960,17 +964,29 @@ pub struct StageSettings {
 
 /// When a flush also writes the session changes (stages whose pipeline
 /// defers them, see [`Pipeline::defer_sessions`]). A flush this large means
-/// the writer is the bottleneck: from it on, until the stage is quiet again,
-/// sessions are written once per interval (an open session's row is then
-/// rewritten once per few seconds instead of once per commit). Below it
-/// every flush writes its sessions.
+/// the writer is the bottleneck: from it on sessions are written once per
+/// interval (an open session's row is then rewritten once per few seconds
+/// instead of once per commit), and the commits in between, holding raw rows
+/// only, come quicker and smaller. That stretch lasts until the stage has
+/// been quiet for [`SETTLE`], or until fewer heartbeats than one such flush
+/// came in a whole interval; small commits alone do not end it, since they
+/// are what deferring makes. Outside it every flush writes its sessions.
 #[derive(Clone, Debug)]
 pub struct SessionWrites {
     interval: std::time::Duration,
     defer_from: usize,
     loaded: bool,
     written: Instant,
+    /// Heartbeats flushed since sessions were last written.
+    since_written: usize,
+    /// Since when the stage has had nothing pending.
+    quiet_since: Option<Instant>,
 }
+
+/// How long a loaded stage must have had nothing pending for its sessions
+/// to be written: under a heavy load it catches up for moments between
+/// arrivals, which would otherwise end every stretch at once.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl SessionWrites {
     /// Sessions at most `interval` behind under load (zero: always written),
@@ -981,6 +997,8 @@ impl SessionWrites {
             defer_from,
             loaded: false,
             written: Instant::now(),
+            since_written: 0,
+            quiet_since: None,
         }
     }
 
@@ -988,20 +1006,29 @@ impl SessionWrites {
     /// sessions. `quiet`: nothing pending or waiting at all; `closing`: the
     /// stage's last flush.
     pub fn due(&mut self, pending: usize, quiet: bool, closing: bool) -> bool {
-        // A large flush starts a loaded stretch; it lasts until a session
-        // write finds the stage quiet again. Within it, flushes (even small
-        // ones: they follow a quick raw-only one) leave sessions to the interval.
-        if pending >= self.defer_from {
-            self.loaded = true;
-        }
+        self.due_at(pending, quiet, closing, Instant::now())
+    }
+
+    fn due_at(&mut self, pending: usize, quiet: bool, closing: bool, now: Instant) -> bool {
+        let large = pending >= self.defer_from;
+        self.loaded |= large;
+        self.since_written += pending;
+        let settled = if quiet {
+            now.duration_since(*self.quiet_since.get_or_insert(now)) >= SETTLE
+        } else {
+            self.quiet_since = None;
+            false
+        };
         let due = self.interval.is_zero()
             || closing
             || !self.loaded
-            || quiet
-            || self.written.elapsed() >= self.interval;
+            || settled
+            || now.duration_since(self.written) >= self.interval;
         if due {
-            self.written = Instant::now();
-            self.loaded = pending >= self.defer_from;
+            self.loaded =
+                !settled && (large || (self.loaded && self.since_written >= self.defer_from));
+            self.written = now;
+            self.since_written = 0;
         }
         due
     }
@@ -1019,5 +1046,94 @@ pub fn prepare_next(
         pipeline.prepare_flush()
     } else {
         pipeline.prepare_raw_flush()
+    }
+}
+
+#[cfg(test)]
+mod session_writes_tests {
+    use super::{SessionWrites, SETTLE};
+    use std::time::{Duration, Instant};
+
+    const INTERVAL: Duration = Duration::from_secs(2);
+    const TICK: Duration = Duration::from_millis(10);
+
+    /// Deferring from flushes of 1,000 heartbeats, sessions last written at `start`.
+    fn writes(start: Instant) -> SessionWrites {
+        SessionWrites {
+            written: start,
+            ..SessionWrites::new(INTERVAL, 1_000)
+        }
+    }
+
+    /// Feeds flushes of `sizes` heartbeats, one per [`TICK`] from `from`;
+    /// returns the indices of those that wrote sessions.
+    fn written(writes: &mut SessionWrites, from: Instant, sizes: &[usize]) -> Vec<usize> {
+        (0..sizes.len())
+            .filter(|&i| writes.due_at(sizes[i], false, false, from + TICK * i as u32))
+            .collect()
+    }
+
+    #[test]
+    fn below_the_threshold_every_flush_writes_sessions() {
+        let start = Instant::now();
+        assert_eq!(written(&mut writes(start), start, &[999; 50]).len(), 50);
+    }
+
+    #[test]
+    fn a_large_flush_defers_sessions_to_the_interval_and_the_small_flushes_after_it_keep_deferring()
+    {
+        let start = Instant::now();
+        // One large flush, then raw-only flushes of 100 heartbeats for 5 s.
+        let mut sizes = vec![1_000];
+        sizes.extend([100; 500]);
+        assert_eq!(
+            written(&mut writes(start), start, &sizes),
+            [200, 400],
+            "once per 2 s, not after every small flush"
+        );
+    }
+
+    #[test]
+    fn the_stretch_ends_once_the_stage_stays_quiet() {
+        let start = Instant::now();
+        let mut writes = writes(start);
+        assert!(!writes.due_at(5_000, false, false, start));
+        assert!(
+            !writes.due_at(0, true, false, start + TICK),
+            "a moment's lull"
+        );
+        assert!(!writes.due_at(100, false, false, start + TICK * 2));
+        assert!(!writes.due_at(0, true, false, start + TICK * 3));
+        assert!(writes.due_at(0, true, false, start + TICK * 3 + SETTLE));
+        assert!(writes.due_at(100, false, false, start + TICK * 9));
+    }
+
+    #[test]
+    fn the_stretch_ends_after_an_interval_with_fewer_heartbeats_than_one_large_flush() {
+        let start = Instant::now();
+        let mut writes = writes(start);
+        assert!(!writes.due_at(5_000, false, false, start));
+        // Then 4 heartbeats per 10 ms: 800 per interval.
+        let due = written(&mut writes, start + TICK, &[4; 450]);
+        assert_eq!(
+            due[..2],
+            [199, 399],
+            "the interval holding the large flush keeps deferring, the next one ends it"
+        );
+        assert!(
+            due[2..].iter().copied().eq(400..450),
+            "then every flush writes"
+        );
+    }
+
+    #[test]
+    fn a_zero_interval_or_the_last_flush_always_writes() {
+        let mut never = SessionWrites::new(Duration::ZERO, 1_000);
+        assert!(never.due(50_000, false, false));
+        assert!(never.due(100, false, false));
+        let start = Instant::now();
+        let mut closing = writes(start);
+        assert!(!closing.due_at(50_000, false, false, start));
+        assert!(closing.due_at(100, false, true, start + TICK));
     }
 }

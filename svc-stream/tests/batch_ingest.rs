@@ -97,14 +97,14 @@ async fn batches_store_exactly_what_one_at_a_time_stores() {
     single.flush().await.unwrap();
 
     let (mut batched, batched_pool, _batched_dir) = stage().await;
-    let indexed: Vec<(Option<i64>, &Heartbeat)> = heartbeats
+    let indexed: Vec<(Option<i64>, Heartbeat)> = heartbeats
         .iter()
         .enumerate()
-        .map(|(offset, hb)| (Some(offset as i64), hb))
+        .map(|(offset, hb)| (Some(offset as i64), hb.clone()))
         .collect();
     // Batches of 333 cross the flushes every 1 000 heartbeats above.
     for chunk in indexed.chunks(333) {
-        batched.ingest_batch(PARTITION, chunk.iter().copied(), now);
+        batched.ingest_batch(PARTITION, chunk.iter().cloned(), now);
         if chunk.last().unwrap().0.unwrap() % 1_000 >= 1_000 - 333 {
             batched.flush().await.unwrap();
         }
@@ -126,19 +126,19 @@ async fn a_replayed_batch_adds_nothing() {
     let heartbeats = heartbeats();
     let now = hb_common::time::now_ms();
     let (mut pipeline, pool, _dir) = stage().await;
-    let indexed: Vec<(Option<i64>, &Heartbeat)> = heartbeats
+    let indexed: Vec<(Option<i64>, Heartbeat)> = heartbeats
         .iter()
         .enumerate()
-        .map(|(offset, hb)| (Some(offset as i64), hb))
+        .map(|(offset, hb)| (Some(offset as i64), hb.clone()))
         .collect();
-    pipeline.ingest_batch(PARTITION, indexed.iter().copied(), now);
+    pipeline.ingest_batch(PARTITION, indexed.iter().cloned(), now);
     pipeline.flush().await.unwrap();
     let before = contents(&pool).await;
 
     // A new owner is delivered the committed messages again.
     pipeline.revoke(PARTITION);
     pipeline.assign(PARTITION).await.unwrap();
-    pipeline.ingest_batch(PARTITION, indexed.iter().copied(), now);
+    pipeline.ingest_batch(PARTITION, indexed.iter().cloned(), now);
     pipeline.flush().await.unwrap();
     assert_eq!(contents(&pool).await, before);
 }

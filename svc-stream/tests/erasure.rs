@@ -58,7 +58,7 @@ fn watch(pipeline: &mut Pipeline, user_id: &str, from_ms: i64, heartbeats: i64) 
     let batch = viewing(user_id, from_ms, heartbeats);
     pipeline.ingest_batch(
         EMBEDDED_PARTITION,
-        batch.iter().map(|hb| (None, hb)),
+        batch.into_iter().map(|hb| (None, hb)),
         hb_common::time::now_ms(),
     );
 }
@@ -267,7 +267,7 @@ async fn a_separate_raw_mirror_is_erased_before_the_flush_writes_new_rows() {
     let batch = [heartbeat("w-1", "alice", "v2", T0 + 20_000)];
     stage.ingest_batch(
         EMBEDDED_PARTITION,
-        batch.iter().map(|hb| (None, hb)),
+        batch.into_iter().map(|hb| (None, hb)),
         hb_common::time::now_ms(),
     );
     erase(&db, "alice").await;

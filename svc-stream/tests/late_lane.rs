@@ -120,7 +120,7 @@ async fn run(stage: &mut Pipeline, live: &[Heartbeat], late: &[Heartbeat]) -> i6
         let with_offsets = batch.iter().map(|hb| {
             let at = offset;
             offset += 1;
-            (Some(at), *hb)
+            (Some(at), (*hb).clone())
         });
         stage.ingest_batch(PARTITION, with_offsets, now);
         stage.tick(now);
@@ -332,8 +332,8 @@ async fn a_late_heartbeat_waits_while_its_key_still_has_an_open_session() {
     );
     embedded.assign(PARTITION).await.unwrap();
     let now = hb_common::time::now_ms();
-    embedded.ingest_batch(PARTITION, rest.iter().map(|hb| (None, hb)), now);
-    embedded.ingest_batch(PARTITION, early.iter().map(|hb| (None, hb)), now);
+    embedded.ingest_batch(PARTITION, rest.iter().map(|hb| (None, hb.clone())), now);
+    embedded.ingest_batch(PARTITION, early.iter().map(|hb| (None, hb.clone())), now);
     embedded.flush().await.unwrap();
     assert_eq!(embedded.metrics().late.get(), 12);
     assert_eq!(

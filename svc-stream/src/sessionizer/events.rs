@@ -100,7 +100,9 @@ impl Event {
         })
     }
 
-    fn scalars(hb: &Heartbeat) -> Result<(i64, i64, PlaybackState), String> {
+    /// The time, position and state of a wire heartbeat, checked as by
+    /// [`Event::from_proto`].
+    pub fn scalars(hb: &Heartbeat) -> Result<Scalars, String> {
         let state = PlaybackState::try_from(hb.state)?;
         let time = hb.event_time.as_ref().ok_or("event_time is missing")?;
         let position_ms = i64::try_from(hb.position_ms)
@@ -108,6 +110,9 @@ impl Event {
         Ok((hb_common::time::timestamp_to_ms(time), position_ms, state))
     }
 }
+
+/// A wire heartbeat's time (epoch ms), position (ms) and state.
+pub type Scalars = (i64, i64, PlaybackState);
 
 /// A heartbeat borrowed from the caller, for the push methods that do not take
 /// ownership ([`Sessionizer::push_ref`], [`Sessionizer::push_events`],
@@ -134,8 +139,12 @@ pub struct EventRef<'a> {
 impl<'a> EventRef<'a> {
     /// Borrows a wire heartbeat; fails like [`Event::from_proto`].
     pub fn from_proto(hb: &'a Heartbeat) -> Result<EventRef<'a>, String> {
-        let (time_ms, position_ms, state) = Event::scalars(hb)?;
-        Ok(EventRef {
+        Ok(EventRef::with_scalars(hb, Event::scalars(hb)?))
+    }
+
+    /// Borrows a wire heartbeat whose [`Event::scalars`] were already taken.
+    pub fn with_scalars(hb: &'a Heartbeat, (time_ms, position_ms, state): Scalars) -> EventRef<'a> {
+        EventRef {
             event_id: &hb.event_id,
             user_id: &hb.user_id,
             video_id: &hb.video_id,
@@ -144,7 +153,7 @@ impl<'a> EventRef<'a> {
             position_ms,
             state,
             ad_id: &hb.ad_id,
-        })
+        }
     }
 
     /// An owned copy.

@@ -69,6 +69,6 @@ mod tests;
 
 pub use config::SessionConfig;
 pub use engine::{Restoring, Sessionizer};
-pub use events::{Event, EventRef, PlaybackState};
+pub use events::{Event, EventRef, PlaybackState, Scalars};
 pub use offline::{sessionize_all, sessionize_sorted, sort_sessions};
 pub use sessions::{Change, ChangeRef, Outcome, Session, SessionKey, SessionRef};
