@@ -73,13 +73,8 @@ pub async fn run(
                 match maybe {
                     Some(batch) => {
                         accept(&mut pipeline, batch, &mut waiting);
-                        // Take whatever else is already queued, up to the flush size.
-                        while pipeline.pending() < flush_max {
-                            match rx.try_recv() {
-                                Ok(batch) => accept(&mut pipeline, batch, &mut waiting),
-                                Err(_) => break,
-                            }
-                        }
+                        let committed = in_flight.as_ref().map(|(commit, _, _)| commit);
+                        take_queued(&mut pipeline, &mut rx, &mut waiting, flush_max, committed);
                     }
                     None => {
                         open = false;
@@ -126,11 +121,8 @@ pub async fn run(
         }
         if in_flight.is_none() {
             // What arrived during the last commit goes into this one.
-            while open && pipeline.pending() < flush_max {
-                match rx.try_recv() {
-                    Ok(batch) => accept(&mut pipeline, batch, &mut waiting),
-                    Err(_) => break,
-                }
+            if open {
+                take_queued(&mut pipeline, &mut rx, &mut waiting, flush_max, None);
             }
             let quiet = pipeline.pending() == 0 && rx.is_empty();
             let prepared = prepare_next(&mut pipeline, &mut writes, quiet, !open);
@@ -162,6 +154,29 @@ fn accept(pipeline: &mut Pipeline, mut batch: HandoffBatch, waiting: &mut Vec<Ha
     );
     pipeline.dead_letters(std::mem::take(&mut batch.dead_letters));
     waiting.push(batch);
+}
+
+/// Takes the batches already queued, up to the flush size. Not the ones that
+/// arrive meanwhile: under a steady load they come as fast as they are
+/// taken, and the commit in flight would finish unnoticed, its batches
+/// unacknowledged, for as long as that lasted. For the same reason it stops
+/// once `committed` (the commit in flight) has finished.
+fn take_queued(
+    pipeline: &mut Pipeline,
+    rx: &mut HandoffRx,
+    waiting: &mut Vec<HandoffBatch>,
+    flush_max: usize,
+    committed: Option<&tokio::task::JoinHandle<Result<FlushStats, SinkError>>>,
+) {
+    for _ in 0..rx.len() {
+        if pipeline.pending() >= flush_max || committed.is_some_and(|c| c.is_finished()) {
+            break;
+        }
+        match rx.try_recv() {
+            Ok(batch) => accept(pipeline, batch, waiting),
+            Err(_) => break,
+        }
+    }
 }
 
 /// Acknowledges (or fails) `batches` with one commit's outcome.

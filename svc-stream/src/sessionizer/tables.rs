@@ -160,18 +160,62 @@ impl KeyTable {
 }
 
 /// Fingerprint -> (slot, event time) of recent heartbeats. Entries are never
-/// removed one by one: an entry older than the lateness horizon is dead (any
-/// heartbeat with its id would be late anyway), and dead entries are dropped
-/// in bulk when the table fills, which costs a sequential sweep instead of a
-/// cache miss per frozen heartbeat.
+/// removed as their heartbeats freeze: an entry older than the lateness
+/// horizon is dead (any heartbeat with its id would be late anyway). Every
+/// insert moves a sweep on by [`SWEEP_STEP`] entries (in rounds of
+/// [`SWEEP_EVERY`] inserts), dropping the dead ones
+/// it passes, and a table that fills moves into a larger one
+/// [`MOVE_STEP`] entries per insert: no insert pays for a pass over the whole
+/// table, which at millions of ids would stall the stage for hundreds of
+/// milliseconds.
 #[derive(Debug)]
 pub(super) struct IdTable {
-    entries: Vec<IdEntry>,
-    /// Occupied entries, live or dead.
+    /// Entries as words ([`IdEntry::word`]; 0 is empty), so that a new table
+    /// comes zeroed from the system instead of being written first.
+    entries: Vec<u64>,
+    /// Occupied entries of `entries`, live or dead.
     occupied: usize,
     /// Length of the event-time ticks entries are stamped with.
     tick_ms: i64,
+    /// Where the sweep goes on.
+    cursor: usize,
+    /// Inserts since the sweep last went on.
+    unswept: u32,
+    /// The horizon when the sweep last started from the table's first entry
+    /// (`i64::MIN`: none yet).
+    pass_from_ms: i64,
+    /// The table being moved into `entries`.
+    moving: Option<Moving>,
 }
+
+/// A table whose entries are being moved to a new one, in index order. They
+/// stay in place until all are moved, so its probe runs stay whole and
+/// lookups of the entries not yet moved find them there.
+#[derive(Debug)]
+struct Moving {
+    entries: Vec<u64>,
+    moved: usize,
+}
+
+/// Entries an insert sweeps: with the table at most half live after a move,
+/// a dead entry waits at most an eighth of the table's inserts, so sweeping
+/// alone keeps a steady table under three quarters full.
+const SWEEP_STEP: usize = 8;
+/// Inserts whose sweeping is done together: one loop over a few hundred
+/// entries costs less than a call per insert, and pauses nothing.
+const SWEEP_EVERY: u32 = 32;
+/// Ticks of event time a sweep round may take before the insert that finds
+/// it behind finishes it: a dead entry must be swept before its 5-bit tick
+/// wraps round to read live again (after [`DEAD_AGES`] ticks). Under a steady
+/// load a round takes about five ticks; this catches a table left large by
+/// a load that dropped.
+const ROUND_TICKS: i64 = 8;
+/// Entries of the old table an insert moves, at least: as many more as it
+/// takes to end the move within a quarter of the new table's inserts, so
+/// that the new one (at least twice the live entries moved) is at most three
+/// quarters full by then.
+const MOVE_STEP: usize = 8;
+const MIN_ID_ENTRIES: usize = 64;
 
 /// Bits of an entry's tag that hold its tick (the rest hold the fingerprint).
 const TICK_BITS: u32 = 5;
@@ -197,9 +241,21 @@ struct IdEntry {
     slot: SlotIndex,
 }
 
-const EMPTY_ID: IdEntry = IdEntry { tag: 0, slot: 0 };
-
 impl IdEntry {
+    /// The entry as stored: the tag in the low half (never 0 when occupied).
+    #[inline]
+    fn word(self) -> u64 {
+        u64::from(self.tag) | u64::from(self.slot) << 32
+    }
+
+    #[inline]
+    fn from_word(word: u64) -> IdEntry {
+        IdEntry {
+            tag: word as u32,
+            slot: (word >> 32) as u32,
+        }
+    }
+
     /// The stored form of a fingerprint: its low 32 bits with the tick bits
     /// cleared, never 0 (which marks an empty entry).
     #[inline]
@@ -215,11 +271,6 @@ impl IdEntry {
     #[inline]
     fn tick(&self) -> u32 {
         self.tag & TICK_MASK
-    }
-
-    #[inline]
-    fn is_empty(&self) -> bool {
-        self.tag == 0
     }
 }
 
@@ -245,9 +296,13 @@ impl IdTable {
     /// A table for heartbeats accepted up to `lateness_ms` behind the newest.
     pub(super) fn new(lateness_ms: i64) -> Self {
         IdTable {
-            entries: vec![EMPTY_ID; 64],
+            entries: vec![0; MIN_ID_ENTRIES],
             occupied: 0,
             tick_ms: (lateness_ms.max(0) / WINDOW_TICKS + 1).max(1_000),
+            cursor: 0,
+            unswept: 0,
+            pass_from_ms: i64::MIN,
+            moving: None,
         }
     }
 
@@ -265,22 +320,6 @@ impl IdTable {
         }
     }
 
-    /// Where a stored fingerprint's probe starts (any table size:
-    /// multiply-shift).
-    #[inline]
-    fn home(&self, stored_fingerprint: u32) -> usize {
-        ((u64::from(stored_fingerprint) * self.entries.len() as u64) >> 32) as usize
-    }
-
-    #[inline]
-    fn next(&self, at: usize) -> usize {
-        if at + 1 == self.entries.len() {
-            0
-        } else {
-            at + 1
-        }
-    }
-
     /// True when a live entry with this fingerprint names a slot for which
     /// `holds(slot)` confirms the id.
     #[inline]
@@ -292,30 +331,25 @@ impl IdTable {
     ) -> bool {
         let (fingerprint, liveness) =
             (IdEntry::fingerprint(fingerprint), self.liveness(horizon_ms));
-        let mut at = self.home(fingerprint);
-        loop {
-            let entry = self.entries[at];
-            if entry.is_empty() {
-                return false;
-            }
-            if entry.stored_fingerprint() == fingerprint
-                && liveness.is_live(&entry)
-                && holds(entry.slot)
-            {
-                return true;
-            }
-            at = self.next(at);
+        probe(&self.entries, fingerprint, liveness, &holds)
+            || self
+                .moving
+                .as_ref()
+                .is_some_and(|old| probe(&old.entries, fingerprint, liveness, &holds))
+    }
+
+    /// Loads the entries where this fingerprint's lookup starts (a hint).
+    #[inline]
+    pub(super) fn touch(&self, fingerprint: u64) {
+        let fingerprint = IdEntry::fingerprint(fingerprint);
+        super::prefetch::line(&self.entries[home(self.entries.len(), fingerprint)]);
+        if let Some(old) = &self.moving {
+            super::prefetch::line(&old.entries[home(old.entries.len(), fingerprint)]);
         }
     }
 
-    /// Loads the entry where this fingerprint's lookup starts (a hint).
-    #[inline]
-    pub(super) fn touch(&self, fingerprint: u64) {
-        super::prefetch::line(&self.entries[self.home(IdEntry::fingerprint(fingerprint))]);
-    }
-
     /// Records the id of a heartbeat held in `slot`. `horizon_ms` (no later
-    /// than the current lateness horizon) tells which entries a sweep drops.
+    /// than the current lateness horizon) tells which entries are dead.
     #[inline]
     pub(super) fn insert(
         &mut self,
@@ -324,75 +358,185 @@ impl IdTable {
         slot: SlotIndex,
         horizon_ms: i64,
     ) {
-        if (self.occupied + 1) * 4 > self.entries.len() * 3 {
-            self.sweep(horizon_ms);
+        let liveness = self.liveness(horizon_ms);
+        if self.moving.is_some() {
+            self.move_some(liveness);
+        } else {
+            self.unswept += 1;
+            if self.unswept == SWEEP_EVERY {
+                self.unswept = 0;
+                self.sweep_some(liveness, horizon_ms);
+            }
+            if (self.occupied + 1) * 4 > self.entries.len() * 3 {
+                self.start_move(self.occupied * 2);
+            }
         }
+        debug_assert!((self.occupied + 1) * 4 <= self.entries.len() * 3);
         self.place(IdEntry {
             tag: IdEntry::fingerprint(fingerprint) | self.tick(time_ms),
             slot,
         });
-        self.occupied += 1;
     }
 
     fn place(&mut self, entry: IdEntry) {
-        let mut at = self.home(entry.stored_fingerprint());
-        while !self.entries[at].is_empty() {
-            at = self.next(at);
+        let len = self.entries.len();
+        let mut at = home(len, entry.stored_fingerprint());
+        while self.entries[at] != 0 {
+            at = next(len, at);
         }
-        self.entries[at] = entry;
+        self.entries[at] = entry.word();
+        self.occupied += 1;
     }
 
-    /// Drops dead entries in place, in one sequential pass (no allocation).
-    /// When the live ones then fill more than three fifths or less than an
-    /// eighth of the table, they move to a new one, half full. With sweeps
-    /// due at three quarters full, one comes every `size / 4` inserts or
-    /// more (a pass over the table per half of the live ids inserted), and
-    /// at a steady rate the table stays at 1.7 to 2 entries per live id
-    /// (each is memory every open session pays for).
-    fn sweep(&mut self, horizon_ms: i64) {
-        // From an empty entry (sweeps come at three quarters full), every entry is
-        // taken out and, if live, placed again: dropping entries may have
-        // cut probe runs, and an entry can only move back towards its home,
-        // into a part of its run already swept.
-        let (size, liveness) = (self.entries.len(), self.liveness(horizon_ms));
-        let start = self
-            .entries
-            .iter()
-            .position(IdEntry::is_empty)
-            .expect("sweeps come at three quarters full");
-        let (mut at, mut live) = (start, 0);
-        for _ in 0..size {
-            at = self.next(at);
-            let entry = self.entries[at];
-            if entry.is_empty() {
-                continue;
+    /// Drops the dead entries among the next [`SWEEP_STEP`] per insert since
+    /// the last call; once a sweep
+    /// has gone round a table less than an eighth full, moves it into a
+    /// smaller one.
+    fn sweep_some(&mut self, liveness: Liveness, horizon_ms: i64) {
+        if horizon_ms == i64::MIN {
+            return; // nothing is dead before there is a horizon
+        }
+        if self.pass_from_ms == i64::MIN {
+            self.pass_from_ms = horizon_ms;
+        }
+        let len = self.entries.len();
+        let behind = horizon_ms.saturating_sub(self.pass_from_ms) >= ROUND_TICKS * self.tick_ms;
+        let step = SWEEP_STEP * SWEEP_EVERY as usize;
+        for _ in 0..if behind { len } else { step } {
+            let at = self.cursor;
+            // Each removal shifts the run's next entry into `at`.
+            while self.entries[at] != 0 && !liveness.is_live(&IdEntry::from_word(self.entries[at]))
+            {
+                self.remove_at(at);
             }
-            self.entries[at] = EMPTY_ID;
-            if liveness.is_live(&entry) {
-                live += 1;
+            self.cursor = next(len, at);
+            if self.cursor == 0 {
+                self.pass_from_ms = horizon_ms;
+                if self.occupied * 8 < len && len > MIN_ID_ENTRIES {
+                    // At most eight times smaller, so a move stays a few entries per insert.
+                    self.start_move((self.occupied * 2).max(len / 8));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Empties entry `at`, moving later entries of its probe run back so
+    /// that every entry stays reachable from its home (no tombstones).
+    fn remove_at(&mut self, mut at: usize) {
+        let len = self.entries.len();
+        let mut later = at;
+        loop {
+            later = next(len, later);
+            let word = self.entries[later];
+            if word == 0 {
+                break;
+            }
+            let own = home(len, IdEntry::from_word(word).stored_fingerprint());
+            // It may move back to `at` unless its home lies in (at, later].
+            let stays = if at <= later {
+                at < own && own <= later
+            } else {
+                at < own || own <= later
+            };
+            if !stays {
+                self.entries[at] = word;
+                at = later;
+            }
+        }
+        self.entries[at] = 0;
+        self.occupied -= 1;
+    }
+
+    /// Starts moving every entry into a new table of `size` entries.
+    fn start_move(&mut self, size: usize) {
+        let old = std::mem::replace(&mut self.entries, vec![0; size.max(MIN_ID_ENTRIES)]);
+        self.moving = Some(Moving {
+            entries: old,
+            moved: 0,
+        });
+        self.occupied = 0;
+        self.cursor = 0;
+    }
+
+    /// Moves the next [`MOVE_STEP`] entries of the old table (the live ones)
+    /// and drops it once all are.
+    fn move_some(&mut self, liveness: Liveness) {
+        let Some(mut old) = self.moving.take() else {
+            return;
+        };
+        let step = MOVE_STEP.max(old.entries.len() * 4 / self.entries.len() + 1);
+        let end = (old.moved + step).min(old.entries.len());
+        for &word in &old.entries[old.moved..end] {
+            let entry = IdEntry::from_word(word);
+            if word != 0 && liveness.is_live(&entry) {
                 self.place(entry);
             }
         }
-        self.occupied = live;
-        let resized = if live * 5 > size * 3 || (live * 8 < size && size > 64) {
-            Some((live * 2).max(64))
-        } else {
-            None
-        };
-        if let Some(resized) = resized {
-            let old = std::mem::replace(&mut self.entries, vec![EMPTY_ID; resized]);
-            for entry in old {
-                if !entry.is_empty() {
-                    self.place(entry);
-                }
-            }
+        old.moved = end;
+        if end < old.entries.len() {
+            self.moving = Some(old);
         }
     }
 
-    /// Entries held, live or dead.
+    /// Entries held, live or dead (in the old table too while moving).
     #[cfg(test)]
     fn occupied(&self) -> usize {
         self.occupied
+            + self.moving.as_ref().map_or(0, |old| {
+                old.entries[old.moved..]
+                    .iter()
+                    .filter(|&&word| word != 0)
+                    .count()
+            })
+    }
+
+    /// Entries the tables take, the old one included while moving.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.entries.len() + self.moving.as_ref().map_or(0, |old| old.entries.len())
+    }
+}
+
+/// Where a stored fingerprint's probe starts in a table of `len` entries
+/// (multiply-shift: any size).
+#[inline]
+fn home(len: usize, stored_fingerprint: u32) -> usize {
+    ((u64::from(stored_fingerprint) * len as u64) >> 32) as usize
+}
+
+#[inline]
+fn next(len: usize, at: usize) -> usize {
+    if at + 1 == len {
+        0
+    } else {
+        at + 1
+    }
+}
+
+/// Looks an id up in one table of entry words.
+#[inline]
+fn probe(
+    entries: &[u64],
+    fingerprint: u32,
+    liveness: Liveness,
+    holds: &impl Fn(SlotIndex) -> bool,
+) -> bool {
+    let len = entries.len();
+    let mut at = home(len, fingerprint);
+    loop {
+        let word = entries[at];
+        if word == 0 {
+            return false;
+        }
+        let entry = IdEntry::from_word(word);
+        if entry.stored_fingerprint() == fingerprint
+            && liveness.is_live(&entry)
+            && holds(entry.slot)
+        {
+            return true;
+        }
+        at = next(len, at);
     }
 }
 
@@ -535,7 +679,56 @@ mod tests {
                 }
             }
         }
-        assert!(table.entries.len() <= 16 * 301, "{}", table.entries.len());
+        assert!(table.capacity() <= 16 * 301, "{}", table.capacity());
+    }
+
+    #[test]
+    fn ids_stay_findable_while_the_table_moves_into_a_larger_one() {
+        let fingerprint = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 0xffff_0000;
+        let mut table = IdTable::new(120_000);
+        let mut checked_while_moving = 0;
+        for i in 0..50_000u64 {
+            table.insert(fingerprint(i), 0, (i % 1_000) as SlotIndex, i64::MIN);
+            if table.moving.is_some() && i % 1_001 == 0 {
+                checked_while_moving += 1;
+                for j in (0..=i).step_by(13) {
+                    let slot = (j % 1_000) as SlotIndex;
+                    assert!(
+                        table.contains(fingerprint(j), i64::MIN, |s| s == slot),
+                        "{j} after {i}"
+                    );
+                }
+            }
+        }
+        assert!(checked_while_moving > 3, "{checked_while_moving}");
+        assert_eq!(table.occupied(), 50_000);
+        assert!(table.capacity() <= 4 * 50_000, "{}", table.capacity());
+    }
+
+    #[test]
+    fn a_table_shrinks_after_its_ids_die_and_keeps_the_new_ones() {
+        let fingerprint = |i: i64| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut table = IdTable::new(60_000);
+        for i in 0..100_000i64 {
+            table.insert(fingerprint(i), 0, 1, i64::MIN);
+        }
+        let grown = table.capacity();
+        // From an hour later, one id per 100 ms: every earlier id is dead,
+        // and about 600 stay live at a time.
+        let time_ms = |i: i64| 3_600_000 + (i - 100_000) * 100;
+        for i in 100_000..200_000i64 {
+            table.insert(fingerprint(i), time_ms(i), 1, time_ms(i) - 60_000);
+        }
+        assert!(
+            table.capacity() * 16 < grown,
+            "{} of {grown}",
+            table.capacity()
+        );
+        let horizon_ms = time_ms(199_999) - 60_000;
+        for i in 199_500..200_000i64 {
+            assert!(table.contains(fingerprint(i), horizon_ms, |_| true), "{i}");
+        }
+        assert!(!table.contains(fingerprint(5), horizon_ms, |_| true));
     }
 
     #[test]
