@@ -944,8 +944,9 @@ impl Readiness {
 }
 
 /// A commit this large means the writer is the bottleneck (see
-/// [`SessionWrites`]): at 200 k heartbeats/s on two cores, a stage writing
-/// sessions with every commit makes commits of 10 to 20 thousand.
+/// [`SessionWrites`]). Set below the commits a stage that writes sessions
+/// with every commit makes at the embedded tier's target load
+/// (docs/benchmarks.md), so that such a load reliably starts deferring.
 pub const DEFER_FROM: usize = 10_000;
 
 /// How a stage batches its commits.

@@ -163,11 +163,10 @@ impl KeyTable {
 /// removed as their heartbeats freeze: an entry older than the lateness
 /// horizon is dead (any heartbeat with its id would be late anyway). Every
 /// insert moves a sweep on by [`SWEEP_STEP`] entries (in rounds of
-/// [`SWEEP_EVERY`] inserts), dropping the dead ones
-/// it passes, and a table that fills moves into a larger one
-/// [`MOVE_STEP`] entries per insert: no insert pays for a pass over the whole
-/// table, which at millions of ids would stall the stage for hundreds of
-/// milliseconds.
+/// [`SWEEP_EVERY`] inserts), dropping the dead ones it passes, and a table
+/// that fills moves into a larger one [`MOVE_STEP`] entries per insert: no
+/// insert pays for a pass over the whole table, which at millions of ids
+/// would pause the stage (and every acknowledgement waiting on it).
 #[derive(Debug)]
 pub(super) struct IdTable {
     /// Entries as words ([`IdEntry::word`]; 0 is empty), so that a new table
