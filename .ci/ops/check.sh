@@ -116,8 +116,8 @@ check_pytest() {
   (cd "$OPS" && "$PYVENV/bin/python" -m pytest -q -p no:cacheprovider tests)
 }
 
-free_port() {
-  "$PYVENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+free_port() {  # free_port [N]: N distinct free ports (free_ports.py says why not bind(0))
+  "$PYVENV/bin/python" "$OPS/free_ports.py" "${1:-1}"
 }
 
 wait_http() {  # wait_http URL SECONDS
@@ -158,8 +158,10 @@ start_mesh() {  # start_mesh [STORE_URL]: embedded SQLite, or PostgreSQL at STOR
   echo "built in $((SECONDS - t0))s"
   HBMESH="${CARGO_TARGET_DIR:-$REPO/target}/debug/hbmesh"
   MESH_DATA="$(mktemp -d /tmp/hbmesh-ops-data.XXXXXX)"
-  MESH_INGEST="$(free_port)"; MESH_QUERY_HTTP="$(free_port)"
-  M_INGEST="$(free_port)"; M_STREAM="$(free_port)"; M_QUERY="$(free_port)"
+  local ports
+  ports=($(free_port 5)) || { echo "no free ports for the mesh"; return 1; }
+  MESH_INGEST="${ports[0]}"; MESH_QUERY_HTTP="${ports[1]}"
+  M_INGEST="${ports[2]}"; M_STREAM="${ports[3]}"; M_QUERY="${ports[4]}"
   (
     unset HB_AUTH_SECRET HB_KAFKA_BROKERS HB_YUGABYTE_URL HB_SCYLLA_NODES HB_TRINO_URL
     export HB_DATA_DIR="$MESH_DATA" HB_LOG=info \

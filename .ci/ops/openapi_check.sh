@@ -70,19 +70,20 @@ if [ -z "$HBMESH" ]; then
   HBMESH="${CARGO_TARGET_DIR:-$REPO/target}/debug/hbmesh"
 fi
 
-free_port() {
-  "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+free_port() {  # free_port [N]: N distinct free ports (free_ports.py says why not bind(0))
+  "$VENV/bin/python" "$OPS/free_ports.py" "${1:-1}"
 }
 
 # ------------------------------------------------------------------- mesh
 SECRET="openapi-check-$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')"
 MESH_DATA="$(mktemp -d /tmp/hbmesh-openapi-data.XXXXXX)"
-HTTP_PORT="$(free_port)"
-METRICS_PORT="$(free_port)"
+PORTS=($(free_port 3)) || fail "no free ports for the mesh"
+HTTP_PORT="${PORTS[0]}"
+METRICS_PORT="${PORTS[1]}"
 (
   unset HB_KAFKA_BROKERS HB_YUGABYTE_URL HB_SCYLLA_NODES HB_TRINO_URL HB_TOKEN
   export HB_AUTH_SECRET="$SECRET" HB_DATA_DIR="$MESH_DATA" HB_LOG=warn \
-    HB_INGEST_ADDR="127.0.0.1:$(free_port)" HB_QUERY_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
+    HB_INGEST_ADDR="127.0.0.1:${PORTS[2]}" HB_QUERY_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
     HB_QUERY_GRPC_ADDR=127.0.0.1:0 HB_INGEST_METRICS_ADDR=127.0.0.1:0 \
     HB_STREAM_METRICS_ADDR=127.0.0.1:0 HB_QUERY_METRICS_ADDR="127.0.0.1:$METRICS_PORT"
   exec "$HBMESH" up --demo --demo-duration 15s

@@ -42,7 +42,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ import zipfile
 import requests
 import yaml
 
+import free_ports
 import superset_browser
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -71,9 +71,7 @@ def psql(*args: str, db: str = "postgres", stdin: str | None = None) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports.pick(1)[0]
 
 
 def bundle(database_uri: str) -> bytes:
