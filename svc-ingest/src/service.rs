@@ -376,10 +376,11 @@ where
 /// Event ids remembered per call for deduplication: exact over at least the
 /// last this-many heartbeats of a call (every call of a device sending one
 /// heartbeat per 5 s, for days). Bounded so a long-lived gateway stream cannot
-/// grow the server's memory without limit; a repeat older than this is
+/// grow the server's memory without limit (two generations of this many
+/// 16-byte keys per call, times every open call); a repeat older than this is
 /// published again and left to the stream stage, which deduplicates by
 /// `event_id` anyway (SPEC 5.1).
-pub const DEDUP_WINDOW: usize = 1 << 18;
+pub const DEDUP_WINDOW: usize = 1 << 17;
 
 /// Event ids already seen in one call, kept as 128-bit keyed hashes: no copy
 /// of each id, and a false "duplicate" needs a 2^-128 collision (the keys are

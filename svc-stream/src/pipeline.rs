@@ -428,7 +428,8 @@ impl Pipeline {
         let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
-        let mut read = Vec::new();
+        let heartbeats = heartbeats.into_iter();
+        let mut read = Vec::with_capacity(heartbeats.size_hint().0);
         for (offset, hb) in heartbeats {
             let mut replayed = false;
             if let (Some(offsets), Some(offset)) = (state.offsets.as_mut(), offset) {
