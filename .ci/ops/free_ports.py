@@ -23,7 +23,9 @@ def ephemeral_low() -> int:
 def pick(n: int) -> list[int]:
     high = ephemeral_low()
     low = max(1024, min(10000, high - 4 * n - 1000))
-    candidates = random.sample(range(low, high), high - low)
+    # No room below the ephemeral range (it starts near 1024): let the kernel
+    # choose, still holding all n so they are distinct.
+    candidates = random.sample(range(low, high), high - low) if high - low > 2 * n else [0] * (n * 4)
     held, ports = [], []
     try:
         for port in candidates:
@@ -36,7 +38,7 @@ def pick(n: int) -> list[int]:
                 s.close()
                 continue
             held.append(s)
-            ports.append(port)
+            ports.append(s.getsockname()[1])
     finally:
         for s in held:
             s.close()
