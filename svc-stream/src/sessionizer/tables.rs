@@ -388,9 +388,8 @@ impl IdTable {
     }
 
     /// Drops the dead entries among the next [`SWEEP_STEP`] per insert since
-    /// the last call; once a sweep
-    /// has gone round a table less than an eighth full, moves it into a
-    /// smaller one.
+    /// the last call; once a sweep has gone round a table less than an
+    /// eighth full, moves it into a smaller one.
     fn sweep_some(&mut self, liveness: Liveness, horizon_ms: i64) {
         if horizon_ms == i64::MIN {
             return; // nothing is dead before there is a horizon
