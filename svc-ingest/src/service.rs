@@ -418,7 +418,10 @@ impl SeenIds {
             return false;
         }
         if self.current.len() >= self.window {
-            self.previous = std::mem::take(&mut self.current);
+            // The older generation's table takes the next one: a new table
+            // would grow through fresh pages again, each rehashing.
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
         }
         true
     }
@@ -598,6 +601,16 @@ mod tests {
         }
         assert!(seen.current.len() + seen.previous.len() <= 200);
         assert!(seen.insert("e-0"), "far older than the window: passed on");
+        let tables = |seen: &SeenIds| [seen.current.capacity(), seen.previous.capacity()];
+        let grown = tables(&seen);
+        for i in 1_000..2_000 {
+            assert!(seen.insert(&format!("e-{i}")));
+        }
+        let mut reused = tables(&seen);
+        reused.sort_unstable();
+        let mut grown = grown;
+        grown.sort_unstable();
+        assert_eq!(reused, grown, "the two generations' tables are reused");
     }
 
     #[test]

@@ -170,7 +170,8 @@ impl KeyTable {
 #[derive(Debug)]
 pub(super) struct IdTable {
     /// Entries as words ([`IdEntry::word`]; 0 is empty), so that a new table
-    /// comes zeroed from the system instead of being written first.
+    /// comes zeroed from the system (its pages are then written ahead all
+    /// the same, see [`Successor`]).
     entries: Vec<u64>,
     /// Occupied entries of `entries`, live or dead.
     occupied: usize,
@@ -185,6 +186,52 @@ pub(super) struct IdTable {
     pass_from_ms: i64,
     /// The table being moved into `entries`.
     moving: Option<Moving>,
+    /// The larger table a filling one will move into, written ahead.
+    successor: Option<Successor>,
+}
+
+/// The next, larger table, written a few pages per sweep round while the
+/// current one fills from [`PREPARE_FROM`] to three quarters. A table fresh
+/// from the system is pages not yet mapped: the first probe that reads one
+/// maps the shared zero page, and the first write then copies it and flushes
+/// every core's TLB for it; at a few hundred MB that cost, paid on the
+/// stage's path in the inserts right after a move, stalled every ack
+/// behind it. Written first, each page costs one plain fault, spread thin.
+#[derive(Debug)]
+struct Successor {
+    entries: Vec<u64>,
+    /// Entries before this one are on written pages.
+    written: usize,
+}
+
+impl Successor {
+    fn new(size: usize) -> Successor {
+        Successor {
+            entries: vec![0; size.max(MIN_ID_ENTRIES)],
+            written: 0,
+        }
+    }
+
+    /// Writes the next `pages` pages (a zero, as they hold already).
+    fn write(&mut self, pages: usize) {
+        for _ in 0..pages {
+            let Some(entry) = self.entries.get_mut(self.written) else {
+                return;
+            };
+            *entry = 0;
+            self.written += PAGE_ENTRIES;
+        }
+    }
+
+    /// The table, every page of it written.
+    fn finish(mut self) -> Vec<u64> {
+        self.write(self.entries.len().div_ceil(PAGE_ENTRIES));
+        // The last page, when the table does not start on a page boundary.
+        if let Some(last) = self.entries.last_mut() {
+            *last = 0;
+        }
+        self.entries
+    }
 }
 
 /// A table whose entries are being moved to a new one, in index order. They
@@ -215,6 +262,15 @@ const ROUND_TICKS: i64 = 8;
 /// quarters full by then.
 const MOVE_STEP: usize = 8;
 const MIN_ID_ENTRIES: usize = 64;
+/// Entries in a 4 KiB page.
+const PAGE_ENTRIES: usize = 4096 / std::mem::size_of::<u64>();
+/// How full (in sixteenths) a table is when its [`Successor`] starts: the
+/// last sixteenth before the move leaves `len / 512` sweep rounds to write
+/// the successor's `1.5 * len / 512` pages, [`SUCCESSOR_PAGES`] per round.
+/// A steady table stays at or under five eighths (half live after a move,
+/// at most an eighth dead between sweeps), so it holds no successor.
+const PREPARE_FROM: usize = 11;
+const SUCCESSOR_PAGES: usize = 2;
 
 /// Bits of an entry's tag that hold its tick (the rest hold the fingerprint).
 const TICK_BITS: u32 = 5;
@@ -302,6 +358,7 @@ impl IdTable {
             unswept: 0,
             pass_from_ms: i64::MIN,
             moving: None,
+            successor: None,
         }
     }
 
@@ -364,10 +421,18 @@ impl IdTable {
             self.unswept += 1;
             if self.unswept == SWEEP_EVERY {
                 self.unswept = 0;
+                if let Some(successor) = self.successor.as_mut() {
+                    successor.write(SUCCESSOR_PAGES);
+                }
                 self.sweep_some(liveness, horizon_ms);
             }
-            if (self.occupied + 1) * 4 > self.entries.len() * 3 {
-                self.start_move(self.occupied * 2);
+            let len = self.entries.len();
+            if self.successor.is_none() && (self.occupied + 1) * 16 > len * PREPARE_FROM {
+                self.successor = Some(Successor::new(len * 3 / 2));
+            }
+            if (self.occupied + 1) * 4 > len * 3 {
+                let successor = self.successor.take().map(Successor::finish);
+                self.start_move(successor.unwrap_or_else(|| vec![0; self.occupied * 2]));
             }
         }
         debug_assert!((self.occupied + 1) * 4 <= self.entries.len() * 3);
@@ -410,9 +475,13 @@ impl IdTable {
             self.cursor = next(len, at);
             if self.cursor == 0 {
                 self.pass_from_ms = horizon_ms;
+                if self.occupied * 8 < len * 5 {
+                    // A load that dropped back: the table will not fill.
+                    self.successor = None;
+                }
                 if self.occupied * 8 < len && len > MIN_ID_ENTRIES {
                     // At most eight times smaller, so a move stays a few entries per insert.
-                    self.start_move((self.occupied * 2).max(len / 8));
+                    self.start_move(vec![0; (self.occupied * 2).max(len / 8)]);
                 }
                 return;
             }
@@ -446,9 +515,12 @@ impl IdTable {
         self.occupied -= 1;
     }
 
-    /// Starts moving every entry into a new table of `size` entries.
-    fn start_move(&mut self, size: usize) {
-        let old = std::mem::replace(&mut self.entries, vec![0; size.max(MIN_ID_ENTRIES)]);
+    /// Starts moving every entry into `entries` (all 0).
+    fn start_move(&mut self, mut entries: Vec<u64>) {
+        if entries.len() < MIN_ID_ENTRIES {
+            entries = vec![0; MIN_ID_ENTRIES];
+        }
+        let old = std::mem::replace(&mut self.entries, entries);
         self.moving = Some(Moving {
             entries: old,
             moved: 0,
@@ -493,6 +565,14 @@ impl IdTable {
     #[cfg(test)]
     fn capacity(&self) -> usize {
         self.entries.len() + self.moving.as_ref().map_or(0, |old| old.entries.len())
+    }
+
+    /// Entries of the successor being written, and how many are on written pages.
+    #[cfg(test)]
+    fn successor(&self) -> Option<(usize, usize)> {
+        self.successor
+            .as_ref()
+            .map(|next| (next.entries.len(), next.written.min(next.entries.len())))
     }
 }
 
@@ -701,6 +781,52 @@ mod tests {
         assert!(checked_while_moving > 3, "{checked_while_moving}");
         assert_eq!(table.occupied(), 50_000);
         assert!(table.capacity() <= 4 * 50_000, "{}", table.capacity());
+    }
+
+    #[test]
+    fn a_filling_table_writes_its_successor_ahead_and_moves_into_it() {
+        let fingerprint = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut table = IdTable::new(120_000);
+        let mut moves = Vec::new();
+        for i in 0..200_000u64 {
+            let before = table.successor();
+            let was_moving = table.moving.is_some();
+            table.insert(fingerprint(i), 0, 1, i64::MIN);
+            if table.moving.is_some() && !was_moving {
+                moves.push((before, table.entries.len()));
+            }
+        }
+        let large: Vec<_> = moves
+            .iter()
+            .filter(|(_, len)| *len >= 16 * PAGE_ENTRIES)
+            .collect();
+        assert!(large.len() >= 3, "{moves:?}");
+        for (successor, len) in large {
+            let (size, written) = successor.expect("a successor before the move");
+            assert_eq!(size, *len, "the move took the successor");
+            assert_eq!(written, size, "every page written ahead");
+        }
+        for i in (0..200_000u64).step_by(997) {
+            assert!(table.contains(fingerprint(i), i64::MIN, |s| s == 1), "{i}");
+        }
+    }
+
+    #[test]
+    fn a_table_whose_ids_die_drops_the_successor_it_started() {
+        let fingerprint = |i: i64| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut table = IdTable::new(60_000);
+        let mut i = 0;
+        while table.successor().is_none() || table.moving.is_some() {
+            table.insert(fingerprint(i), 0, 1, i64::MIN);
+            i += 1;
+        }
+        // An hour later: the ids so far are dead, and a sweep round finds the
+        // table far from full.
+        for j in 0..table.entries.len() as i64 {
+            let time_ms = 3_600_000 + j;
+            table.insert(fingerprint(i + j), time_ms, 1, time_ms - 60_000);
+        }
+        assert_eq!(table.successor(), None);
     }
 
     #[test]
