@@ -195,7 +195,7 @@ pub(super) struct IdTable {
 /// from the system is pages not yet mapped: the first probe that reads one
 /// maps the shared zero page, and the first write then copies it and flushes
 /// every core's TLB for it; at a few hundred MB that cost, paid on the
-/// stage's path in the inserts right after a move, stalled every ack
+/// stage's path in the inserts right after a move, stalls every ack
 /// behind it. Written first, each page costs one plain fault, spread thin.
 #[derive(Debug)]
 struct Successor {
@@ -207,7 +207,7 @@ struct Successor {
 impl Successor {
     fn new(size: usize) -> Successor {
         Successor {
-            entries: vec![0; size.max(MIN_ID_ENTRIES)],
+            entries: zeroed(size),
             written: 0,
         }
     }
@@ -432,7 +432,7 @@ impl IdTable {
             }
             if (self.occupied + 1) * 4 > len * 3 {
                 let successor = self.successor.take().map(Successor::finish);
-                self.start_move(successor.unwrap_or_else(|| vec![0; self.occupied * 2]));
+                self.start_move(successor.unwrap_or_else(|| zeroed(self.occupied * 2)));
             }
         }
         debug_assert!((self.occupied + 1) * 4 <= self.entries.len() * 3);
@@ -481,7 +481,7 @@ impl IdTable {
                 }
                 if self.occupied * 8 < len && len > MIN_ID_ENTRIES {
                     // At most eight times smaller, so a move stays a few entries per insert.
-                    self.start_move(vec![0; (self.occupied * 2).max(len / 8)]);
+                    self.start_move(zeroed((self.occupied * 2).max(len / 8)));
                 }
                 return;
             }
@@ -515,11 +515,8 @@ impl IdTable {
         self.occupied -= 1;
     }
 
-    /// Starts moving every entry into `entries` (all 0).
-    fn start_move(&mut self, mut entries: Vec<u64>) {
-        if entries.len() < MIN_ID_ENTRIES {
-            entries = vec![0; MIN_ID_ENTRIES];
-        }
+    /// Starts moving every entry into `entries` (all 0, from [`zeroed`]).
+    fn start_move(&mut self, entries: Vec<u64>) {
         let old = std::mem::replace(&mut self.entries, entries);
         self.moving = Some(Moving {
             entries: old,
@@ -574,6 +571,11 @@ impl IdTable {
             .as_ref()
             .map(|next| (next.entries.len(), next.written.min(next.entries.len())))
     }
+}
+
+/// An empty id table of `size` entries, at least [`MIN_ID_ENTRIES`].
+fn zeroed(size: usize) -> Vec<u64> {
+    vec![0; size.max(MIN_ID_ENTRIES)]
 }
 
 /// Where a stored fingerprint's probe starts in a table of `len` entries
