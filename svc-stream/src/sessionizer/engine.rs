@@ -76,9 +76,10 @@ pub struct Sessionizer {
     /// allocation is large enough to be slow in common allocators.
     spare_tails: Vec<VecDeque<Held>>,
     pub(super) next_uid: u32,
-    /// `(deadline, slot, uid)`: a session may be final once the watermark
-    /// passes `deadline` (a lower bound of `end + gap + lateness`, re-checked
-    /// when popped). An entry per session, and stale ones of sessions gone.
+    /// `(deadline, slot, uid)`: once the watermark passes `deadline`, a
+    /// session may be final (`end + gap + lateness`) or idle (`end + hold`,
+    /// see `let_go_idle`); both re-checked when popped. An entry per session,
+    /// and stale ones of sessions gone.
     watermark_queue: BinaryHeap<Reverse<(i64, SlotIndex, u32)>>,
     /// Processing time of the last advance.
     last_advance_ms: Option<i64>,
@@ -568,9 +569,7 @@ impl Sessionizer {
             (false, false, false) => {
                 let uid = self.next_uid;
                 self.next_uid = uid.wrapping_add(1);
-                let deadline_ms = time_ms
-                    .saturating_add(gap_ms)
-                    .saturating_add(self.config.lateness_ms);
+                let deadline_ms = time_ms.saturating_add(held.hold_ms);
                 self.watermark_queue
                     .push(Reverse((deadline_ms, slot_index, uid)));
                 if slot.sessions.is_empty() {
@@ -624,13 +623,48 @@ impl Sessionizer {
                 if due_ms < watermark_ms {
                     self.finalize(slot_index, index);
                 } else {
+                    let next_ms = self.let_go_idle(slot_index, index, due_ms, watermark_ms);
                     self.watermark_queue
-                        .push(Reverse((due_ms, slot_index, uid)));
+                        .push(Reverse((next_ms, slot_index, uid)));
                     index += 1;
                 }
             }
             self.release_if_empty(slot_index);
         }
+    }
+
+    /// Freezes the whole tail of a session that has had no heartbeat for
+    /// the hold (`end + hold` behind the watermark: whatever comes next for
+    /// it sorts after all it holds) and gives the buffer back, so a viewer
+    /// who moved on costs its summary, not a lateness window of heartbeats,
+    /// until the gap closes the session. Returns when to look at the session
+    /// next: when it may be idle, or else final (`due_ms`).
+    fn let_go_idle(
+        &mut self,
+        slot_index: SlotIndex,
+        index: usize,
+        due_ms: i64,
+        watermark_ms: i64,
+    ) -> i64 {
+        let (hold_ms, horizon_ms) = (self.hold_ms(), self.horizon_ms());
+        let session = &mut self.slots[slot_index as usize].sessions.as_mut_slice()[index];
+        let idle_ms = session.last.time_ms.saturating_add(hold_ms);
+        if session.tail.is_empty() {
+            return due_ms;
+        }
+        if idle_ms >= watermark_ms {
+            return idle_ms.min(due_ms);
+        }
+        self.held -= session.freeze_before(horizon_ms);
+        debug_assert!(
+            session.tail.is_empty(),
+            "an idle tail is all behind the horizon"
+        );
+        let tail = std::mem::take(&mut session.tail);
+        if self.spare_tails.len() < SPARE_TAILS {
+            self.spare_tails.push(Tail::into_buffer(tail));
+        }
+        due_ms
     }
 
     /// Closes a session for good: its state is dropped and a `Final` queued.

@@ -405,6 +405,50 @@ fn a_session_becomes_final_once_the_watermark_passes_end_plus_gap_plus_lateness(
 }
 
 #[test]
+fn a_viewer_who_moved_on_holds_no_heartbeats_once_the_hold_passes_and_counts_the_same_on_return() {
+    let mut sessionizer = Sessionizer::new(SessionConfig::default());
+    let mut events: Vec<Event> = (0..=24)
+        .map(|beat| playing(&format!("u{beat}"), beat * 5_000, beat * 5_000))
+        .collect();
+    for event in events.clone() {
+        sessionizer.push(event);
+    }
+    let hold = L + L / 8;
+    let elsewhere = playing("o", 120_000 + hold, 0).for_user("other");
+    sessionizer.push(elsewhere.clone());
+    sessionizer.advance(0);
+    assert_eq!(
+        sessionizer.held_events(),
+        26,
+        "not idle for the whole hold yet"
+    );
+    let still_elsewhere = playing("o2", 120_000 + hold + 1, 0).for_user("other");
+    sessionizer.push(still_elsewhere.clone());
+    sessionizer.advance(0);
+    assert_eq!(sessionizer.held_events(), 2, "only the other viewer's");
+    assert_eq!(sessionizer.open_sessions(), 2, "idle is not final");
+
+    let back = playing("u25", 120_000 + hold + 5_000, 125_000);
+    assert_eq!(sessionizer.push(back.clone()), Outcome::Merged);
+    sessionizer.finish();
+    let finals: Vec<Session> = sessionizer
+        .drain_changes()
+        .into_iter()
+        .filter_map(|change| match change {
+            Change::Final(session) => Some(session),
+            _ => None,
+        })
+        .collect();
+    events.extend([elsewhere, still_elsewhere, back]);
+    let mut expected = sessionize_all(events, G);
+    expected.sort_by_key(Session::key);
+    let mut finals = finals;
+    finals.sort_by_key(Session::key);
+    assert_eq!(finals, expected);
+    assert_eq!(finals[1].heartbeats, 26);
+}
+
+#[test]
 fn sessions_of_one_key_that_share_a_wrapped_uid_each_become_final_on_their_own_time() {
     let mut sessionizer = Sessionizer::new(SessionConfig::default());
     sessionizer.push(playing("a", 0, 0));
