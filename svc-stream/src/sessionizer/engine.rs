@@ -649,20 +649,18 @@ impl Sessionizer {
         let (hold_ms, horizon_ms) = (self.hold_ms(), self.horizon_ms());
         let session = &mut self.slots[slot_index as usize].sessions.as_mut_slice()[index];
         let idle_ms = session.last.time_ms.saturating_add(hold_ms);
-        if session.tail.is_empty() {
-            return due_ms;
-        }
-        if idle_ms >= watermark_ms {
+        if !session.tail.is_empty() && idle_ms >= watermark_ms {
             return idle_ms.min(due_ms);
         }
+        // Also a tail a restore emptied, which still has its buffer.
         self.held -= session.freeze_before(horizon_ms);
         debug_assert!(
             session.tail.is_empty(),
             "an idle tail is all behind the horizon"
         );
-        let tail = std::mem::take(&mut session.tail);
-        if self.spare_tails.len() < SPARE_TAILS {
-            self.spare_tails.push(Tail::into_buffer(tail));
+        let buffer = Tail::into_buffer(std::mem::take(&mut session.tail));
+        if buffer.capacity() > 0 && self.spare_tails.len() < SPARE_TAILS {
+            self.spare_tails.push(buffer);
         }
         due_ms
     }
