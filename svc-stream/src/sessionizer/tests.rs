@@ -65,14 +65,7 @@ fn sessions_of(events: Vec<Event>) -> Vec<Session> {
         assert_eq!(sessionizer.push(event), Outcome::Merged);
     }
     sessionizer.finish();
-    let mut sessions: Vec<Session> = sessionizer
-        .drain_changes()
-        .into_iter()
-        .filter_map(|change| match change {
-            Change::Final(session) => Some(session),
-            _ => None,
-        })
-        .collect();
+    let mut sessions = finals_of(sessionizer.drain_changes());
     sessions.sort_by_key(Session::key);
     sessions
 }
@@ -85,6 +78,17 @@ fn only_session(events: Vec<Event>) -> Session {
 
 fn upsert_keys(changes: &[Change]) -> Vec<SessionKey> {
     keys_of(changes, |change| matches!(change, Change::Upsert(_)))
+}
+
+/// The `Final`s among `changes`, in order.
+fn finals_of(changes: Vec<Change>) -> Vec<Session> {
+    changes
+        .into_iter()
+        .filter_map(|change| match change {
+            Change::Final(session) => Some(session),
+            _ => None,
+        })
+        .collect()
 }
 
 fn final_keys(changes: &[Change]) -> Vec<SessionKey> {
@@ -431,19 +435,11 @@ fn a_viewer_who_moved_on_holds_no_heartbeats_once_the_hold_passes_and_counts_the
     let back = playing("u25", 120_000 + hold + 5_000, 125_000);
     assert_eq!(sessionizer.push(back.clone()), Outcome::Merged);
     sessionizer.finish();
-    let finals: Vec<Session> = sessionizer
-        .drain_changes()
-        .into_iter()
-        .filter_map(|change| match change {
-            Change::Final(session) => Some(session),
-            _ => None,
-        })
-        .collect();
+    let mut finals = finals_of(sessionizer.drain_changes());
+    finals.sort_by_key(Session::key);
     events.extend([elsewhere, still_elsewhere, back]);
     let mut expected = sessionize_all(events, G);
     expected.sort_by_key(Session::key);
-    let mut finals = finals;
-    finals.sort_by_key(Session::key);
     assert_eq!(finals, expected);
     assert_eq!(finals[1].heartbeats, 26);
 }
@@ -887,14 +883,7 @@ fn forgetting_a_user_drops_every_key_of_theirs_and_nothing_else() {
     let changes = sessionizer.drain_changes();
     assert_eq!(upsert_keys(&changes), vec![key("bob", 1_000)]);
     sessionizer.finish();
-    let finals: Vec<Session> = sessionizer
-        .drain_changes()
-        .into_iter()
-        .filter_map(|change| match change {
-            Change::Final(session) => Some(session),
-            _ => None,
-        })
-        .collect();
+    let finals = finals_of(sessionizer.drain_changes());
     assert_eq!(finals.len(), 1);
     assert_eq!(finals[0].user_id, "bob");
     assert_eq!(finals[0].heartbeats, 2);
@@ -941,14 +930,7 @@ fn heartbeats_of_a_forgotten_user_start_new_sessions_even_when_resent() {
     let changes = sessionizer.drain_changes();
     assert_eq!(upsert_keys(&changes), vec![key("alice", 5_000)]);
     sessionizer.finish();
-    let finals: Vec<Session> = sessionizer
-        .drain_changes()
-        .into_iter()
-        .filter_map(|change| match change {
-            Change::Final(session) => Some(session),
-            _ => None,
-        })
-        .collect();
+    let finals = finals_of(sessionizer.drain_changes());
     assert_eq!(finals.len(), 1);
     assert_eq!((finals[0].start_ms, finals[0].heartbeats), (5_000, 2));
 }
