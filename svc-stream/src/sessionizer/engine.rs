@@ -658,11 +658,18 @@ impl Sessionizer {
             session.tail.is_empty(),
             "an idle tail is all behind the horizon"
         );
-        let buffer = Tail::into_buffer(std::mem::take(&mut session.tail));
+        let tail = std::mem::take(&mut session.tail);
+        self.keep_spare(tail);
+        due_ms
+    }
+
+    /// Keeps the buffer of a tail let go for a new session, while the pool
+    /// has room.
+    fn keep_spare(&mut self, tail: Tail) {
+        let buffer = Tail::into_buffer(tail);
         if buffer.capacity() > 0 && self.spare_tails.len() < SPARE_TAILS {
             self.spare_tails.push(buffer);
         }
-        due_ms
     }
 
     /// Closes a session for good: its state is dropped and a `Final` queued.
@@ -670,10 +677,7 @@ impl Sessionizer {
         let slot = &mut self.slots[slot_index as usize];
         let mut session = slot.sessions.remove(index);
         self.held -= session.tail.len();
-        if self.spare_tails.len() < SPARE_TAILS {
-            let tail = std::mem::take(&mut session.tail);
-            self.spare_tails.push(Tail::into_buffer(tail));
-        }
+        let tail = std::mem::take(&mut session.tail);
         if let Some(stored_ms) = session
             .stored_start_ms()
             .filter(|&stored_ms| stored_ms != session.start_ms)
@@ -686,6 +690,7 @@ impl Sessionizer {
         if slot.sessions.is_empty() {
             self.open_keys -= 1;
         }
+        self.keep_spare(tail);
     }
 
     /// Frees a slot that holds nothing any more.
