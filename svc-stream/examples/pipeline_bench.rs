@@ -8,8 +8,14 @@
 //! HB_BENCH_BATCH (heartbeats per `ingest_batch`, as a consumer poll hands
 //! them over; default 2_048, 1: one at a time), HB_BENCH_LATE_SHARE (share of
 //! devices, 0 to 1, whose heartbeats arrive an hour late and go through the
-//! late lane; default 0). The run ends once every due correction is applied.
+//! late lane; default 0), HB_BENCH_LAG (heartbeats; default 0: the fleet's
+//! own order): the users fall into 64 groups, as the simulator's lanes, and
+//! each group's heartbeats arrive a fixed number of heartbeats late, up to
+//! this many, as from lanes out of step while the stage catches up after a
+//! stall (a flush then holds rows from far apart in event time). The run ends
+//! once every due correction is applied.
 
+use hb_proto::v1::Heartbeat;
 use hb_testkit::fleet::{Fleet, FleetConfig};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -25,6 +31,27 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Delivers each of 64 user groups' heartbeats a fixed number of places
+/// later (the group's lag, spread evenly up to `lag`), keeping each group's
+/// own order.
+fn out_of_step(heartbeats: Vec<Heartbeat>, lag: usize) -> Vec<Heartbeat> {
+    const GROUPS: u64 = 64;
+    let group_lag = |user_id: &str| {
+        let group = user_id
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+            % GROUPS;
+        (group * lag as u64 / (GROUPS - 1)) as usize
+    };
+    let mut keyed: Vec<(usize, Heartbeat)> = heartbeats
+        .into_iter()
+        .enumerate()
+        .map(|(index, hb)| (index + group_lag(&hb.user_id), hb))
+        .collect();
+    keyed.sort_by_key(|(at, _)| *at);
+    keyed.into_iter().map(|(_, hb)| hb).collect()
 }
 
 async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Result<()> {
@@ -43,6 +70,10 @@ async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Re
         ..FleetConfig::default()
     });
     let mut heartbeats: Vec<_> = fleet.heartbeats(events).collect();
+    let lag = env_usize("HB_BENCH_LAG", 0);
+    if lag > 0 {
+        heartbeats = out_of_step(heartbeats, lag);
+    }
     // Offline devices: their heartbeats come an hour after they were made.
     let late_devices = (late_share.clamp(0.0, 1.0) * 1_000.0) as u64;
     let mut late = 0;

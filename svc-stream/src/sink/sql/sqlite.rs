@@ -199,7 +199,20 @@ fn write(
             RAW_WRITE_COLUMNS,
             " ON CONFLICT DO NOTHING",
         ))?;
-        for r in &flush.raw {
+        // In event time, the table's leading key: while the stage catches
+        // up, a flush holds rows from lanes that are seconds apart in event
+        // time, and in the order they came each row lands on another page of
+        // the table's recent end; in time order, rows that share a page are
+        // written together. Sorted as (time, index) pairs, which sit side by
+        // side in memory, rather than by following each row's pointer.
+        let mut order: Vec<(i64, usize)> = flush
+            .raw
+            .iter()
+            .enumerate()
+            .map(|(index, r)| (r.event_time_ms, index))
+            .collect();
+        order.sort_unstable();
+        for r in order.into_iter().map(|(_, index)| &flush.raw[index]) {
             statement.execute(params![
                 r.event_id,
                 r.user_id,
