@@ -33,16 +33,19 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A stable hash of an id, to pick groups of users or devices.
+fn id_hash(id: &str) -> u64 {
+    id.bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+}
+
 /// Delivers each of 64 user groups' heartbeats a fixed number of places
 /// later (the group's lag, spread evenly up to `lag`), keeping each group's
 /// own order.
 fn out_of_step(heartbeats: Vec<Heartbeat>, lag: usize) -> Vec<Heartbeat> {
     const GROUPS: u64 = 64;
     let group_lag = |user_id: &str| {
-        let group = user_id
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-            % GROUPS;
+        let group = id_hash(user_id) % GROUPS;
         (group * lag as u64 / (GROUPS - 1)) as usize
     };
     let mut keyed: Vec<(usize, Heartbeat)> = heartbeats
@@ -78,11 +81,7 @@ async fn bench<S: RawInStore + 'static>(name: &str, store: Arc<S>) -> anyhow::Re
     let late_devices = (late_share.clamp(0.0, 1.0) * 1_000.0) as u64;
     let mut late = 0;
     for hb in &mut heartbeats {
-        let device = hb
-            .device_id
-            .bytes()
-            .fold(0u64, |h, b| h * 31 + u64::from(b));
-        if device % 1_000 < late_devices {
+        if id_hash(&hb.device_id) % 1_000 < late_devices {
             if let Some(t) = hb.event_time.as_mut() {
                 t.seconds -= 3_600;
                 late += 1;
