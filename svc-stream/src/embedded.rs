@@ -58,7 +58,7 @@ pub async fn run(
     } else {
         Duration::ZERO
     };
-    let mut writes = SessionWrites::new(interval, defer_from);
+    let mut writes = SessionWrites::new(interval, defer_from, pipeline.session_shares());
     pipeline.assign(EMBEDDED_PARTITION).await?;
     // Absorbed into the sessionizer, not yet part of a flush.
     let mut waiting: Vec<HandoffBatch> = Vec::new();

@@ -137,7 +137,11 @@ pub async fn run(
     } = settings;
     pipeline.retry_forever();
     pipeline.defer_sessions_to_source();
-    let mut writes = SessionWrites::new(session_write_interval, defer_from);
+    let mut writes = SessionWrites::new(
+        session_write_interval,
+        defer_from,
+        pipeline.session_shares(),
+    );
     let ready = Readiness::new(ready, source.stall_after);
     let (tx, mut rx) = mpsc::channel::<Input>(flush_max.max(1024));
     let (commit_tx, commit_rx) = std_mpsc::channel::<TopicPartitionList>();

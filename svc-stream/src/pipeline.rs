@@ -7,7 +7,7 @@
 use crate::embedded::EMBEDDED_TOPIC;
 use crate::metrics::StreamMetrics;
 use crate::sessionizer::{
-    sessionize_all, Change, Event, EventRef, Outcome, SessionConfig, SessionKey, Sessionizer,
+    sessionize_all, Change, Event, EventRef, Outcome, SessionConfig, SessionKey, Sessionizer, Share,
 };
 use crate::sink::{
     DeadLetter, Flush, LateMark, OffsetRow, RawHeartbeat, RawInStore, RawMirror, RawPlacement,
@@ -119,7 +119,36 @@ struct PartitionState {
     /// Keys with late heartbeats not yet in their sessions (the late lane),
     /// stored or about to be.
     late: HashMap<(String, String), LateMark>,
+    /// The watermark at which each share of the keys last had its sessions
+    /// written (see [`Pipeline::prepare_share_flush`]); one entry when the
+    /// sessions are always written whole.
+    share_watermarks: Vec<Option<i64>>,
+    /// The share the next share flush writes.
+    next_share: u32,
 }
+
+impl PartitionState {
+    /// The watermark a restore may start from: every key's sessions are
+    /// stored as of this watermark or a later one.
+    fn sessions_watermark(&self) -> Option<i64> {
+        self.share_watermarks.iter().copied().min().flatten()
+    }
+}
+
+/// What a flush writes of the session changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// None: raw rows, dead letters and the committed offsets only.
+    RawOnly,
+    /// The changes of the next share of the keys (see [`Pipeline::prepare_share_flush`]).
+    NextShare,
+    /// Every change.
+    All,
+}
+
+/// Shares of the keys whose session writes a loaded embedded stage spreads
+/// over its commits (see [`Pipeline::prepare_share_flush`]).
+pub const SESSION_WRITE_SHARES: u32 = 8;
 
 /// Processing time a key's late heartbeats must have stopped coming before
 /// its correction runs: a device uploading a backlog in many calls is
@@ -273,6 +302,21 @@ impl Pipeline {
             Unit::Count("raw rows"),
         );
         let snapshot = self.store.load_partition(&self.topic, partition).await?;
+        let since_ms = snapshot
+            .watermark_ms
+            .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
+        let replay_from = match &self.raw {
+            RawPlacement::InStore(store) if self.defer_sessions && !self.source_replays => {
+                Some(store.as_ref())
+            }
+            _ => None,
+        };
+        // With a replay to follow, the stored open sessions are rebuilt only
+        // up to where it starts: rebuilt heartbeats past it (a share written
+        // after the stored watermark) would move the watermark ahead of the
+        // replay and make its older heartbeats late. The replay brings them
+        // back in time order.
+        let rebuild_before = replay_from.map_or(i64::MAX, |_| since_ms);
         let mut sessionizer = Sessionizer::new(self.config);
         let mut rebuilt = sessionizer.start_restore();
         let mut raw_rows = 0;
@@ -281,7 +325,7 @@ impl Pipeline {
             .replay_open(&snapshot.open, &mut |row| {
                 raw_rows += 1;
                 restoring.inc(1);
-                if !row.late {
+                if !row.late && row.event_time_ms < rebuild_before {
                     if let Some(event) = row.into_event() {
                         rebuilt.push(event.to_ref());
                     }
@@ -289,14 +333,23 @@ impl Pipeline {
             })
             .await?;
         rebuilt.finish(snapshot.watermark_ms);
-        let since_ms = snapshot
-            .watermark_ms
-            .map_or(i64::MIN, |wm| wm.saturating_sub(self.config.lateness_ms));
-        let replayed = match &self.raw {
-            RawPlacement::InStore(store) if self.defer_sessions && !self.source_replays => {
-                Self::replay_deferred(store.as_ref(), since_ms, &mut sessionizer).await?
+        let replayed = match replay_from {
+            Some(store) => {
+                let merged =
+                    Self::replay_deferred(store, partition, since_ms, &mut sessionizer).await?;
+                // Stored sessions the rebuild left out entirely: their rows
+                // were pushed as new, so the sessionizer learns what the store
+                // holds under their keys.
+                for open in snapshot.open.iter().filter(|o| o.start_ms >= since_ms) {
+                    sessionizer.note_stored(&SessionKey {
+                        user_id: open.user_id.clone(),
+                        video_id: open.video_id.clone(),
+                        start_ms: open.start_ms,
+                    });
+                }
+                merged
             }
-            _ => 0,
+            None => 0,
         };
         tracing::info!(
             partition,
@@ -336,6 +389,8 @@ impl Pipeline {
                 dirty: false,
                 written_watermark_ms: snapshot.watermark_ms,
                 late,
+                share_watermarks: vec![snapshot.watermark_ms; self.session_shares() as usize],
+                next_share: 0,
             },
         );
         // Known from the start, so the lag series exists before the first report.
@@ -344,22 +399,42 @@ impl Pipeline {
         Ok(resume)
     }
 
-    /// Last step of a restore with deferred session writes: the store's
-    /// sessions are those of the last flush that wrote them (whose watermark
-    /// minus the lateness is `since_ms`); every heartbeat committed since is
-    /// a raw row at or after `since_ms` (anything older was late). Those rows
-    /// are pushed again, except late ones; rows the restore already holds come
-    /// back as duplicates. Their changes go out with the next
-    /// flush. Returns how many were merged.
+    /// Last step of a restore with deferred session writes: each key's
+    /// stored sessions are those of the last flush that wrote them, at the
+    /// stored watermark or later (a share flush writes some keys only and
+    /// stores the watermark of the share written longest ago); `since_ms` is
+    /// that watermark minus the lateness, and the restore so far holds the
+    /// stored open sessions' heartbeats before it. Every heartbeat from
+    /// `since_ms` on is pushed again in time order, except late ones and
+    /// those up to the end of their key's latest stored final session (a
+    /// share written after the stored watermark may have finalized sessions
+    /// reaching past `since_ms`; every later heartbeat of that key is in a
+    /// later session): anything committed since the stored watermark was
+    /// at or after `since_ms` (older was late). Their changes go out with the
+    /// next flushes. Returns how many were merged.
     async fn replay_deferred(
         store: &dyn RawInStore,
+        partition: i32,
         since_ms: i64,
         sessionizer: &mut Sessionizer,
     ) -> Result<usize, SinkError> {
+        let mut final_ends: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        for (user_id, video_id, end_ms) in store.final_ends_since(partition, since_ms).await? {
+            final_ends
+                .entry(user_id)
+                .or_default()
+                .insert(video_id, end_ms);
+        }
         let rows = store.replay_since(since_ms).await?;
         let mut events: Vec<Event> = rows
             .into_iter()
             .filter(|r| !r.late)
+            .filter(|r| {
+                final_ends
+                    .get(&r.user_id)
+                    .and_then(|ends| ends.get(&r.video_id))
+                    .is_none_or(|&end_ms| r.event_time_ms > end_ms)
+            })
             .filter_map(RawHeartbeat::into_event)
             .collect();
         events.sort_unstable_by(|a, b| {
@@ -561,7 +636,33 @@ impl Pipeline {
     /// committed in the order they were prepared, one at a time; after a
     /// failed one the caller must [`Pipeline::reload`]. `None`: nothing to write.
     pub fn prepare_flush(&mut self) -> Option<PreparedFlush> {
-        self.take_flush(true)
+        self.take_flush(Scope::All)
+    }
+
+    /// Shares of the keys whose session writes [`Pipeline::prepare_share_flush`]
+    /// spreads over its flushes: [`SESSION_WRITE_SHARES`] where a restore
+    /// replays the raw rows itself (see [`Pipeline::defer_sessions`]), else 1.
+    pub fn session_shares(&self) -> u32 {
+        if self.defer_sessions && !self.source_replays {
+            SESSION_WRITE_SHARES
+        } else {
+            1
+        }
+    }
+
+    /// Like [`Pipeline::prepare_flush`], but the session changes of only the
+    /// next of [`Pipeline::session_shares`] shares of the keys (all of one
+    /// key's changes together), the others staying in memory: a loaded
+    /// stage's session writes spread over several commits instead of
+    /// stalling one. The watermark stored with them is that of the share
+    /// written longest ago, from which a restore replays (see
+    /// [`Pipeline::defer_sessions`]). A full flush with one share, or while an
+    /// erasure is pending.
+    pub fn prepare_share_flush(&mut self) -> Option<PreparedFlush> {
+        if self.session_shares() == 1 || !self.erasures.pending.is_empty() {
+            return self.take_flush(Scope::All);
+        }
+        self.take_flush(Scope::NextShare)
     }
 
     /// Like [`Pipeline::prepare_flush`], but only the raw rows and dead
@@ -572,7 +673,7 @@ impl Pipeline {
         // An erasure's flush writes the sessions too: the stored sessions
         // (and where a restart resumes them) then follow the erasure.
         if !self.defer_sessions || !self.erasures.pending.is_empty() {
-            return self.take_flush(true);
+            return self.take_flush(Scope::All);
         }
         let replay_only = self
             .partitions
@@ -583,10 +684,10 @@ impl Pipeline {
             return None;
         }
         self.metrics.deferred_flushes.inc();
-        self.take_flush(false)
+        self.take_flush(Scope::RawOnly)
     }
 
-    fn take_flush(&mut self, with_sessions: bool) -> Option<PreparedFlush> {
+    fn take_flush(&mut self, scope: Scope) -> Option<PreparedFlush> {
         let started = Instant::now();
         let mut changes = Vec::new();
         let mut offsets = Vec::new();
@@ -609,7 +710,7 @@ impl Pipeline {
                 session_offset,
                 owner_epoch: state.owner_epoch,
             };
-            if !with_sessions {
+            if scope == Scope::RawOnly {
                 // Raw rows only: the committed offset moves, the sessions'
                 // offset and watermark stay; `dirty` stays for the sessions.
                 if let (true, Some(next_offset)) = (state.dirty, committed) {
@@ -617,18 +718,35 @@ impl Pipeline {
                 }
                 continue;
             }
-            let drained = state.sessionizer.drain_changes();
+            let shares = state.share_watermarks.len() as u32;
+            let share = match scope {
+                Scope::NextShare if shares > 1 => Share {
+                    index: state.next_share,
+                    of: shares,
+                },
+                _ => Share::ALL,
+            };
+            let drained = state.sessionizer.drain_share(share);
             // After the drain: the sessions a due correction reads are in
-            // this flush or an earlier one.
+            // this flush or an earlier one (a key's correction waits for the
+            // flush that writes its share).
             let (sessionizer, clock_ms) = (&state.sessionizer, self.clock_ms);
-            state.late.retain(|_, mark| {
-                let due = correction_due(mark, sessionizer, clock_ms);
+            state.late.retain(|(user_id, video_id), mark| {
+                let due =
+                    share.holds(user_id, video_id) && correction_due(mark, sessionizer, clock_ms);
                 if due {
                     corrections.push(mark.clone());
                 }
                 !due
             });
-            let watermark_ms = state.sessionizer.watermark_ms();
+            let now_watermark_ms = state.sessionizer.watermark_ms();
+            if share == Share::ALL {
+                state.share_watermarks.fill(now_watermark_ms);
+            } else {
+                state.share_watermarks[share.index as usize] = now_watermark_ms;
+                state.next_share = (share.index + 1) % shares;
+            }
+            let watermark_ms = state.sessions_watermark();
             let watermark_moved = watermark_ms != state.written_watermark_ms;
             if drained.is_empty() && !state.dirty && !watermark_moved {
                 continue;
@@ -969,7 +1087,10 @@ pub struct StageSettings {
 /// the writer is the bottleneck: from it on sessions are written once per
 /// interval (an open session's row is then rewritten once per few seconds
 /// instead of once per commit), and the commits in between, holding raw rows
-/// only, come quicker and smaller. That stretch lasts until the stage has
+/// only, come quicker and smaller. With several shares of the keys (see
+/// [`Pipeline::prepare_share_flush`]) one share is written every
+/// `interval / shares`, so that no one commit carries a whole interval's
+/// sessions. That stretch lasts until the stage has
 /// been quiet for [`SETTLE`], or until fewer heartbeats than one such flush
 /// came in a whole interval; small commits alone do not end it, since they
 /// are what deferring makes. Outside it every flush writes its sessions.
@@ -977,8 +1098,12 @@ pub struct StageSettings {
 pub struct SessionWrites {
     interval: std::time::Duration,
     defer_from: usize,
+    shares: u32,
     loaded: bool,
+    /// When the current interval began.
     written: Instant,
+    /// When a share was last written.
+    share_written: Instant,
     /// Heartbeats flushed since sessions were last written.
     since_written: usize,
     /// Since when the stage has had nothing pending.
@@ -990,28 +1115,43 @@ pub struct SessionWrites {
 /// arrivals, which would otherwise end every stretch at once.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// What the next flush writes of the sessions (see [`SessionWrites`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Raw rows only.
+    Nothing,
+    /// The next share of the keys.
+    Share,
+    /// Every change.
+    All,
+}
+
 impl SessionWrites {
     /// Sessions at most `interval` behind under load (zero: always written),
-    /// a load being a flush of `defer_from` heartbeats or more.
-    pub fn new(interval: std::time::Duration, defer_from: usize) -> Self {
+    /// a load being a flush of `defer_from` heartbeats or more, written in
+    /// `shares` parts (at least one).
+    pub fn new(interval: std::time::Duration, defer_from: usize, shares: u32) -> Self {
+        let now = Instant::now();
         Self {
             interval,
             defer_from,
+            shares: shares.max(1),
             loaded: false,
-            written: Instant::now(),
+            written: now,
+            share_written: now,
             since_written: 0,
             quiet_since: None,
         }
     }
 
-    /// Whether the flush about to be taken, of `pending` heartbeats, writes
-    /// sessions. `quiet`: nothing pending or waiting at all; `closing`: the
-    /// stage's last flush.
-    pub fn due(&mut self, pending: usize, quiet: bool, closing: bool) -> bool {
+    /// What the flush about to be taken, of `pending` heartbeats, writes of
+    /// the sessions. `quiet`: nothing pending or waiting at all; `closing`:
+    /// the stage's last flush.
+    pub fn due(&mut self, pending: usize, quiet: bool, closing: bool) -> Due {
         self.due_at(pending, quiet, closing, Instant::now())
     }
 
-    fn due_at(&mut self, pending: usize, quiet: bool, closing: bool, now: Instant) -> bool {
+    fn due_at(&mut self, pending: usize, quiet: bool, closing: bool, now: Instant) -> Due {
         let large = pending >= self.defer_from;
         self.loaded |= large;
         self.since_written += pending;
@@ -1021,58 +1161,87 @@ impl SessionWrites {
             self.quiet_since = None;
             false
         };
-        let due = self.interval.is_zero()
-            || closing
-            || !self.loaded
-            || settled
-            || now.duration_since(self.written) >= self.interval;
-        if due {
+        let whole = self.interval.is_zero() || closing || !self.loaded || settled;
+        if whole || now.duration_since(self.written) >= self.interval {
             self.loaded =
                 !settled && (large || (self.loaded && self.since_written >= self.defer_from));
             self.written = now;
             self.since_written = 0;
         }
-        due
+        if whole {
+            self.share_written = now;
+            Due::All
+        } else if now.duration_since(self.share_written) >= self.interval / self.shares {
+            self.share_written = now;
+            Due::Share
+        } else {
+            Due::Nothing
+        }
     }
 }
 
-/// Takes the next flush: with the session changes when `writes` says so,
-/// else raw rows and offsets only.
+/// Takes the next flush: with the session changes (all, or the next share's)
+/// when `writes` says so, else raw rows and offsets only.
 pub fn prepare_next(
     pipeline: &mut Pipeline,
     writes: &mut SessionWrites,
     quiet: bool,
     closing: bool,
 ) -> Option<PreparedFlush> {
-    if writes.due(pipeline.pending(), quiet, closing) {
-        pipeline.prepare_flush()
-    } else {
-        pipeline.prepare_raw_flush()
+    match writes.due(pipeline.pending(), quiet, closing) {
+        Due::All => pipeline.prepare_flush(),
+        Due::Share => pipeline.prepare_share_flush(),
+        Due::Nothing => pipeline.prepare_raw_flush(),
     }
 }
 
 #[cfg(test)]
 mod session_writes_tests {
-    use super::{SessionWrites, SETTLE};
+    use super::{Due, SessionWrites, SETTLE};
     use std::time::{Duration, Instant};
 
     const INTERVAL: Duration = Duration::from_secs(2);
     const TICK: Duration = Duration::from_millis(10);
 
-    /// Deferring from flushes of 1,000 heartbeats, sessions last written at `start`.
-    fn writes(start: Instant) -> SessionWrites {
+    /// Deferring from flushes of 1,000 heartbeats, sessions last written at
+    /// `start`, in `shares` parts.
+    fn shared_writes(start: Instant, shares: u32) -> SessionWrites {
         SessionWrites {
             written: start,
-            ..SessionWrites::new(INTERVAL, 1_000)
+            share_written: start,
+            ..SessionWrites::new(INTERVAL, 1_000, shares)
         }
     }
 
+    fn writes(start: Instant) -> SessionWrites {
+        shared_writes(start, 1)
+    }
+
     /// Feeds flushes of `sizes` heartbeats, one per [`TICK`] from `from`;
-    /// returns the indices of those that wrote sessions.
-    fn written(writes: &mut SessionWrites, from: Instant, sizes: &[usize]) -> Vec<usize> {
+    /// returns the indices of those that wrote sessions, and what they wrote.
+    fn writes_of(writes: &mut SessionWrites, from: Instant, sizes: &[usize]) -> Vec<(usize, Due)> {
         (0..sizes.len())
-            .filter(|&i| writes.due_at(sizes[i], false, false, from + TICK * i as u32))
+            .map(|i| {
+                (
+                    i,
+                    writes.due_at(sizes[i], false, false, from + TICK * i as u32),
+                )
+            })
+            .filter(|&(_, due)| due != Due::Nothing)
             .collect()
+    }
+
+    /// The indices of [`writes_of`].
+    fn written(writes: &mut SessionWrites, from: Instant, sizes: &[usize]) -> Vec<usize> {
+        writes_of(writes, from, sizes)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Whether a flush writes sessions at all.
+    fn writes_any(due: Due) -> bool {
+        due != Due::Nothing
     }
 
     #[test]
@@ -1099,22 +1268,30 @@ mod session_writes_tests {
     fn the_stretch_ends_once_the_stage_stays_quiet() {
         let start = Instant::now();
         let mut writes = writes(start);
-        assert!(!writes.due_at(5_000, false, false, start));
+        assert!(!writes_any(writes.due_at(5_000, false, false, start)));
         assert!(
-            !writes.due_at(0, true, false, start + TICK),
+            !writes_any(writes.due_at(0, true, false, start + TICK)),
             "a moment's lull"
         );
-        assert!(!writes.due_at(100, false, false, start + TICK * 2));
-        assert!(!writes.due_at(0, true, false, start + TICK * 3));
-        assert!(writes.due_at(0, true, false, start + TICK * 3 + SETTLE));
-        assert!(writes.due_at(100, false, false, start + TICK * 9));
+        assert!(!writes_any(writes.due_at(
+            100,
+            false,
+            false,
+            start + TICK * 2
+        )));
+        assert!(!writes_any(writes.due_at(0, true, false, start + TICK * 3)));
+        assert_eq!(
+            writes.due_at(0, true, false, start + TICK * 3 + SETTLE),
+            Due::All
+        );
+        assert_eq!(writes.due_at(100, false, false, start + TICK * 9), Due::All);
     }
 
     #[test]
     fn the_stretch_ends_after_an_interval_with_fewer_heartbeats_than_one_large_flush() {
         let start = Instant::now();
         let mut writes = writes(start);
-        assert!(!writes.due_at(5_000, false, false, start));
+        assert!(!writes_any(writes.due_at(5_000, false, false, start)));
         // Then 4 heartbeats per 10 ms: 800 per interval.
         let due = written(&mut writes, start + TICK, &[4; 450]);
         assert_eq!(
@@ -1130,12 +1307,46 @@ mod session_writes_tests {
 
     #[test]
     fn a_zero_interval_or_the_last_flush_always_writes() {
-        let mut never = SessionWrites::new(Duration::ZERO, 1_000);
-        assert!(never.due(50_000, false, false));
-        assert!(never.due(100, false, false));
+        let mut never = SessionWrites::new(Duration::ZERO, 1_000, 4);
+        assert_eq!(never.due(50_000, false, false), Due::All);
+        assert_eq!(never.due(100, false, false), Due::All);
         let start = Instant::now();
-        let mut closing = writes(start);
-        assert!(!closing.due_at(50_000, false, false, start));
-        assert!(closing.due_at(100, false, true, start + TICK));
+        let mut closing = shared_writes(start, 4);
+        assert!(!writes_any(closing.due_at(50_000, false, false, start)));
+        assert_eq!(closing.due_at(100, false, true, start + TICK), Due::All);
+    }
+
+    #[test]
+    fn with_shares_a_loaded_stage_writes_one_share_per_part_of_the_interval() {
+        let start = Instant::now();
+        // One large flush, then flushes of 100 heartbeats for 2.5 s.
+        let mut sizes = vec![1_000];
+        sizes.extend([100; 250]);
+        assert_eq!(
+            writes_of(&mut shared_writes(start, 4), start, &sizes),
+            [50, 100, 150, 200, 250].map(|i| (i, Due::Share)),
+            "a share every 500 ms"
+        );
+    }
+
+    #[test]
+    fn with_shares_the_end_of_the_stretch_writes_every_share() {
+        let start = Instant::now();
+        let mut writes = shared_writes(start, 4);
+        assert!(!writes_any(writes.due_at(5_000, false, false, start)));
+        assert_eq!(
+            writes.due_at(100, false, false, start + INTERVAL / 4),
+            Due::Share
+        );
+        assert!(!writes_any(writes.due_at(
+            0,
+            true,
+            false,
+            start + INTERVAL / 4 + TICK
+        )));
+        assert_eq!(
+            writes.due_at(0, true, false, start + INTERVAL / 4 + TICK + SETTLE),
+            Due::All
+        );
     }
 }

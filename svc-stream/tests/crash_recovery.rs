@@ -12,12 +12,12 @@ use sqlx::Row;
 use std::collections::HashSet;
 use std::sync::Arc;
 use support::{
-    config, expected, heartbeat, idle_closes, idle_through, session_of, stored_sessions_sqlite,
-    SELECT_SESSIONS,
+    config, expected, expected_with_gap, heartbeat, idle_closes, idle_through, session_of,
+    stored_sessions_sqlite, SELECT_SESSIONS,
 };
 use svc_stream::metrics::StreamMetrics;
-use svc_stream::pipeline::{Pipeline, SourceKind, CORRECTION_SETTLE_MS};
-use svc_stream::sessionizer::Session;
+use svc_stream::pipeline::{Pipeline, SourceKind, CORRECTION_SETTLE_MS, SESSION_WRITE_SHARES};
+use svc_stream::sessionizer::{Session, SessionConfig, Share};
 use svc_stream::sink::sql::{PgStore, SqliteStore};
 use svc_stream::sink::{RawInStore, RawPlacement};
 
@@ -32,6 +32,22 @@ fn workload(count: usize) -> Vec<Heartbeat> {
         videos: 15,
         ads: 5,
         seed: 7,
+        ..FleetConfig::default()
+    });
+    fleet.heartbeats(count).collect()
+}
+
+/// Like [`workload`], with viewers who often leave a title and come back
+/// to another after a short while: sessions end all through the run.
+fn restless_workload(count: usize) -> Vec<Heartbeat> {
+    let mut fleet = Fleet::new(FleetConfig {
+        devices: 40,
+        users: 25,
+        videos: 15,
+        ads: 5,
+        seed: 7,
+        abandon_per_beat: 0.03,
+        think_ms: (5_000, 60_000),
         ..FleetConfig::default()
     });
     fleet.heartbeats(count).collect()
@@ -53,9 +69,17 @@ fn handoff_pipeline<S: RawInStore + 'static>(store: Arc<S>) -> Pipeline {
 }
 
 fn stage<S: RawInStore + 'static>(source: SourceKind, store: Arc<S>) -> Pipeline {
+    stage_with(config(), source, store)
+}
+
+fn stage_with<S: RawInStore + 'static>(
+    config: SessionConfig,
+    source: SourceKind,
+    store: Arc<S>,
+) -> Pipeline {
     let metrics = StreamMetrics::register(&mut Registry::default());
     Pipeline::new(
-        config(),
+        config,
         source,
         store.clone(),
         RawPlacement::InStore(store),
@@ -112,10 +136,13 @@ fn distinct_events(heartbeats: &[Heartbeat]) -> usize {
 /// The store equals the batch definition over `heartbeats`: the sessions
 /// row by row, one raw row per distinct event, impressions exactly.
 macro_rules! assert_store_exact {
-    ($pool:expr, $heartbeats:expr) => {{
+    ($pool:expr, $heartbeats:expr) => {
+        assert_store_exact!($pool, $heartbeats, config().gap_ms)
+    };
+    ($pool:expr, $heartbeats:expr, $gap_ms:expr) => {{
         let rows = sqlx::query(SELECT_SESSIONS).fetch_all($pool).await.unwrap();
         let stored: Vec<Session> = rows.iter().map(session_of).collect();
-        assert_eq!(stored, expected($heartbeats));
+        assert_eq!(stored, expected_with_gap($heartbeats, $gap_ms));
         let raw: i64 = sqlx::query("SELECT COUNT(*) FROM raw_heartbeats")
             .fetch_one($pool)
             .await
@@ -127,7 +154,10 @@ macro_rules! assert_store_exact {
             .await
             .unwrap()
             .get(0);
-        let expected_impressions: usize = expected($heartbeats).iter().map(|s| s.ads.len()).sum();
+        let expected_impressions: usize = expected_with_gap($heartbeats, $gap_ms)
+            .iter()
+            .map(|s| s.ads.len())
+            .sum();
         assert_eq!(impressions as usize, expected_impressions);
     }};
 }
@@ -202,21 +232,34 @@ async fn a_restart_without_crash_changes_nothing() {
     assert_eq!(before, after);
 }
 
+/// How the deferred stage of [`run_deferred_with_crashes`] writes sessions.
+#[derive(Clone, Copy)]
+enum SessionFlush {
+    /// Every change at once, every 100 heartbeats.
+    Whole,
+    /// The next share of the keys, every 25 heartbeats: a round of shares
+    /// spans more event time than the gap, so that restores start from a
+    /// watermark older than some of the finals stored.
+    Share,
+}
+
 /// The embedded stage with deferred session writes: most flushes commit only
-/// raw rows (every third writes the sessions too), and the process dies right
-/// after a raw-only flush with more work unflushed. Devices resend what was
-/// not acknowledged (everything after the last commit, plus a few acked ones
-/// again); the restart must rebuild the deferred session changes from the
-/// raw rows.
+/// raw rows (every third writes the sessions too, whole or one share's), and
+/// the process dies right after a raw-only flush with more work unflushed.
+/// Devices resend what was not acknowledged (everything after the last
+/// commit, plus a few acked ones again); the restart must rebuild the
+/// deferred session changes from the raw rows.
 async fn run_deferred_with_crashes<S: RawInStore + 'static>(
     store: Arc<S>,
     heartbeats: &[Heartbeat],
     crash_at: &[usize],
+    config: SessionConfig,
+    sessions: SessionFlush,
 ) {
     let mut crashes = crash_at.iter().copied().peekable();
     let mut acked: usize = 0;
     loop {
-        let mut stage = handoff_pipeline(store.clone());
+        let mut stage = stage_with(config, SourceKind::Handoff, store.clone());
         assert!(stage.defer_sessions(), "the raw mirror is in the store");
         stage.assign(PARTITION).await.unwrap();
         let mut next = acked.saturating_sub(5);
@@ -231,12 +274,18 @@ async fn run_deferred_with_crashes<S: RawInStore + 'static>(
                 hb_common::time::now_ms(),
             );
             next += 1;
-            if next.is_multiple_of(100) {
+            let every = match sessions {
+                SessionFlush::Whole => 100,
+                SessionFlush::Share => 25,
+            };
+            if next.is_multiple_of(every) {
+                // Sessions become final as the stage ticks.
+                stage.tick(hb_common::time::now_ms());
                 flushes += 1;
-                let prepared = if flushes % 3 == 0 {
-                    stage.prepare_flush()
-                } else {
-                    stage.prepare_raw_flush()
+                let prepared = match (flushes % 3, sessions) {
+                    (0, SessionFlush::Whole) => stage.prepare_flush(),
+                    (0, SessionFlush::Share) => stage.prepare_share_flush(),
+                    _ => stage.prepare_raw_flush(),
                 };
                 if let Some(prepared) = prepared {
                     prepared.commit().await.unwrap();
@@ -270,7 +319,14 @@ async fn deferred_session_writes_survive_crashes_on_sqlite() {
     let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
-    run_deferred_with_crashes(store, &heartbeats, &[450, 1_201, 1_950, 2_650]).await;
+    run_deferred_with_crashes(
+        store,
+        &heartbeats,
+        &[450, 1_201, 1_950, 2_650],
+        config(),
+        SessionFlush::Whole,
+    )
+    .await;
 
     assert_store_exact!(&pool, &heartbeats);
 }
@@ -281,9 +337,112 @@ async fn deferred_session_writes_survive_crashes_on_postgres() {
     let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
     let heartbeats = workload(3_000);
 
-    run_deferred_with_crashes(store, &heartbeats, &[333, 1_000, 1_001, 2_222]).await;
+    run_deferred_with_crashes(
+        store,
+        &heartbeats,
+        &[333, 1_000, 1_001, 2_222],
+        config(),
+        SessionFlush::Whole,
+    )
+    .await;
 
     assert_store_exact!(&pool, &heartbeats);
+}
+
+/// Sessions short enough that many become final within the run, so that
+/// share flushes write finals past the watermark a restore starts from.
+fn short_sessions() -> SessionConfig {
+    SessionConfig {
+        gap_ms: 20_000,
+        lateness_ms: 10_000,
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn session_writes_spread_over_shares_survive_crashes_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
+    let heartbeats = restless_workload(4_000);
+    let config = short_sessions();
+
+    let crashes = [700, 1_450, 2_201, 2_950, 3_700];
+    run_deferred_with_crashes(store, &heartbeats, &crashes, config, SessionFlush::Share).await;
+
+    assert_store_exact!(&pool, &heartbeats, config.gap_ms);
+}
+
+#[tokio::test]
+async fn session_writes_spread_over_shares_survive_crashes_on_postgres() {
+    let (_db, pool) = hb_testkit::db::TestDb::create().await.unwrap();
+    let store = Arc::new(PgStore::new(pool.clone(), TTL_MS));
+    let heartbeats = restless_workload(4_000);
+    let config = short_sessions();
+
+    let crashes = [650, 1_400, 1_401, 2_222, 3_100];
+    run_deferred_with_crashes(store, &heartbeats, &crashes, config, SessionFlush::Share).await;
+
+    assert_store_exact!(&pool, &heartbeats, config.gap_ms);
+}
+
+/// A user watching "v1" whose key is in share `index` of the share flushes.
+fn user_in_share(index: u32) -> String {
+    let share = Share {
+        index,
+        of: SESSION_WRITE_SHARES,
+    };
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|user| share.holds(user, "v1"))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_session_stored_by_a_late_share_whose_start_then_moved_leaves_no_stale_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = hb_common::store::open_sqlite(dir.path(), 2).await.unwrap();
+    let store = Arc::new(SqliteStore::new(pool.clone(), TTL_MS));
+    let config = short_sessions();
+    let (steady, mover) = (user_in_share(0), user_in_share(SESSION_WRITE_SHARES - 1));
+    let s = |seconds: i64| 1_700_000_000_000 + seconds * 1_000;
+    let mut sent = Vec::new();
+    let mut stage = stage_with(config, SourceKind::Handoff, store.clone());
+    assert!(stage.defer_sessions());
+    stage.assign(PARTITION).await.unwrap();
+    let mut send = |stage: &mut Pipeline, hb: Heartbeat| {
+        stage.ingest(PARTITION, None, &hb, hb_common::time::now_ms());
+        sent.push(hb);
+    };
+    // A round of share flushes: the steady viewer's share first (at 50 s),
+    // the mover's last (at 105 s), its session then starting at 100 s.
+    for (i, seconds) in (0..=50).step_by(5).enumerate() {
+        send(
+            &mut stage,
+            heartbeat(&format!("steady-{i}"), &steady, s(seconds), 0),
+        );
+    }
+    for (share, seconds) in (0..SESSION_WRITE_SHARES).zip((50..).step_by(5)) {
+        if share == SESSION_WRITE_SHARES - 1 {
+            send(&mut stage, heartbeat("mover-100", &mover, s(100), 0));
+        }
+        send(
+            &mut stage,
+            heartbeat(&format!("steady-at-{seconds}"), &steady, s(seconds + 5), 0),
+        );
+        stage.prepare_share_flush().unwrap().commit().await.unwrap();
+    }
+    // Within the lateness, before the mover's stored start: the start moves.
+    send(&mut stage, heartbeat("mover-97", &mover, s(97), 0));
+    stage.prepare_raw_flush().unwrap().commit().await.unwrap();
+    drop(stage);
+
+    let mut stage = stage_with(config, SourceKind::Handoff, store);
+    assert!(stage.defer_sessions());
+    stage.assign(PARTITION).await.unwrap();
+    stage.flush().await.unwrap();
+
+    assert_store_exact!(&pool, &sent, config.gap_ms);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use super::events::{Event, EventRef, PlaybackState};
 use super::fxhash::{fingerprint, key_fingerprint, FxBuildHasher};
 use super::id::Id;
 use super::prefetch;
-use super::sessions::{Change, ChangeRef, Outcome, Session, SessionKey};
+use super::sessions::{Change, ChangeRef, Outcome, Session, SessionKey, Share};
 use super::state::{KeySlot, LiveSession};
 use super::tables::{IdTable, KeyTable, SlotIndex, SlotSet};
 use super::tail::{Held, NewHeld, Point, Tail};
@@ -216,8 +216,15 @@ impl Sessionizer {
     /// same batch), then the `Upsert`s (ordered by internal key slot), then the
     /// `Final`s in order of finalization. Deterministic for a given input.
     pub fn drain_changes(&mut self) -> Vec<Change> {
+        self.drain_share(Share::ALL)
+    }
+
+    /// The changes of [`Sessionizer::drain_changes`] for the keys in `share`
+    /// only, in the same order; the other keys' changes stay for later
+    /// drains. Each key's changes go out together.
+    pub fn drain_share(&mut self, share: Share) -> Vec<Change> {
         let mut changes = Vec::with_capacity(self.finals.len());
-        self.drain_changes_with(|change| {
+        self.drain_share_with(share, |change| {
             changes.push(match change {
                 ChangeRef::Upsert(session) => Change::Upsert(session.to_session()),
                 ChangeRef::Final(session) => Change::Final(session),
@@ -230,8 +237,13 @@ impl Sessionizer {
     /// The changes of [`Sessionizer::drain_changes`], in the same order, handed
     /// to `visit` one by one with each open session borrowed from the state:
     /// nothing is copied for an upsert the consumer only reads.
-    pub fn drain_changes_with(&mut self, mut visit: impl FnMut(ChangeRef<'_>)) {
+    pub fn drain_changes_with(&mut self, visit: impl FnMut(ChangeRef<'_>)) {
+        self.drain_share_with(Share::ALL, visit)
+    }
+
+    fn drain_share_with(&mut self, share: Share, mut visit: impl FnMut(ChangeRef<'_>)) {
         let mut deleted = std::mem::take(&mut self.deleted);
+        let kept_deletes = take_outside(&mut deleted, share, |key| (&key.user_id, &key.video_id));
         if !deleted.is_empty() {
             deleted.sort_unstable();
             deleted.dedup();
@@ -272,7 +284,11 @@ impl Sessionizer {
                 visit(ChangeRef::Delete(key));
             }
         }
-        self.deleted = deleted;
+        self.deleted = if kept_deletes.is_empty() {
+            deleted
+        } else {
+            kept_deletes
+        };
         // One pass by slot, a walk through memory in order rather than at
         // random. Sessions that were changed and then merged away or
         // finalized are no longer in their slot; a released slot holds none.
@@ -281,6 +297,17 @@ impl Sessionizer {
         let mut changed = std::mem::take(&mut self.drained);
         changed.clear();
         self.changed.drain(|slot_index| changed.push(slot_index));
+        if share != Share::ALL {
+            let (slots, kept) = (&self.slots, &mut self.changed);
+            changed.retain(|&slot_index| {
+                let slot = &slots[slot_index as usize];
+                let ours = share.holds(slot.user_id.as_str(), slot.video_id.as_str());
+                if !ours {
+                    kept.insert(slot_index);
+                }
+                ours
+            });
+        }
         for (at, &slot_index) in changed.iter().enumerate() {
             if let Some(slot) = changed
                 .get(at + DRAIN_AHEAD)
@@ -299,8 +326,14 @@ impl Sessionizer {
             }
         }
         self.drained = changed;
+        let kept_finals = take_outside(&mut self.finals, share, |session| {
+            (&session.user_id, &session.video_id)
+        });
         for session in self.finals.drain(..) {
             visit(ChangeRef::Final(session));
+        }
+        if !kept_finals.is_empty() {
+            self.finals = kept_finals;
         }
     }
 
@@ -394,6 +427,36 @@ impl Sessionizer {
         self.deleted.retain(|key| key.user_id != user_id);
         self.finals.retain(|session| session.user_id != user_id);
         forgotten
+    }
+
+    /// After a restore that did not rebuild the stored open session `key`
+    /// (its heartbeats were pushed as new ones): the live session starting
+    /// there takes the stored row over, so a later move of its start deletes
+    /// that row; with none (its start moved, or it merged into another
+    /// session) the row's delete is queued, and dropped again should a
+    /// session be written under the same key in the same drain.
+    pub fn note_stored(&mut self, key: &SessionKey) {
+        let (user_id, video_id) = (key.user_id.as_str(), key.video_id.as_str());
+        let slots = &self.slots;
+        let found = self
+            .keys
+            .find(key_fingerprint(user_id, video_id), |slot_index| {
+                let slot = &slots[slot_index as usize];
+                slot.user_id.is(user_id) && slot.video_id.is(video_id)
+            });
+        if let Some(slot_index) = found {
+            let slot = &mut self.slots[slot_index as usize];
+            if let Some(session) = slot
+                .sessions
+                .as_mut_slice()
+                .iter_mut()
+                .find(|session| session.start_ms == key.start_ms)
+            {
+                session.set_stored_start_ms(Some(key.start_ms));
+                return;
+            }
+        }
+        self.deleted.push(key.clone());
     }
 
     /// Number of open sessions.
@@ -745,4 +808,22 @@ impl Restoring<'_> {
             sessionizer.changed.clear();
         }
     }
+}
+
+/// Moves the items of `items` whose key is outside `share` into the returned
+/// list, keeping the order of both.
+fn take_outside<T>(
+    items: &mut Vec<T>,
+    share: Share,
+    key: impl Fn(&T) -> (&String, &String),
+) -> Vec<T> {
+    if share == Share::ALL || items.is_empty() {
+        return Vec::new();
+    }
+    let (ours, kept): (Vec<T>, Vec<T>) = std::mem::take(items).into_iter().partition(|item| {
+        let (user_id, video_id) = key(item);
+        share.holds(user_id, video_id)
+    });
+    *items = ours;
+    kept
 }

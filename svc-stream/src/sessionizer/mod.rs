@@ -71,4 +71,4 @@ pub use config::SessionConfig;
 pub use engine::{Restoring, Sessionizer};
 pub use events::{Event, EventRef, PlaybackState, Scalars};
 pub use offline::{sessionize_all, sessionize_sorted, sort_sessions};
-pub use sessions::{Change, ChangeRef, Outcome, Session, SessionKey, SessionRef};
+pub use sessions::{Change, ChangeRef, Outcome, Session, SessionKey, SessionRef, Share};

@@ -127,3 +127,27 @@ pub enum Outcome {
     /// not sessionized; the caller still mirrors and counts it.
     Late,
 }
+
+/// One of `of` disjoint shares of the `(user_id, video_id)` keys, so that a
+/// drain can hand over the changes of some keys and keep the rest (see
+/// [`Sessionizer::drain_share`]). A key's share depends on the key alone.
+///
+/// [`Sessionizer::drain_share`]: super::Sessionizer::drain_share
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub index: u32,
+    pub of: u32,
+}
+
+impl Share {
+    /// Every key.
+    pub const ALL: Share = Share { index: 0, of: 1 };
+
+    /// Whether the key `(user_id, video_id)` is in this share.
+    pub fn holds(&self, user_id: &str, video_id: &str) -> bool {
+        // The high half: the key tables index by the low bits.
+        self.of <= 1
+            || (super::fxhash::key_fingerprint(user_id, video_id) >> 32) as u32 % self.of
+                == self.index
+    }
+}

@@ -417,7 +417,10 @@ impl IdTable {
         let liveness = self.liveness(horizon_ms);
         if self.moving.is_some() {
             self.move_some(liveness);
-        } else {
+        }
+        // Also on the insert that ends a move: the entries moved and those
+        // inserted meanwhile can leave the new table at three quarters.
+        if self.moving.is_none() {
             self.unswept += 1;
             if self.unswept == SWEEP_EVERY {
                 self.unswept = 0;
@@ -855,6 +858,51 @@ mod tests {
             assert!(table.contains(fingerprint(i), horizon_ms, |_| true), "{i}");
         }
         assert!(!table.contains(fingerprint(5), horizon_ms, |_| true));
+    }
+
+    #[test]
+    fn a_table_stays_under_three_quarters_full_through_shrinks_and_growth() {
+        let fingerprint = |i: i64| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut shrinks = 0;
+        // Tables of several sizes lose their ids to the horizon, shrink while
+        // a few dozen stay live, then take a burst of new ones mid-move.
+        for grown_by in (300..1_500).step_by(50) {
+            for every_ms in [1_000, 1_100, 1_200, 1_300, 1_500] {
+                let mut table = IdTable::new(60_000);
+                let mut i = 0i64;
+                let mut insert = |table: &mut IdTable, time_ms: i64| {
+                    i += 1;
+                    let was_moving = table.moving.is_some();
+                    let len = table.entries.len();
+                    table.insert(fingerprint(i), time_ms, 1, time_ms - 60_000);
+                    assert!(
+                        table.occupied * 4 <= table.entries.len() * 3,
+                        "{} of {} after {grown_by} ids, then one per {every_ms} ms",
+                        table.occupied,
+                        table.entries.len()
+                    );
+                    !was_moving && table.entries.len() < len
+                };
+                for _ in 0..grown_by {
+                    insert(&mut table, 0);
+                }
+                let mut time_ms = 3_600_000;
+                let mut shrunk = false;
+                for _ in 0..2_000 {
+                    time_ms += every_ms;
+                    if insert(&mut table, time_ms) {
+                        shrunk = true;
+                        break;
+                    }
+                }
+                shrinks += usize::from(shrunk);
+                for _ in 0..500 {
+                    time_ms += 1;
+                    insert(&mut table, time_ms);
+                }
+            }
+        }
+        assert!(shrinks > 50, "{shrinks}");
     }
 
     #[test]

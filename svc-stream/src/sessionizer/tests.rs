@@ -934,3 +934,82 @@ fn heartbeats_of_a_forgotten_user_start_new_sessions_even_when_resent() {
     assert_eq!(finals.len(), 1);
     assert_eq!((finals[0].start_ms, finals[0].heartbeats), (5_000, 2));
 }
+
+/// The store's rows of the keys in `share`.
+fn rows_in(
+    store: &BTreeMap<SessionKey, (Session, bool)>,
+    share: Share,
+) -> Vec<(&SessionKey, &(Session, bool))> {
+    store
+        .iter()
+        .filter(|(key, _)| share.holds(&key.user_id, &key.video_id))
+        .collect()
+}
+
+#[test]
+fn draining_share_by_share_writes_each_keys_changes_together_and_ends_where_whole_drains_do() {
+    const SHARES: u32 = 4;
+    let share = |index| Share { index, of: SHARES };
+    let mut whole = Sessionizer::new(SessionConfig::default());
+    let mut by_share = Sessionizer::new(SessionConfig::default());
+    let (mut whole_store, mut share_store) = (BTreeMap::new(), BTreeMap::new());
+    let users: Vec<String> = (0..24).map(|i| format!("user-{i}")).collect();
+    let mut starts: BTreeMap<&str, i64> = BTreeMap::new();
+    for step in 0..48_i64 {
+        let now = step * 60_000;
+        let mut events = Vec::new();
+        for (i, user) in users.iter().enumerate() {
+            // Ten minutes of viewing, then twelve away (over the gap): sessions
+            // start, end and become final all through the run.
+            if (step + 3 * i as i64) % 22 >= 10 {
+                starts.remove(user.as_str());
+                continue;
+            }
+            let time_ms = now + i as i64 * 100;
+            let start = *starts.entry(user).or_insert(time_ms);
+            events
+                .push(playing(&format!("{user}-{step}"), time_ms, time_ms - start).for_user(user));
+            if time_ms - start == 60_000 && i % 3 == 0 {
+                // Just before the start, within the lateness: the key moves.
+                events.push(playing(&format!("{user}-early"), start - 30_000, 0).for_user(user));
+            }
+        }
+        for event in events {
+            assert_eq!(whole.push(event.clone()), Outcome::Merged);
+            assert_eq!(by_share.push(event), Outcome::Merged);
+        }
+        whole.advance(now);
+        by_share.advance(now);
+        apply(&mut whole_store, whole.drain_changes());
+        let drained = share(step as u32 % SHARES);
+        let changes = by_share.drain_share(drained);
+        assert!(changes.iter().all(|change| {
+            let (user_id, video_id) = match change {
+                Change::Upsert(session) | Change::Final(session) => {
+                    (&session.user_id, &session.video_id)
+                }
+                Change::Delete(key) => (&key.user_id, &key.video_id),
+            };
+            drained.holds(user_id, video_id)
+        }));
+        apply(&mut share_store, changes);
+        assert_eq!(
+            rows_in(&share_store, drained),
+            rows_in(&whole_store, drained),
+            "the drained share's keys are as a whole drain leaves them"
+        );
+    }
+    for index in 0..SHARES {
+        apply(&mut share_store, by_share.drain_share(share(index)));
+    }
+    let finals = whole_store
+        .values()
+        .filter(|(_, is_final)| *is_final)
+        .count();
+    assert!(
+        finals > 10 && finals < whole_store.len(),
+        "{finals} of {}",
+        whole_store.len()
+    );
+    assert_eq!(share_store, whole_store);
+}

@@ -147,6 +147,14 @@ pub trait RawMirror: Send + Sync {
 pub trait RawInStore: SessionStore + RawMirror {
     /// Every heartbeat with `event_time_ms >= from_ms`, any order.
     async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError>;
+
+    /// For each key of `partition` with a final session ending at or after
+    /// `from_ms`: the key and the latest such end.
+    async fn final_ends_since(
+        &self,
+        partition: i32,
+        from_ms: i64,
+    ) -> Result<Vec<(String, String, i64)>, SinkError>;
 }
 
 /// Where the raw rows are kept.

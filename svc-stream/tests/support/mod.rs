@@ -20,11 +20,16 @@ pub fn config() -> SessionConfig {
 
 /// The batch definition of SPEC 5 over `heartbeats`.
 pub fn expected(heartbeats: &[Heartbeat]) -> Vec<Session> {
+    expected_with_gap(heartbeats, config().gap_ms)
+}
+
+/// The batch definition over `heartbeats` with sessions `gap_ms` apart.
+pub fn expected_with_gap(heartbeats: &[Heartbeat], gap_ms: i64) -> Vec<Session> {
     let events = heartbeats
         .iter()
         .map(|hb| Event::from_proto(hb).unwrap())
         .collect();
-    sessionize_all(events, config().gap_ms)
+    sessionize_all(events, gap_ms)
 }
 
 pub fn session_of(row: &impl SessionRow) -> Session {
@@ -194,5 +199,13 @@ impl<S: RawInStore> RawMirror for FaultyStore<S> {
 impl<S: RawInStore> RawInStore for FaultyStore<S> {
     async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
         self.inner.replay_since(from_ms).await
+    }
+
+    async fn final_ends_since(
+        &self,
+        partition: i32,
+        from_ms: i64,
+    ) -> Result<Vec<(String, String, i64)>, SinkError> {
+        self.inner.final_ends_since(partition, from_ms).await
     }
 }

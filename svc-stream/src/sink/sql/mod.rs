@@ -323,6 +323,24 @@ impl<P: Send + Sync> RawInStore for SqlStore<P> {
         ))
         .await
     }
+
+    /// Through `sessions_final_by_end` (a partial index: the condition names
+    /// `is_final` itself for SQLite to use it).
+    async fn final_ends_since(
+        &self,
+        partition: i32,
+        from_ms: i64,
+    ) -> Result<Vec<(String, String, i64)>, SinkError> {
+        self.store
+            .fetch_all(&Statement::new(
+                "SELECT user_id, video_id, MAX(end_ms) FROM sessions \
+                 WHERE stream_partition = $1 AND is_final AND end_ms >= $2 \
+                 GROUP BY user_id, video_id",
+                vec![Param::Int4(partition), Param::Int(from_ms)],
+            ))
+            .await
+            .map_err(sink_error)
+    }
 }
 
 #[async_trait]
