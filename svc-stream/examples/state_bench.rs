@@ -221,6 +221,9 @@ async fn open_pipeline(dir: &Path) -> anyhow::Result<Pipeline> {
         RawPlacement::InStore(store),
         metrics,
     );
+    // As `hbmesh up` runs it (with its default `HB_SESSION_WRITE_INTERVAL`):
+    // a restore then also replays the raw rows of the lateness window.
+    pipeline.defer_sessions();
     pipeline.assign(EMBEDDED_PARTITION).await?;
     Ok(pipeline)
 }

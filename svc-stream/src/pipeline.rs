@@ -410,8 +410,9 @@ impl Pipeline {
     /// share written after the stored watermark may have finalized sessions
     /// reaching past `since_ms`; every later heartbeat of that key is in a
     /// later session): anything committed since the stored watermark was
-    /// at or after `since_ms` (older was late). Their changes go out with the
-    /// next flushes. Returns how many were merged.
+    /// at or after `since_ms` (older was late). They come from the store one
+    /// at a time, none held beyond the sessionizer's own state. Their changes
+    /// go out with the next flushes. Returns how many were merged.
     async fn replay_deferred(
         store: &dyn RawInStore,
         partition: i32,
@@ -425,26 +426,21 @@ impl Pipeline {
                 .or_default()
                 .insert(video_id, end_ms);
         }
-        let rows = store.replay_since(since_ms).await?;
-        let mut events: Vec<Event> = rows
-            .into_iter()
-            .filter(|r| !r.late)
-            .filter(|r| {
-                final_ends
-                    .get(&r.user_id)
-                    .and_then(|ends| ends.get(&r.video_id))
-                    .is_none_or(|&end_ms| r.event_time_ms > end_ms)
+        let mut merged = 0;
+        store
+            .replay_since(since_ms, &mut |row| {
+                let in_final = final_ends
+                    .get(&row.user_id)
+                    .and_then(|ends| ends.get(&row.video_id))
+                    .is_some_and(|&end_ms| row.event_time_ms <= end_ms);
+                if row.late || in_final {
+                    return;
+                }
+                if let Some(event) = row.into_event() {
+                    merged += usize::from(sessionizer.push(event) == Outcome::Merged);
+                }
             })
-            .filter_map(RawHeartbeat::into_event)
-            .collect();
-        events.sort_unstable_by(|a, b| {
-            (a.time_ms, a.event_id.as_str()).cmp(&(b.time_ms, b.event_id.as_str()))
-        });
-        let merged = events
-            .into_iter()
-            .map(|event| sessionizer.push(event))
-            .filter(|outcome| *outcome == Outcome::Merged)
-            .count();
+            .await?;
         Ok(merged)
     }
 

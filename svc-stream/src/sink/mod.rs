@@ -145,8 +145,14 @@ pub trait RawMirror: Send + Sync {
 /// left only in the raw rows (the embedded stage).
 #[async_trait]
 pub trait RawInStore: SessionStore + RawMirror {
-    /// Every heartbeat with `event_time_ms >= from_ms`, any order.
-    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError>;
+    /// Hands `visit` every heartbeat with `event_time_ms >= from_ms`, in
+    /// `(event_time_ms, event_id)` order, one at a time (a restore's replay
+    /// can span the whole lateness window of a busy store).
+    async fn replay_since(
+        &self,
+        from_ms: i64,
+        visit: &mut (dyn FnMut(RawHeartbeat) + Send),
+    ) -> Result<(), SinkError>;
 
     /// For each key of `partition` with a final session ending at or after
     /// `from_ms`: the key and the latest such end.

@@ -197,8 +197,12 @@ impl<S: RawInStore> RawMirror for FaultyStore<S> {
 
 #[async_trait]
 impl<S: RawInStore> RawInStore for FaultyStore<S> {
-    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
-        self.inner.replay_since(from_ms).await
+    async fn replay_since(
+        &self,
+        from_ms: i64,
+        visit: &mut (dyn FnMut(RawHeartbeat) + Send),
+    ) -> Result<(), SinkError> {
+        self.inner.replay_since(from_ms, visit).await
     }
 
     async fn final_ends_since(

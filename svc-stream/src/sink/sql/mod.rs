@@ -316,12 +316,23 @@ fn raw_select(condition: &str) -> String {
 
 #[async_trait]
 impl<P: Send + Sync> RawInStore for SqlStore<P> {
-    async fn replay_since(&self, from_ms: i64) -> Result<Vec<RawHeartbeat>, SinkError> {
-        self.raw_rows(Statement::new(
-            raw_select("event_time_ms >= $1"),
+    /// One range scan of the raw table, which is clustered by event time.
+    async fn replay_since(
+        &self,
+        from_ms: i64,
+        visit: &mut (dyn FnMut(RawHeartbeat) + Send),
+    ) -> Result<(), SinkError> {
+        let statement = Statement::new(
+            raw_select("event_time_ms >= $1 ORDER BY event_time_ms, event_id"),
             vec![Param::Int(from_ms)],
-        ))
-        .await
+        );
+        self.store
+            .fetch_each(&statement, |row: RawRow| {
+                visit(raw_heartbeat(row));
+                Ok::<_, sqlx::Error>(())
+            })
+            .await
+            .map_err(sink_error)
     }
 
     /// Through `sessions_final_by_end` (a partial index: the condition names
