@@ -10,14 +10,15 @@ use crate::sessionizer::{
     sessionize_all, Change, Event, EventRef, Outcome, SessionConfig, SessionKey, Sessionizer, Share,
 };
 use crate::sink::{
-    DeadLetter, Flush, LateMark, OffsetRow, RawHeartbeat, RawInStore, RawMirror, RawPlacement,
-    SessionStore, SinkError,
+    DeadLetter, Flush, LateMark, OffsetRow, OpenSession, RawHeartbeat, RawInStore, RawMirror,
+    RawPlacement, SessionStore, SinkError,
 };
 use erasures::{erase_from_mirror, Erasures};
 use hb_common::health::HealthHandle;
 use hb_common::progress::{Progress, Unit};
 use hb_common::time::now_ms;
 use hb_proto::v1::Heartbeat;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -316,16 +317,27 @@ impl Pipeline {
         // after the stored watermark) would move the watermark ahead of the
         // replay and make its older heartbeats late. The replay brings them
         // back in time order.
-        let rebuild_before = replay_from.map_or(i64::MAX, |_| since_ms);
+        let rebuilt_spans: Cow<'_, [OpenSession]> = match replay_from {
+            Some(_) => snapshot
+                .open
+                .iter()
+                .filter(|open| open.start_ms < since_ms)
+                .map(|open| OpenSession {
+                    end_ms: open.end_ms.min(since_ms.saturating_sub(1)),
+                    ..open.clone()
+                })
+                .collect(),
+            None => Cow::Borrowed(&snapshot.open),
+        };
         let mut sessionizer = Sessionizer::new(self.config);
         let mut rebuilt = sessionizer.start_restore();
         let mut raw_rows = 0;
         self.raw
             .mirror()
-            .replay_open(&snapshot.open, &mut |row| {
+            .replay_open(&rebuilt_spans, &mut |row| {
                 raw_rows += 1;
                 restoring.inc(1);
-                if !row.late && row.event_time_ms < rebuild_before {
+                if !row.late {
                     if let Some(event) = row.into_event() {
                         rebuilt.push(event.to_ref());
                     }
