@@ -25,30 +25,29 @@ const TOPIC: &str = "heartbeats";
 const PARTITION: i32 = 3;
 const TTL_MS: i64 = 30 * 86_400_000;
 
-fn workload(count: usize) -> Vec<Heartbeat> {
-    let mut fleet = Fleet::new(FleetConfig {
+/// 40 devices of 25 users over 15 titles.
+fn small_fleet() -> FleetConfig {
+    FleetConfig {
         devices: 40,
         users: 25,
         videos: 15,
         ads: 5,
         seed: 7,
         ..FleetConfig::default()
-    });
-    fleet.heartbeats(count).collect()
+    }
+}
+
+fn workload(count: usize) -> Vec<Heartbeat> {
+    Fleet::new(small_fleet()).heartbeats(count).collect()
 }
 
 /// Like [`workload`], with viewers who often leave a title and come back
 /// to another after a short while: sessions end all through the run.
 fn restless_workload(count: usize) -> Vec<Heartbeat> {
     let mut fleet = Fleet::new(FleetConfig {
-        devices: 40,
-        users: 25,
-        videos: 15,
-        ads: 5,
-        seed: 7,
         abandon_per_beat: 0.03,
         think_ms: (5_000, 60_000),
-        ..FleetConfig::default()
+        ..small_fleet()
     });
     fleet.heartbeats(count).collect()
 }
