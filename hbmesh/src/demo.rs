@@ -81,6 +81,11 @@ pub async fn run_to(
         &seconds,
         "--target",
         &target,
+        // One fleet for every demo: a random one shows no ad impressions now
+        // and then (few players start a title, and so see a pre-roll, within
+        // a short run), and the reports should show every kind of row.
+        "--seed",
+        "7",
     ])?;
     // The fleet's gateway token is minted from the mesh's own secret, not
     // from whatever HB_TOKEN / HB_AUTH_SECRET the environment holds.

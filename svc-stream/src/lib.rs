@@ -138,7 +138,7 @@ pub async fn run(
                     .max(std::time::Duration::from_millis(50)),
                 flush_max: config.flush_max,
                 session_write_interval: config.session_write_interval,
-                defer_from: pipeline::DEFER_FROM,
+                defer_from: pipeline::defer_from(config.flush_max),
             };
             let ready = pipeline::Readiness::new(health.register("stream"), config.stall_timeout);
             embedded::run(pipeline, rx, settings, ready).await
@@ -170,7 +170,7 @@ pub async fn run(
                 tick: config.flush_interval,
                 flush_max: config.flush_max,
                 session_write_interval: config.session_write_interval,
-                defer_from: pipeline::DEFER_FROM,
+                defer_from: pipeline::defer_from(config.flush_max),
             };
             kafka::run(
                 source,

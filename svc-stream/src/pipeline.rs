@@ -1076,6 +1076,13 @@ impl Readiness {
 /// (docs/benchmarks.md), so that such a load reliably starts deferring.
 pub const DEFER_FROM: usize = 10_000;
 
+/// The commit size that starts deferring under a flush cap of `flush_max`:
+/// a commit that reaches the cap is a large one however low the cap is set
+/// (else a cap under [`DEFER_FROM`] would write sessions with every commit).
+pub fn defer_from(flush_max: usize) -> usize {
+    DEFER_FROM.min(flush_max.max(1))
+}
+
 /// How a stage batches its commits.
 #[derive(Clone, Copy, Debug)]
 pub struct StageSettings {
@@ -1322,6 +1329,19 @@ mod session_writes_tests {
         let mut closing = shared_writes(start, 4);
         assert!(!writes_any(closing.due_at(50_000, false, false, start)));
         assert_eq!(closing.due_at(100, false, true, start + TICK), Due::All);
+    }
+
+    #[test]
+    fn a_flush_cap_under_the_threshold_lowers_it_to_the_cap() {
+        assert_eq!(super::defer_from(100_000), super::DEFER_FROM);
+        assert_eq!(super::defer_from(5_000), 5_000);
+        let start = Instant::now();
+        let mut capped = SessionWrites {
+            written: start,
+            share_written: start,
+            ..SessionWrites::new(INTERVAL, super::defer_from(5_000), 1)
+        };
+        assert!(!writes_any(capped.due_at(5_000, false, false, start)));
     }
 
     #[test]
