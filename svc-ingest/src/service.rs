@@ -380,7 +380,13 @@ where
 /// 16-byte keys per call, times every open call); a repeat older than this is
 /// published again and left to the stream stage, which deduplicates by
 /// `event_id` anyway (SPEC 5.1).
-pub const DEDUP_WINDOW: usize = 1 << 17;
+///
+/// 7/8 of 2^17: what a hash table of 2^17 slots holds before it grows, so a
+/// full generation stays in that table. One more id would move it into a
+/// table twice the size, fresh from the system; under a steady load every
+/// call's generation reaches that point in the same second, and the page
+/// faults of all those new tables at once stalled the server.
+pub const DEDUP_WINDOW: usize = (1 << 17) / 8 * 7;
 
 /// Event ids already seen in one call, kept as 128-bit keyed hashes: no copy
 /// of each id, and a false "duplicate" needs a 2^-128 collision (the keys are
@@ -615,6 +621,19 @@ mod tests {
             grown,
             "the two generations' tables are reused"
         );
+    }
+
+    #[test]
+    fn a_full_generation_of_the_default_window_never_outgrows_its_first_large_table() {
+        let mut seen = SeenIds::default();
+        let mut largest = 0;
+        for i in 0..DEDUP_WINDOW + 10 {
+            seen.insert(&format!("e-{i}"));
+            largest = largest.max(seen.current.capacity());
+        }
+        assert_eq!(largest, DEDUP_WINDOW, "no table beyond 2^17 slots");
+        assert_eq!(seen.previous.capacity(), DEDUP_WINDOW);
+        assert!(!seen.insert("e-5"), "the full generation still answers");
     }
 
     #[test]
