@@ -385,7 +385,7 @@ where
 /// full generation stays in that table. One more id would move it into a
 /// table twice the size, fresh from the system; under a steady load every
 /// call's generation reaches that point in the same second, and the page
-/// faults of all those new tables at once stalled the server.
+/// faults of all those new tables at once stall the server.
 pub const DEDUP_WINDOW: usize = (1 << 17) / 8 * 7;
 
 /// Event ids already seen in one call, kept as 128-bit keyed hashes: no copy
