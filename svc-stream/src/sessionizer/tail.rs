@@ -320,10 +320,11 @@ impl Tail {
     /// Makes room for `more` records. A full tail grows to what its
     /// heartbeats' pace fills in `hold_ms`, plus three (both ends of the
     /// span, the heartbeat whose push freezes the front, one for an uneven
-    /// pace), at most eight times its length and at least by half. So it
-    /// settles at what its session holds in a step or two, instead of
-    /// through a run of growths whose freed buffers a crowd of sessions
-    /// growing together leaves behind as holes in the heap.
+    /// pace), at most eight to fifteen times its length (see
+    /// [`Tail::growth_spread`]) and at least by half. So it settles at what
+    /// its session holds in a step or two, instead of through a run of
+    /// growths whose freed buffers a crowd of sessions growing together
+    /// leaves behind as holes in the heap.
     #[inline]
     fn make_room(&mut self, more: usize, hold_ms: i64) {
         let len = self.records.len();
@@ -339,12 +340,33 @@ impl Tail {
                 }
                 _ => 0,
             };
-            let target = paced
-                .min(len.saturating_mul(8))
-                .max(len + (len / 2).max(2))
-                .max(len + more);
+            let step = len.saturating_mul(8 + self.growth_spread());
+            // Past two thirds of the pace, the next growth (by half at
+            // least) would overshoot it: the pace's size now instead.
+            let capped = if step.saturating_mul(3) >= paced.saturating_mul(2) {
+                paced
+            } else {
+                step
+            };
+            let target = capped.max(len + (len / 2).max(2)).max(len + more);
             self.records.reserve_exact(target - len);
         }
+    }
+
+    /// 0 to 7, from the front record's id: how many more times its length
+    /// a tail still short of its pace grows by. Sessions that start
+    /// together at one pace (a crowd joining a live event) would otherwise
+    /// fill each capacity at the same heartbeat, and all grow at once: each
+    /// growth copies into memory fresh from the system, and tens of
+    /// thousands of them at once stall the stage for as long as the page
+    /// faults take. Spread over the ids, the growth to the paced size lands
+    /// over a span of event time as long as the one before it took.
+    #[inline]
+    fn growth_spread(&self) -> usize {
+        self.records.front().map_or(0, |front| {
+            let id = u128::from_ne_bytes(front.id);
+            ((id ^ (id >> 64) ^ (id >> 35)) & 7) as usize
+        })
     }
 
     #[inline]
@@ -543,6 +565,47 @@ mod tests {
             tail.push_back(new(time_ms, UUID));
         }
         assert!(tail.records.capacity() < 32, "{}", tail.records.capacity());
+    }
+
+    #[test]
+    fn tails_that_start_together_at_one_pace_do_not_all_grow_at_the_same_heartbeat() {
+        let hold_ms = 120_000;
+        let ids: Vec<String> = (0..64u64)
+            .map(|n| {
+                format!(
+                    "{:032x}",
+                    n.wrapping_mul(0x9e37_79b9_7f4a_7c15) as u128 * 0x1_0000_0001
+                )
+            })
+            .collect();
+        let mut grew_at = std::collections::BTreeSet::new();
+        for id in &ids {
+            let mut tail = Tail::default();
+            let mut growths = Vec::new();
+            // One heartbeat every 200 ms, as a crowd of players sends them.
+            for beat in 0..1_000 {
+                let before = tail.records.capacity();
+                let mut held = new(beat * 200, id);
+                held.hold_ms = hold_ms;
+                tail.push_back(held);
+                // The front freezes once the tail spans the hold.
+                if beat * 200 - tail.time_of(tail.front().expect("held")) > hold_ms {
+                    tail.pop_front();
+                }
+                if tail.records.capacity() != before {
+                    growths.push(beat);
+                }
+            }
+            // Still one growth to the pace's size, and no more than that.
+            assert!(
+                tail.records.capacity() <= 603,
+                "{}",
+                tail.records.capacity()
+            );
+            assert!(growths.len() <= 4, "{growths:?}");
+            grew_at.insert(*growths.last().expect("a growth"));
+        }
+        assert!(grew_at.len() >= 8, "{grew_at:?}");
     }
 
     fn at(time_ms: i64, position_ms: i64, event_id: &str) -> NewHeld<'_> {
