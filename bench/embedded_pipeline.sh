@@ -45,14 +45,17 @@ sampler=$!
 /usr/bin/time -f '%U %S' -o "$dir/sim.cpu" ${HB_BENCH_SIM_BIN:-$bin} simulate --devices "$devices" --rate "$rate" --duration "$duration" \
   --target http://127.0.0.1:51051 --json $extra > "$dir/sim.json"
 kill $sampler 2>/dev/null || true
-# Resident memory of the whole mesh process against the sessions it holds open.
+# Resident memory of the whole mesh process against the sessions it holds open;
+# the peak too, since what each ingest call held is freed once the simulator
+# has hung up.
 rss_kib=$(awk '/^VmRSS/ {print $2}' /proc/$up/status)
+hwm_kib=$(awk '/^VmHWM/ {print $2}' /proc/$up/status)
 # CPU seconds of each process (utime + stime, in clock ticks), for the CPU
 # per heartbeat below.
 awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' /proc/$up/stat > "$dir/up.cpu"
 open=$(curl -s http://127.0.0.1:59102/metrics | awk '$1 == "hb_stream_open_sessions" {print $2}')
 echo "hbmesh up at the end: resident $((rss_kib / 1024)) MiB for ${open:-?} open sessions" \
-  "($(( rss_kib * 1024 / (${open:-0} > 0 ? ${open:-1} : 1) )) B per open session)"
+  "($(( rss_kib * 1024 / (${open:-0} > 0 ? ${open:-1} : 1) )) B per open session), peak $((hwm_kib / 1024)) MiB"
 kill -TERM $up; wait $up || true
 python3 - "$dir" <<'PY'
 import json, sqlite3, sys
