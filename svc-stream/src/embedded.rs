@@ -143,6 +143,33 @@ pub async fn run(
     Ok(())
 }
 
+/// [`run`] on a thread of its own, with a single-threaded runtime. The
+/// stage is the embedded tier's one sequential step, and as one task among
+/// the ingest calls' it waits behind them for a worker whenever the cores
+/// are busy, its backlog (and every ack) growing meanwhile; as a thread it
+/// gets the system's share of a core.
+pub async fn run_on_own_thread(
+    pipeline: Pipeline,
+    rx: HandoffRx,
+    settings: StageSettings,
+    ready: Readiness,
+) -> anyhow::Result<()> {
+    let (done, stopped) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("hb-stream-stage".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(run(pipeline, rx, settings, ready)));
+            let _ = done.send(result);
+        })?;
+    stopped
+        .await
+        .map_err(|_| anyhow::anyhow!("the stream stage's thread panicked"))?
+}
+
 fn accept(pipeline: &mut Pipeline, mut batch: HandoffBatch, waiting: &mut Vec<HandoffBatch>) {
     // The batch stays only for its acknowledgement; the heartbeats' strings
     // move on into the raw rows.

@@ -141,7 +141,7 @@ pub async fn run(
                 defer_from: pipeline::defer_from(config.flush_max),
             };
             let ready = pipeline::Readiness::new(health.register("stream"), config.stall_timeout);
-            embedded::run(pipeline, rx, settings, ready).await
+            embedded::run_on_own_thread(pipeline, rx, settings, ready).await
         }
         Source::Kafka => {
             let brokers = config

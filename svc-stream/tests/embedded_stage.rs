@@ -36,7 +36,8 @@ async fn a_failed_commit_fails_its_batch_and_the_resend_counts_once() {
     );
     let health = Health::default();
     let (tx, rx) = handoff::channel(16);
-    let stage = tokio::spawn(svc_stream::embedded::run(
+    // On its own thread, as `hbmesh up` runs it.
+    let stage = tokio::spawn(svc_stream::embedded::run_on_own_thread(
         pipeline,
         rx,
         svc_stream::embedded::StageSettings {
