@@ -41,10 +41,22 @@ pub use crate::pipeline::{StageSettings, DEFER_FROM};
 ///
 /// Readiness is renewed on every tick and after every commit (see [`Readiness`]).
 pub async fn run(
+    pipeline: Pipeline,
+    rx: HandoffRx,
+    settings: StageSettings,
+    ready: Readiness,
+) -> anyhow::Result<()> {
+    let commits = tokio::runtime::Handle::current();
+    run_committing_on(pipeline, rx, settings, ready, commits).await
+}
+
+/// [`run`], its commits spawned on `commits`.
+async fn run_committing_on(
     mut pipeline: Pipeline,
     mut rx: HandoffRx,
     settings: StageSettings,
     ready: Readiness,
+    commits: tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let StageSettings {
         tick,
@@ -129,7 +141,7 @@ pub async fn run(
             match prepared {
                 Some(prepared) => {
                     in_flight = Some((
-                        tokio::spawn(prepared.commit()),
+                        commits.spawn(prepared.commit()),
                         std::mem::take(&mut waiting),
                         Instant::now(),
                     ));
@@ -147,13 +159,16 @@ pub async fn run(
 /// stage is the embedded tier's one sequential step, and as one task among
 /// the ingest calls' it waits behind them for a worker whenever the cores
 /// are busy, its backlog (and every ack) growing meanwhile; as a thread it
-/// gets the system's share of a core.
+/// gets the system's share of a core. Its commits still run on the
+/// caller's runtime: on the stage's own, a commit would start (and its end
+/// be seen) only when the busy stage next yields.
 pub async fn run_on_own_thread(
     pipeline: Pipeline,
     rx: HandoffRx,
     settings: StageSettings,
     ready: Readiness,
 ) -> anyhow::Result<()> {
+    let commits = tokio::runtime::Handle::current();
     let (done, stopped) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("hb-stream-stage".into())
@@ -162,7 +177,9 @@ pub async fn run_on_own_thread(
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| runtime.block_on(run(pipeline, rx, settings, ready)));
+                .and_then(|runtime| {
+                    runtime.block_on(run_committing_on(pipeline, rx, settings, ready, commits))
+                });
             let _ = done.send(result);
         })?;
     stopped
