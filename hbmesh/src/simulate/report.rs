@@ -227,8 +227,11 @@ pub(super) fn print_summary(s: &Summary) {
         );
     }
     if s.held_to_real_time > 0 {
+        // Players beat at the pace the rate needs if the estimated share of
+        // them is mid-video; more devices only lengthen that pace in step,
+        // so a higher rate is what sends more.
         println!(
-            "  held back      {:>12}   (the fleet's clock reached now; add devices to offer more)",
+            "  held back      {:>12}   (the fleet's clock reached now: fewer players were mid-video than the rate was paced for; raise --rate to send more)",
             s.held_to_real_time
         );
     }
